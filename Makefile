@@ -1,0 +1,53 @@
+# Two commands set a fresh machine up: `make demo` and `make test`. Everything else is optional.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test unit lint fmt up down status bench lock clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check uv
+	@$(VENV)/bin/uv pip install --quiet -p $(PY) -r requirements.txt -r requirements-dev.txt
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create the virtual environment from the pinned lock files
+
+demo: $(STAMP)  ## run every platform tier on the embedded local stack and print a summary
+	$(PY) -m local.demo
+
+test: $(STAMP)  ## every test: unit, DAG and integration (starts its own local stack)
+	$(PY) -m pytest
+
+unit: $(STAMP)  ## fast tests only (no services)
+	$(PY) -m pytest tests/unit tests/dags
+
+lint: $(STAMP)  ## ruff and hadolint must report nothing
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
+
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+up: $(STAMP)  ## start the local stack and Airflow standalone (UI on http://127.0.0.1:8080)
+	$(PY) -m local.stack up --all
+
+down: $(STAMP)  ## stop everything `up` or `demo` started
+	$(PY) -m local.stack down --all
+
+status: $(STAMP)
+	$(PY) -m local.stack status
+
+bench: $(STAMP)  ## benchmarks on a generated >= 1 GB database (not part of `make test`)
+	$(PY) -m bench.run
+
+lock:  ## re-pin requirements*.txt from requirements*.in
+	uv pip compile -q requirements.in -p 3.11 --no-header -o requirements.txt
+	uv pip compile -q requirements-dev.in -p 3.11 --no-header -o requirements-dev.txt
+
+clean: down
+	rm -rf .local

@@ -1,0 +1,58 @@
+"""The engine interface: how a source becomes a backup artifact, and how to tell one is readable.
+
+The DAG shape (snapshot -> copy -> check -> prune) knows nothing about sources. An engine does:
+logical pg_dump today; RDS snapshots and base backups with WAL later, behind the same interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from include.backup_dr.policy import Server, Target
+from include.backup_dr.store import Readable
+
+
+@dataclass
+class SourceFacts:
+    """What the engine learned about the source while snapshotting it (goes into the manifest)."""
+
+    source: dict[str, Any]
+    tool_versions: dict[str, str]
+    row_counts: dict[str, int] = field(default_factory=dict)
+
+
+class Snapshot(Protocol):
+    """An open snapshot: a byte stream to upload, and facts that are final once it is drained."""
+
+    stream: Readable
+
+    def finish(self) -> None:
+        """Called at end of stream; raises if the source did not end cleanly."""
+        ...
+
+    def facts(self) -> SourceFacts: ...
+
+
+@dataclass(frozen=True)
+class ReadCheck:
+    """Whether the engine's own tool can read an artifact, and what it saw."""
+
+    ok: bool
+    detail: str
+
+
+class Engine(Protocol):
+    name: str
+    #: Artifact file extension, e.g. "pgdump".
+    extension: str
+
+    def open_snapshot(self, target: Target, server: Server) -> AbstractContextManager[Snapshot]:
+        """Start a consistent snapshot of `target`; the context cleans up whatever happens."""
+        ...
+
+    def check_readable(self, chunks: Iterable[bytes]) -> ReadCheck:
+        """Feed an artifact's bytes to the engine's reader; must consume all of `chunks`."""
+        ...

@@ -1,0 +1,286 @@
+"""The four steps every backup tier runs, as plain functions of the policy and a backup id.
+
+The DAG factory wraps each in a task; the benchmarks and tests call them the same way. Every step
+is idempotent for its window, so retries and re-runs of a window never store a duplicate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.backup_dr import __version__
+from include.backup_dr.catalogue import (
+    INTEGRITY_NAME,
+    MANIFEST_NAME,
+    Artifact,
+    BackupId,
+    Manifest,
+    build_catalogue,
+    window_label,
+)
+from include.backup_dr.engines import engine_for
+from include.backup_dr.integrity import check_copy
+from include.backup_dr.policy import Policy
+from include.backup_dr.retention import PrunePlan, plan_prune
+from include.backup_dr.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class IntegrityError(AirflowFailException):
+    """A copy failed its integrity check. Not retried: the bytes will not heal by waiting."""
+
+
+class CircuitBreakerTripped(AirflowFailException):
+    """Prune planned more deletions than the policy expects; nothing was deleted."""
+
+
+class NotBackedUp(AirflowFailException):
+    """The target must never be backed up (e.g. UAT); reaching here is a configuration error."""
+
+
+@dataclass(frozen=True)
+class Stores:
+    primary: ObjectStore
+    secondary: ObjectStore
+
+    @classmethod
+    def from_policy(cls, policy: Policy) -> Stores:
+        return cls(
+            ObjectStore.for_region(policy.regions.primary),
+            ObjectStore.for_region(policy.regions.secondary),
+        )
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter((self.primary, self.secondary))
+
+    def by_region(self, name: str) -> ObjectStore:
+        return next(store for store in self if store.region.name == name)
+
+
+def backup_ref(backup: BackupId) -> dict[str, str]:
+    """A backup id as a small JSON-able dict, the XCom passed between the steps."""
+    return {
+        "category": backup.category,
+        "target": backup.target,
+        "tier": backup.tier,
+        "window": backup.window.isoformat(),
+    }
+
+
+def from_ref(ref: dict[str, str]) -> BackupId:
+    return BackupId(
+        ref["category"], ref["target"], ref["tier"], datetime.fromisoformat(ref["window"])
+    )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def take_snapshot(
+    policy: Policy,
+    stores: Stores,
+    target_name: str,
+    tier: str,
+    window: datetime,
+    run: dict[str, str],
+) -> dict[str, Any]:
+    """Stream a consistent snapshot of one target into the primary region; manifest last."""
+    target = policy.target(target_name)
+    if reason := target.skip_reason():
+        raise NotBackedUp(reason)
+    category = policy.categories[target.category]
+    backup = BackupId(target.category, target.name, tier, window)
+    primary = stores.primary
+
+    existing = primary.manifest(backup)
+    if existing is not None:
+        evidence = primary.get_json(backup.key(INTEGRITY_NAME))
+        failed = (
+            evidence is not None
+            and evidence.get("artifact_sha256") == existing.artifact.sha256
+            and not evidence.get("ok")
+        )
+        if not failed:
+            log.info(
+                "Window %s of %s already has a backup taken at %s; not storing a duplicate.",
+                window_label(window),
+                backup,
+                existing.finished_at.isoformat(),
+            )
+            return {**backup_ref(backup), "reused": True, "size": existing.artifact.size}
+        log.warning("The backup of %s failed its integrity check; taking it again.", backup)
+
+    engine = engine_for(category.engine)
+    key = backup.key(f"data.{engine.extension}")
+    started = _now()
+    log.info("Snapshotting %s into %s", backup, primary.where(key))
+    with engine.open_snapshot(target, policy.server(target.server)) as snapshot:
+        uploaded = primary.upload_stream(key, snapshot.stream, on_eof=snapshot.finish)
+        facts = snapshot.facts()
+    finished = _now()
+    manifest = Manifest(
+        backup=backup,
+        region=primary.region.name,
+        artifact=Artifact(uploaded.key, uploaded.size, uploaded.sha256),
+        engine=engine.name,
+        started_at=started,
+        finished_at=finished,
+        source=facts.source,
+        tool_versions={**facts.tool_versions, "backup_dr": __version__},
+        encryption={"algorithm": "aws:kms", "kms_key_id": primary.region.kms_key_id},
+        row_counts=facts.row_counts,
+        run=run,
+    )
+    primary.put_json(backup.key(MANIFEST_NAME), manifest.to_json())
+    seconds = (finished - started).total_seconds()
+    log.info(
+        "Committed %s: %d bytes, sha256 %s, %d tables, %.1f s",
+        backup,
+        uploaded.size,
+        uploaded.sha256,
+        len(facts.row_counts),
+        seconds,
+    )
+    return {**backup_ref(backup), "reused": False, "size": uploaded.size, "seconds": seconds}
+
+
+def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict[str, Any]:
+    """Copy a committed backup to the secondary region, re-encrypted there; manifest last."""
+    backup = from_ref(ref)
+    primary, secondary = stores.primary, stores.secondary
+    reference = primary.manifest(backup)
+    if reference is None:
+        raise AirflowFailException(
+            f"{backup}: no manifest in {primary.region.name}; nothing to copy"
+        )
+    present = secondary.manifest(backup)
+    if present is not None and present.artifact.sha256 == reference.artifact.sha256:
+        log.info("%s is already in %s; nothing to copy.", backup, secondary.region.name)
+        return {**ref, "copy": "already present"}
+    mode = secondary.copy_from(primary, reference.artifact.key, reference.artifact.size)
+    copied = dataclasses.replace(
+        reference,
+        region=secondary.region.name,
+        encryption={"algorithm": "aws:kms", "kms_key_id": secondary.region.kms_key_id},
+        copied_from={
+            "region": primary.region.name,
+            "bucket": primary.bucket,
+            "key": reference.artifact.key,
+            "mode": mode,
+            "copied_at": _now().isoformat(),
+        },
+    )
+    secondary.put_json(backup.key(MANIFEST_NAME), copied.to_json())
+    log.info("Copied %s to %s (%s).", backup, secondary.where(reference.artifact.key), mode)
+    return {**ref, "copy": mode}
+
+
+def check_integrity(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict[str, Any]:
+    """Check both regions' copies; record evidence beside each; fail loudly on any mismatch."""
+    backup = from_ref(ref)
+    reference = stores.primary.manifest(backup)
+    if reference is None:
+        raise IntegrityError(f"{backup}: manifest missing in {stores.primary.region.name}")
+    engine = engine_for(reference.engine)
+    reports = []
+    for store in stores:
+        report = check_copy(store, reference, engine)
+        document = {**report.to_document(), "artifact_sha256": reference.artifact.sha256}
+        store.put_json(backup.key(INTEGRITY_NAME), document)
+        log.info(report.summary())
+        reports.append(report)
+    failed = [report for report in reports if not report.ok]
+    if failed:
+        raise IntegrityError(
+            f"Integrity check failed for target {backup.target} ({backup}): "
+            + " | ".join(report.summary() for report in failed)
+        )
+    return {
+        **ref,
+        "verified_regions": [report.region for report in reports],
+        "bytes_read": sum(report.bytes_read for report in reports),
+    }
+
+
+def plan_for(
+    policy: Policy, stores: Stores, category: str, target: str, tier: str, now: datetime
+) -> PrunePlan:
+    """Read both regions' catalogues of one target's tier and plan the prune."""
+    prefix = f"{category}/{target}/{tier}/"
+    backups, debris = build_catalogue(store.listing(prefix) for store in stores)
+    retention = {tier: policy.categories[category].tiers[tier].retention}
+    return plan_prune(
+        backups,
+        debris,
+        retention,
+        now,
+        grace=policy.prune.incomplete_upload_grace,
+        max_delete_fraction=policy.prune.max_delete_fraction,
+    )
+
+
+def prune(
+    policy: Policy,
+    stores: Stores,
+    target: str,
+    tier: str,
+    *,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    override_circuit_breaker: bool = False,
+) -> dict[str, Any]:
+    """Plan, record the plan as evidence in both regions, then (unless stopped) carry it out."""
+    category = policy.target(target).category
+    now = now or _now()
+    plan = plan_for(policy, stores, category, target, tier, now)
+    for decision in plan.decisions:
+        log.info("%-6s %s: %s", decision.action.value.upper(), decision.subject, decision.reason)
+    stopped = plan.breaker is not None and not override_circuit_breaker
+    evidence = {
+        "schema": "backup-dr/prune/v1",
+        "target": target,
+        "tier": tier,
+        "planned_at": now.isoformat(),
+        "dry_run": dry_run,
+        "circuit_breaker": plan.breaker,
+        "executed": not (dry_run or stopped),
+        "decisions": [
+            {"subject": d.subject, "action": d.action.value, "reason": d.reason}
+            for d in plan.decisions
+        ],
+    }
+    key = f"evidence/prune/{category}/{target}/{tier}/{window_label(now)}.json"
+    for store in stores:
+        store.put_json(key, evidence)
+    if stopped:
+        raise CircuitBreakerTripped(f"target {target}, tier {tier}: {plan.breaker}")
+    if dry_run:
+        log.info("Dry run: %d deletions planned, none made.", len(plan.deletions))
+    else:
+        for decision in plan.deletions:
+            store = stores.by_region(decision.region)
+            if decision.backup is not None:
+                # Manifest first: an interrupted delete leaves debris, never a half backup.
+                store.delete_all_versions(decision.backup.key(MANIFEST_NAME))
+                store.delete_all_versions(decision.backup.prefix)
+            elif decision.debris is not None and decision.debris.upload_id:
+                store.abort_upload(decision.debris.key, decision.debris.upload_id)
+            elif decision.debris is not None:
+                store.delete_all_versions(decision.debris.key)
+    return {
+        "target": target,
+        "tier": tier,
+        "kept": len(plan.keeps),
+        "deleted": 0 if dry_run else len(plan.deletions),
+        "planned_deletions": len(plan.deletions),
+        "dry_run": dry_run,
+        "evidence": key,
+    }

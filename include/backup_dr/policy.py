@@ -1,0 +1,303 @@
+"""The backup policy: load the declarative file into typed, frozen objects and validate it.
+
+Everything else in the package takes a `Policy`, never the raw file, so a mistake in the file is
+caught once, here, with a message naming the file and the field.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from croniter import croniter
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "policy.yaml"
+POLICY_PATH_ENV = "BACKUP_POLICY_PATH"
+
+#: The tiers of the customer's table. A tier name outside this set is a typo, not a new tier.
+KNOWN_TIERS = ("continuous", "6h", "daily", "weekly", "monthly")
+CONTINUOUS = "continuous"
+PRODUCTION = "production"
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class PolicyError(ValueError):
+    """The policy file is missing, unreadable or invalid; the message names the file and field."""
+
+
+def parse_duration(value: object) -> timedelta:
+    """Parse '90s', '6h', '7d', '4w' into a timedelta (the file's only duration syntax)."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration such as '6h', '7d' or '4w'")
+    amount, unit = match.groups()
+    return timedelta(seconds=int(amount) * _UNIT_SECONDS[unit])
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta in the largest whole unit, as written in the policy file."""
+    seconds = int(value.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if seconds and seconds % _UNIT_SECONDS[unit] == 0:
+            return f"{seconds // _UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]*$")]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Region(_Frozen):
+    """One region's backup store: where copies go and which key encrypts them."""
+
+    name: str
+    conn_id: str
+    bucket: str
+    kms_key_id: str
+
+
+class Regions(_Frozen):
+    primary: Region
+    secondary: Region
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Regions:
+        if self.primary.name == self.secondary.name:
+            raise ValueError("primary and secondary must be different regions")
+        return self
+
+
+class Tier(_Frozen):
+    """A row of the customer's table: how often a backup is taken and how long it is kept."""
+
+    schedule: str
+    retention: Duration
+
+    @property
+    def is_continuous(self) -> bool:
+        return self.schedule == CONTINUOUS
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        if value != CONTINUOUS and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (or 'continuous')")
+        return value
+
+    def period(self) -> timedelta:
+        """The longest gap between two runs of the schedule, over a year of fire times."""
+        if self.is_continuous:
+            return timedelta(seconds=1)
+        fires = croniter(self.schedule, datetime(2026, 1, 1, tzinfo=UTC))
+        previous = fires.get_next(datetime)
+        longest = timedelta(0)
+        for _ in range(400):
+            current = fires.get_next(datetime)
+            longest = max(longest, current - previous)
+            previous = current
+            if current.year > 2026:
+                break
+        return longest
+
+    @model_validator(mode="after")
+    def _retention_covers_period(self) -> Tier:
+        period = self.period()
+        if self.retention < period:
+            raise ValueError(
+                f"retention {format_duration(self.retention)} is shorter than the schedule period "
+                f"{format_duration(period)}: there would be times with no backup of this tier"
+            )
+        return self
+
+
+class RpoAfter(_Frozen):
+    older_than: Duration
+    rpo: Duration
+
+
+class Category(_Frozen):
+    description: str
+    engine: str  # how its targets are snapshotted; see include/backup_dr/engines
+    rpo: Duration
+    rpo_after: RpoAfter | None = None
+    tiers: dict[str, Tier]
+
+    @field_validator("tiers")
+    @classmethod
+    def _known_tiers(cls, tiers: dict[str, Tier]) -> dict[str, Tier]:
+        unknown = sorted(set(tiers) - set(KNOWN_TIERS))
+        if unknown:
+            raise ValueError(
+                f"unknown tier {', '.join(unknown)}; tiers are {', '.join(KNOWN_TIERS)}"
+            )
+        if not tiers:
+            raise ValueError("a category needs at least one tier")
+        return tiers
+
+    def scheduled_tiers(self) -> dict[str, Tier]:
+        """The tiers that Airflow runs (continuous replication is not a DAG)."""
+        return {name: tier for name, tier in self.tiers.items() if not tier.is_continuous}
+
+
+class Server(_Frozen):
+    """A database server; its pool bounds concurrent dumps against it."""
+
+    name: Name
+    conn_id: str
+    dump_pool: str
+
+
+class Target(_Frozen):
+    """One thing to back up, labelled with the environment it belongs to."""
+
+    name: Name
+    category: str
+    environment: str
+    server: str
+    database: str
+    priority: int = Field(default=100, ge=1)
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == PRODUCTION
+
+    def skip_reason(self) -> str | None:
+        """Why this target is never backed up, or None when it is."""
+        if self.is_production:
+            return None
+        if self.environment.lower() == "uat":
+            return (
+                f"{self.name} is UAT data; the policy says 'We do not take any backups of UAT data'"
+            )
+        return (
+            f"{self.name} has environment {self.environment!r}; "
+            f"only {PRODUCTION!r} targets are backed up"
+        )
+
+
+class Objectives(_Frozen):
+    rto: Duration
+
+
+class PruneSettings(_Frozen):
+    incomplete_upload_grace: Duration = timedelta(hours=6)
+    max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
+
+
+class Policy(_Frozen):
+    """The whole policy. Cross-references (target -> category/server) are checked here."""
+
+    version: Literal[1]
+    objectives: Objectives
+    regions: Regions
+    categories: dict[str, Category]
+    servers: list[Server] = Field(default_factory=list)
+    targets: list[Target] = Field(default_factory=list)
+    prune: PruneSettings = PruneSettings()
+
+    @model_validator(mode="after")
+    def _references(self) -> Policy:
+        _no_duplicates("servers", [s.name for s in self.servers])
+        _no_duplicates("targets", [t.name for t in self.targets])
+        servers = {s.name for s in self.servers}
+        for index, target in enumerate(self.targets):
+            if target.category not in self.categories:
+                raise ValueError(
+                    f"targets[{index}] ({target.name}): unknown category {target.category!r}; "
+                    f"categories are {', '.join(sorted(self.categories))}"
+                )
+            if target.server not in servers:
+                raise ValueError(
+                    f"targets[{index}] ({target.name}): unknown server {target.server!r}; "
+                    f"servers are {', '.join(sorted(servers)) or '(none)'}"
+                )
+        return self
+
+    def server(self, name: str) -> Server:
+        return next(s for s in self.servers if s.name == name)
+
+    def target(self, name: str) -> Target:
+        for target in self.targets:
+            if target.name == name:
+                return target
+        raise KeyError(f"no target named {name!r} in the policy")
+
+    def targets_on(self, category: str, server: str) -> list[Target]:
+        """All targets of a category on one server, production or not, in priority order."""
+        return sorted(
+            (t for t in self.targets if t.category == category and t.server == server),
+            key=lambda t: (t.priority, t.name),
+        )
+
+    def servers_for(self, category: str) -> list[Server]:
+        used = {t.server for t in self.targets if t.category == category}
+        return [s for s in self.servers if s.name in used]
+
+    def iter_regions(self) -> Iterator[Region]:
+        yield self.regions.primary
+        yield self.regions.secondary
+
+
+def _no_duplicates(field: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {field[:-1]} {name!r} in {field}")
+        seen.add(name)
+
+
+def policy_path() -> Path:
+    """The policy file in use: $BACKUP_POLICY_PATH, else include/policy.yaml."""
+    return Path(os.environ.get(POLICY_PATH_ENV) or DEFAULT_POLICY_PATH)
+
+
+def load_policy(path: Path | str | None = None) -> Policy:
+    """Read and validate the policy file; every problem becomes one readable `PolicyError`."""
+    source = Path(path) if path is not None else policy_path()
+    try:
+        raw = yaml.safe_load(source.read_text())
+    except OSError as exc:
+        raise PolicyError(f"policy file {source}: cannot be read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy file {source}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise PolicyError(f"policy file {source}: expected a mapping at the top level")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as exc:
+        raise PolicyError(_describe(source, exc)) from None
+
+
+def _describe(source: Path, exc: ValidationError) -> str:
+    lines = [f"policy file {source} is invalid:"]
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required but missing"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a known field"
+        lines.append(f"  {field}: {message}")
+    return "\n".join(lines)

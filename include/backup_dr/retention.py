@@ -1,0 +1,206 @@
+"""The prune planner: a pure function from (backups, debris, policy, now) to decisions.
+
+Every copy of every backup, and every piece of debris, gets exactly one decision with a reason
+an auditor can read. The executor (`pipeline.prune`) only carries out what this plans.
+
+Rules, first match wins, per region copy:
+1. the newest *verified* copy of a target's tier in a region is kept, however old;
+2. a copy whose window is within the tier's retention is kept;
+3. while a region has no verified copy of a tier at all, nothing of that tier is deleted there;
+4. a copy is kept while the other region's copy of the same backup is kept unverified;
+5. anything else is deleted, as expired.
+
+Rule 1 is per region, so a region never loses its last good copy.
+
+Debris (bytes no manifest vouches for) is deleted only once older than the grace period, so an
+upload still in progress is never touched.
+
+A circuit breaker trips when a plan would delete more than the policy expects from one
+target/tier/region: more than one copy and more than `max_delete_fraction` of them. A tripped
+plan is not executed; on-call decides.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from include.backup_dr.catalogue import Backup, BackupId, Debris, Verification
+from include.backup_dr.policy import format_duration
+
+
+class Action(StrEnum):
+    KEEP = "keep"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What happens to one region copy (or one piece of debris), and why."""
+
+    action: Action
+    region: str
+    reason: str
+    backup: BackupId | None = None
+    debris: Debris | None = None
+
+    @property
+    def subject(self) -> str:
+        if self.backup is not None:
+            return f"{self.backup}@{self.region}"
+        assert self.debris is not None
+        return f"debris {self.debris.key}@{self.region}"
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    decisions: tuple[Decision, ...]
+    breaker: str | None = None  # why the circuit breaker tripped; None when it did not
+
+    @property
+    def deletions(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action is Action.DELETE]
+
+    @property
+    def keeps(self) -> list[Decision]:
+        return [d for d in self.decisions if d.action is Action.KEEP]
+
+
+def _age(now: datetime, then: datetime) -> str:
+    delta = now - then
+    if delta < timedelta(0):
+        return "in the future"
+    hours = int(delta.total_seconds() // 3600)
+    return f"{hours // 24}d {hours % 24}h" if hours >= 24 else f"{hours}h"
+
+
+def newest_verified(backups: Iterable[Backup]) -> dict[tuple[str, str, str], BackupId]:
+    """(target, tier, region) -> the newest backup whose copy there passed its integrity check."""
+    newest: dict[tuple[str, str, str], BackupId] = {}
+    for backup in backups:
+        for region, copy in backup.copies.items():
+            if copy.verification is not Verification.PASSED:
+                continue
+            group = (backup.id.target, backup.id.tier, region)
+            if group not in newest or backup.id.window > newest[group].window:
+                newest[group] = backup.id
+    return newest
+
+
+def plan_prune(
+    backups: Iterable[Backup],
+    debris: Iterable[Debris],
+    retention: Mapping[str, timedelta],
+    now: datetime,
+    *,
+    grace: timedelta,
+    max_delete_fraction: float,
+) -> PrunePlan:
+    """Decide keep or delete, with a reason, for every copy and every piece of debris."""
+    backups = list(backups)
+    protected = newest_verified(backups)
+    decisions: list[Decision] = []
+    for backup in backups:
+        keep_for = retention[backup.id.tier]
+        age = _age(now, backup.id.window)
+        planned: dict[str, Decision] = {}
+        for region in sorted(backup.copies):
+            newest = protected.get((backup.id.target, backup.id.tier, region))
+            if newest == backup.id:
+                action = Action.KEEP
+                reason = (
+                    f"newest verified backup of tier {backup.id.tier} in {region} "
+                    f"(window age {age}); never deleted"
+                )
+            elif now - backup.id.window <= keep_for:
+                action = Action.KEEP
+                reason = f"within retention: window age {age} <= {format_duration(keep_for)}"
+            elif newest is None:
+                action = Action.KEEP
+                reason = (
+                    f"expired (window age {age}), but no copy of tier {backup.id.tier} in "
+                    f"{region} has passed an integrity check yet; nothing is deleted until one has"
+                )
+            else:
+                action = Action.DELETE
+                reason = (
+                    f"expired: window age {age} > {format_duration(keep_for)}; "
+                    f"newer verified copy {newest}@{region} remains"
+                )
+            planned[region] = Decision(action, region, reason, backup=backup.id)
+        decisions.extend(_guard_twins(backup, planned))
+    for item in debris:
+        age = now - item.last_modified
+        what = "unfinished multipart upload" if item.upload_id else "upload with no manifest"
+        if age > grace:
+            decisions.append(
+                Decision(
+                    Action.DELETE,
+                    item.region,
+                    f"{what}, {_age(now, item.last_modified)} old > grace "
+                    f"{format_duration(grace)}: never a backup",
+                    debris=item,
+                )
+            )
+        else:
+            decisions.append(
+                Decision(
+                    Action.KEEP,
+                    item.region,
+                    f"{what}, {_age(now, item.last_modified)} old <= grace "
+                    f"{format_duration(grace)}: may still be in progress",
+                    debris=item,
+                )
+            )
+    return PrunePlan(tuple(decisions), _circuit_breaker(decisions, max_delete_fraction))
+
+
+def _guard_twins(backup: Backup, planned: dict[str, Decision]) -> list[Decision]:
+    """Keep a copy whose twin in the other region is kept but unverified: it may be the good one."""
+    guarded = []
+    for region, decision in planned.items():
+        weak = [
+            other
+            for other, twin in planned.items()
+            if other != region
+            and twin.action is Action.KEEP
+            and backup.copies[other].verification is not Verification.PASSED
+        ]
+        if decision.action is Action.DELETE and weak:
+            decision = Decision(
+                Action.KEEP,
+                region,
+                f"expired, but the copy in {weak[0]} is kept and "
+                f"{backup.copies[weak[0]].verification.value}; this copy may be the only good one",
+                backup=backup.id,
+            )
+        guarded.append(decision)
+    return guarded
+
+
+def _circuit_breaker(decisions: list[Decision], max_delete_fraction: float) -> str | None:
+    totals: dict[tuple[str, str, str], int] = defaultdict(int)
+    deletes: dict[tuple[str, str, str], int] = defaultdict(int)
+    for decision in decisions:
+        if decision.backup is None:
+            continue
+        group = (decision.backup.target, decision.backup.tier, decision.region)
+        totals[group] += 1
+        if decision.action is Action.DELETE:
+            deletes[group] += 1
+    tripped = [
+        f"{target}/{tier}@{region}: {deletes[group]} of {totals[group]} copies"
+        for group in sorted(deletes)
+        for target, tier, region in [group]
+        if deletes[group] > 1 and deletes[group] > max_delete_fraction * totals[group]
+    ]
+    if not tripped:
+        return None
+    return (
+        f"circuit breaker: the plan would delete more than {max_delete_fraction:.0%} of a tier "
+        f"at once ({'; '.join(tripped)}); nothing was deleted. Check the clock and the "
+        "catalogue, then re-run with the param override_circuit_breaker=true if it is right."
+    )

@@ -1,0 +1,330 @@
+"""One region's object store: streamed encrypted uploads, copies, re-reads, listing and deletes.
+
+The S3 client comes from the Amazon provider's S3Hook, so credentials and endpoints live in
+Airflow connections. Every write is SSE-KMS with the region's key and carries a SHA-256 checksum
+that the server verifies; every delete removes all versions of a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import IO, Any, Protocol
+
+from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
+
+from include.backup_dr.catalogue import (
+    INTEGRITY_NAME,
+    MANIFEST_NAME,
+    BackupId,
+    Debris,
+    Manifest,
+    RegionListing,
+    StoredObject,
+)
+from include.backup_dr.policy import Region
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+#: Part size for streamed uploads. 10,000 parts x 16 MiB caps one artifact at 160 GiB.
+UPLOAD_PART_SIZE = 16 * MiB
+#: Parts buffered in memory at once; with the part size this bounds a task's upload memory.
+UPLOAD_BUFFERED_PARTS = 4
+#: CopyObject's own limit; larger objects are copied part by part (UploadPartCopy).
+SINGLE_COPY_LIMIT = 5 * GiB
+COPY_PART_SIZE = 512 * MiB
+READ_CHUNK = 8 * MiB
+
+
+class StoreError(RuntimeError):
+    """A store operation failed; the message says which region, bucket and key."""
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Uploaded:
+    key: str
+    size: int
+    sha256: str
+
+
+class HashingReader:
+    """Wraps a byte stream, hashing and counting what passes through.
+
+    `on_eof` runs when the source is exhausted and may raise: the upload that is reading then
+    fails and is aborted, so a truncated source never becomes a complete object.
+    """
+
+    def __init__(self, source: Readable, on_eof: Any = None) -> None:
+        self._source = source
+        self._on_eof = on_eof
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._done = False
+
+    def read(self, size: int = -1) -> bytes:
+        chunk = self._source.read(size)
+        if chunk:
+            self._hash.update(chunk)
+            self.size += len(chunk)
+        elif not self._done:
+            self._done = True
+            if self._on_eof is not None:
+                self._on_eof()
+        return chunk
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+class ObjectStore:
+    """A region's backup bucket, reached through the region's Airflow connection."""
+
+    def __init__(self, region: Region, client: Any, endpoint_url: str | None) -> None:
+        self.region = region
+        self.bucket = region.bucket
+        self.client = client
+        self.endpoint_url = endpoint_url
+
+    @classmethod
+    def for_region(cls, region: Region) -> ObjectStore:
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        hook = S3Hook(aws_conn_id=region.conn_id, region_name=region.name)
+        return cls(region, hook.get_conn(), hook.conn_config.endpoint_url)
+
+    def __repr__(self) -> str:
+        return f"ObjectStore({self.region.name}: s3://{self.bucket})"
+
+    def where(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key} in {self.region.name}"
+
+    @property
+    def _encryption(self) -> dict[str, str]:
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.region.kms_key_id}
+
+    def same_service_as(self, other: ObjectStore) -> bool:
+        """True when a server-side copy from `other` is possible (AWS: always; local: same server)."""
+        return self.endpoint_url == other.endpoint_url
+
+    # --- writes -------------------------------------------------------------------------------
+
+    def upload_stream(self, key: str, source: Readable, on_eof: Any = None) -> Uploaded:
+        """Stream `source` into `key` as a multipart upload, hashing as it goes.
+
+        Memory stays at about UPLOAD_PART_SIZE x UPLOAD_BUFFERED_PARTS whatever the size. If the
+        source or `on_eof` raises, the multipart upload is aborted and no object appears.
+        """
+        reader = HashingReader(source, on_eof)
+        config = TransferConfig(
+            multipart_threshold=1,
+            multipart_chunksize=UPLOAD_PART_SIZE,
+            max_concurrency=UPLOAD_BUFFERED_PARTS,
+            max_io_queue=UPLOAD_BUFFERED_PARTS,
+        )
+        config.max_in_memory_upload_chunks = UPLOAD_BUFFERED_PARTS
+        try:
+            self.client.upload_fileobj(
+                reader,
+                self.bucket,
+                key,
+                ExtraArgs={**self._encryption, "ChecksumAlgorithm": "SHA256"},
+                Config=config,
+            )
+        except ClientError as exc:
+            raise StoreError(f"upload to {self.where(key)} failed: {_describe(exc)}") from exc
+        return Uploaded(key, reader.size, reader.sha256)
+
+    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+                ChecksumAlgorithm="SHA256",
+                **self._encryption,
+            )
+        except ClientError as exc:
+            raise StoreError(f"writing {self.where(key)} failed: {_describe(exc)}") from exc
+
+    def put_json(self, key: str, document: Any) -> None:
+        text = document if isinstance(document, str) else json.dumps(document, indent=2) + "\n"
+        self.put_bytes(key, text.encode(), "application/json")
+
+    def copy_from(
+        self,
+        source: ObjectStore,
+        key: str,
+        size: int,
+        *,
+        single_copy_limit: int = SINGLE_COPY_LIMIT,
+    ) -> str:
+        """Copy `key` from another region's store into this one, re-encrypted with this key.
+
+        Server-side when both stores are one service (as AWS S3 is across regions): CopyObject up
+        to `single_copy_limit`, UploadPartCopy above it. Returns how the copy was made.
+        """
+        if not self.same_service_as(source):
+            return self._copy_streamed(source, key)
+        config = TransferConfig(
+            multipart_threshold=single_copy_limit,
+            multipart_chunksize=min(COPY_PART_SIZE, single_copy_limit),
+        )
+        try:
+            self.client.copy(
+                {"Bucket": source.bucket, "Key": key},
+                self.bucket,
+                key,
+                ExtraArgs={**self._encryption, "ChecksumAlgorithm": "SHA256"},
+                SourceClient=source.client,
+                Config=config,
+            )
+        except ClientError as exc:
+            raise StoreError(
+                f"server-side copy {source.where(key)} -> {self.where(key)} failed: "
+                f"{_describe(exc)}"
+            ) from exc
+        return "server-side multipart copy" if size > single_copy_limit else "server-side copy"
+
+    def _copy_streamed(self, source: ObjectStore, key: str) -> str:
+        """Copy between two unrelated S3 services: the bytes pass through, in constant memory."""
+        body = source.open(key)
+        try:
+            self.upload_stream(key, body)
+        finally:
+            body.close()
+        return "streamed copy (different S3 services)"
+
+    # --- reads --------------------------------------------------------------------------------
+
+    def head(self, key: str) -> dict[str, Any] | None:
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise StoreError(f"reading {self.where(key)} failed: {_describe(exc)}") from exc
+
+    def open(self, key: str) -> IO[bytes]:
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            raise StoreError(f"reading {self.where(key)} failed: {_describe(exc)}") from exc
+
+    def iter_chunks(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
+        body = self.open(key)
+        try:
+            yield from iter(lambda: body.read(chunk_size), b"")
+        finally:
+            body.close()
+
+    def get_json(self, key: str) -> Any | None:
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if _status(exc) == 404:
+                return None
+            raise StoreError(f"reading {self.where(key)} failed: {_describe(exc)}") from exc
+        with body:
+            return json.loads(body.read())
+
+    def manifest(self, backup: BackupId) -> Manifest | None:
+        document = self.get_json(backup.key(MANIFEST_NAME))
+        return None if document is None else Manifest.from_json(json.dumps(document))
+
+    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    yield StoredObject(item["Key"], item["Size"], item["LastModified"])
+        except ClientError as exc:
+            raise StoreError(
+                f"listing s3://{self.bucket}/{prefix} in {self.region.name} failed: "
+                f"{_describe(exc)}"
+            ) from exc
+
+    def unfinished_uploads(self, prefix: str) -> list[Debris]:
+        try:
+            page = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+        except ClientError as exc:
+            raise StoreError(
+                f"listing uploads in s3://{self.bucket} ({self.region.name}): {_describe(exc)}"
+            ) from exc
+        return [
+            Debris(self.region.name, item["Key"], _utc(item["Initiated"]), item["UploadId"])
+            for item in page.get("Uploads", [])
+        ]
+
+    def listing(self, prefix: str) -> RegionListing:
+        """Everything the catalogue needs from this region under `prefix` (manifests parsed)."""
+        objects = list(self.list_objects(prefix))
+        manifests: dict[BackupId, Manifest] = {}
+        integrity: dict[BackupId, dict[str, Any]] = {}
+        for obj in objects:
+            parsed = BackupId.from_key(obj.key)
+            if parsed is None:
+                continue
+            backup, name = parsed
+            if name == MANIFEST_NAME:
+                manifest = self.manifest(backup)
+                if manifest is not None:
+                    manifests[backup] = manifest
+            elif name == INTEGRITY_NAME:
+                document = self.get_json(obj.key)
+                if document is not None:
+                    integrity[backup] = document
+        return RegionListing(
+            self.region.name, objects, manifests, integrity, self.unfinished_uploads(prefix)
+        )
+
+    # --- deletes ------------------------------------------------------------------------------
+
+    def delete_all_versions(self, prefix: str) -> int:
+        """Delete every version and delete marker under `prefix`; returns how many went."""
+        paginator = self.client.get_paginator("list_object_versions")
+        doomed: list[dict[str, str]] = []
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
+        for start in range(0, len(doomed), 1000):
+            batch = doomed[start : start + 1000]
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise StoreError(
+                    f"deleting under {self.where(prefix)} failed for {len(response['Errors'])} "
+                    f"versions, e.g. {first['Key']}: {first.get('Message')}"
+                )
+        return len(doomed)
+
+    def abort_upload(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if _status(exc) != 404:
+                raise StoreError(f"aborting upload of {self.where(key)}: {_describe(exc)}") from exc
+
+
+def _status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _describe(exc: ClientError) -> str:
+    error = exc.response.get("Error", {})
+    return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

@@ -1,0 +1,158 @@
+"""The generated DAGs: they import, match the policy file, and are safe and cheap to parse."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from include.backup_dr.alerts import OnCallNotifier
+from include.backup_dr.dag_factory import dag_id_for
+from include.backup_dr.policy import DEFAULT_POLICY_PATH, format_duration, load_policy
+
+REPO = Path(__file__).resolve().parents[2]
+POLICY = load_policy(DEFAULT_POLICY_PATH)
+TIER_DAGS = [
+    dag_id_for("platform", tier) for tier in POLICY.categories["platform"].scheduled_tiers()
+]
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO / "dags"))
+
+
+def test_every_dag_imports_without_errors(dagbag) -> None:
+    assert dagbag.import_errors == {}
+    assert set(TIER_DAGS) <= set(dagbag.dag_ids)
+    assert TIER_DAGS == [
+        "platform_backup_6h",
+        "platform_backup_daily",
+        "platform_backup_weekly",
+        "platform_backup_monthly",
+    ]
+
+
+@pytest.mark.parametrize("dag_id", TIER_DAGS)
+def test_schedule_retention_and_shape_match_the_policy(dagbag, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    tier_name = dag_id.removeprefix("platform_backup_")
+    tier = POLICY.categories["platform"].tiers[tier_name]
+    assert dag.schedule == tier.schedule
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert f"kept for **{format_duration(tier.retention)}**" in dag.doc_md
+    assert dag.max_active_runs == 1
+    assert not dag.catchup
+    chain = ["snapshot", "copy_to_secondary", "integrity_check", "prune"]
+    for server in POLICY.servers_for("platform"):
+        ids = [f"{server.name}.{step}" for step in chain]
+        for upstream, downstream in itertools.pairwise(ids):
+            assert dag.get_task(downstream).upstream_task_ids == {upstream}
+        assert dag.get_task(ids[0]).upstream_task_ids == {f"targets_on_{server.name}"}
+        assert dag.get_task(ids[0]).pool == server.dump_pool
+    assert {"dry_run", "override_circuit_breaker"} <= set(dag.params)
+
+
+@pytest.mark.parametrize("dag_id", TIER_DAGS)
+def test_tags_owner_retries_timeouts_and_callbacks(dagbag, dag_id: str) -> None:
+    dag = dagbag.dags[dag_id]
+    tier = dag_id.removeprefix("platform_backup_")
+    assert {"backup", "category:platform", f"tier:{tier}"} <= set(dag.tags)
+    for task in dag.tasks:
+        assert task.owner == "platform-sre"
+        assert task.retries >= 2 and task.retry_exponential_backoff
+        assert task.execution_timeout is not None and task.execution_timeout <= timedelta(hours=3)
+        callbacks = task.on_failure_callback
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        assert any(isinstance(cb, OnCallNotifier) for cb in callbacks), task.task_id
+
+
+def _run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
+
+
+def test_nothing_touches_the_network_at_parse_time() -> None:
+    code = f"""
+import socket
+def refuse(*args, **kwargs):
+    raise AssertionError(f"network access at parse time: {{args}}")
+socket.socket.connect = refuse
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+import runpy, glob
+for path in sorted(glob.glob({str(REPO / "dags")!r} + "/*.py")):
+    runpy.run_path(path)
+print("parsed")
+"""
+    result = _run_python(code, {})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "parsed" in result.stdout
+
+
+def test_parse_under_two_seconds_with_200_targets(tmp_path: Path) -> None:
+    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    data["servers"] = [
+        {"name": f"server_{i}", "conn_id": f"pg_{i}", "dump_pool": f"pg_{i}_dumps"}
+        for i in range(5)
+    ]
+    data["targets"] = [
+        {
+            "name": f"db_{i:03d}",
+            "category": "platform",
+            "environment": "production" if i % 10 else "uat",
+            "server": f"server_{i % 5}",
+            "database": f"db_{i:03d}",
+        }
+        for i in range(200)
+    ]
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(yaml.safe_dump(data))
+    code = f"""
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder={str(REPO / "dags")!r})
+print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}},
+    "seconds": sum(s.duration.total_seconds() if hasattr(s.duration, "total_seconds") else s.duration for s in bag.dagbag_stats),
+    "dags": len(bag.dag_ids)}}))
+"""
+    result = _run_python(code, {"BACKUP_POLICY_PATH": str(policy)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = json.loads(result.stdout.strip().splitlines()[-1])
+    assert stats["errors"] == {}
+    assert stats["dags"] >= 4
+    assert stats["seconds"] < 2.0, stats
+
+
+def test_invalid_policy_is_an_import_error_naming_file_and_field(tmp_path: Path) -> None:
+    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    data["categories"]["platform"]["tiers"]["daily"]["retention"] = "2h"
+    policy = tmp_path / "bad-policy.yaml"
+    policy.write_text(yaml.safe_dump(data))
+    code = f"""
+import json
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder={str(REPO / "dags")!r})
+print(json.dumps({{k: str(v) for k, v in bag.import_errors.items()}}))
+"""
+    result = _run_python(code, {"BACKUP_POLICY_PATH": str(policy)})
+    errors = json.loads(result.stdout.strip().splitlines()[-1])
+    message = errors[str(REPO / "dags" / "platform_backups.py")]
+    assert str(policy) in message
+    assert "categories.platform.tiers.daily" in message
+    assert "retention 2h is shorter than the schedule period 1d" in message

@@ -1,0 +1,261 @@
+"""`make bench`: the snapshot and integrity tasks against bare tools, measured in the same run.
+
+Each number is a ratio against a baseline taken on the same machine, database and bytes:
+- snapshot task wall time vs `pg_dump -Fc` of the same database to /dev/null;
+- peak RSS of the snapshot and integrity tasks, on a small and on the large database;
+- integrity re-hash throughput vs `sha256sum` of the same bytes (and vs a bare download);
+- prune planning time for 100,000 backups.
+
+Usage: python -m bench.run [--size-mb 1100]   (the database is generated once and kept)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+BENCH_DB = "bench_platform"
+SMALL_DB = "platform_billing"
+
+#: Runs one pipeline step in a fresh process, so its peak RSS is the step's own.
+_STEP = """
+import json, resource, sys, time
+from datetime import datetime
+from include.backup_dr.pipeline import Stores, check_integrity, take_snapshot
+from include.backup_dr.policy import load_policy
+policy = load_policy(); stores = Stores.from_policy(policy)
+step, target, window = sys.argv[1], sys.argv[2], datetime.fromisoformat(sys.argv[3])
+started = time.perf_counter()
+if step == "snapshot":
+    result = take_snapshot(policy, stores, target, "daily", window, {"bench": "1"})
+else:
+    ref = {"category": "platform", "target": target, "tier": "daily", "window": window.isoformat()}
+    result = check_integrity(policy, stores, ref)
+elapsed = time.perf_counter() - started
+print(json.dumps({"seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "result": result}))
+"""
+
+
+def _run_step(step: str, target: str, window: datetime) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", _STEP, step, target, window.isoformat()],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _timed(argv: list[str], **kwargs) -> float:
+    started = time.perf_counter()
+    subprocess.run(argv, check=True, **kwargs)
+    return time.perf_counter() - started
+
+
+def _prepare(size_mb: int) -> None:
+    from local import stack
+    from local.airflow_stack import airflow_env
+    from local.pg import connect, pg_bin
+    from local.settings import airflow_env_vars
+
+    stack.up(list(stack.DEFAULT_GROUPS))
+    os.environ.update(airflow_env())
+    os.environ.update(airflow_env_vars())
+    os.environ["BACKUP_PG_BIN_DIR"] = str(pg_bin("pg_dump").parent)
+    os.environ["BACKUP_POLICY_PATH"] = str(_bench_policy())
+    with connect(BENCH_DB if _db_exists(BENCH_DB) else "postgres") as conn:
+        size = (
+            conn.execute(f"SELECT pg_database_size('{BENCH_DB}')").fetchone()[0]
+            if _db_exists(BENCH_DB)
+            else 0
+        )
+    if size < size_mb * 1e6 * 0.9:
+        print(f"Generating {BENCH_DB} ({size_mb} MB); this takes a few minutes ...", flush=True)
+        subprocess.run(
+            [sys.executable, "-m", "local.sampledb", "--size-mb", str(size_mb), "--db", BENCH_DB],
+            check=True,
+            cwd=REPO,
+        )
+
+
+def _db_exists(name: str) -> bool:
+    from local.sampledb import exists
+
+    return exists(name)
+
+
+def _bench_policy() -> Path:
+    import yaml
+
+    from include.backup_dr.policy import DEFAULT_POLICY_PATH
+
+    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    data["targets"].append(
+        {
+            "name": BENCH_DB,
+            "category": "platform",
+            "environment": "production",
+            "server": data["servers"][0]["name"],
+            "database": BENCH_DB,
+        }
+    )
+    path = Path(tempfile.gettempdir()) / "bench-policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _database_bytes(name: str) -> int:
+    from local.pg import connect
+
+    with connect(name) as conn:
+        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
+
+
+def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
+    from include.backup_dr.engines.pg_dump import pg_tool
+    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.policy import load_policy
+    from local.pg import conninfo
+
+    policy = load_policy()
+    stores = Stores.from_policy(policy)
+    rows = []
+    window = datetime.now(UTC).replace(microsecond=0)
+    env = {**os.environ, "PGPASSWORD": "postgres"}
+
+    with Path(os.devnull).open("wb") as sink:
+        bare = _timed([pg_tool("pg_dump"), "-Fc", "-d", conninfo(BENCH_DB)], stdout=sink, env=env)
+    snap = _run_step("snapshot", BENCH_DB, window)
+    size = snap["result"]["size"]
+    db_mb = _database_bytes(BENCH_DB) / 1e6
+    rows.append(
+        (
+            f"snapshot task vs bare pg_dump -Fc > /dev/null ({db_mb:,.0f} MB database, {size / 1e6:,.0f} MB dump)",
+            f"{snap['seconds']:.1f} s vs {bare:.1f} s",
+            f"{snap['seconds'] / bare:.2f}x (goal <= 1.15x)",
+        )
+    )
+    small = _run_step("snapshot", SMALL_DB, window)
+    rows.append(
+        (
+            "snapshot task peak RSS: small DB vs large DB",
+            f"{small['rss_mb']:.0f} MB vs {snap['rss_mb']:.0f} MB",
+            f"{snap['rss_mb'] / small['rss_mb']:.2f}x (goal < 300 MB, flat)",
+        )
+    )
+
+    from include.backup_dr.pipeline import copy_to_secondary
+
+    for target in (BENCH_DB, SMALL_DB):
+        ref = {
+            "category": "platform",
+            "target": target,
+            "tier": "daily",
+            "window": window.isoformat(),
+        }
+        copy_to_secondary(policy, stores, ref)
+    check = _run_step("integrity", BENCH_DB, window)
+    check_small = _run_step("integrity", SMALL_DB, window)
+    rows.append(
+        (
+            "integrity task peak RSS: small DB vs large DB",
+            f"{check_small['rss_mb']:.0f} MB vs {check['rss_mb']:.0f} MB",
+            f"{check['rss_mb'] / check_small['rss_mb']:.2f}x (goal < 300 MB, flat)",
+        )
+    )
+
+    key = f"platform/{BENCH_DB}/daily/{window.strftime('%Y%m%dT%H%M%SZ')}/data.pgdump"
+    with tempfile.NamedTemporaryFile(dir=REPO / ".local") as local:
+        started = time.perf_counter()
+        for chunk in stores.primary.iter_chunks(key):
+            local.write(chunk)
+        download = time.perf_counter() - started
+        local.flush()
+        sha = _timed(["sha256sum", local.name], stdout=subprocess.DEVNULL)
+    from include.backup_dr.catalogue import BackupId
+    from include.backup_dr.engines import engine_for
+    from include.backup_dr.integrity import check_copy
+
+    reference = stores.primary.manifest(BackupId("platform", BENCH_DB, "daily", window))
+    report = check_copy(stores.primary, reference, engine_for("pg_dump"))
+    rehash = size / report.seconds / 1e6
+    rows.append(
+        (
+            "integrity re-hash (one region) vs sha256sum of the same bytes on local disk",
+            f"{rehash:,.0f} MB/s vs {size / sha / 1e6:,.0f} MB/s",
+            f"{sha / report.seconds:.2f}x (goal >= 0.8x)",
+        )
+    )
+    rows.append(
+        (
+            "integrity re-hash (one region) vs bare download of the same object",
+            f"{rehash:,.0f} MB/s vs {size / download / 1e6:,.0f} MB/s",
+            f"{download / report.seconds:.2f}x",
+        )
+    )
+    return rows
+
+
+def bench_prune_planning() -> tuple[str, str, str]:
+    from include.backup_dr.catalogue import Backup, BackupId, Copy, Verification
+    from include.backup_dr.retention import plan_prune
+
+    now = datetime.now(UTC)
+    backups = [
+        Backup(
+            BackupId("platform", f"db{i % 100}", "6h", now - timedelta(hours=6 * (i // 100))),
+            {r: Copy(r, Verification.PASSED, 1) for r in ("eu-west-1", "eu-central-1")},
+            now,
+        )
+        for i in range(100_000)
+    ]
+    started = time.perf_counter()
+    plan = plan_prune(
+        backups,
+        [],
+        {"6h": timedelta(days=1)},
+        now,
+        grace=timedelta(hours=6),
+        max_delete_fraction=1.0,
+    )
+    elapsed = time.perf_counter() - started
+    return (
+        "prune planning, 100,000 backups (200,000 copies)",
+        f"{elapsed:.2f} s, {len(plan.deletions):,} deletions",
+        f"{elapsed:.2f} s (goal < 1 s)",
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mb", type=int, default=1100)
+    args = parser.parse_args()
+    sys.path.insert(0, str(REPO))
+    _prepare(args.size_mb)
+    rows = [*bench_snapshot_and_integrity(), bench_prune_planning()]
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{'measure':{width}}  {'measured':28}  ratio", "-" * (width + 50)]
+    lines += [f"{a:{width}}  {b:28}  {c}" for a, b, c in rows]
+    text = "\n".join(lines)
+    print("\n" + text)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.txt").write_text(text + "\n")
+    print(
+        f"(peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)"
+    )
+
+
+if __name__ == "__main__":
+    main()

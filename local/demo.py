@@ -1,0 +1,145 @@
+"""`make demo`: run every platform backup tier for real on the local stack, then summarise.
+
+Starts what is not running (PostgreSQL, two S3 regions, SMTP sink), runs each tier's DAG with
+`dag.test()` for its latest scheduled window, prints what each region now holds, and stops what
+it started. A second run reuses the windows' verified backups instead of storing duplicates.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from croniter import croniter
+
+from local import stack
+from local.airflow_stack import airflow_env
+from local.config import REPO_ROOT, VENV_BIN
+from local.pg import pg_bin
+from local.settings import airflow_env_vars, load_into_airflow
+
+CATEGORY = "platform"
+
+
+def _prepare_airflow() -> None:
+    """Point this process's Airflow at the local home, migrated, with the local settings."""
+    os.environ.update(airflow_env())
+    os.environ.update(airflow_env_vars())
+    # Task logs go to Airflow's log files; the terminal shows progress and the summary.
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    os.environ["BACKUP_PG_BIN_DIR"] = str(pg_bin("pg_dump").parent)
+    subprocess.run(
+        [str(VENV_BIN / "airflow"), "db", "migrate"], check=True, capture_output=True, timeout=600
+    )
+    load_into_airflow()
+
+
+def _run_tiers() -> list[dict[str, Any]]:
+    from airflow.dag_processing.dagbag import DagBag
+
+    from include.backup_dr.dag_factory import dag_id_for
+    from include.backup_dr.policy import load_policy
+
+    policy = load_policy()
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    if bag.import_errors:
+        raise SystemExit(f"DAG import errors: {bag.import_errors}")
+    results = []
+    now = datetime.now(UTC)
+    for tier_name, tier in policy.categories[CATEGORY].scheduled_tiers().items():
+        dag_id = dag_id_for(CATEGORY, tier_name)
+        window = croniter(tier.schedule, now).get_prev(datetime)
+        print(f"==> {dag_id}: window {window.isoformat()}", flush=True)
+        started = time.monotonic()
+        run = bag.dags[dag_id].test(logical_date=window)
+        results.append(
+            {
+                "tier": tier_name,
+                "dag_id": dag_id,
+                "window": window,
+                "state": str(run.state),
+                "seconds": time.monotonic() - started,
+            }
+        )
+    return results
+
+
+def _summarise(results: list[dict[str, Any]]) -> bool:
+    from include.backup_dr.catalogue import Verification, build_catalogue
+    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.policy import load_policy
+
+    policy = load_policy()
+    stores = Stores.from_policy(policy)
+    targets = [t.name for t in policy.targets if t.category == CATEGORY and t.is_production]
+    regions = [store.region.name for store in stores]
+    header = (
+        f"{'tier':8} {'run':8} {'secs':>5}  "
+        + "  ".join(f"{r + ' present/verified':>28}" for r in regions)
+        + f"  {'pruned':>6} {'size (this window)':>19}"
+    )
+    print("\n" + header + "\n" + "-" * len(header))
+    all_good = True
+    for result in results:
+        tier = result["tier"]
+        present = dict.fromkeys(regions, 0)
+        verified = dict.fromkeys(regions, 0)
+        size = 0
+        pruned = 0
+        for target in targets:
+            prefix = f"{CATEGORY}/{target}/{tier}/"
+            backups, _ = build_catalogue(store.listing(prefix) for store in stores)
+            for backup in backups:
+                for region, copy in backup.copies.items():
+                    present[region] += 1
+                    verified[region] += copy.verification is Verification.PASSED
+                if backup.id.window == result["window"]:
+                    size += next(iter(backup.copies.values())).size
+            evidence = sorted(
+                stores.primary.list_objects(f"evidence/prune/{prefix}"), key=lambda o: o.key
+            )
+            if evidence:
+                decisions = stores.primary.get_json(evidence[-1].key)["decisions"]
+                pruned += sum(d["action"] == "delete" for d in decisions)
+        good = result["state"] == "success" and all(
+            present[r] and present[r] == verified[r] for r in regions
+        )
+        all_good &= good
+        print(
+            f"{tier:8} {result['state']:8} {result['seconds']:5.0f}  "
+            + "  ".join(f"{present[r]:>19}/{verified[r]:<8}" for r in regions)
+            + f"  {pruned:>6} {size / 1e6:>16.1f} MB"
+        )
+    skipped = [t.name for t in policy.targets if t.category == CATEGORY and not t.is_production]
+    print(
+        f"\nTargets backed up: {', '.join(targets)}; never backed up (not production): {', '.join(skipped)}"
+    )
+    print("Evidence: integrity.json beside every copy, evidence/prune/... in both regions.")
+    return all_good
+
+
+def main() -> None:
+    already = stack.running_groups()
+    try:
+        stack.up(list(stack.DEFAULT_GROUPS))
+        _prepare_airflow()
+        results = _run_tiers()
+        ok = _summarise(results)
+    finally:
+        started = [group for group in stack.DEFAULT_GROUPS if group not in already]
+        if started:
+            stack.down(started)
+    if not ok:
+        print(
+            "\nDEMO FAILED: some tier did not back up and verify in both regions.", file=sys.stderr
+        )
+        raise SystemExit(1)
+    print("\nAll platform tiers backed up in both regions and verified.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,330 @@
+"""Start, stop and inspect the local stack.
+
+    python -m local.stack up     [--only pg,s3,smtp,airflow | --all]
+    python -m local.stack down   [--only pg,s3,smtp,airflow | --all]
+    python -m local.stack status [--only pg,s3,smtp,airflow]
+
+Without --only, up and down handle pg, s3 and smtp; Airflow only when asked (it takes
+~1 GB and half a minute). ``up`` is idempotent: running parts are left alone, stale PID
+files replaced, and each part must answer a real request before ``up`` moves on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import smtplib
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from local import airflow_stack, pg, s3, sampledb
+from local.config import HOST, SMTP_DIR, STATE_DIR, Ports, S3Site, s3_sites
+from local.proc import (
+    StackError,
+    log_file,
+    pid_file,
+    port_open,
+    running_pid,
+    spawn,
+    stop,
+    wait_ready,
+    write_pid,
+)
+
+GROUPS = ("pg", "s3", "smtp", "airflow")
+DEFAULT_GROUPS = ("pg", "s3", "smtp")
+
+
+@dataclass
+class Service:
+    """One background process of the stack; subclasses say how to run and probe it."""
+
+    name: str
+    port: int
+    ready_timeout: float = 60.0
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_timeout: float = 20.0
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str] | None:
+        return None
+
+    def prepare(self) -> None:
+        """Create directories and config before the first start."""
+
+    def probe(self) -> None:
+        """Make a real request; raise while the service is not ready."""
+        raise NotImplementedError
+
+    def after_ready(self) -> None:
+        """Idempotent set-up that needs the running service (buckets, databases...)."""
+
+    def detail(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    def ports(self) -> list[int]:
+        """Every TCP port the part listens on."""
+        return [self.port]
+
+    def pid(self) -> int | None:
+        return running_pid(self.name)
+
+    def start(self) -> subprocess.Popen[bytes] | None:
+        return spawn(self.name, self.argv(), self.env())
+
+    def stop(self) -> bool:
+        return stop(self.name, self.stop_signal, self.stop_timeout)
+
+
+@dataclass
+class Postgres(Service):
+    def prepare(self) -> None:
+        pg.init_cluster()
+
+    def pid(self) -> int | None:
+        return pg.postmaster_pid()
+
+    def start(self) -> None:
+        write_pid(self.name, pg.start(self.port))
+
+    def stop(self) -> bool:
+        was_running = pg.postmaster_pid() is not None
+        if was_running:
+            pg.stop()
+        pid_file(self.name).unlink(missing_ok=True)
+        return was_running
+
+    def probe(self) -> None:
+        pg.probe(self.port)
+
+    def after_ready(self) -> None:
+        sampledb.ensure_defaults(log=lambda line: print(f"  {line}"))
+
+    def detail(self) -> str:
+        return f"postgresql://postgres:postgres@{HOST}:{self.port}/postgres  data {pg.DATA_DIR}"
+
+
+@dataclass(kw_only=True)
+class Kms(Service):
+    sites: tuple[S3Site, ...]
+
+    def argv(self) -> list[str]:
+        argv = [sys.executable, "-m", "local.kms_server", f"--port={self.port}"]
+        argv.append(f"--keys={STATE_DIR / 'kms' / 'keys.json'}")
+        return argv + [f"--key={site.region}/{site.kms_key}" for site in self.sites]
+
+    def probe(self) -> None:
+        for site in self.sites:
+            s3.kms_client(site, self.port).describe_key(KeyId=site.kms_key)
+
+    def detail(self) -> str:
+        keys = ", ".join(f"{site.region}/{site.kms_key}" for site in self.sites)
+        return f"http://{HOST}:{self.port}  keys {keys}"
+
+
+@dataclass(kw_only=True)
+class WeedS3(Service):
+    site: S3Site
+    kms_port: int
+
+    def argv(self) -> list[str]:
+        return s3.weed_command(self.site, self.kms_port)
+
+    def env(self) -> dict[str, str]:
+        # weed mini turns AWS_* credentials in its environment into an extra identity.
+        return {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+
+    def probe(self) -> None:
+        s3.probe(self.site)
+
+    def ports(self) -> list[int]:
+        return list(s3.weed_ports(self.site).values())
+
+    def after_ready(self) -> None:
+        s3.ensure_bucket(self.site)
+
+    def detail(self) -> str:
+        site = self.site
+        return f"{site.endpoint}  {site.region}  bucket {site.bucket}  key {site.kms_key}"
+
+
+@dataclass
+class SmtpSink(Service):
+    def argv(self) -> list[str]:
+        return [sys.executable, "-m", "local.smtp_sink", f"--port={self.port}", f"--dir={SMTP_DIR}"]
+
+    def probe(self) -> None:
+        with smtplib.SMTP(HOST, self.port, timeout=3) as smtp:
+            code, _ = smtp.noop()
+            if code != 250:
+                raise StackError(f"NOOP answered {code}")
+
+    def detail(self) -> str:
+        count = len(list(SMTP_DIR.glob("*.eml"))) if SMTP_DIR.exists() else 0
+        return f"smtp://{HOST}:{self.port}  {count} message(s) in {SMTP_DIR}"
+
+
+@dataclass
+class Airflow(Service):
+    ready_timeout: float = 300.0
+    stop_signal: signal.Signals = signal.SIGINT  # SIGTERM would orphan its children
+    # Standalone sometimes waits forever on a LocalExecutor worker that missed its stop
+    # message; after this long its process group gets SIGTERM (then SIGKILL).
+    stop_timeout: float = 20.0
+
+    def argv(self) -> list[str]:
+        return airflow_stack.command()
+
+    def env(self) -> dict[str, str]:
+        return airflow_stack.airflow_env()
+
+    def prepare(self) -> None:
+        airflow_stack.prepare(self.env())
+
+    def probe(self) -> None:
+        airflow_stack.probe(self.port)
+
+    def ports(self) -> list[int]:
+        return [self.port, *airflow_stack.LOG_SERVER_PORTS]
+
+    def after_ready(self) -> None:
+        print(f"  Airflow UI/API: {self.detail()}")
+
+    def detail(self) -> str:
+        creds = airflow_stack.login()
+        login = f"  login {creds[0]} / {creds[1]}" if creds else ""
+        return f"http://{HOST}:{self.port}{login}"
+
+
+def services(groups: list[str]) -> list[Service]:
+    """The processes of the selected groups, in start order."""
+    ports = Ports.from_env()
+    sites = s3_sites(ports)
+    by_group: dict[str, list[Service]] = {
+        "pg": [Postgres("pg", ports.pg)],
+        "s3": [
+            Kms("kms", ports.kms, ready_timeout=15, sites=sites),
+            *(WeedS3(site.name, site.port, site=site, kms_port=ports.kms) for site in sites),
+        ],
+        "smtp": [SmtpSink("smtp", ports.smtp, ready_timeout=15)],
+        "airflow": [Airflow("airflow", ports.airflow)],
+    }
+    owners: dict[int, str] = {}
+    for svc in (svc for group in by_group.values() for svc in group):
+        for port in svc.ports():
+            if port in owners:
+                raise StackError(
+                    f"port {port} is wanted by both {owners[port]} and {svc.name}; move one with "
+                    "the BACKUP_*_PORT variables (weed uses its S3 port .. +10 and +10008)"
+                )
+            owners[port] = svc.name
+    return [svc for group in GROUPS if group in groups for svc in by_group[group]]
+
+
+def running_groups() -> list[str]:
+    """Groups whose every process is running (so a caller knows what it did not start)."""
+    return [g for g in GROUPS if all(svc.pid() is not None for svc in services([g]))]
+
+
+def up_one(svc: Service) -> None:
+    started = time.monotonic()
+    pid = svc.pid()
+    if pid is not None:
+        wait_ready(svc.name, svc.probe, svc.ready_timeout, log_file(svc.name))
+        print(f"{svc.name}: already running (pid {pid})")
+    else:
+        if port_open(svc.port):
+            raise StackError(
+                f"{svc.name}: port {svc.port} is in use by a process this stack does not track "
+                f"(an old stack whose .local was deleted?). Find it with `ss -ltnp | grep "
+                f":{svc.port}` or choose another port with the BACKUP_*_PORT variables."
+            )
+        svc.prepare()
+        proc = svc.start()
+        try:
+            wait_ready(svc.name, svc.probe, svc.ready_timeout, log_file(svc.name), proc)
+        except StackError:
+            svc.stop()
+            raise
+        print(f"{svc.name}: started (pid {svc.pid()}) in {time.monotonic() - started:.1f}s")
+    svc.after_ready()
+
+
+def up(groups: list[str]) -> None:
+    started = time.monotonic()
+    for svc in services(groups):
+        up_one(svc)
+    print(f"up: {', '.join(groups)} ready in {time.monotonic() - started:.1f}s")
+
+
+def down(groups: list[str]) -> None:
+    # Parts stop independently and weed takes seconds to drain, so stop them all at once.
+    selected = list(reversed(services(groups)))
+    with ThreadPoolExecutor(max_workers=len(selected)) as pool:
+        results = list(pool.map(lambda svc: svc.stop(), selected))
+    for svc, stopped in zip(selected, results, strict=True):
+        print(f"{svc.name}: {'stopped' if stopped else 'not running'}")
+    if "airflow" not in groups and running_pid("airflow") is not None:
+        print("airflow: still running (stop it with --only airflow or --all)")
+
+
+def status(groups: list[str], shown: list[str]) -> int:
+    """Print every shown part; return 0 only if all parts of ``groups`` answer."""
+    in_scope = {svc.name for svc in services(groups)}
+    failing = 0
+    for svc in services(shown):
+        pid = svc.pid()
+        if pid is None:
+            state = "stopped"
+        else:
+            try:
+                svc.probe()
+                state = "ready"
+            except Exception as exc:  # any failure is reported, not raised
+                state = f"NOT ANSWERING ({exc})"
+        failing += svc.name in in_scope and state != "ready"
+        pid_text = f"pid {pid}" if pid else "-"
+        print(f"{svc.name:<13} {state:<8} {pid_text:<11} {svc.detail()}")
+    return 3 if failing else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m local.stack", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("command", choices=["up", "down", "status"])
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--only", help=f"comma-separated subset of {','.join(GROUPS)}")
+    which.add_argument("--all", action="store_true", help="every part, Airflow included")
+    args = parser.parse_args(argv)
+    if args.all:
+        groups = list(GROUPS)
+    elif args.only:
+        groups = [g.strip() for g in args.only.split(",") if g.strip()]
+        unknown = sorted(set(groups) - set(GROUPS))
+        if unknown:
+            parser.error(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(GROUPS)}")
+    else:
+        groups = list(DEFAULT_GROUPS)
+    try:
+        if args.command == "up":
+            up(groups)
+        elif args.command == "down":
+            down(groups)
+        else:
+            return status(groups, groups if args.only or args.all else list(GROUPS))
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.stdout.reconfigure(line_buffering=True)  # keep progress and errors in order in CI logs
+    sys.exit(main())

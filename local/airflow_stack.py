@@ -9,6 +9,7 @@ import sys
 import urllib.request
 
 from local.config import AIRFLOW_HOME, HOST, REPO_ROOT, VENV_BIN, Ports
+from local.pg import pg_bin
 from local.proc import StackError, log_file, log_tail
 
 # Standalone's log servers: fixed ports, bound to all interfaces by Airflow itself.
@@ -42,6 +43,8 @@ def airflow_env(ports: Ports | None = None) -> dict[str, str]:
             "AIRFLOW__CORE__PARALLELISM": "8",
             "PATH": os.pathsep.join([str(VENV_BIN), env.get("PATH", "")]),
             "PYTHONPATH": os.pathsep.join(dict.fromkeys(pythonpath)),
+            # pg_dump/pg_restore matching the local PostgreSQL 16 server.
+            "BACKUP_PG_BIN_DIR": str(pg_bin("pg_dump").parent),
         }
     )
     return env

@@ -27,6 +27,7 @@ def pid_file(name: str) -> Path:
 
 
 def log_file(name: str) -> Path:
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
     return LOG_DIR / f"{name}.log"
 
 

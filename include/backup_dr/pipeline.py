@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -57,7 +58,7 @@ class Stores:
             ObjectStore.for_region(policy.regions.secondary),
         )
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[ObjectStore]:
         return iter((self.primary, self.secondary))
 
     def by_region(self, name: str) -> ObjectStore:

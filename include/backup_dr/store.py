@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, Protocol
 
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from include.backup_dr.catalogue import (
     INTEGRITY_NAME,
@@ -131,7 +132,7 @@ class ObjectStore:
             max_io_queue=UPLOAD_BUFFERED_PARTS,
         )
         config.max_in_memory_upload_chunks = UPLOAD_BUFFERED_PARTS
-        try:
+        with _translated(f"upload to {self.where(key)}"):
             self.client.upload_fileobj(
                 reader,
                 self.bucket,
@@ -139,12 +140,10 @@ class ObjectStore:
                 ExtraArgs={**self._encryption, "ChecksumAlgorithm": "SHA256"},
                 Config=config,
             )
-        except ClientError as exc:
-            raise StoreError(f"upload to {self.where(key)} failed: {_describe(exc)}") from exc
         return Uploaded(key, reader.size, reader.sha256)
 
     def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
-        try:
+        with _translated(f"writing {self.where(key)}"):
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
@@ -153,8 +152,6 @@ class ObjectStore:
                 ChecksumAlgorithm="SHA256",
                 **self._encryption,
             )
-        except ClientError as exc:
-            raise StoreError(f"writing {self.where(key)} failed: {_describe(exc)}") from exc
 
     def put_json(self, key: str, document: Any) -> None:
         text = document if isinstance(document, str) else json.dumps(document, indent=2) + "\n"
@@ -179,7 +176,7 @@ class ObjectStore:
             multipart_threshold=single_copy_limit,
             multipart_chunksize=min(COPY_PART_SIZE, single_copy_limit),
         )
-        try:
+        with _translated(f"server-side copy {source.where(key)} -> {self.where(key)}"):
             self.client.copy(
                 {"Bucket": source.bucket, "Key": key},
                 self.bucket,
@@ -188,11 +185,6 @@ class ObjectStore:
                 SourceClient=source.client,
                 Config=config,
             )
-        except ClientError as exc:
-            raise StoreError(
-                f"server-side copy {source.where(key)} -> {self.where(key)} failed: "
-                f"{_describe(exc)}"
-            ) from exc
         return "server-side multipart copy" if size > single_copy_limit else "server-side copy"
 
     def _copy_streamed(self, source: ObjectStore, key: str) -> str:
@@ -207,18 +199,14 @@ class ObjectStore:
     # --- reads --------------------------------------------------------------------------------
 
     def head(self, key: str) -> dict[str, Any] | None:
-        try:
+        """The object's metadata, or None when it does not exist."""
+        with _translated(f"reading {self.where(key)}", missing_ok=True):
             return self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise StoreError(f"reading {self.where(key)} failed: {_describe(exc)}") from exc
+        return None
 
     def open(self, key: str) -> IO[bytes]:
-        try:
+        with _translated(f"reading {self.where(key)}"):
             return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        except ClientError as exc:
-            raise StoreError(f"reading {self.where(key)} failed: {_describe(exc)}") from exc
 
     def iter_chunks(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
         body = self.open(key)
@@ -228,14 +216,13 @@ class ObjectStore:
             body.close()
 
     def get_json(self, key: str) -> Any | None:
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
-        except ClientError as exc:
-            if _status(exc) == 404:
-                return None
-            raise StoreError(f"reading {self.where(key)} failed: {_describe(exc)}") from exc
-        with body:
+        """A small JSON document, or None when it does not exist."""
+        with (
+            _translated(f"reading {self.where(key)}", missing_ok=True),
+            self.client.get_object(Bucket=self.bucket, Key=key)["Body"] as body,
+        ):
             return json.loads(body.read())
+        return None
 
     def manifest(self, backup: BackupId) -> Manifest | None:
         document = self.get_json(backup.key(MANIFEST_NAME))
@@ -243,23 +230,14 @@ class ObjectStore:
 
     def list_objects(self, prefix: str) -> Iterator[StoredObject]:
         paginator = self.client.get_paginator("list_objects_v2")
-        try:
+        with _translated(f"listing {self.where(prefix)}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield StoredObject(item["Key"], item["Size"], item["LastModified"])
-        except ClientError as exc:
-            raise StoreError(
-                f"listing s3://{self.bucket}/{prefix} in {self.region.name} failed: "
-                f"{_describe(exc)}"
-            ) from exc
 
     def unfinished_uploads(self, prefix: str) -> list[Debris]:
-        try:
+        with _translated(f"listing unfinished uploads under {self.where(prefix)}"):
             page = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
-        except ClientError as exc:
-            raise StoreError(
-                f"listing uploads in s3://{self.bucket} ({self.region.name}): {_describe(exc)}"
-            ) from exc
         return [
             Debris(self.region.name, item["Key"], _utc(item["Initiated"]), item["UploadId"])
             for item in page.get("Uploads", [])
@@ -293,14 +271,16 @@ class ObjectStore:
         """Delete every version and delete marker under `prefix`; returns how many went."""
         paginator = self.client.get_paginator("list_object_versions")
         doomed: list[dict[str, str]] = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
-            for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
+        with _translated(f"listing versions under {self.where(prefix)}"):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+                    doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
         for start in range(0, len(doomed), 1000):
             batch = doomed[start : start + 1000]
-            response = self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-            )
+            with _translated(f"deleting under {self.where(prefix)}"):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
             if response.get("Errors"):
                 first = response["Errors"][0]
                 raise StoreError(
@@ -310,11 +290,24 @@ class ObjectStore:
         return len(doomed)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
-        try:
+        with _translated(f"aborting the upload of {self.where(key)}", missing_ok=True):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-        except ClientError as exc:
-            if _status(exc) != 404:
-                raise StoreError(f"aborting upload of {self.where(key)}: {_describe(exc)}") from exc
+
+
+@contextmanager
+def _translated(action: str, *, missing_ok: bool = False) -> Iterator[None]:
+    """Turn botocore errors into a StoreError saying what was being done where.
+
+    With `missing_ok`, a 404 is swallowed and the caller carries on after the block.
+    """
+    try:
+        yield
+    except ClientError as exc:
+        if missing_ok and _status(exc) == 404:
+            return
+        raise StoreError(f"{action} failed: {_describe(exc)}") from exc
+    except BotoCoreError as exc:
+        raise StoreError(f"{action} failed: {exc}") from exc
 
 
 def _status(exc: ClientError) -> int:

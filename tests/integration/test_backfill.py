@@ -27,7 +27,13 @@ TARGETS = ("platform_billing", "platform_core")
 @pytest.fixture(scope="module")
 def airflow(stack) -> Iterator[dict[str, str]]:
     """Airflow standalone (scheduler, API, dag processor) with its own home, on the test stack."""
-    env = {**os.environ, "BACKUP_LOCAL_DIR": f"{STATE}-standalone", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "BACKUP_LOCAL_DIR": f"{STATE}-standalone",
+        "PYTHONPATH": str(REPO),
+        # PostgreSQL as the metadata DB, as in production: SQLite locks under a busy scheduler.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _metadata_db(),
+    }
     # Connections come from its own metadata DB (loaded by `up`), as in a real deployment.
     env = {k: v for k, v in env.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
     for command in ("down", "up"):  # a fresh metadata DB: only the store remembers backups
@@ -49,6 +55,7 @@ def airflow(stack) -> Iterator[dict[str, str]]:
         },
         "BACKUP_LOCAL_DIR": env["BACKUP_LOCAL_DIR"],
         "AIRFLOW_HOME": f"{env['BACKUP_LOCAL_DIR']}/airflow",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
     }
     yield cli_env
     subprocess.run(
@@ -57,6 +64,17 @@ def airflow(stack) -> Iterator[dict[str, str]]:
         check=False,
         cwd=REPO,
     )
+
+
+def _metadata_db() -> str:
+    from local.config import HOST, PG_PASSWORD, PG_USER, Ports
+    from local.pg import connect
+
+    with connect() as conn:
+        conn.execute("DROP DATABASE IF EXISTS airflow_backfill_test WITH (FORCE)")
+        conn.execute("CREATE DATABASE airflow_backfill_test")
+    port = Ports.from_env().pg
+    return f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@{HOST}:{port}/airflow_backfill_test"
 
 
 def _airflow(env: dict[str, str], *args: str) -> str:

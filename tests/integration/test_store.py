@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 from datetime import UTC, datetime
 
@@ -52,13 +53,23 @@ def test_copy_within_one_service_is_server_side_and_re_encrypted(stores) -> None
     source.client.delete_bucket(Bucket="copies-eu-west-1")
 
 
-def test_missing_secondary_bucket_is_a_clear_error_and_loses_nothing(stores, policy_file) -> None:
-    policy = policy_file(lambda d: d["regions"]["secondary"].update(bucket="no-such-bucket"))
+def test_unreachable_secondary_region_is_a_clear_error_and_loses_nothing(
+    stores, policy_file, monkeypatch
+) -> None:
+    # Nothing listens on port 9 (discard) here: the region's S3 endpoint is down.
+    broken = {
+        "conn_type": "aws",
+        "login": "x",
+        "password": "y",
+        "extra": {"endpoint_url": "http://127.0.0.1:9"},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_S3_DOWN", json.dumps(broken))
+    policy = policy_file(lambda d: d["regions"]["secondary"].update(conn_id="s3_down"))
     window = datetime(2026, 11, 26, 0, 30, tzinfo=UTC)
     ref = take_snapshot(policy, stores, "platform_billing", "daily", window, {})
-    broken = Stores.from_policy(policy)
     with pytest.raises(
-        StoreError, match=r"s3://no-such-bucket/.* in eu-central-1 failed: NoSuchBucket"
+        StoreError,
+        match=r"s3://backups-eu-central-1/platform/.* in eu-central-1 failed: Could not connect",
     ):
-        copy_to_secondary(policy, broken, ref)
+        copy_to_secondary(policy, Stores.from_policy(policy), ref)
     assert stores.primary.manifest(from_ref(ref)) is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -258,7 +259,10 @@ def prune(
             for d in plan.decisions
         ],
     }
-    key = f"evidence/prune/{category}/{target}/{tier}/{window_label(now)}.json"
+    # Sortable by planning time; the suffix keeps two plans for the same instant apart.
+    key = (
+        f"evidence/prune/{category}/{target}/{tier}/{window_label(now)}-{uuid.uuid4().hex[:8]}.json"
+    )
     for store in stores:
         store.put_json(key, evidence)
     if stopped:

@@ -8,6 +8,7 @@ import pytest
 
 from include.backup_dr.catalogue import BackupId, build_catalogue
 from include.backup_dr.pipeline import (
+    CircuitBreakerTripped,
     backup_ref,
     check_integrity,
     copy_to_secondary,
@@ -46,3 +47,24 @@ def test_fourteen_days_keep_exactly_the_policy(stores, policy_file) -> None:
         versions = store.client.list_object_versions(Bucket=store.bucket, Prefix=gone.prefix)
         assert not versions.get("Versions") and not versions.get("DeleteMarkers")
     assert backup_ref(gone)["window"] == windows[0].isoformat()
+
+    # A clock that jumps two months would expire all but the newest: the breaker stops it.
+    jumped = windows[-1] + timedelta(days=60)
+    with pytest.raises(CircuitBreakerTripped, match="6 of 7 copies"):
+        prune(policy, stores, target, tier, now=jumped)
+    dry = prune(
+        policy, stores, target, tier, now=jumped, dry_run=True, override_circuit_breaker=True
+    )
+    assert (dry["planned_deletions"], dry["deleted"]) == (12, 0)
+    backups, _ = build_catalogue(store.listing(f"platform/{target}/{tier}/") for store in stores)
+    assert len(backups) == 7
+    records = [
+        stores.secondary.get_json(o.key)
+        for o in stores.secondary.list_objects(f"evidence/prune/platform/{target}/{tier}/")
+    ]
+    at_jump = sorted(
+        (r["dry_run"], r["executed"], bool(r["circuit_breaker"]))
+        for r in records
+        if r["planned_at"] == jumped.isoformat()
+    )
+    assert at_jump == [(False, False, True), (True, False, True)]

@@ -29,7 +29,7 @@ SMALL_DB = "platform_billing"
 
 #: Runs one pipeline step in a fresh process, so its peak RSS is the step's own.
 _STEP = """
-import json, resource, sys, time
+import json, sys, time
 from datetime import datetime
 from include.backup_dr.pipeline import Stores, check_integrity, take_snapshot
 from include.backup_dr.policy import load_policy
@@ -42,8 +42,9 @@ else:
     ref = {"category": "platform", "target": target, "tier": "daily", "window": window.isoformat()}
     result = check_integrity(policy, stores, ref)
 elapsed = time.perf_counter() - started
-print(json.dumps({"seconds": elapsed, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "result": result}))
+# VmHWM, not ru_maxrss: the latter carries the parent's peak across fork+exec.
+hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"seconds": elapsed, "rss_mb": int(hwm.split()[1]) / 1024, "result": result}))
 """
 
 
@@ -177,13 +178,16 @@ def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
     )
 
     key = f"platform/{BENCH_DB}/daily/{window.strftime('%Y%m%dT%H%M%SZ')}/data.pgdump"
+    started = time.perf_counter()
+    for _ in stores.primary.iter_chunks(key):
+        pass
+    download = time.perf_counter() - started
     with tempfile.NamedTemporaryFile(dir=REPO / ".local") as local:
-        started = time.perf_counter()
         for chunk in stores.primary.iter_chunks(key):
             local.write(chunk)
-        download = time.perf_counter() - started
         local.flush()
         sha = _timed(["sha256sum", local.name], stdout=subprocess.DEVNULL)
+        openssl = _timed(["openssl", "dgst", "-sha256", local.name], stdout=subprocess.DEVNULL)
     from include.backup_dr.catalogue import BackupId
     from include.backup_dr.engines import engine_for
     from include.backup_dr.integrity import check_copy
@@ -196,6 +200,13 @@ def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
             "integrity re-hash (one region) vs sha256sum of the same bytes on local disk",
             f"{rehash:,.0f} MB/s vs {size / sha / 1e6:,.0f} MB/s",
             f"{sha / report.seconds:.2f}x (goal >= 0.8x)",
+        )
+    )
+    rows.append(
+        (
+            "integrity re-hash (one region) vs openssl dgst -sha256 of the same bytes",
+            f"{rehash:,.0f} MB/s vs {size / openssl / 1e6:,.0f} MB/s",
+            f"{openssl / report.seconds:.2f}x",
         )
     )
     rows.append(

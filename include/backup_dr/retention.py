@@ -27,6 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import NamedTuple
 
 from include.backup_dr.catalogue import Backup, BackupId, Debris, Verification
 from include.backup_dr.policy import format_duration
@@ -37,9 +38,11 @@ class Action(StrEnum):
     DELETE = "delete"
 
 
-@dataclass(frozen=True)
-class Decision:
-    """What happens to one region copy (or one piece of debris), and why."""
+class Decision(NamedTuple):
+    """What happens to one region copy (or one piece of debris), and why.
+
+    A NamedTuple rather than a dataclass: plans hold one per copy, hundreds of thousands.
+    """
 
     action: Action
     region: str
@@ -69,8 +72,7 @@ class PrunePlan:
         return [d for d in self.decisions if d.action is Action.KEEP]
 
 
-def _age(now: datetime, then: datetime) -> str:
-    delta = now - then
+def _age(delta: timedelta) -> str:
     if delta < timedelta(0):
         return "in the future"
     hours = int(delta.total_seconds() // 3600)
@@ -102,22 +104,27 @@ def plan_prune(
     """Decide keep or delete, with a reason, for every copy and every piece of debris."""
     backups = list(backups)
     protected = newest_verified(backups)
+    # Labels are formatted once, not once per copy: plans run over 100,000s of backups.
+    newest_label = {group: f"{backup}@{group[2]}" for group, backup in protected.items()}
+    keep_label = {tier: format_duration(keep_for) for tier, keep_for in retention.items()}
     decisions: list[Decision] = []
     for backup in backups:
         keep_for = retention[backup.id.tier]
-        age = _age(now, backup.id.window)
+        elapsed = now - backup.id.window
+        age = _age(elapsed)
         planned: dict[str, Decision] = {}
         for region in sorted(backup.copies):
-            newest = protected.get((backup.id.target, backup.id.tier, region))
+            group = (backup.id.target, backup.id.tier, region)
+            newest = protected.get(group)
             if newest == backup.id:
                 action = Action.KEEP
                 reason = (
                     f"newest verified backup of tier {backup.id.tier} in {region} "
                     f"(window age {age}); never deleted"
                 )
-            elif now - backup.id.window <= keep_for:
+            elif elapsed <= keep_for:
                 action = Action.KEEP
-                reason = f"within retention: window age {age} <= {format_duration(keep_for)}"
+                reason = f"within retention: window age {age} <= {keep_label[backup.id.tier]}"
             elif newest is None:
                 action = Action.KEEP
                 reason = (
@@ -127,8 +134,8 @@ def plan_prune(
             else:
                 action = Action.DELETE
                 reason = (
-                    f"expired: window age {age} > {format_duration(keep_for)}; "
-                    f"newer verified copy {newest}@{region} remains"
+                    f"expired: window age {age} > {keep_label[backup.id.tier]}; "
+                    f"newer verified copy {newest_label[group]} remains"
                 )
             planned[region] = Decision(action, region, reason, backup=backup.id)
         decisions.extend(_guard_twins(backup, planned))
@@ -140,8 +147,7 @@ def plan_prune(
                 Decision(
                     Action.DELETE,
                     item.region,
-                    f"{what}, {_age(now, item.last_modified)} old > grace "
-                    f"{format_duration(grace)}: never a backup",
+                    f"{what}, {_age(age)} old > grace {format_duration(grace)}: never a backup",
                     debris=item,
                 )
             )
@@ -150,7 +156,7 @@ def plan_prune(
                 Decision(
                     Action.KEEP,
                     item.region,
-                    f"{what}, {_age(now, item.last_modified)} old <= grace "
+                    f"{what}, {_age(age)} old <= grace "
                     f"{format_duration(grace)}: may still be in progress",
                     debris=item,
                 )
@@ -160,21 +166,23 @@ def plan_prune(
 
 def _guard_twins(backup: Backup, planned: dict[str, Decision]) -> list[Decision]:
     """Keep a copy whose twin in the other region is kept but unverified: it may be the good one."""
+    weak = [
+        region
+        for region, decision in planned.items()
+        if decision.action is Action.KEEP
+        and backup.copies[region].verification is not Verification.PASSED
+    ]
+    if not weak:
+        return list(planned.values())
     guarded = []
     for region, decision in planned.items():
-        weak = [
-            other
-            for other, twin in planned.items()
-            if other != region
-            and twin.action is Action.KEEP
-            and backup.copies[other].verification is not Verification.PASSED
-        ]
-        if decision.action is Action.DELETE and weak:
+        twin = next((other for other in weak if other != region), None)
+        if decision.action is Action.DELETE and twin is not None:
             decision = Decision(
                 Action.KEEP,
                 region,
-                f"expired, but the copy in {weak[0]} is kept and "
-                f"{backup.copies[weak[0]].verification.value}; this copy may be the only good one",
+                f"expired, but the copy in {twin} is kept and "
+                f"{backup.copies[twin].verification.value}; this copy may be the only good one",
                 backup=backup.id,
             )
         guarded.append(decision)

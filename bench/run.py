@@ -254,8 +254,16 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1100)
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    _prepare(args.size_mb)
-    rows = [*bench_snapshot_and_integrity(), bench_prune_planning()]
+    from local import stack
+
+    already = stack.running_groups()
+    try:
+        _prepare(args.size_mb)
+        rows = [*bench_snapshot_and_integrity(), bench_prune_planning()]
+    finally:
+        started = [group for group in stack.DEFAULT_GROUPS if group not in already]
+        if started:
+            stack.down(started)
     width = max(len(r[0]) for r in rows)
     lines = [f"{'measure':{width}}  {'measured':28}  ratio", "-" * (width + 50)]
     lines += [f"{a:{width}}  {b:28}  {c}" for a, b, c in rows]

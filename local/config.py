@@ -29,6 +29,7 @@ S3_SECRET_KEY = "backup-local-secret"  # noqa: S105 (throw-away local stack)
 
 DEFAULT_PORTS = {
     "BACKUP_PG_PORT": 55432,
+    "BACKUP_PG_SANDBOX_PORT": 55532,
     "BACKUP_S3_PRIMARY_PORT": 18333,
     "BACKUP_S3_SECONDARY_PORT": 18433,
     "BACKUP_KMS_PORT": 18533,
@@ -51,7 +52,8 @@ def _port(var: str) -> int:
 class Ports:
     """The ports of one stack, read from the environment at call time (tests may patch it)."""
 
-    pg: int
+    pg: int  # the platform (production) PostgreSQL server
+    pg_sandbox: int  # the restore sandbox: restore tests run here, never on pg
     s3_primary: int
     s3_secondary: int
     kms: int
@@ -62,6 +64,7 @@ class Ports:
     def from_env(cls) -> Ports:
         return cls(
             pg=_port("BACKUP_PG_PORT"),
+            pg_sandbox=_port("BACKUP_PG_SANDBOX_PORT"),
             s3_primary=_port("BACKUP_S3_PRIMARY_PORT"),
             s3_secondary=_port("BACKUP_S3_SECONDARY_PORT"),
             kms=_port("BACKUP_KMS_PORT"),
@@ -73,6 +76,7 @@ class Ports:
         """Map each default port to the port in force, to rewrite default-based settings."""
         current = {
             "BACKUP_PG_PORT": self.pg,
+            "BACKUP_PG_SANDBOX_PORT": self.pg_sandbox,
             "BACKUP_S3_PRIMARY_PORT": self.s3_primary,
             "BACKUP_S3_SECONDARY_PORT": self.s3_secondary,
             "BACKUP_KMS_PORT": self.kms,

@@ -1,5 +1,14 @@
 """PostgreSQL 16 from the pgserver wheel's binaries, on TCP 127.0.0.1 with password auth.
 
+The stack runs two separate servers from the same binaries, each with its own data
+directory, port, PID file and log (see ``Server``):
+
+* ``platform`` (stack part ``pg``, ``$BACKUP_PG_PORT``, data ``pg/``): the production
+  stand-in that backups dump from; it holds the sample databases.
+* ``sandbox`` (stack part ``pg-sandbox``, ``$BACKUP_PG_SANDBOX_PORT``, data ``pg-sandbox/``):
+  where restore tests restore to, so they never touch the platform server. It holds
+  nothing but the ``postgres`` database.
+
 pgserver's own API only offers a Unix socket, so we drive its bundled initdb/pg_ctl
 directly. PostgreSQL refuses to run as root; as root, like pgserver, we run it as the
 system user ``pgserver`` and hand it the data directory.
@@ -12,7 +21,9 @@ import stat
 import subprocess
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import psycopg
 
@@ -30,8 +41,9 @@ with warnings.catch_warnings():
     )
 
 PG_BIN = Path(pgserver.__file__).parent / "pginstall" / "bin"
-DATA_DIR = STATE_DIR / "pg"
 OS_USER = "pgserver" if os.geteuid() == 0 else None
+
+ServerName = Literal["platform", "sandbox"]
 
 # Appended to postgresql.conf: fewer forced checkpoints while loading 1 GB+ sample data.
 _CONF = """
@@ -45,99 +57,151 @@ def pg_bin(tool: str) -> Path:
     return PG_BIN / tool
 
 
-def conninfo(dbname: str = "postgres", port: int | None = None) -> str:
-    """libpq connection string for the local server as superuser."""
-    port = port or Ports.from_env().pg
-    return f"host={HOST} port={port} user={PG_USER} password={PG_PASSWORD} dbname={dbname}"
+@dataclass(frozen=True)
+class Server:
+    """One PostgreSQL instance of the stack.
 
-
-def connect(dbname: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection:
-    return psycopg.connect(conninfo(dbname), autocommit=autocommit, connect_timeout=5)
-
-
-def _run(argv: list[str], log: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-    """Run a server tool as the data directory's owner.
-
-    Output goes to a file, never a pipe: the postmaster forked by ``pg_ctl start``
-    inherits the descriptors and would keep a pipe open forever.
+    ``part`` is its name in ``local.stack`` and names its PID and log files; the port is
+    the ``Ports`` field ``port_field``, read from the environment at call time.
     """
-    with (log or Path(os.devnull)).open("ab") as out:
-        return subprocess.run(
-            argv, stdout=out, stderr=subprocess.STDOUT, user=OS_USER, cwd=DATA_DIR, check=False
-        )
+
+    name: ServerName
+    part: str
+    data_dir: Path
+    port_field: str
+
+    @property
+    def port(self) -> int:
+        return getattr(Ports.from_env(), self.port_field)
+
+    @property
+    def log(self) -> Path:
+        return log_file(self.part)
+
+    def conninfo(self, dbname: str = "postgres", port: int | None = None) -> str:
+        """libpq connection string for this server as superuser."""
+        port = port or self.port
+        return f"host={HOST} port={port} user={PG_USER} password={PG_PASSWORD} dbname={dbname}"
+
+    def connect(self, dbname: str = "postgres", *, autocommit: bool = True) -> psycopg.Connection:
+        return psycopg.connect(self.conninfo(dbname), autocommit=autocommit, connect_timeout=5)
+
+    def _run(self, argv: list[str]) -> subprocess.CompletedProcess[bytes]:
+        """Run a server tool as the data directory's owner, output appended to the log.
+
+        Output goes to a file, never a pipe: the postmaster forked by ``pg_ctl start``
+        inherits the descriptors and would keep a pipe open forever.
+        """
+        with self.log.open("ab") as out:
+            return subprocess.run(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                user=OS_USER,
+                cwd=self.data_dir,
+                check=False,
+            )
+
+    def _grant_to_os_user(self) -> None:
+        """Let the unprivileged server user reach the binaries, data and log (as pgserver does)."""
+        if OS_USER is None:
+            return
+        entry = ensure_user_exists(OS_USER)
+        ensure_prefix_permissions(self.data_dir)
+        ensure_prefix_permissions(PG_BIN)
+        readable = stat.S_IRGRP | stat.S_IROTH
+        ensure_folder_permissions(PG_BIN, readable | stat.S_IXGRP | stat.S_IXOTH)
+        ensure_folder_permissions(PG_BIN.parent / "lib", readable)
+        log = self.log
+        log.touch()
+        for path in (self.data_dir, log):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def init_cluster(self) -> None:
+        """initdb once: superuser ``postgres`` with a password; trust only on the Unix socket."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._grant_to_os_user()
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        with tempfile.NamedTemporaryFile("w", prefix="pgpw", delete=False) as pwfile:
+            pwfile.write(PG_PASSWORD + "\n")
+        try:
+            if OS_USER is not None:
+                entry = ensure_user_exists(OS_USER)
+                os.chown(pwfile.name, entry.pw_uid, entry.pw_gid)
+            argv = [str(pg_bin("initdb")), "-D", str(self.data_dir), "-U", PG_USER]
+            argv += [f"--pwfile={pwfile.name}", "--auth-local=trust", "--auth-host=scram-sha-256"]
+            argv += ["--encoding=UTF8", "--locale=C"]
+            result = self._run(argv)
+        finally:
+            Path(pwfile.name).unlink()
+        if result.returncode != 0:
+            raise StackError(
+                f"{self.part}: initdb failed (exit {result.returncode}); see {self.log}"
+            )
+        with (self.data_dir / "postgresql.conf").open("a") as conf:
+            conf.write(_CONF)
+
+    def postmaster_pid(self) -> int | None:
+        """PID recorded by the running server itself, or None if no server holds the data dir."""
+        try:
+            pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if alive(pid) else None
+
+    def start(self, port: int | None = None) -> int:
+        """Start the server detached on ``HOST:port`` (socket in the data dir); returns its PID."""
+        options = f"-h {HOST} -p {port or self.port} -k {self.data_dir}"
+        argv = [str(pg_bin("pg_ctl")), "-D", str(self.data_dir), "-l", str(self.log)]
+        result = self._run([*argv, "-o", options, "-w", "-t", "60", "start"])
+        pid = self.postmaster_pid()
+        if result.returncode != 0 or pid is None:
+            raise StackError(
+                f"{self.part}: pg_ctl start failed (exit {result.returncode}); see {self.log}"
+            )
+        return pid
+
+    def stop(self) -> None:
+        """Fast shutdown: roll back open transactions, then a clean checkpoint."""
+        argv = [str(pg_bin("pg_ctl")), "-D", str(self.data_dir), "-m", "fast", "-w", "-t", "60"]
+        self._run([*argv, "stop"])
+        if self.postmaster_pid() is not None:
+            raise StackError(f"{self.part}: pg_ctl stop did not stop the server; see {self.log}")
+
+    def probe(self, port: int | None = None) -> None:
+        """A real login over TCP with the password, then a query; raises until ready."""
+        with psycopg.connect(self.conninfo("postgres", port), connect_timeout=3) as conn:
+            conn.execute("SELECT 1").fetchone()
 
 
-def _grant_to_os_user() -> None:
-    """Let the unprivileged server user reach the binaries, data and log (as pgserver does)."""
-    if OS_USER is None:
-        return
-    entry = ensure_user_exists(OS_USER)
-    ensure_prefix_permissions(DATA_DIR)
-    ensure_prefix_permissions(PG_BIN)
-    readable = stat.S_IRGRP | stat.S_IROTH
-    ensure_folder_permissions(PG_BIN, readable | stat.S_IXGRP | stat.S_IXOTH)
-    ensure_folder_permissions(PG_BIN.parent / "lib", readable)
-    log = log_file("pg")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.touch()
-    for path in (DATA_DIR, log):
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+PLATFORM = Server("platform", "pg", STATE_DIR / "pg", "pg")
+SANDBOX = Server("sandbox", "pg-sandbox", STATE_DIR / "pg-sandbox", "pg_sandbox")
+SERVERS: dict[str, Server] = {s.name: s for s in (PLATFORM, SANDBOX)}
+DATA_DIR = PLATFORM.data_dir  # the platform server's, as before there were two
 
 
-def init_cluster() -> None:
-    """initdb once: superuser ``postgres`` with a password; trust only on the Unix socket."""
-    DATA_DIR.mkdir(parents=True, exist_ok=True)
-    _grant_to_os_user()
-    if (DATA_DIR / "PG_VERSION").exists():
-        return
-    with tempfile.NamedTemporaryFile("w", prefix="pgpw", delete=False) as pwfile:
-        pwfile.write(PG_PASSWORD + "\n")
+def get_server(server: ServerName | Server = "platform") -> Server:
+    """The ``Server`` called ``server`` ("platform" or "sandbox")."""
+    if isinstance(server, Server):
+        return server
     try:
-        if OS_USER is not None:
-            entry = ensure_user_exists(OS_USER)
-            os.chown(pwfile.name, entry.pw_uid, entry.pw_gid)
-        argv = [str(pg_bin("initdb")), "-D", str(DATA_DIR), "-U", PG_USER]
-        argv += [f"--pwfile={pwfile.name}", "--auth-local=trust", "--auth-host=scram-sha-256"]
-        argv += ["--encoding=UTF8", "--locale=C"]
-        result = _run(argv, log_file("pg"))
-    finally:
-        Path(pwfile.name).unlink()
-    if result.returncode != 0:
-        raise StackError(f"initdb failed (exit {result.returncode}); see {log_file('pg')}")
-    with (DATA_DIR / "postgresql.conf").open("a") as conf:
-        conf.write(_CONF)
+        return SERVERS[server]
+    except KeyError:
+        raise ValueError(
+            f"unknown PostgreSQL server {server!r}; choose from {', '.join(SERVERS)}"
+        ) from None
 
 
-def postmaster_pid() -> int | None:
-    """PID recorded by the running server itself, or None if no server holds the data dir."""
-    try:
-        pid = int((DATA_DIR / "postmaster.pid").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if alive(pid) else None
+def conninfo(
+    dbname: str = "postgres", port: int | None = None, *, server: ServerName = "platform"
+) -> str:
+    """libpq connection string for a local server (the platform one by default) as superuser."""
+    return get_server(server).conninfo(dbname, port)
 
 
-def start(port: int) -> int:
-    """Start the server detached on ``HOST:port`` (socket in the data dir); returns its PID."""
-    options = f"-h {HOST} -p {port} -k {DATA_DIR}"
-    log = log_file("pg")
-    argv = [str(pg_bin("pg_ctl")), "-D", str(DATA_DIR), "-l", str(log), "-o", options]
-    result = _run([*argv, "-w", "-t", "60", "start"], log)
-    pid = postmaster_pid()
-    if result.returncode != 0 or pid is None:
-        raise StackError(f"pg_ctl start failed (exit {result.returncode}); see {log}")
-    return pid
-
-
-def stop() -> None:
-    """Fast shutdown: roll back open transactions, then a clean checkpoint."""
-    argv = [str(pg_bin("pg_ctl")), "-D", str(DATA_DIR), "-m", "fast", "-w", "-t", "60", "stop"]
-    _run(argv, log_file("pg"))
-    if postmaster_pid() is not None:
-        raise StackError(f"pg_ctl stop did not stop the server; see {log_file('pg')}")
-
-
-def probe(port: int) -> None:
-    """A real login over TCP with the password, then a query; raises until ready."""
-    with psycopg.connect(conninfo("postgres", port), connect_timeout=3) as conn:
-        conn.execute("SELECT 1").fetchone()
+def connect(
+    dbname: str = "postgres", *, server: ServerName = "platform", autocommit: bool = True
+) -> psycopg.Connection:
+    """Superuser connection to a local server: ``server="platform"`` (default) or ``"sandbox"``."""
+    return get_server(server).connect(dbname, autocommit=autocommit)

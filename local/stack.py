@@ -4,6 +4,9 @@
     python -m local.stack down   [--only pg,s3,smtp,airflow | --all]
     python -m local.stack status [--only pg,s3,smtp,airflow]
 
+The pg group is two PostgreSQL servers: the platform one (with the sample databases) and
+the restore sandbox (restore tests run there, never on the platform server).
+
 Without --only, up and down handle pg, s3 and smtp; Airflow only when asked (it takes
 ~1 GB and half a minute). ``up`` is idempotent: running parts are left alone, stale PID
 files replaced, and each part must answer a real request before ``up`` moves on.
@@ -82,32 +85,39 @@ class Service:
         return stop(self.name, self.stop_signal, self.stop_timeout)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Postgres(Service):
+    """One PostgreSQL server; the pg group holds two (platform and restore sandbox)."""
+
+    server: pg.Server
+    sample_data: bool = False
+
     def prepare(self) -> None:
-        pg.init_cluster()
+        self.server.init_cluster()
 
     def pid(self) -> int | None:
-        return pg.postmaster_pid()
+        return self.server.postmaster_pid()
 
     def start(self) -> None:
-        write_pid(self.name, pg.start(self.port))
+        write_pid(self.name, self.server.start(self.port))
 
     def stop(self) -> bool:
-        was_running = pg.postmaster_pid() is not None
+        was_running = self.server.postmaster_pid() is not None
         if was_running:
-            pg.stop()
+            self.server.stop()
         pid_file(self.name).unlink(missing_ok=True)
         return was_running
 
     def probe(self) -> None:
-        pg.probe(self.port)
+        self.server.probe(self.port)
 
     def after_ready(self) -> None:
-        sampledb.ensure_defaults(log=lambda line: print(f"  {line}"))
+        if self.sample_data:
+            sampledb.ensure_defaults(log=lambda line: print(f"  {line}"))
 
     def detail(self) -> str:
-        return f"postgresql://postgres:postgres@{HOST}:{self.port}/postgres  data {pg.DATA_DIR}"
+        url = f"postgresql://postgres:postgres@{HOST}:{self.port}/postgres"
+        return f"{url}  {self.server.name}  data {self.server.data_dir}"
 
 
 @dataclass(kw_only=True)
@@ -207,7 +217,10 @@ def services(groups: list[str]) -> list[Service]:
     ports = Ports.from_env()
     sites = s3_sites(ports)
     by_group: dict[str, list[Service]] = {
-        "pg": [Postgres("pg", ports.pg)],
+        "pg": [
+            Postgres(pg.PLATFORM.part, ports.pg, server=pg.PLATFORM, sample_data=True),
+            Postgres(pg.SANDBOX.part, ports.pg_sandbox, server=pg.SANDBOX),
+        ],
         "s3": [
             Kms("kms", ports.kms, ready_timeout=15, sites=sites),
             *(WeedS3(site.name, site.port, site=site, kms_port=ports.kms) for site in sites),

@@ -92,8 +92,16 @@ class Manifest:
     tool_versions: dict[str, str]
     encryption: dict[str, str]
     row_counts: dict[str, int] = field(default_factory=dict)
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     copied_from: dict[str, str] | None = None
     run: dict[str, str] = field(default_factory=dict)
+
+    def tables(self) -> dict[str, dict[str, Any]]:
+        """Per table: rows at backup time plus its keys; what a restore test checks."""
+        return {
+            table: {"rows": rows, **self.keys.get(table, {"primary_key": [], "foreign_keys": []})}
+            for table, rows in self.row_counts.items()
+        }
 
     def to_json(self) -> str:
         body = asdict(self)
@@ -130,6 +138,7 @@ class Manifest:
             tool_versions=body["tool_versions"],
             encryption=body["encryption"],
             row_counts=body.get("row_counts", {}),
+            keys=body.get("keys", {}),
             copied_from=body.get("copied_from"),
             run=body.get("run", {}),
         )

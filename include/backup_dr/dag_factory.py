@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, Param, get_current_context, task, task_group
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
 from include.backup_dr.policy import Category, Policy, Server, Tier, format_duration, load_policy
@@ -136,10 +137,9 @@ def _server_group(category: str, tier: str, server: Server) -> None:
     per_target.expand(target=select_targets())
 
 
-def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
-    category = policy.categories[category_name]
-    tier = category.tiers[tier_name]
-    default_args = {
+def _default_args() -> dict[str, Any]:
+    """Every task: an owner, retries with backoff, a timeout, and on-call paged on failure."""
+    return {
         "owner": OWNER,
         "retries": 2,
         "retry_delay": timedelta(minutes=2),
@@ -148,13 +148,18 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
         "execution_timeout": timedelta(hours=1),
         "on_failure_callback": [OnCallNotifier()],
     }
+
+
+def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
+    category = policy.categories[category_name]
+    tier = category.tiers[tier_name]
     with DAG(
         dag_id=dag_id_for(category_name, tier_name),
         schedule=tier.schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
-        default_args=default_args,
+        default_args=_default_args(),
         tags=["backup", f"category:{category_name}", f"tier:{tier_name}"],
         doc_md=_doc(category_name, category, tier_name, tier, policy),
         params={
@@ -176,3 +181,189 @@ def build_tier_dags(category: str, policy: Policy | None = None) -> dict[str, DA
         dag_id_for(category, tier): build_tier_dag(policy, category, tier)
         for tier in policy.categories[category].scheduled_tiers()
     }
+
+
+def _drill_doc(policy: Policy) -> str:
+    drill = policy.restore_verification
+    assert drill is not None
+    return f"""### Restore verification (yearly drill)
+
+**Policy:** "All production databases and media are tested for integrity at least annually",
+with a **{format_duration(policy.objectives.rto)} RTO**. On schedule `{drill.schedule}` every
+production database is restored from its newest verified `{drill.tier}` backup in the
+**{drill.region}** region into a fresh sandbox database (connection `{drill.sandbox_conn_id}`,
+never a production server), validated with Great Expectations (tables, row counts, keys and the
+target's business rules in `include/expectations/`), and timed. Evidence (JSON + Markdown) goes
+to `evidence/restore_verification/<target>/` in both regions. The sandbox is always dropped.
+
+Trigger by hand with params `target`, `tier`, `region` and `backup` (a window, ISO 8601).
+"""
+
+
+def build_restore_verification_dag(policy: Policy) -> DAG:
+    """select -> [provision_sandbox -> restore -> validate -> report, teardown] per target."""
+    drill = policy.restore_verification
+    assert drill is not None
+    tiers = sorted({t for c in policy.categories.values() for t in c.scheduled_tiers()})
+    # The steps fail red; `report` alone pages on-call, once per drill, naming the cause.
+    quiet = {"on_failure_callback": None}
+
+    @task
+    def select() -> list[dict[str, str]]:
+        from include.backup_dr import drill as drills
+
+        policy_now, stores = _runtime()
+        return drills.select(policy_now, stores, dict(get_current_context()["params"]))
+
+    @task(**LABELLED, **quiet, execution_timeout=timedelta(minutes=10))
+    def provision_sandbox(ref: dict[str, str]) -> dict[str, str]:
+        from include.backup_dr import drill as drills
+
+        context = _label(ref["target"])
+        return drills.provision(load_policy(), ref, context["run_id"])
+
+    @task(**LABELLED, **quiet, execution_timeout=TIMEOUTS["snapshot"])
+    def restore(ref: dict[str, str]) -> dict[str, Any]:
+        from include.backup_dr import drill as drills
+        from include.backup_dr.restore import Selection
+
+        _label(ref["target"])
+        policy_now, stores = _runtime()
+        conn_id = policy_now.restore_verification.sandbox_conn_id
+        jobs = policy_now.restore_verification.jobs
+        return drills.restore_into(
+            policy_now, stores, Selection.from_ref(ref), conn_id, ref["sandbox"], jobs
+        )
+
+    @task(**LABELLED, **quiet, execution_timeout=timedelta(hours=1))
+    def validate(ref: dict[str, str]) -> dict[str, Any]:
+        from include.backup_dr import drill as drills
+        from include.backup_dr.restore import Selection
+
+        context = _label(ref["target"])
+        policy_now, stores = _runtime()
+        conn_id = policy_now.restore_verification.sandbox_conn_id
+        result = drills.validate(
+            policy_now, stores, Selection.from_ref(ref), conn_id, ref["sandbox"]
+        )
+        document = result.to_document()
+        # Pushed before failing, so `report` records every result of a failed validation too.
+        context["ti"].xcom_push(key="validation", value=document)
+        if not result.ok:
+            failed = result.failures()
+            raise AirflowFailException(
+                f"{len(failed)} expectation(s) failed for target {ref['target']}: "
+                + "; ".join(f"{r.expectation} on {r.table} ({r.observed})" for r in failed)
+            )
+        return document
+
+    @task(**LABELLED, trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
+    def report(ref: dict[str, str]) -> dict[str, Any]:
+        from include.backup_dr import drill as drills
+
+        context = _label(ref["target"])
+        ti = context["ti"]
+        group = ti.task_id.rsplit(".", 1)[0]
+        restored = ti.xcom_pull(task_ids=f"{group}.restore", map_indexes=ti.map_index)
+        validation = ti.xcom_pull(
+            task_ids=f"{group}.validate", key="validation", map_indexes=ti.map_index
+        )
+        policy_now, stores = _runtime()
+        selection = ti.xcom_pull(task_ids=f"{group}.provision_sandbox", map_indexes=ti.map_index)
+        document = drills.report(
+            policy_now,
+            stores,
+            selection or ref,
+            restored,
+            validation,
+            {"dag_id": ti.dag_id, "run_id": context["run_id"]},
+        )
+        if document["outcome"] != "passed":
+            raise drills.DrillFailed(
+                f"Restore test of target {ref['target']} failed: " + "; ".join(document["problems"])
+            )
+        return document
+
+    @task(**LABELLED, execution_timeout=timedelta(minutes=10))
+    def drop_sandbox(ref: dict[str, str]) -> bool:
+        from include.backup_dr import drill as drills
+
+        context = _label(ref["target"])
+        return drills.teardown(load_policy(), ref["target"], context["run_id"])
+
+    @task_group(group_id="drill")
+    def per_target(ref: dict[str, str]) -> None:
+        provisioned = provision_sandbox(ref)
+        checked = validate(provisioned)
+        restore(provisioned) >> checked
+        reported = report(ref)
+        checked >> reported
+        reported >> drop_sandbox(ref).as_teardown(setups=provisioned)
+
+    with DAG(
+        dag_id="restore_verification",
+        schedule=drill.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(),
+        tags=["restore", "drill", "iso27001"],
+        doc_md=_drill_doc(policy),
+        params={
+            "target": Param(None, type=["null", "string"], description="one target (default: all)"),
+            "tier": Param(drill.tier, enum=tiers, description="tier to restore from"),
+            "region": Param(drill.region, enum=["primary", "secondary"]),
+            "backup": Param(None, type=["null", "string"], description="window, ISO 8601"),
+        },
+    ) as dag:
+        per_target.expand(ref=select())
+    return dag
+
+
+def build_dr_restore_dag(policy: Policy) -> DAG:
+    """Manual disaster recovery: restore named targets, in priority order, into a connection."""
+
+    @task
+    def restore_in_priority_order() -> list[dict[str, Any]]:
+        from include.backup_dr import drill as drills
+
+        context = get_current_context()
+        policy_now, stores = _runtime()
+        records = drills.restore_for_recovery(
+            policy_now,
+            stores,
+            dict(context["params"]),
+            {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+        )
+        return [
+            {"target": r["target"], "outcome": r["outcome"], "evidence": r["evidence_prefix"]}
+            for r in records
+        ]
+
+    with DAG(
+        dag_id="dr_restore",
+        schedule=None,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args={**_default_args(), "retries": 0},
+        tags=["restore", "disaster-recovery"],
+        doc_md="""### Disaster recovery restore (manual)
+
+Restores the named `targets`, highest priority first (live client instances first, as the
+policy says), from the newest verified backup (or the `backup` window) in `region`, into the
+PostgreSQL `connection`. Refuses unless `confirm` is `restore`, and refuses a non-empty
+database unless `overwrite` is true. Each restore is validated and leaves evidence in
+`evidence/dr_restore/` in both regions.""",
+        params={
+            "targets": Param([], type="array", description="target names from the policy"),
+            "connection": Param("pg_sandbox", type="string", description="where to restore"),
+            "confirm": Param("", type="string", description="type 'restore' to confirm"),
+            "overwrite": Param(False, type="boolean"),
+            "region": Param("secondary", enum=["primary", "secondary"]),
+            "tier": Param("daily", type="string"),
+            "backup": Param(None, type=["null", "string"], description="window, ISO 8601"),
+        },
+    ) as dag:
+        restore_in_priority_order()
+    return dag

@@ -139,6 +139,7 @@ def take_snapshot(
         tool_versions={**facts.tool_versions, "backup_dr": __version__},
         encryption={"algorithm": "aws:kms", "kms_key_id": primary.region.kms_key_id},
         row_counts=facts.row_counts,
+        keys=facts.keys,
         run=run,
     )
     primary.put_json(backup.key(MANIFEST_NAME), manifest.to_json())

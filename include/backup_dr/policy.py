@@ -206,6 +206,23 @@ class PruneSettings(_Frozen):
     max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
 
 
+class RestoreSettings(_Frozen):
+    """The restore drill: when it runs, where it restores, and what it restores by default."""
+
+    schedule: str = "0 4 15 1 *"
+    sandbox_conn_id: str
+    region: Literal["primary", "secondary"] = "secondary"
+    tier: str = "daily"
+    jobs: int = Field(default=2, ge=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression")
+        return value
+
+
 class Policy(_Frozen):
     """The whole policy. Cross-references (target -> category/server) are checked here."""
 
@@ -216,6 +233,7 @@ class Policy(_Frozen):
     servers: list[Server] = Field(default_factory=list)
     targets: list[Target] = Field(default_factory=list)
     prune: PruneSettings = PruneSettings()
+    restore_verification: RestoreSettings | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -232,6 +250,18 @@ class Policy(_Frozen):
                 raise ValueError(
                     f"targets[{index}] ({target.name}): unknown server {target.server!r}; "
                     f"servers are {', '.join(sorted(servers)) or '(none)'}"
+                )
+        drill = self.restore_verification
+        if drill is not None:
+            if drill.sandbox_conn_id in {s.conn_id for s in self.servers}:
+                raise ValueError(
+                    f"restore_verification.sandbox_conn_id {drill.sandbox_conn_id!r} is a "
+                    "production server's connection; restore tests need a separate sandbox"
+                )
+            tiers = {t for c in self.categories.values() for t in c.scheduled_tiers()}
+            if drill.tier not in tiers:
+                raise ValueError(
+                    f"restore_verification.tier {drill.tier!r} is not a scheduled tier"
                 )
         return self
 

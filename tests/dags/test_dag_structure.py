@@ -156,3 +156,25 @@ print(json.dumps({{k: str(v) for k, v in bag.import_errors.items()}}))
     assert str(policy) in message
     assert "categories.platform.tiers.daily" in message
     assert "retention 2h is shorter than the schedule period 1d" in message
+
+
+def test_restore_verification_runs_yearly_and_always_drops_the_sandbox(dagbag) -> None:
+    dag = dagbag.dags["restore_verification"]
+    assert dag.schedule == POLICY.restore_verification.schedule
+    assert {"target", "tier", "region", "backup"} <= set(dag.params)
+    chain = ["drill.provision_sandbox", "drill.restore", "drill.validate", "drill.report"]
+    for upstream, downstream in itertools.pairwise(chain):
+        assert upstream in dag.get_task(downstream).upstream_task_ids
+    assert dag.get_task("drill.report").trigger_rule == "all_done"
+    teardown = dag.get_task("drill.drop_sandbox")
+    assert teardown.is_teardown
+    assert "drill.report" in teardown.upstream_task_ids
+    report = dag.get_task("drill.report")
+    assert any(isinstance(cb, OnCallNotifier) for cb in report.on_failure_callback)
+
+
+def test_dr_restore_is_manual_and_needs_confirmation(dagbag) -> None:
+    dag = dagbag.dags["dr_restore"]
+    assert dag.schedule is None
+    assert dag.params["confirm"] == ""
+    assert dag.params["overwrite"] is False

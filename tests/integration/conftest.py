@@ -24,6 +24,7 @@ STATE = Path(os.environ["AIRFLOW_HOME"]).parent  # .local/test, set by tests/con
 TEST_ENV = {
     "BACKUP_LOCAL_DIR": str(STATE),
     "BACKUP_PG_PORT": "56432",
+    "BACKUP_PG_SANDBOX_PORT": "56532",
     "BACKUP_S3_PRIMARY_PORT": "19333",
     "BACKUP_S3_SECONDARY_PORT": "19433",
     "BACKUP_KMS_PORT": "19533",

@@ -22,6 +22,8 @@ class SourceFacts:
     source: dict[str, Any]
     tool_versions: dict[str, str]
     row_counts: dict[str, int] = field(default_factory=dict)
+    #: "schema.table" -> {"primary_key": [...], "foreign_keys": [...]}, for restore validation.
+    keys: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class Snapshot(Protocol):

@@ -36,6 +36,22 @@ ORDER BY 1, 2
 """
 
 
+#: Primary and foreign keys of user tables, so a restore test can check them (see validation.py).
+_KEYS_SQL = """
+SELECT con.contype, cn.nspname || '.' || cl.relname,
+       array(SELECT a.attname FROM unnest(con.conkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i),
+       fn.nspname || '.' || fl.relname,
+       array(SELECT a.attname FROM unnest(con.confkey) WITH ORDINALITY k(n, i)
+             JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i)
+FROM pg_constraint con
+JOIN pg_class cl ON cl.oid = con.conrelid JOIN pg_namespace cn ON cn.oid = cl.relnamespace
+LEFT JOIN pg_class fl ON fl.oid = con.confrelid LEFT JOIN pg_namespace fn ON fn.oid = fl.relnamespace
+WHERE con.contype IN ('p', 'f') AND cn.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1 DESC, 2, con.conname
+"""
+
+
 class SnapshotError(RuntimeError):
     """The source could not be snapshotted; the message says which target and why."""
 
@@ -119,6 +135,7 @@ class PgDumpSnapshot:
         assert self._process.stdout is not None
         self.stream = self._process.stdout
         self._counts: dict[str, int] = {}
+        self._keys: dict[str, dict[str, Any]] = {}
         self._count_error: BaseException | None = None
         self._counter = threading.Thread(target=self._count_rows, name="row-counts", daemon=True)
         self._counter.start()
@@ -132,6 +149,19 @@ class PgDumpSnapshot:
                 for schema, table in tables:
                     cursor.execute(f'SELECT count(*) FROM "{schema}"."{table}"')
                     self._counts[f"{schema}.{table}"] = cursor.fetchone()[0]
+                cursor.execute(_KEYS_SQL)
+                for kind, table, columns, referenced, referenced_columns in cursor.fetchall():
+                    keys = self._keys.setdefault(table, {"primary_key": [], "foreign_keys": []})
+                    if kind == "p":
+                        keys["primary_key"] = list(columns)
+                    else:
+                        keys["foreign_keys"].append(
+                            {
+                                "columns": list(columns),
+                                "references": referenced,
+                                "referenced_columns": list(referenced_columns),
+                            }
+                        )
         except BaseException as exc:  # reported by finish(), in the task's thread
             self._count_error = exc
 
@@ -160,6 +190,7 @@ class PgDumpSnapshot:
             },
             tool_versions={"pg_dump": tool_version("pg_dump")},
             row_counts=dict(self._counts),
+            keys=dict(self._keys),
         )
 
     def close(self) -> None:

@@ -1,0 +1,227 @@
+"""Restoring a backup: choose it, prove its bytes, and rebuild it in a PostgreSQL database.
+
+Used by the yearly restore drill (into a sandbox) and by on-demand disaster recovery. The bytes
+are re-hashed while they download and compared with the manifest *before* pg_restore sees them,
+so a tampered or rotten backup is never restored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.backup_dr.catalogue import BackupId, Manifest, Verification, build_catalogue
+from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
+from include.backup_dr.policy import Policy
+from include.backup_dr.store import READ_CHUNK, ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class RestoreRefused(AirflowFailException):
+    """A restore that would be unsafe was refused; nothing was changed."""
+
+
+class TamperedBackup(AirflowFailException):
+    """The downloaded bytes do not match the manifest; the backup was not restored."""
+
+
+class RestoreFailed(AirflowFailException):
+    """pg_restore failed; the message carries its error output."""
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The backup chosen for a restore, where it is read from, and why it was chosen."""
+
+    backup: BackupId
+    region: str
+    reason: str
+
+    def to_ref(self) -> dict[str, str]:
+        return {
+            "category": self.backup.category,
+            "target": self.backup.target,
+            "tier": self.backup.tier,
+            "window": self.backup.window.isoformat(),
+            "region": self.region,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_ref(cls, ref: dict[str, str]) -> Selection:
+        backup = BackupId(
+            ref["category"], ref["target"], ref["tier"], datetime.fromisoformat(ref["window"])
+        )
+        return cls(backup, ref["region"], ref["reason"])
+
+
+def select_backup(
+    policy: Policy,
+    store: ObjectStore,
+    target: str,
+    tier: str,
+    window: datetime | None = None,
+) -> Selection:
+    """The chosen window, or else the newest backup whose copy in `store`'s region passed."""
+    category = policy.target(target).category
+    backups, _ = build_catalogue([store.listing(f"{category}/{target}/{tier}/")])
+    region = store.region.name
+    if window is not None:
+        chosen = next((b for b in backups if b.id.window == window), None)
+        if chosen is None:
+            raise RestoreRefused(f"no backup of {target}/{tier} for window {window} in {region}")
+        state = chosen.copies[region].verification.value
+        return Selection(chosen.id, region, f"window {window.isoformat()} requested ({state})")
+    verified = [b for b in backups if b.copies[region].verification is Verification.PASSED]
+    if not verified:
+        raise RestoreRefused(
+            f"no verified backup of {target}/{tier} in {region} ({len(backups)} unverified)"
+        )
+    newest = max(verified, key=lambda b: b.id.window)
+    return Selection(
+        newest.id,
+        region,
+        f"newest of {len(verified)} verified backups of {target}/{tier} in {region} "
+        f"(window {newest.id.window.isoformat()})",
+    )
+
+
+def server_info(conn_id: str, database: str = "postgres") -> PgConnectionInfo:
+    return PgConnectionInfo.from_airflow(conn_id, database)
+
+
+def guard_sandbox(policy: Policy, sandbox_conn_id: str) -> PgConnectionInfo:
+    """Refuse a sandbox that is, or points at, a production server; return it otherwise."""
+    production = {server.conn_id for server in policy.servers}
+    if sandbox_conn_id in production:
+        raise RestoreRefused(
+            f"refusing sandbox connection {sandbox_conn_id!r}: it is a production server's "
+            "connection in the policy"
+        )
+    sandbox = server_info(sandbox_conn_id)
+    for server in policy.servers:
+        source = server_info(server.conn_id)
+        if (source.host, source.port) == (sandbox.host, sandbox.port):
+            raise RestoreRefused(
+                f"refusing sandbox connection {sandbox_conn_id!r}: {sandbox.host}:{sandbox.port} "
+                f"is production server {server.name} ({server.conn_id})"
+            )
+    return sandbox
+
+
+_SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _admin(info: PgConnectionInfo, sql: str) -> list[tuple]:
+    connection = info.connect()
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
+def database_exists(server: PgConnectionInfo, name: str) -> bool:
+    _check_name(name)
+    return bool(_admin(server, f"SELECT 1 FROM pg_database WHERE datname = '{name}'"))
+
+
+def database_is_empty(server: PgConnectionInfo, name: str) -> bool:
+    """True when the database has no user tables (a fresh database is empty)."""
+    inside = PgConnectionInfo(server.host, server.port, server.user, name, server.env)
+    rows = _admin(
+        inside,
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')",
+    )
+    return rows[0][0] == 0
+
+
+def create_database(server: PgConnectionInfo, name: str) -> None:
+    _check_name(name)
+    _admin(server, f'CREATE DATABASE "{name}"')
+
+
+def drop_database(server: PgConnectionInfo, name: str) -> bool:
+    """Drop `name` if it exists (forcing other sessions off); True when something was dropped."""
+    existed = database_exists(server, name)
+    _admin(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return existed
+
+
+def database_size(server: PgConnectionInfo, name: str) -> int:
+    _check_name(name)
+    return int(_admin(server, f"SELECT pg_database_size('{name}')")[0][0])
+
+
+def _check_name(name: str) -> None:
+    if not _SAFE_NAME.match(name):
+        raise RestoreRefused(f"{name!r} is not a safe database name")
+
+
+@dataclass(frozen=True)
+class Download:
+    path: Path
+    size: int
+    seconds: float
+
+
+def download_verified(store: ObjectStore, manifest: Manifest, dest: Path) -> Download:
+    """Download the artifact while re-hashing it; refuse it unless size and SHA-256 match."""
+    started = time.monotonic()
+    digest = hashlib.sha256()
+    size = 0
+    with dest.open("wb") as out:
+        for chunk in store.iter_chunks(manifest.artifact.key, READ_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            out.write(chunk)
+    seconds = time.monotonic() - started
+    expected = manifest.artifact
+    if size != expected.size or digest.hexdigest() != expected.sha256:
+        dest.unlink(missing_ok=True)
+        raise TamperedBackup(
+            f"{manifest.backup} in {store.region.name}: downloaded {size} bytes with sha256 "
+            f"{digest.hexdigest()[:16]}..., the manifest says {expected.size} bytes with sha256 "
+            f"{expected.sha256[:16]}...; not restored"
+        )
+    log.info("Downloaded and verified %s (%d bytes) in %.1f s", expected.key, size, seconds)
+    return Download(dest, size, seconds)
+
+
+def pg_restore(archive: Path, server: PgConnectionInfo, database: str, jobs: int) -> float:
+    """Restore a custom-format archive into an existing empty database; returns seconds."""
+    target = PgConnectionInfo(server.host, server.port, server.user, database, server.env)
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            pg_tool("pg_restore"),
+            f"--jobs={jobs}",
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            *target.args(),
+            str(archive),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **target.env},
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RestoreFailed(
+            f"pg_restore into {target} exited with {done.returncode}: {done.stderr[-2000:].strip()}"
+        )
+    return time.monotonic() - started

@@ -1,0 +1,177 @@
+"""Restore drills and disaster-recovery restores, for real: sandbox server, GX, evidence."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+
+from include.backup_dr.catalogue import BackupId
+from include.backup_dr.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
+from include.backup_dr.restore import RestoreRefused, Selection, TamperedBackup, guard_sandbox
+from tests.integration.conftest import mail_text, run_dag, wait_for_mail
+
+pytestmark = pytest.mark.integration
+WINDOW = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)
+
+
+def _sql(database: str, statement: str, *, server: str = "platform") -> list[tuple]:
+    from local.pg import connect
+
+    with connect(database, server=server) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _sandbox_databases() -> list[str]:
+    rows = _sql(
+        "postgres", "SELECT datname FROM pg_database WHERE NOT datistemplate", server="sandbox"
+    )
+    return sorted(name for (name,) in rows if name != "postgres")
+
+
+def _evidence(store, kind: str, target: str) -> list[dict]:
+    keys = sorted(
+        o.key for o in store.list_objects(f"evidence/{kind}/{target}/") if o.key.endswith(".json")
+    )
+    return [store.get_json(key) for key in keys]
+
+
+@pytest.fixture
+def backed_up(stores) -> Iterator[None]:
+    """Both production databases backed up, copied and verified for WINDOW."""
+    assert run_dag("platform_backup_daily", WINDOW).state == "success"
+    yield
+    for name in _sandbox_databases():
+        _sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
+
+
+def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores) -> None:
+    run = run_dag("restore_verification", WINDOW, {"tier": "daily", "region": "secondary"})
+    assert run.state == "success"
+    for target in ("platform_core", "platform_billing"):
+        for store in stores:
+            (record,) = _evidence(store, "restore_verification", target)
+            assert record["outcome"] == "passed", record["problems"]
+            assert record["backup"]["region"] == "eu-central-1"
+            assert record["backup"]["window"] == WINDOW.isoformat()
+            assert "newest of 1 verified backups" in record["selection_reason"]
+            assert record["steps"]["pg_restore_seconds"] > 0
+            assert record["projection"]["within_rto"] is True
+            results = record["validation"]["results"]
+            assert results and all(r["success"] for r in results)
+            suites = {r["suite"] for r in results}
+            assert any("manifest" in s for s in suites) and any("business" in s for s in suites)
+            page = [o.key for o in store.list_objects(f"evidence/restore_verification/{target}/")]
+            assert any(key.endswith("report.md") for key in page)
+    assert _sandbox_databases() == []
+
+
+def test_tampered_backup_is_caught_by_the_checksum_before_restore(backed_up, stores) -> None:
+    from include.backup_dr import drill
+    from include.backup_dr.pipeline import Stores
+
+    policy = load_policy()
+    backup = BackupId("platform", "platform_billing", "daily", WINDOW)
+    key = stores.secondary.manifest(backup).artifact.key
+    body = stores.secondary.open(key).read()
+    stores.secondary.put_bytes(key, body[:-1] + bytes([body[-1] ^ 1]), "application/octet-stream")
+
+    _sql("postgres", "CREATE DATABASE tamper_probe", server="sandbox")
+    selection = Selection(backup, "eu-central-1", "test")
+    with pytest.raises(TamperedBackup, match="not restored"):
+        drill.restore_into(
+            policy, Stores.from_policy(policy), selection, "pg_sandbox", "tamper_probe", 2
+        )
+    tables = _sql(
+        "tamper_probe",
+        "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
+        server="sandbox",
+    )
+    assert tables == [(0,)]  # pg_restore never ran
+
+    run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
+    assert run.state == "failed"
+    (record,) = _evidence(stores.primary, "restore_verification", "platform_billing")
+    assert record["outcome"] == "failed"
+    assert "the restore did not complete" in record["problems"][0]
+    assert _sandbox_databases() == ["tamper_probe"]
+
+
+@pytest.fixture
+def bad_user() -> Iterator[None]:
+    """A row that breaks a business rule (not a database constraint) in the production data."""
+    _sql(
+        "platform_core",
+        "INSERT INTO users (id, tenant_id, email, full_name, role, created_at) "
+        "SELECT 999999999, min(id), 'not-an-email', 'Bad Row', 'member', now() FROM tenants",
+    )
+    yield
+    _sql("platform_core", "DELETE FROM users WHERE id = 999999999")
+
+
+def test_failing_business_rule_fails_the_run_alerts_and_drops_the_sandbox(
+    bad_user, backed_up, stores, smtp_sink
+) -> None:
+    run = run_dag("restore_verification", WINDOW, {"target": "platform_core"})
+    assert run.state == "failed"
+    (record,) = _evidence(stores.secondary, "restore_verification", "platform_core")
+    failed = [r for r in record["validation"]["results"] if not r["success"]]
+    assert [r["expectation"] for r in failed] == ["expect_column_values_to_match_regex"]
+    assert "not-an-email" in failed[0]["observed"]
+    mails = wait_for_mail(smtp_sink)
+    text = "\n".join(m["Subject"] + "\n" + mail_text(m) for m in mails)
+    assert "restore_verification" in text and "platform_core" in text
+    assert "expect_column_values_to_match_regex" in text
+    assert _sandbox_databases() == []
+
+
+def test_dr_restore_refuses_without_confirmation(backed_up) -> None:
+    run = run_dag("dr_restore", WINDOW, {"targets": ["platform_core"], "connection": "pg_sandbox"})
+    assert run.state == "failed"
+    assert _sandbox_databases() == []
+
+
+def test_dr_restore_refuses_a_non_empty_target(backed_up) -> None:
+    _sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
+    _sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
+    conf = {"targets": ["platform_core"], "connection": "pg_sandbox", "confirm": "restore"}
+    assert run_dag("dr_restore", WINDOW, conf).state == "failed"
+    assert _sql(
+        "platform_core",
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'precious'",
+        server="sandbox",
+    ) == [(1,)]
+
+
+def test_dr_restore_restores_two_targets_in_priority_order(backed_up, stores) -> None:
+    conf = {
+        "targets": ["platform_billing", "platform_core"],
+        "connection": "pg_sandbox",
+        "confirm": "restore",
+    }
+    assert run_dag("dr_restore", WINDOW, conf).state == "success"
+    core = _evidence(stores.primary, "dr_restore", "platform_core")[0]
+    billing = _evidence(stores.primary, "dr_restore", "platform_billing")[0]
+    assert (core["steps"]["order"], billing["steps"]["order"]) == (1, 2)
+    assert core["steps"]["started_at"] < billing["steps"]["started_at"]
+    assert core["outcome"] == billing["outcome"] == "passed"
+    restored = _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
+    assert restored == _sql("platform_core", "SELECT count(*) FROM tenants")
+
+
+def test_sandbox_guard_refuses_production_connections(stack, policy_file, monkeypatch) -> None:
+    with pytest.raises(PolicyError, match="is a production server's connection"):
+        policy_file(lambda d: d["restore_verification"].update(sandbox_conn_id="pg_platform"))
+    policy = load_policy(DEFAULT_POLICY_PATH)
+    with pytest.raises(RestoreRefused, match="production server's connection"):
+        guard_sandbox(policy, "pg_platform")
+    # Another name for the production server is refused too.
+    production = json.loads(os.environ["AIRFLOW_CONN_PG_PLATFORM"])
+    monkeypatch.setenv("AIRFLOW_CONN_PG_ALIAS", json.dumps(production))
+    with pytest.raises(RestoreRefused, match="is production server platform_primary"):
+        guard_sandbox(policy, "pg_alias")
+    assert guard_sandbox(policy, "pg_sandbox").port == int(os.environ["BACKUP_PG_SANDBOX_PORT"])

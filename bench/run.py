@@ -36,11 +36,19 @@ from include.backup_dr.policy import load_policy
 policy = load_policy(); stores = Stores.from_policy(policy)
 step, target, window = sys.argv[1], sys.argv[2], datetime.fromisoformat(sys.argv[3])
 started = time.perf_counter()
+ref = {"category": "platform", "target": target, "tier": "daily", "window": window.isoformat()}
 if step == "snapshot":
     result = take_snapshot(policy, stores, target, "daily", window, {"bench": "1"})
-else:
-    ref = {"category": "platform", "target": target, "tier": "daily", "window": window.isoformat()}
+elif step == "integrity":
     result = check_integrity(policy, stores, ref)
+else:
+    from include.backup_dr import drill
+    from include.backup_dr.restore import Selection
+    selection = Selection.from_ref({**ref, "region": "eu-west-1", "reason": "bench"})
+    if step == "restore":
+        result = drill.restore_into(policy, stores, selection, "pg_sandbox", sys.argv[4], 2)
+    else:
+        result = drill.validate(policy, stores, selection, "pg_sandbox", sys.argv[4]).to_document()
 elapsed = time.perf_counter() - started
 # VmHWM, not ru_maxrss: the latter carries the parent's peak across fork+exec.
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -48,9 +56,9 @@ print(json.dumps({"seconds": elapsed, "rss_mb": int(hwm.split()[1]) / 1024, "res
 """
 
 
-def _run_step(step: str, target: str, window: datetime) -> dict:
+def _run_step(step: str, target: str, window: datetime, *extra: str) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", _STEP, step, target, window.isoformat()],
+        [sys.executable, "-c", _STEP, step, target, window.isoformat(), *extra],
         check=True,
         capture_output=True,
         text=True,
@@ -194,6 +202,7 @@ def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
 
     reference = stores.primary.manifest(BackupId("platform", BENCH_DB, "daily", window))
     report = check_copy(stores.primary, reference, engine_for("pg_dump"))
+    assert reference is not None
     rehash = size / report.seconds / 1e6
     rows.append(
         (
@@ -216,7 +225,49 @@ def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
             f"{download / report.seconds:.2f}x",
         )
     )
+    rows.extend(bench_restore_and_validation(stores, window, reference))
     return rows
+
+
+def bench_restore_and_validation(stores, window: datetime, reference) -> list[tuple[str, str, str]]:
+    """Restore task (download + SHA-256 check + pg_restore -j 2) vs bare pg_restore -j 2."""
+    from include.backup_dr.engines.pg_dump import pg_tool
+    from local.pg import connect, conninfo
+
+    bare_db, task_db = "bench_restore_bare", "bench_restore_task"
+    with connect(server="sandbox") as conn:
+        for name in (bare_db, task_db):
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {name}")
+    try:
+        with tempfile.NamedTemporaryFile(dir=REPO / ".local", suffix=".pgdump") as archive:
+            for chunk in stores.primary.iter_chunks(reference.artifact.key):
+                archive.write(chunk)
+            archive.flush()
+            bare = _timed(
+                [pg_tool("pg_restore"), "-j", "2", "--no-owner", "--no-privileges",
+                 "-d", conninfo(bare_db, server="sandbox"), archive.name],
+                env={**os.environ, "PGPASSWORD": "postgres"},
+            )  # fmt: skip
+        restored = _run_step("restore", BENCH_DB, window, task_db)
+        validated = _run_step("validate", BENCH_DB, window, task_db)
+    finally:
+        with connect(server="sandbox") as conn:
+            for name in (bare_db, task_db):
+                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    checks = validated["result"]
+    return [
+        (
+            "restore task (download + sha256 + pg_restore -j 2) vs bare pg_restore -j 2",
+            f"{restored['seconds']:.1f} s vs {bare:.1f} s",
+            f"{restored['seconds'] / bare:.2f}x (goal <= 1.15x)",
+        ),
+        (
+            f"GX validation of the restored database ({checks['evaluated']} expectations)",
+            f"{validated['seconds']:.1f} s, peak RSS {validated['rss_mb']:.0f} MB",
+            "all passed" if checks["ok"] else f"{checks['failed']} failed",
+        ),
+    ]
 
 
 def bench_prune_planning() -> tuple[str, str, str]:

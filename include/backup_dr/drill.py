@@ -46,16 +46,12 @@ def sandbox_name(target: str, run_id: str) -> str:
     return f"drill_{target[:40]}_{hashlib.sha256(run_id.encode()).hexdigest()[:10]}"
 
 
-def _store_for(policy: Policy, stores: Stores, region: str) -> Any:
-    return stores.primary if region == "primary" else stores.secondary
-
-
 def select(policy: Policy, stores: Stores, params: dict[str, Any]) -> list[dict[str, str]]:
     """Choose one backup per target to restore, and say why each was chosen."""
     drill = policy.restore_verification
     assert drill is not None
     tier = params.get("tier") or drill.tier
-    store = _store_for(policy, stores, params.get("region") or drill.region)
+    store = stores.role(params.get("region") or drill.region)
     window = datetime.fromisoformat(params["backup"]) if params.get("backup") else None
     if params.get("target"):
         targets = [policy.target(params["target"])]
@@ -91,7 +87,7 @@ def restore_into(
     policy: Policy, stores: Stores, selection: Selection, conn_id: str, database: str, jobs: int
 ) -> dict[str, Any]:
     """Download (re-hashing against the manifest) and pg_restore into an existing database."""
-    store = stores.primary if selection.region == stores.primary.region.name else stores.secondary
+    store = stores.by_region(selection.region)
     manifest = store.manifest(selection.backup)
     if manifest is None:
         raise RestoreRefused(f"{selection.backup}: no manifest in {selection.region}")
@@ -115,8 +111,7 @@ def validate(policy: Policy, stores: Stores, selection: Selection, conn_id: str,
     """Run the manifest suite and the target's business-rule suite with Great Expectations."""
     from include.backup_dr.validation import validate_database
 
-    store = stores.primary if selection.region == stores.primary.region.name else stores.secondary
-    manifest = store.manifest(selection.backup)
+    manifest = stores.by_region(selection.region).manifest(selection.backup)
     assert manifest is not None
     server = server_info(conn_id)
     url = (
@@ -283,7 +278,7 @@ def restore_for_recovery(
     targets = sorted((policy.target(n) for n in names), key=lambda t: (t.priority, t.name))
     conn_id = params["connection"]
     server = server_info(conn_id)
-    store = _store_for(policy, stores, params.get("region") or "secondary")
+    store = stores.role(params.get("region") or "secondary")
     window = datetime.fromisoformat(params["backup"]) if params.get("backup") else None
     if window is not None and len(targets) > 1:
         raise RestoreRefused("a chosen backup window applies to one target only")

@@ -62,6 +62,10 @@ class Stores:
     def __iter__(self) -> Iterator[ObjectStore]:
         return iter((self.primary, self.secondary))
 
+    def role(self, name: str) -> ObjectStore:
+        """The store playing `name` ("primary" or "secondary") in the policy."""
+        return self.primary if name == "primary" else self.secondary
+
     def by_region(self, name: str) -> ObjectStore:
         return next(store for store in self if store.region.name == name)
 

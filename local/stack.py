@@ -21,6 +21,7 @@ import smtplib
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ DEFAULT_GROUPS = ("pg", "s3", "smtp")
 
 
 @dataclass
-class Service:
+class Service(ABC):
     """One background process of the stack; subclasses say how to run and probe it."""
 
     name: str
@@ -53,19 +54,20 @@ class Service:
     stop_timeout: float = 20.0
 
     def argv(self) -> list[str]:
-        raise NotImplementedError
+        """The command line of a part that `start` spawns; parts that start otherwise override it."""
+        raise TypeError(f"{self.name} has no command line of its own; it overrides start()")
 
     def env(self) -> dict[str, str] | None:
         return None
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 (optional hook)
         """Create directories and config before the first start."""
 
+    @abstractmethod
     def probe(self) -> None:
         """Make a real request; raise while the service is not ready."""
-        raise NotImplementedError
 
-    def after_ready(self) -> None:
+    def after_ready(self) -> None:  # noqa: B027 (optional hook)
         """Idempotent set-up that needs the running service (buckets, databases...)."""
 
     def detail(self) -> str:

@@ -1,10 +1,12 @@
-"""Builds one DAG per scheduled tier of a category, all with the same shape:
+"""Builds the DAGs from the policy. Backups: one DAG per scheduled tier of a category, all with
+the same shape:
 
     targets_on_<server>  ->  <server>[target].snapshot -> copy_to_secondary -> integrity_check -> prune
 
 The per-target chain is a mapped task group over the production targets found at run time, so
 adding a database is a policy edit. Each database server gets its own group, whose snapshot task
-runs in that server's pool. Parsing reads only the local policy file: no network, no database.
+runs in that server's pool. Restores: `restore_verification` (the yearly drill) and `dr_restore`
+(manual). Parsing reads only the local policy file: no network, no database.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from local.config import REPO_ROOT, VENV_BIN
 from local.pg import pg_bin
 from local.settings import airflow_env_vars, load_into_airflow
 
-CATEGORY = "platform"
+CATEGORIES = ("platform", "media")
 
 
 def _prepare_airflow() -> None:
@@ -50,14 +50,20 @@ def _run_tiers() -> list[dict[str, Any]]:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
     results = []
     now = datetime.now(UTC)
-    for tier_name, tier in policy.categories[CATEGORY].scheduled_tiers().items():
-        dag_id = dag_id_for(CATEGORY, tier_name)
+    tiers = [
+        (category, name, tier)
+        for category in CATEGORIES
+        for name, tier in policy.categories[category].scheduled_tiers().items()
+    ]
+    for category, tier_name, tier in tiers:
+        dag_id = dag_id_for(category, tier_name)
         window = croniter(tier.schedule, now).get_prev(datetime)
         print(f"==> {dag_id}: window {window.isoformat()}", flush=True)
         started = time.monotonic()
         run = bag.dags[dag_id].test(logical_date=window)
         results.append(
             {
+                "category": category,
                 "tier": tier_name,
                 "dag_id": dag_id,
                 "window": window,
@@ -82,7 +88,9 @@ def _run_restore_drill() -> bool:
     stores = Stores.from_policy(load_policy())
     print(f"\nRestore verification: {run.state}")
     ok = str(run.state) == "success"
-    for target in [t.name for t in load_policy().targets if t.is_production]:
+    policy = load_policy()
+    databases = [t.name for t in policy.targets if t.is_production and t.database]
+    for target in databases:
         keys = sorted(
             o.key
             for o in stores.secondary.list_objects(f"evidence/restore_verification/{target}/")
@@ -116,23 +124,23 @@ def _summarise(results: list[dict[str, Any]]) -> bool:
 
     policy = load_policy()
     stores = Stores.from_policy(policy)
-    targets = [t.name for t in policy.targets if t.category == CATEGORY and t.is_production]
     regions = [store.region.name for store in stores]
     header = (
-        f"{'tier':8} {'run':8} {'secs':>5}  "
+        f"{'tier':17} {'run':8} {'secs':>5}  "
         + "  ".join(f"{r + ' present/verified':>28}" for r in regions)
-        + f"  {'pruned':>6} {'size (this window)':>19}"
+        + f"  {'pruned':>6} {'artifact (window)':>19}"
     )
     print("\n" + header + "\n" + "-" * len(header))
     all_good = True
     for result in results:
-        tier = result["tier"]
+        tier, category = result["tier"], result["category"]
+        targets = [t.name for t in policy.targets if t.category == category and t.is_production]
         present = dict.fromkeys(regions, 0)
         verified = dict.fromkeys(regions, 0)
         size = 0
         pruned = 0
         for target in targets:
-            prefix = f"{CATEGORY}/{target}/{tier}/"
+            prefix = f"{category}/{target}/{tier}/"
             backups, _ = build_catalogue(store.listing(prefix) for store in stores)
             for backup in backups:
                 for region, copy in backup.copies.items():
@@ -151,13 +159,15 @@ def _summarise(results: list[dict[str, Any]]) -> bool:
         )
         all_good &= good
         print(
-            f"{tier:8} {result['state']:8} {result['seconds']:5.0f}  "
+            f"{category + '/' + tier:17} {result['state']:8} {result['seconds']:5.0f}  "
             + "  ".join(f"{present[r]:>19}/{verified[r]:<8}" for r in regions)
             + f"  {pruned:>6} {size / 1e6:>16.1f} MB"
         )
-    skipped = [t.name for t in policy.targets if t.category == CATEGORY and not t.is_production]
+    backed_up = [t.name for t in policy.targets if t.is_production]
+    skipped = [t.name for t in policy.targets if not t.is_production]
     print(
-        f"\nTargets backed up: {', '.join(targets)}; never backed up (not production): {', '.join(skipped)}"
+        f"\nTargets backed up: {', '.join(backed_up)}; "
+        f"never backed up (not production): {', '.join(skipped)}"
     )
     print("Evidence: integrity.json beside every copy, evidence/prune/... in both regions.")
     return all_good
@@ -181,7 +191,10 @@ def main() -> None:
             file=sys.stderr,
         )
         raise SystemExit(1)
-    print("\nAll platform tiers backed up in both regions and verified; the restore drill passed.")
+    print(
+        "\nAll platform and media tiers backed up in both regions and verified; "
+        "the restore drill passed."
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from local import airflow_stack, pg, s3, sampledb
+from local import airflow_stack, pg, s3, sampledb, samplemedia
 from local.config import HOST, SMTP_DIR, STATE_DIR, Ports, S3Site, s3_sites
 from local.proc import (
     StackError,
@@ -144,6 +144,7 @@ class Kms(Service):
 class WeedS3(Service):
     site: S3Site
     kms_port: int
+    sample_media: bool = False  # the primary region also holds the sample media source
 
     def argv(self) -> list[str]:
         return s3.weed_command(self.site, self.kms_port)
@@ -160,6 +161,15 @@ class WeedS3(Service):
 
     def after_ready(self) -> None:
         s3.ensure_bucket(self.site)
+        if self.sample_media:
+            raw = os.environ.get("BACKUP_SAMPLE_MEDIA_SMALL", "").strip() or "2000"
+            if not raw.isdigit():
+                raise StackError(f"BACKUP_SAMPLE_MEDIA_SMALL={raw!r} is not a count")
+            samplemedia.ensure_sample_media(
+                samplemedia.media_client(self.site),
+                small=int(raw),
+                log=lambda line: print(f"  {line}"),
+            )
 
     def detail(self) -> str:
         site = self.site
@@ -225,7 +235,16 @@ def services(groups: list[str]) -> list[Service]:
         ],
         "s3": [
             Kms("kms", ports.kms, ready_timeout=15, sites=sites),
-            *(WeedS3(site.name, site.port, site=site, kms_port=ports.kms) for site in sites),
+            *(
+                WeedS3(
+                    site.name,
+                    site.port,
+                    site=site,
+                    kms_port=ports.kms,
+                    sample_media=site is sites[0],
+                )
+                for site in sites
+            ),
         ],
         "smtp": [SmtpSink("smtp", ports.smtp, ready_timeout=15)],
         "airflow": [Airflow("airflow", ports.airflow)],

@@ -188,6 +188,7 @@ class StoredObject:
     key: str
     size: int
     last_modified: datetime
+    etag: str = ""
 
 
 @dataclass

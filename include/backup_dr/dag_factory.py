@@ -4,8 +4,8 @@ the same shape:
     targets_on_<server>  ->  <server>[target].snapshot -> copy_to_secondary -> integrity_check -> prune
 
 The per-target chain is a mapped task group over the production targets found at run time, so
-adding a database is a policy edit. Each database server gets its own group, whose snapshot task
-runs in that server's pool. Restores: `restore_verification` (the yearly drill) and `dr_restore`
+adding a database or a bucket is a policy edit. Each database server gets its own group, whose
+snapshot task runs in that server's pool; media targets are grouped by source bucket. Restores: `restore_verification` (the yearly drill) and `dr_restore`
 (manual). Parsing reads only the local policy file: no network, no database.
 """
 
@@ -19,7 +19,7 @@ from airflow.sdk import DAG, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
-from include.backup_dr.policy import Category, Policy, Server, Tier, format_duration, load_policy
+from include.backup_dr.policy import Category, Policy, Tier, format_duration, load_policy
 
 log = logging.getLogger(__name__)
 
@@ -76,21 +76,21 @@ def _runtime() -> tuple[Any, Any]:
     return policy, Stores.from_policy(policy)
 
 
-def _server_group(category: str, tier: str, server: Server) -> None:
-    @task(task_id=f"targets_on_{server.name}")
+def _target_group(category: str, tier: str, group: str, pool: str | None) -> None:
+    @task(task_id=f"targets_on_{group}")
     def select_targets() -> list[str]:
-        """The production targets on this server; every other one is skipped with its reason."""
+        """The production targets in this group; every other one is skipped with its reason."""
         policy = load_policy()
         chosen = []
-        for target in policy.targets_on(category, server.name):
+        for target in policy.targets_on(category, group):
             if reason := target.skip_reason():
                 log.warning("Skipping %s: %s", target.name, reason)
             else:
                 chosen.append(target.name)
-        log.info("Backing up %d target(s) on %s: %s", len(chosen), server.name, chosen)
+        log.info("Backing up %d target(s) on %s: %s", len(chosen), group, chosen)
         return chosen
 
-    @task(pool=server.dump_pool, execution_timeout=TIMEOUTS["snapshot"], **LABELLED)
+    @task(pool=pool or "default_pool", execution_timeout=TIMEOUTS["snapshot"], **LABELLED)
     def snapshot(target: str) -> dict[str, Any]:
         from include.backup_dr.pipeline import take_snapshot
 
@@ -132,7 +132,7 @@ def _server_group(category: str, tier: str, server: Server) -> None:
             override_circuit_breaker=bool(params["override_circuit_breaker"]),
         )
 
-    @task_group(group_id=server.name)
+    @task_group(group_id=group)
     def per_target(target: str) -> None:
         prune(integrity_check(copy_to_secondary(snapshot(target))))
 
@@ -171,8 +171,8 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
             ),
         },
     ) as dag:
-        for server in policy.servers_for(category_name):
-            _server_group(category_name, tier_name, server)
+        for group, pool in policy.groups_for(category_name):
+            _target_group(category_name, tier_name, group, pool)
     return dag
 
 

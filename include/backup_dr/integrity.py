@@ -11,11 +11,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.backup_dr.catalogue import MANIFEST_NAME, Manifest
-from include.backup_dr.engines.base import Engine
 from include.backup_dr.store import ObjectStore
+
+if TYPE_CHECKING:
+    from include.backup_dr.engines.base import Engine
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,6 @@ def check_copy(store: ObjectStore, reference: Manifest, engine: Engine) -> CopyR
     readable = engine.check_readable(stream)
     digest = stream.hash.hexdigest()
     report.bytes_read = stream.size
-    report.seconds = time.monotonic() - started
     report.checks.append(
         Check(
             "sha256",
@@ -151,4 +152,6 @@ def check_copy(store: ObjectStore, reference: Manifest, engine: Engine) -> CopyR
         )
     )
     report.checks.append(Check("readable", readable.ok, readable.detail))
+    report.checks.extend(engine.check_contents(store, reference, datetime.now(UTC)))
+    report.seconds = time.monotonic() - started
     return report

@@ -128,7 +128,7 @@ def take_snapshot(
     key = backup.key(f"data.{engine.extension}")
     started = _now()
     log.info("Snapshotting %s into %s", backup, primary.where(key))
-    with engine.open_snapshot(target, policy.server(target.server)) as snapshot:
+    with engine.open_snapshot(policy, target, primary) as snapshot:
         uploaded = primary.upload_stream(key, snapshot.stream, on_eof=snapshot.finish)
         facts = snapshot.facts()
     finished = _now()
@@ -172,6 +172,8 @@ def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> di
     if present is not None and present.artifact.sha256 == reference.artifact.sha256:
         log.info("%s is already in %s; nothing to copy.", backup, secondary.region.name)
         return {**ref, "copy": "already present"}
+    engine = engine_for(reference.engine)
+    contents = engine.copy_contents(reference, primary, secondary)
     mode = secondary.copy_from(primary, reference.artifact.key, reference.artifact.size)
     copied = dataclasses.replace(
         reference,
@@ -182,11 +184,14 @@ def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> di
             "bucket": primary.bucket,
             "key": reference.artifact.key,
             "mode": mode,
+            "contents": contents,
             "copied_at": _now().isoformat(),
         },
     )
     secondary.put_json(backup.key(MANIFEST_NAME), copied.to_json())
-    log.info("Copied %s to %s (%s).", backup, secondary.where(reference.artifact.key), mode)
+    log.info(
+        "Copied %s to %s (%s; %s).", backup, secondary.where(reference.artifact.key), mode, contents
+    )
     return {**ref, "copy": mode}
 
 
@@ -285,6 +290,9 @@ def prune(
                 store.abort_upload(decision.debris.key, decision.debris.upload_id)
             elif decision.debris is not None:
                 store.delete_all_versions(decision.debris.key)
+        engine = engine_for(policy.categories[category].engine)
+        for store in stores:
+            log.info("%s: %s", store.region.name, engine.collect_garbage(policy, store, now))
     return {
         "target": target,
         "tier": tier,

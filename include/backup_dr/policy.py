@@ -169,15 +169,32 @@ class Server(_Frozen):
     dump_pool: str
 
 
+class MediaSource(_Frozen):
+    """A bucket of documents and files, reached through an Airflow connection."""
+
+    conn_id: str
+    bucket: str
+    prefix: str = ""
+
+
 class Target(_Frozen):
     """One thing to back up, labelled with the environment it belongs to."""
 
     name: Name
     category: str
     environment: str
-    server: str
-    database: str
+    server: str | None = None  # database targets: the server and the database on it
+    database: str | None = None
+    source: MediaSource | None = None  # media targets: the bucket (and prefix) to back up
     priority: int = Field(default=100, ge=1)
+
+    @property
+    def group(self) -> str:
+        """What the target's DAG task group is named after: its server, or its source bucket."""
+        if self.source is not None:
+            return f"bucket_{re.sub(r'[^a-z0-9_]', '_', self.source.bucket.lower())}"
+        assert self.server is not None
+        return self.server
 
     @property
     def is_production(self) -> bool:
@@ -246,9 +263,15 @@ class Policy(_Frozen):
                     f"targets[{index}] ({target.name}): unknown category {target.category!r}; "
                     f"categories are {', '.join(sorted(self.categories))}"
                 )
-            if target.server not in servers:
+            engine = self.categories[target.category].engine
+            where = f"targets[{index}] ({target.name})"
+            if engine == "media" and (target.source is None or target.server or target.database):
+                raise ValueError(f"{where}: a media target needs a source bucket, not a server")
+            if engine != "media" and (target.server is None or target.database is None):
+                raise ValueError(f"{where}: a database target needs a server and a database")
+            if target.server is not None and target.server not in servers:
                 raise ValueError(
-                    f"targets[{index}] ({target.name}): unknown server {target.server!r}; "
+                    f"{where}: unknown server {target.server!r}; "
                     f"servers are {', '.join(sorted(servers)) or '(none)'}"
                 )
         drill = self.restore_verification
@@ -274,16 +297,22 @@ class Policy(_Frozen):
                 return target
         raise KeyError(f"no target named {name!r} in the policy")
 
-    def targets_on(self, category: str, server: str) -> list[Target]:
-        """All targets of a category on one server, production or not, in priority order."""
+    def targets_on(self, category: str, group: str) -> list[Target]:
+        """All targets of a category in one group (server or bucket), in priority order."""
         return sorted(
-            (t for t in self.targets if t.category == category and t.server == server),
+            (t for t in self.targets if t.category == category and t.group == group),
             key=lambda t: (t.priority, t.name),
         )
 
     def servers_for(self, category: str) -> list[Server]:
         used = {t.server for t in self.targets if t.category == category}
         return [s for s in self.servers if s.name in used]
+
+    def groups_for(self, category: str) -> list[tuple[str, str | None]]:
+        """(group, pool) per task group of a category's DAGs: servers get their dump pool."""
+        pools = {s.name: s.dump_pool for s in self.servers}
+        groups = dict.fromkeys(t.group for t in self.targets if t.category == category)
+        return [(group, pools.get(group)) for group in groups]
 
     def iter_regions(self) -> Iterator[Region]:
         yield self.regions.primary

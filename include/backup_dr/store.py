@@ -107,6 +107,17 @@ class ObjectStore:
         hook = S3Hook(aws_conn_id=region.conn_id, region_name=region.name)
         return cls(region, hook.get_conn(), hook.conn_config.endpoint_url)
 
+    @classmethod
+    def for_source(cls, conn_id: str, bucket: str) -> ObjectStore:
+        """A bucket that is backed up (read only): its region comes from its connection."""
+        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+        hook = S3Hook(aws_conn_id=conn_id)
+        region = Region(
+            name=f"source bucket {bucket}", conn_id=conn_id, bucket=bucket, kms_key_id=""
+        )
+        return cls(region, hook.get_conn(), hook.conn_config.endpoint_url)
+
     def __repr__(self) -> str:
         return f"ObjectStore({self.region.name}: s3://{self.bucket})"
 
@@ -168,38 +179,43 @@ class ObjectStore:
         key: str,
         size: int,
         *,
+        dest_key: str | None = None,
+        version_id: str | None = None,
         single_copy_limit: int = SINGLE_COPY_LIMIT,
     ) -> str:
-        """Copy `key` from another region's store into this one, re-encrypted with this key.
+        """Copy `key` (a version of it) from another store into `dest_key` here, re-encrypted.
 
         Server-side when both stores are one service (as AWS S3 is across regions): CopyObject up
         to `single_copy_limit`, UploadPartCopy above it. Returns how the copy was made.
         """
+        dest_key = dest_key or key
+        copy_source = {"Bucket": source.bucket, "Key": key}
+        if version_id:
+            copy_source["VersionId"] = version_id
         if not self.same_service_as(source):
-            return self._copy_streamed(source, key)
+            body = source.open(key, version_id)
+            try:
+                if size <= UPLOAD_PART_SIZE:  # one request, not a multipart upload of one part
+                    self.put_bytes(dest_key, body.read(), "application/octet-stream")
+                else:
+                    self.upload_stream(dest_key, body)
+            finally:
+                body.close()
+            return "streamed copy (different S3 services)"
         config = TransferConfig(
             multipart_threshold=single_copy_limit,
             multipart_chunksize=min(COPY_PART_SIZE, single_copy_limit),
         )
-        with _translated(f"server-side copy {source.where(key)} -> {self.where(key)}"):
+        with _translated(f"server-side copy {source.where(key)} -> {self.where(dest_key)}"):
             self.client.copy(
-                {"Bucket": source.bucket, "Key": key},
+                copy_source,
                 self.bucket,
-                key,
+                dest_key,
                 ExtraArgs={**self._encryption, "ChecksumAlgorithm": "SHA256"},
                 SourceClient=source.client,
                 Config=config,
             )
         return "server-side multipart copy" if size > single_copy_limit else "server-side copy"
-
-    def _copy_streamed(self, source: ObjectStore, key: str) -> str:
-        """Copy between two unrelated S3 services: the bytes pass through, in constant memory."""
-        body = source.open(key)
-        try:
-            self.upload_stream(key, body)
-        finally:
-            body.close()
-        return "streamed copy (different S3 services)"
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -209,12 +225,15 @@ class ObjectStore:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         return None
 
-    def open(self, key: str) -> IO[bytes]:
+    def open(self, key: str, version_id: str | None = None) -> IO[bytes]:
+        extra = {"VersionId": version_id} if version_id else {}
         with _translated(f"reading {self.where(key)}"):
-            return self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+            return self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
 
-    def iter_chunks(self, key: str, chunk_size: int = READ_CHUNK) -> Iterator[bytes]:
-        body = self.open(key)
+    def iter_chunks(
+        self, key: str, chunk_size: int = READ_CHUNK, version_id: str | None = None
+    ) -> Iterator[bytes]:
+        body = self.open(key, version_id)
         try:
             yield from iter(lambda: body.read(chunk_size), b"")
         finally:
@@ -262,7 +281,12 @@ class ObjectStore:
         with _translated(f"listing {self.where(prefix)}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
-                    yield StoredObject(item["Key"], item["Size"], item["LastModified"])
+                    yield StoredObject(
+                        item["Key"],
+                        item["Size"],
+                        item["LastModified"],
+                        item.get("ETag", "").strip('"'),
+                    )
 
     def unfinished_uploads(self, prefix: str) -> list[Debris]:
         with _translated(f"listing unfinished uploads under {self.where(prefix)}"):

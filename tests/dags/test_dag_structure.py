@@ -22,6 +22,7 @@ POLICY = load_policy(DEFAULT_POLICY_PATH)
 TIER_DAGS = [
     dag_id_for("platform", tier) for tier in POLICY.categories["platform"].scheduled_tiers()
 ]
+MEDIA_DAGS = [dag_id_for("media", tier) for tier in POLICY.categories["media"].scheduled_tiers()]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,15 @@ def dagbag():
 
 def test_every_dag_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(TIER_DAGS) <= set(dagbag.dag_ids)
+    assert set(TIER_DAGS) | set(MEDIA_DAGS) | {"restore_verification", "dr_restore"} == set(
+        dagbag.dag_ids
+    )
+    assert MEDIA_DAGS == [
+        "media_backup_6h",
+        "media_backup_daily",
+        "media_backup_weekly",
+        "media_backup_monthly",
+    ]
     assert TIER_DAGS == [
         "platform_backup_6h",
         "platform_backup_daily",
@@ -62,11 +71,11 @@ def test_schedule_retention_and_shape_match_the_policy(dagbag, dag_id: str) -> N
     assert {"dry_run", "override_circuit_breaker"} <= set(dag.params)
 
 
-@pytest.mark.parametrize("dag_id", TIER_DAGS)
+@pytest.mark.parametrize("dag_id", TIER_DAGS + MEDIA_DAGS)
 def test_tags_owner_retries_timeouts_and_callbacks(dagbag, dag_id: str) -> None:
     dag = dagbag.dags[dag_id]
-    tier = dag_id.removeprefix("platform_backup_")
-    assert {"backup", "category:platform", f"tier:{tier}"} <= set(dag.tags)
+    category, tier = dag_id.split("_backup_")
+    assert {"backup", f"category:{category}", f"tier:{tier}"} <= set(dag.tags)
     for task in dag.tasks:
         assert task.owner == "platform-sre"
         assert task.retries >= 2 and task.retry_exponential_backoff

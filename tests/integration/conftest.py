@@ -30,6 +30,7 @@ TEST_ENV = {
     "BACKUP_KMS_PORT": "19533",
     "BACKUP_SMTP_PORT": "11025",
     "BACKUP_AIRFLOW_PORT": "18080",
+    "BACKUP_SAMPLE_MEDIA_SMALL": "300",
 }
 os.environ.update(TEST_ENV)
 

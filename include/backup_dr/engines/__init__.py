@@ -1,9 +1,10 @@
 """Engines turn a source into a backup artifact; the DAG shape is the same for all of them."""
 
 from include.backup_dr.engines.base import Engine
+from include.backup_dr.engines.media import MediaEngine
 from include.backup_dr.engines.pg_dump import PgDumpEngine
 
-ENGINES: dict[str, Engine] = {"pg_dump": PgDumpEngine()}
+ENGINES: dict[str, Engine] = {"pg_dump": PgDumpEngine(), "media": MediaEngine()}
 
 
 def engine_for(name: str) -> Engine:

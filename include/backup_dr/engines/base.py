@@ -9,10 +9,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
-from include.backup_dr.policy import Server, Target
-from include.backup_dr.store import Readable
+from include.backup_dr.policy import Policy, Target
+from include.backup_dr.store import ObjectStore, Readable
+
+if TYPE_CHECKING:
+    from include.backup_dr.catalogue import Manifest
+    from include.backup_dr.integrity import Check
 
 
 @dataclass
@@ -51,10 +56,24 @@ class Engine(Protocol):
     #: Artifact file extension, e.g. "pgdump".
     extension: str
 
-    def open_snapshot(self, target: Target, server: Server) -> AbstractContextManager[Snapshot]:
+    def open_snapshot(
+        self, policy: Policy, target: Target, primary: ObjectStore
+    ) -> AbstractContextManager[Snapshot]:
         """Start a consistent snapshot of `target`; the context cleans up whatever happens."""
         ...
 
     def check_readable(self, chunks: Iterable[bytes]) -> ReadCheck:
         """Feed an artifact's bytes to the engine's reader; must consume all of `chunks`."""
+        ...
+
+    def copy_contents(self, manifest: Manifest, source: ObjectStore, target: ObjectStore) -> str:
+        """Copy what the artifact refers to (media blobs), before the artifact itself."""
+        ...
+
+    def check_contents(self, store: ObjectStore, manifest: Manifest, now: datetime) -> list[Check]:
+        """Checks beyond the artifact's own bytes (every referenced blob, a re-hash sample)."""
+        ...
+
+    def collect_garbage(self, policy: Policy, store: ObjectStore, now: datetime) -> str:
+        """After a prune: remove what no kept backup refers to any more; say what went."""
         ...

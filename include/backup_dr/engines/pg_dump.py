@@ -16,11 +16,13 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from include.backup_dr.engines.base import ReadCheck, SourceFacts
-from include.backup_dr.policy import Server, Target
+from include.backup_dr.policy import Policy, Target
+from include.backup_dr.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -208,8 +210,11 @@ class PgDumpEngine:
     extension = "pgdump"
 
     @contextmanager
-    def open_snapshot(self, target: Target, server: Server) -> Iterator[PgDumpSnapshot]:
-        info = PgConnectionInfo.from_airflow(server.conn_id, target.database)
+    def open_snapshot(
+        self, policy: Policy, target: Target, primary: ObjectStore
+    ) -> Iterator[PgDumpSnapshot]:
+        assert target.server is not None and target.database is not None
+        info = PgConnectionInfo.from_airflow(policy.server(target.server).conn_id, target.database)
         exporter = info.connect()
         snapshot: PgDumpSnapshot | None = None
         try:
@@ -224,6 +229,15 @@ class PgDumpEngine:
             if snapshot is not None:
                 snapshot.close()
             exporter.close()
+
+    def copy_contents(self, manifest: Any, source: ObjectStore, target: ObjectStore) -> str:
+        return "nothing besides the archive"
+
+    def check_contents(self, store: ObjectStore, manifest: Any, now: datetime) -> list[Any]:
+        return []
+
+    def collect_garbage(self, policy: Policy, store: ObjectStore, now: datetime) -> str:
+        return "nothing to collect: a dump is deleted with its backup"
 
     def check_readable(self, chunks: Iterable[bytes]) -> ReadCheck:
         """Pipe the archive into `pg_restore --list`; it reads the table of contents only."""

@@ -292,7 +292,7 @@ def prune(
                 store.delete_all_versions(decision.debris.key)
         engine = engine_for(policy.categories[category].engine)
         for store in stores:
-            log.info("%s: %s", store.region.name, engine.collect_garbage(policy, store, now))
+            log.info("%s: %s", store.region.name, engine.collect_garbage(policy, store))
     return {
         "target": target,
         "tier": tier,

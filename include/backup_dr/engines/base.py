@@ -74,6 +74,10 @@ class Engine(Protocol):
         """Checks beyond the artifact's own bytes (every referenced blob, a re-hash sample)."""
         ...
 
-    def collect_garbage(self, policy: Policy, store: ObjectStore, now: datetime) -> str:
-        """After a prune: remove what no kept backup refers to any more; say what went."""
+    def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
+        """After a prune: remove what no kept backup refers to any more; say what went.
+
+        Its grace period runs on the wall clock, not the prune's planning time: it protects
+        writes that are happening now.
+        """
         ...

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import boto3
@@ -284,9 +284,10 @@ class MediaEngine:
         )
         return checks
 
-    def collect_garbage(self, policy: Policy, store: ObjectStore, now: datetime) -> str:
+    def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
         """Mark blobs referenced by any committed snapshot of any media target; sweep the rest."""
         grace = policy.prune.incomplete_upload_grace
+        now = datetime.now(UTC)
         swept = 0
         kept = 0
         for category, spec in policy.categories.items():

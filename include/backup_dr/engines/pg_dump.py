@@ -236,7 +236,7 @@ class PgDumpEngine:
     def check_contents(self, store: ObjectStore, manifest: Any, now: datetime) -> list[Any]:
         return []
 
-    def collect_garbage(self, policy: Policy, store: ObjectStore, now: datetime) -> str:
+    def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
         return "nothing to collect: a dump is deleted with its backup"
 
     def check_readable(self, chunks: Iterable[bytes]) -> ReadCheck:

@@ -219,10 +219,11 @@ class ObjectStore:
 
     # --- reads --------------------------------------------------------------------------------
 
-    def head(self, key: str) -> dict[str, Any] | None:
-        """The object's metadata, or None when it does not exist."""
+    def head(self, key: str, *, checksums: bool = False) -> dict[str, Any] | None:
+        """The object's metadata (with its S3 checksums if asked), or None when it does not exist."""
+        extra = {"ChecksumMode": "ENABLED"} if checksums else {}
         with _translated(f"reading {self.where(key)}", missing_ok=True):
-            return self.client.head_object(Bucket=self.bucket, Key=key)
+            return self.client.head_object(Bucket=self.bucket, Key=key, **extra)
         return None
 
     def open(self, key: str, version_id: str | None = None) -> IO[bytes]:

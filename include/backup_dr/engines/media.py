@@ -140,14 +140,19 @@ class MediaSnapshot:
             if known is not None and (known.etag, known.size) == (obj.etag, obj.size):
                 self.counts["reused"] += 1  # unchanged: no request at all
                 yield known.line()
-            else:
-                yield self._new_entry(obj.key, obj.size).line()
+            elif (entry := self._new_entry(obj.key, obj.size)) is not None:
+                yield entry.line()
 
-    def _new_entry(self, key: str, size: int) -> Entry:
-        """Hash new or changed content (S3's own checksum when it has one) and store it once."""
-        head = self.source.client.head_object(
-            Bucket=self.source.bucket, Key=key, ChecksumMode="ENABLED"
-        )
+    def _new_entry(self, key: str, size: int) -> Entry | None:
+        """Hash new or changed content (S3's own checksum when it has one) and store it once.
+
+        None when the object was deleted between the listing and now: it is not in the snapshot.
+        """
+        head = self.source.head(key, checksums=True)
+        if head is None:
+            self.counts["objects"] -= 1
+            self.counts["bytes"] -= size
+            return None
         version = head.get("VersionId") or "null"
         version_arg = None if version == "null" else version
         sha = _full_sha256(head) or self._hash(key, version_arg)

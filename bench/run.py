@@ -4,9 +4,13 @@ Each number is a ratio against a baseline taken on the same machine, database an
 - snapshot task wall time vs `pg_dump -Fc` of the same database to /dev/null;
 - peak RSS of the snapshot and integrity tasks, on a small and on the large database;
 - integrity re-hash throughput vs `sha256sum` of the same bytes (and vs a bare download);
-- prune planning time for 100,000 backups.
+- prune planning time for 100,000 backups;
+- media: a first snapshot of 100,000 objects, a second after 1% changed (bytes and time against
+  the first), an unchanged one (against a bare listing of the bucket), and peak RSS at 10,000
+  vs 100,000 objects.
 
-Usage: python -m bench.run [--size-mb 1100]   (the database is generated once and kept)
+Usage: python -m bench.run [--size-mb 1100] [--only platform|media]
+(the database and the media buckets are generated once and kept)
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 BENCH_DB = "bench_platform"
 SMALL_DB = "platform_billing"
+#: Media bench targets: bucket -> object count. Their blobs live under their own category,
+#: which is emptied first so that the first snapshot really copies everything.
+MEDIA_BUCKETS = {"bench-media": 100_000, "bench-media-10k": 10_000}
+MEDIA_CATEGORY = "benchmedia"
 
 #: Runs one pipeline step in a fresh process, so its peak RSS is the step's own.
 _STEP = """
@@ -121,9 +129,97 @@ def _bench_policy() -> Path:
             "database": BENCH_DB,
         }
     )
+    data["categories"][MEDIA_CATEGORY] = {**data["categories"]["media"]}
+    data["categories"][MEDIA_CATEGORY].pop("replication_schedule", None)
+    for bucket in MEDIA_BUCKETS:
+        data["targets"].append(
+            {
+                "name": _media_target(bucket),
+                "category": MEDIA_CATEGORY,
+                "environment": "production",
+                "source": {"conn_id": "s3_media_source", "bucket": bucket},
+            }
+        )
     path = Path(tempfile.gettempdir()) / "bench-policy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _media_target(bucket: str) -> str:
+    return bucket.replace("-", "_")
+
+
+def _prepare_media() -> None:
+    from local.samplemedia import ensure_sample_media, media_client
+
+    for bucket, count in MEDIA_BUCKETS.items():
+        ensure_sample_media(media_client(), bucket, small=count, large=0)
+
+
+def bench_media() -> list[tuple[str, str, str]]:
+    """Snapshots of 100,000 objects: first, after 1% changed, unchanged; RSS at 10k vs 100k."""
+    from include.backup_dr.catalogue import BackupId
+    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.policy import load_policy
+    from local.samplemedia import media_client, mutate
+
+    stores = Stores.from_policy(load_policy())
+    for store in stores:
+        store.delete_all_versions(f"{MEDIA_CATEGORY}/")
+    base = datetime.now(UTC).replace(microsecond=0)
+    runs: dict[str, list[dict]] = {}
+    for bucket in MEDIA_BUCKETS:
+        target = _media_target(bucket)
+        runs[bucket] = []
+        for n in range(3):
+            if n == 2:  # the third sees 1% of the objects changed since the second
+                mutate(media_client(), bucket, 0.01, seed=int(base.timestamp()))
+            window = base + timedelta(hours=n)
+            step = _run_step("snapshot", target, window)
+            manifest = stores.primary.manifest(BackupId(MEDIA_CATEGORY, target, "daily", window))
+            assert manifest is not None
+            runs[bucket].append({**step, "source": manifest.source})
+
+    client = media_client()
+    started = time.perf_counter()
+    listed = sum(
+        page.get("KeyCount", 0)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench-media")
+    )
+    bare_listing = time.perf_counter() - started
+    first, unchanged, changed = runs["bench-media"]
+    small = runs["bench-media-10k"]
+    copied = changed["source"]["copied_bytes"] / first["source"]["copied_bytes"]
+    return [
+        (
+            f"media first snapshot, {first['source']['objects']:,} objects "
+            f"({first['source']['bytes'] / 1e6:,.0f} MB), all new",
+            f"{first['seconds']:.1f} s, {first['source']['copied']:,} blobs copied",
+            f"{first['source']['objects'] / first['seconds']:,.0f} objects/s",
+        ),
+        (
+            "media snapshot after 1% changed vs the first: bytes copied",
+            f"{changed['source']['copied_bytes'] / 1e6:,.1f} MB vs "
+            f"{first['source']['copied_bytes'] / 1e6:,.1f} MB",
+            f"{copied:.2%} (goal <= 2%)",
+        ),
+        (
+            "media snapshot after 1% changed vs the first: time",
+            f"{changed['seconds']:.1f} s vs {first['seconds']:.1f} s",
+            f"{changed['seconds'] / first['seconds']:.2f}x",
+        ),
+        (
+            f"media unchanged snapshot (listing + manifest) vs bare listing of {listed:,} objects",
+            f"{unchanged['seconds']:.1f} s vs {bare_listing:.1f} s",
+            f"{unchanged['seconds'] / bare_listing:.2f}x",
+        ),
+        (
+            "media snapshot peak RSS, 10,000 vs 100,000 objects: first / unchanged",
+            f"{small[0]['rss_mb']:.0f}/{small[1]['rss_mb']:.0f} MB vs "
+            f"{first['rss_mb']:.0f}/{unchanged['rss_mb']:.0f} MB",
+            f"{unchanged['rss_mb'] / small[1]['rss_mb']:.2f}x (goal < 300 MB, flat)",
+        ),
+    ]
 
 
 def _database_bytes(name: str) -> int:
@@ -315,14 +411,20 @@ def bench_prune_planning() -> tuple[str, str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1100)
+    parser.add_argument("--only", choices=["platform", "media"])
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from local import stack
 
     already = stack.running_groups()
+    rows = []
     try:
         _prepare(args.size_mb)
-        rows = [*bench_snapshot_and_integrity(), bench_prune_planning()]
+        if args.only != "media":
+            rows += [*bench_snapshot_and_integrity(), bench_prune_planning()]
+        if args.only != "platform":
+            _prepare_media()
+            rows += bench_media()
     finally:
         started = [group for group in stack.DEFAULT_GROUPS if group not in already]
         if started:

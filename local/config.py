@@ -24,6 +24,8 @@ VENV_BIN = Path(sysconfig.get_path("scripts"))
 HOST = "127.0.0.1"
 PG_USER = "postgres"
 PG_PASSWORD = "postgres"  # noqa: S105 (throw-away local stack)
+#: The media restore sandbox (restore_verification.sandbox_bucket in include/policy.yaml).
+RESTORE_SANDBOX_BUCKET = "restore-sandbox"
 S3_ACCESS_KEY = "backup-local"
 S3_SECRET_KEY = "backup-local-secret"  # noqa: S105 (throw-away local stack)
 

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from local import airflow_stack, pg, s3, sampledb, samplemedia
-from local.config import HOST, SMTP_DIR, STATE_DIR, Ports, S3Site, s3_sites
+from local.config import HOST, RESTORE_SANDBOX_BUCKET, SMTP_DIR, STATE_DIR, Ports, S3Site, s3_sites
 from local.proc import (
     StackError,
     log_file,
@@ -145,6 +145,7 @@ class WeedS3(Service):
     site: S3Site
     kms_port: int
     sample_media: bool = False  # the primary region also holds the sample media source
+    scratch_buckets: tuple[str, ...] = ()  # e.g. the media restore sandbox (policy.yaml)
 
     def argv(self) -> list[str]:
         return s3.weed_command(self.site, self.kms_port)
@@ -161,6 +162,8 @@ class WeedS3(Service):
 
     def after_ready(self) -> None:
         s3.ensure_bucket(self.site)
+        for bucket in self.scratch_buckets:
+            samplemedia.ensure_bucket(samplemedia.media_client(self.site), bucket)
         if self.sample_media:
             raw = os.environ.get("BACKUP_SAMPLE_MEDIA_SMALL", "").strip() or "2000"
             if not raw.isdigit():
@@ -242,6 +245,7 @@ def services(groups: list[str]) -> list[Service]:
                     site=site,
                     kms_port=ports.kms,
                     sample_media=site is sites[0],
+                    scratch_buckets=() if site is sites[0] else (RESTORE_SANDBOX_BUCKET,),
                 )
                 for site in sites
             ),

@@ -5,8 +5,10 @@ the same shape:
 
 The per-target chain is a mapped task group over the production targets found at run time, so
 adding a database or a bucket is a policy edit. Each database server gets its own group, whose
-snapshot task runs in that server's pool; media targets are grouped by source bucket. Restores: `restore_verification` (the yearly drill) and `dr_restore`
-(manual). Parsing reads only the local policy file: no network, no database.
+snapshot task runs in that server's pool; media targets are grouped by source bucket. Media
+also gets `media_replicate` (hourly copy to the secondary region, for the RPO). Restores:
+`restore_verification` (the yearly drill) and `dr_restore` (manual). Parsing reads only the
+local policy file: no network, no database.
 """
 
 from __future__ import annotations
@@ -185,6 +187,65 @@ def build_tier_dags(category: str, policy: Policy | None = None) -> dict[str, DA
     }
 
 
+def build_replication_dag(policy: Policy, category_name: str) -> DAG:
+    """`<category>_replicate`: per production target, replicate -> check_rpo (pages on breach)."""
+    category = policy.categories[category_name]
+    assert category.replication_schedule is not None
+
+    @task(task_id="targets")
+    def select_targets() -> list[str]:
+        chosen = []
+        for target in load_policy().targets:
+            if target.category != category_name:
+                continue
+            if reason := target.skip_reason():
+                log.warning("Skipping %s: %s", target.name, reason)
+            else:
+                chosen.append(target.name)
+        return chosen
+
+    @task(execution_timeout=timedelta(minutes=50), **LABELLED)
+    def replicate(target: str) -> dict[str, Any]:
+        from include.backup_dr import replication
+
+        context = _label(target)
+        policy_now, stores = _runtime()
+        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        return replication.replicate(policy_now, stores, target, run)
+
+    @task(retries=0, execution_timeout=timedelta(minutes=5), **LABELLED)
+    def check_rpo(state: dict[str, Any]) -> dict[str, Any]:
+        from include.backup_dr import replication
+
+        _label(state["target"])
+        return replication.check_rpo(state)
+
+    @task_group(group_id="replica")
+    def per_target(target: str) -> None:
+        check_rpo(replicate(target))
+
+    with DAG(
+        dag_id=f"{category_name}_replicate",
+        schedule=category.replication_schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(),
+        tags=["replication", f"category:{category_name}"],
+        doc_md=f"""### {category.description}: replication to {policy.regions.secondary.name}
+
+**Policy:** RPO **{format_duration(category.rpo)}**. On schedule
+`{category.replication_schedule}`, each production target's source is listed once and the
+content the secondary region lacks is copied into its blob store; the replica listing there is
+replaced. `check_rpo` fails, and pages on-call, when the oldest change that was missing from the
+secondary was older than the RPO. Each run leaves a record in `evidence/replication/`.
+A backfill catches up on its first run; later runs of the backfill copy nothing.
+""",
+    ) as dag:
+        per_target.expand(target=select_targets())
+    return dag
+
+
 def _drill_doc(policy: Policy) -> str:
     drill = policy.restore_verification
     assert drill is not None
@@ -231,11 +292,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
         _label(ref["target"])
         policy_now, stores = _runtime()
-        conn_id = policy_now.restore_verification.sandbox_conn_id
-        jobs = policy_now.restore_verification.jobs
-        return drills.restore_into(
-            policy_now, stores, Selection.from_ref(ref), conn_id, ref["sandbox"], jobs
-        )
+        return drills.restore_sandbox(policy_now, stores, Selection.from_ref(ref), ref["sandbox"])
 
     @task(**LABELLED, **quiet, execution_timeout=timedelta(hours=1))
     def validate(ref: dict[str, str]) -> dict[str, Any]:
@@ -244,9 +301,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
         context = _label(ref["target"])
         policy_now, stores = _runtime()
-        conn_id = policy_now.restore_verification.sandbox_conn_id
-        result = drills.validate(
-            policy_now, stores, Selection.from_ref(ref), conn_id, ref["sandbox"]
+        result = drills.validate_sandbox(
+            policy_now, stores, Selection.from_ref(ref), ref["sandbox"]
         )
         document = result.to_document()
         # Pushed before failing, so `report` records every result of a failed validation too.
@@ -291,7 +347,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         from include.backup_dr import drill as drills
 
         context = _label(ref["target"])
-        return drills.teardown(load_policy(), ref["target"], context["run_id"])
+        return drills.teardown(load_policy(), ref, context["run_id"])
 
     @task_group(group_id="drill")
     def per_target(ref: dict[str, str]) -> None:
@@ -353,10 +409,12 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
         doc_md="""### Disaster recovery restore (manual)
 
 Restores the named `targets`, highest priority first (live client instances first, as the
-policy says), from the newest verified backup (or the `backup` window) in `region`, into the
-PostgreSQL `connection`. Refuses unless `confirm` is `restore`, and refuses a non-empty
-database unless `overwrite` is true. Each restore is validated and leaves evidence in
-`evidence/dr_restore/` in both regions.""",
+policy says), from the newest verified backup (or the `backup` window) in `region`: databases
+into the PostgreSQL `connection`, media into `bucket` (through `bucket_connection`), only the
+keys under `prefix` if given, each key written under `dest_prefix`. Refuses unless `confirm` is
+`restore`, and refuses a non-empty database or destination unless `overwrite` is true. Each
+restore is validated (databases with Great Expectations, media by re-hashing every object) and
+leaves evidence in `evidence/dr_restore/` in both regions.""",
         params={
             "targets": Param([], type="array", description="target names from the policy"),
             "connection": Param("pg_sandbox", type="string", description="where to restore"),
@@ -365,6 +423,12 @@ database unless `overwrite` is true. Each restore is validated and leaves eviden
             "region": Param("secondary", enum=["primary", "secondary"]),
             "tier": Param("daily", type="string"),
             "backup": Param(None, type=["null", "string"], description="window, ISO 8601"),
+            "bucket_connection": Param(
+                "s3_restore_sandbox", type="string", description="media: connection of bucket"
+            ),
+            "bucket": Param(None, type=["null", "string"], description="media: where to restore"),
+            "prefix": Param("", type="string", description="media: only keys under this prefix"),
+            "dest_prefix": Param("", type="string", description="media: written under this"),
         },
     ) as dag:
         restore_in_priority_order()

@@ -1,6 +1,7 @@
 """The restore drill (`restore_verification`) and disaster recovery (`dr_restore`), step by step.
 
-A drill restores a backup into a fresh sandbox database, validates it with Great Expectations,
+A drill restores a backup into a fresh sandbox (a database, validated with Great Expectations;
+or a prefix of a scratch bucket for media, every object re-hashed against the snapshot),
 measures how long the restore took, and leaves an evidence record (JSON plus a readable
 Markdown page) in both regions. ISO 27001 A.8.13 / A.5.30 ask for exactly this.
 """
@@ -17,6 +18,8 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from include.backup_dr import media_restore
+from include.backup_dr.catalogue import Manifest, build_catalogue
 from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import Policy, format_duration
 from include.backup_dr.restore import (
@@ -33,6 +36,8 @@ from include.backup_dr.restore import (
     select_backup,
     server_info,
 )
+from include.backup_dr.store import ObjectStore
+from include.backup_dr.validation import ValidationReport
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +62,7 @@ def select(policy: Policy, stores: Stores, params: dict[str, Any]) -> list[dict[
         targets = [policy.target(params["target"])]
     else:
         targets = [
-            t
-            for t in sorted(policy.targets, key=lambda t: (t.priority, t.name))
-            if t.is_production and policy.categories[t.category].engine == "pg_dump"
+            t for t in sorted(policy.targets, key=lambda t: (t.priority, t.name)) if t.is_production
         ]
     chosen = []
     for target in targets:
@@ -71,16 +74,80 @@ def select(policy: Policy, stores: Stores, params: dict[str, Any]) -> list[dict[
     return chosen
 
 
-def provision(policy: Policy, ref: dict[str, str], run_id: str) -> dict[str, str]:
-    """Create a fresh, uniquely named database on the sandbox server (never a production one)."""
+def _is_media(policy: Policy, category: str) -> bool:
+    return policy.categories[category].engine == "media"
+
+
+def sandbox_bucket(policy: Policy) -> ObjectStore:
+    """The scratch bucket for media restore tests (the policy refuses a source or backup one)."""
     drill = policy.restore_verification
     assert drill is not None
-    server = guard_sandbox(policy, drill.sandbox_conn_id)
+    if drill.sandbox_bucket is None:
+        raise RestoreRefused("restore_verification.sandbox_bucket is not set in the policy")
+    return ObjectStore.for_bucket(drill.sandbox_bucket.conn_id, drill.sandbox_bucket.bucket)
+
+
+def provision(policy: Policy, ref: dict[str, str], run_id: str) -> dict[str, str]:
+    """A fresh, uniquely named sandbox: a database on the sandbox server (never a production
+    one) for a database, an empty prefix of the sandbox bucket for media."""
+    drill = policy.restore_verification
+    assert drill is not None
     name = sandbox_name(ref["target"], run_id)
+    if _is_media(policy, ref["category"]):
+        bucket = sandbox_bucket(policy)
+        bucket.delete_all_versions(f"{name}/")
+        log.info("Sandbox prefix %s is empty", bucket.where(f"{name}/"))
+        return {**ref, "sandbox": f"{name}/"}
+    server = guard_sandbox(policy, drill.sandbox_conn_id)
     drop_database(server, name)
     create_database(server, name)
     log.info("Sandbox database %s created on %s:%s", name, server.host, server.port)
     return {**ref, "sandbox": name}
+
+
+def restore_sandbox(
+    policy: Policy, stores: Stores, selection: Selection, sandbox: str
+) -> dict[str, Any]:
+    """Restore the selected backup into the sandbox that `provision` made."""
+    drill = policy.restore_verification
+    assert drill is not None
+    if _is_media(policy, selection.backup.category):
+        store = stores.by_region(selection.region)
+        manifest = _manifest(store, selection)
+        restored = media_restore.restore_snapshot(
+            store, manifest, sandbox_bucket(policy), dest_prefix=sandbox
+        )
+        return {**restored, **_provenance(manifest)}
+    return restore_into(policy, stores, selection, drill.sandbox_conn_id, sandbox, drill.jobs)
+
+
+def validate_sandbox(
+    policy: Policy, stores: Stores, selection: Selection, sandbox: str
+) -> ValidationReport:
+    """Databases: Great Expectations suites. Media: every object re-hashed against the listing."""
+    drill = policy.restore_verification
+    assert drill is not None
+    if _is_media(policy, selection.backup.category):
+        store = stores.by_region(selection.region)
+        return media_restore.verify_restored(
+            store, _manifest(store, selection), sandbox_bucket(policy), dest_prefix=sandbox
+        )
+    return validate(policy, stores, selection, drill.sandbox_conn_id, sandbox)
+
+
+def _manifest(store: ObjectStore, selection: Selection) -> Manifest:
+    manifest = store.manifest(selection.backup)
+    if manifest is None:
+        raise RestoreRefused(f"{selection.backup}: no manifest in {selection.region}")
+    return manifest
+
+
+def _provenance(manifest: Manifest) -> dict[str, Any]:
+    return {
+        "age_seconds": round((datetime.now(UTC) - manifest.finished_at).total_seconds()),
+        "taken_at": manifest.finished_at.isoformat(),
+        "sha256": manifest.artifact.sha256,
+    }
 
 
 def restore_into(
@@ -88,22 +155,17 @@ def restore_into(
 ) -> dict[str, Any]:
     """Download (re-hashing against the manifest) and pg_restore into an existing database."""
     store = stores.by_region(selection.region)
-    manifest = store.manifest(selection.backup)
-    if manifest is None:
-        raise RestoreRefused(f"{selection.backup}: no manifest in {selection.region}")
+    manifest = _manifest(store, selection)
     server = server_info(conn_id)
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
         restore_seconds = pg_restore(download.path, server, database, jobs)
-    size = database_size(server, database)
     return {
         "archive_bytes": download.size,
-        "database_bytes": size,
+        "restored_bytes": database_size(server, database),
         "download_seconds": round(download.seconds, 3),
         "pg_restore_seconds": round(restore_seconds, 3),
-        "age_seconds": round((datetime.now(UTC) - manifest.finished_at).total_seconds()),
-        "taken_at": manifest.finished_at.isoformat(),
-        "sha256": manifest.artifact.sha256,
+        **_provenance(manifest),
     }
 
 
@@ -121,15 +183,28 @@ def validate(policy: Policy, stores: Stores, selection: Selection, conn_id: str,
     return validate_database(url, selection.backup.target, manifest.tables())
 
 
-def largest_production_database(policy: Policy) -> tuple[str, int]:
-    """The largest production database the policy backs up, measured on its server now."""
+def largest_production(policy: Policy, stores: Stores, category: str) -> tuple[str, int]:
+    """The largest production target of the category and its size now: a database measured on
+    its server; a media target by the bytes its newest snapshot lists."""
     sizes = []
     for target in policy.targets:
-        if not target.is_production or policy.categories[target.category].engine != "pg_dump":
+        if not target.is_production or target.category != category:
             continue
-        server = server_info(policy.server(target.server).conn_id)
-        sizes.append((target.name, database_size(server, target.database)))
+        if _is_media(policy, category):
+            sizes.append((target.name, _newest_snapshot_bytes(stores.primary, target.name)))
+        else:
+            server = server_info(policy.server(target.server).conn_id)
+            sizes.append((target.name, database_size(server, target.database)))
     return max(sizes, key=lambda item: item[1])
+
+
+def _newest_snapshot_bytes(store: ObjectStore, target: str) -> int:
+    backups, _ = build_catalogue([store.listing(f"media/{target}/")])
+    if not backups:
+        return 0
+    newest = max(backups, key=lambda b: b.id.window)
+    manifest = store.manifest(newest.id)
+    return int(manifest.source.get("bytes", 0)) if manifest else 0
 
 
 def report(
@@ -148,13 +223,13 @@ def report(
     if restored is None:
         problems.append("the restore did not complete (see the restore task's log)")
     else:
-        seconds = restored["download_seconds"] + restored["pg_restore_seconds"]
-        throughput = restored["database_bytes"] / seconds if seconds else 0.0
-        largest, largest_bytes = largest_production_database(policy)
+        seconds = sum(v for k, v in restored.items() if k.endswith("_seconds"))
+        throughput = restored["restored_bytes"] / seconds if seconds else 0.0
+        largest, largest_bytes = largest_production(policy, stores, ref["category"])
         projected = largest_bytes / throughput if throughput else float("inf")
         projection = {
             "restore_throughput_mb_per_s": round(throughput / 1e6, 2),
-            "largest_production_database": largest,
+            "largest_production_target": largest,
             "largest_production_bytes": largest_bytes,
             "projected_restore_seconds": round(projected, 1),
             "rto_seconds": rto.total_seconds(),
@@ -182,7 +257,7 @@ def report(
         "target": ref["target"],
         "backup": {k: ref[k] for k in ("category", "target", "tier", "window", "region")},
         "selection_reason": ref["reason"],
-        "restored_into": ref.get("sandbox") or ref.get("database"),
+        "restored_into": ref.get("sandbox") or ref.get("destination"),
         "recorded_at": datetime.now(UTC).isoformat(),
         "run": run,
         "steps": restored,
@@ -220,19 +295,22 @@ def render_markdown(document: dict[str, Any]) -> str:
         "",
         "| step | seconds |",
         "|---|---|",
-        f"| download + SHA-256 check | {steps.get('download_seconds', '-')} |",
-        f"| pg_restore | {steps.get('pg_restore_seconds', '-')} |",
+        *(
+            f"| {name.removesuffix('_seconds').replace('_', ' ')} | {value} |"
+            for name, value in steps.items()
+            if name.endswith("_seconds")
+        ),
         f"| validation | {validation.get('seconds', '-')} |",
         "",
         "## Recovery time objective",
         "",
         f"- Restore throughput: {projection.get('restore_throughput_mb_per_s', '-')} MB/s",
-        f"- Largest production database: {projection.get('largest_production_database', '-')} "
+        f"- Largest production target: {projection.get('largest_production_target', '-')} "
         f"({projection.get('largest_production_bytes', '-')} bytes)",
         f"- Projected full restore: {projection.get('projected_restore_seconds', '-')} s "
         f"against an RTO of {projection.get('rto_seconds', '-')} s",
         "",
-        "## Expectations (Great Expectations)",
+        "## Expectations",
         "",
         "| suite | table | expectation | result | observed |",
         "|---|---|---|---|---|",
@@ -251,13 +329,16 @@ def render_markdown(document: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def teardown(policy: Policy, target: str, run_id: str) -> bool:
-    """Drop the drill's sandbox database; safe to call whether or not it was created."""
+def teardown(policy: Policy, ref: dict[str, str], run_id: str) -> bool:
+    """Drop the drill's sandbox (database or bucket prefix); safe whether or not it was made."""
     drill = policy.restore_verification
     assert drill is not None
-    server = guard_sandbox(policy, drill.sandbox_conn_id)
-    dropped = drop_database(server, sandbox_name(target, run_id))
-    log.info("Sandbox for %s %s", target, "dropped" if dropped else "was not there")
+    name = sandbox_name(ref["target"], run_id)
+    if _is_media(policy, ref["category"]):
+        dropped = sandbox_bucket(policy).delete_all_versions(f"{name}/") > 0
+    else:
+        dropped = drop_database(guard_sandbox(policy, drill.sandbox_conn_id), name)
+    log.info("Sandbox for %s %s", ref["target"], "dropped" if dropped else "was not there")
     return dropped
 
 
@@ -267,7 +348,8 @@ def restore_for_recovery(
     params: dict[str, Any],
     run: dict[str, str],
 ) -> list[dict[str, Any]]:
-    """dr_restore: restore named targets into a connection, in the policy's priority order."""
+    """dr_restore: restore named targets, in the policy's priority order: databases into the
+    `connection`, media into `bucket` (optionally only the keys under `prefix`)."""
     if str(params.get("confirm", "")).strip().lower() != "restore":
         raise RestoreRefused(
             "dr_restore needs the param confirm='restore' to run; nothing was restored"
@@ -276,18 +358,30 @@ def restore_for_recovery(
     if not names:
         raise RestoreRefused("dr_restore needs at least one target in the param 'targets'")
     targets = sorted((policy.target(n) for n in names), key=lambda t: (t.priority, t.name))
-    conn_id = params["connection"]
-    server = server_info(conn_id)
     store = stores.role(params.get("region") or "secondary")
     window = datetime.fromisoformat(params["backup"]) if params.get("backup") else None
     if window is not None and len(targets) > 1:
         raise RestoreRefused("a chosen backup window applies to one target only")
     tier = params.get("tier") or "daily"
-    for target in targets:  # check every target first: refuse before changing anything
+    overwrite = bool(params.get("overwrite"))
+    key_prefix = params.get("prefix") or ""
+    dest_prefix = params.get("dest_prefix") or ""
+    media = [t for t in targets if _is_media(policy, t.category)]
+    databases = [t for t in targets if not _is_media(policy, t.category)]
+    # Check every target first: refuse before changing anything.
+    bucket = None
+    if media:
+        if not params.get("bucket"):
+            raise RestoreRefused("restoring media needs the param 'bucket' (and bucket_connection)")
+        bucket = ObjectStore.for_bucket(params["bucket_connection"], params["bucket"])
+        media_restore.ensure_empty(bucket, dest_prefix + key_prefix, overwrite)
+    server = server_info(params["connection"]) if databases else None
+    for target in databases:
+        assert server is not None
         occupied = database_exists(server, target.database) and not database_is_empty(
             server, target.database
         )
-        if occupied and not params.get("overwrite"):
+        if occupied and not overwrite:
             raise RestoreRefused(
                 f"database {target.database} on {server.host}:{server.port} is not empty; "
                 "set overwrite=true to replace it"
@@ -296,18 +390,30 @@ def restore_for_recovery(
     for order, target in enumerate(targets, start=1):
         selection = select_backup(policy, store, target.name, tier, window)
         log.info("[%d/%d] restoring %s: %s", order, len(targets), target.name, selection.reason)
-        drop_database(server, target.database)
-        create_database(server, target.database)
         started = datetime.now(UTC)
-        restored = restore_into(policy, stores, selection, conn_id, target.database, 2)
-        validation = validate(policy, stores, selection, conn_id, target.database).to_document()
-        ref = {**selection.to_ref(), "database": f"{target.database} via {conn_id}"}
+        if bucket is not None and target in media:
+            manifest = _manifest(store, selection)
+            where = {"key_prefix": key_prefix, "dest_prefix": dest_prefix}
+            restored = {
+                **media_restore.restore_snapshot(store, manifest, bucket, **where),
+                **_provenance(manifest),
+            }
+            validation = media_restore.verify_restored(store, manifest, bucket, **where)
+            destination = bucket.where(dest_prefix)
+        else:
+            assert server is not None
+            conn_id = params["connection"]
+            drop_database(server, target.database)
+            create_database(server, target.database)
+            restored = restore_into(policy, stores, selection, conn_id, target.database, 2)
+            validation = validate(policy, stores, selection, conn_id, target.database)
+            destination = f"{target.database} via {conn_id}"
         document = report(
             policy,
             stores,
-            ref,
+            {**selection.to_ref(), "destination": destination},
             {**restored, "order": order, "started_at": started.isoformat()},
-            validation,
+            validation.to_document(),
             run,
             kind="dr_restore",
         )

@@ -142,7 +142,24 @@ class Category(_Frozen):
     engine: str  # how its targets are snapshotted; see include/backup_dr/engines
     rpo: Duration
     rpo_after: RpoAfter | None = None
+    #: Cron schedule of the DAG that keeps the secondary region within the RPO between backups.
+    replication_schedule: str | None = None
     tiers: dict[str, Tier]
+
+    @field_validator("replication_schedule")
+    @classmethod
+    def _valid_replication_schedule(cls, value: str | None) -> str | None:
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression")
+        return value
+
+    @model_validator(mode="after")
+    def _replication_engine(self) -> Category:
+        if self.replication_schedule and self.engine != "media":
+            raise ValueError(
+                f"replication_schedule is built for the media engine, not {self.engine!r}"
+            )
+        return self
 
     @field_validator("tiers")
     @classmethod
@@ -223,11 +240,20 @@ class PruneSettings(_Frozen):
     max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
 
 
+class SandboxBucket(_Frozen):
+    """A scratch bucket for media restore tests, reached through an Airflow connection."""
+
+    conn_id: str
+    bucket: str
+
+
 class RestoreSettings(_Frozen):
     """The restore drill: when it runs, where it restores, and what it restores by default."""
 
     schedule: str = "0 4 15 1 *"
     sandbox_conn_id: str
+    #: Where media snapshots are restored and re-hashed (never a source or a backup bucket).
+    sandbox_bucket: SandboxBucket | None = None
     region: Literal["primary", "secondary"] = "secondary"
     tier: str = "daily"
     jobs: int = Field(default=2, ge=1)
@@ -280,6 +306,20 @@ class Policy(_Frozen):
                 raise ValueError(
                     f"restore_verification.sandbox_conn_id {drill.sandbox_conn_id!r} is a "
                     "production server's connection; restore tests need a separate sandbox"
+                )
+            media = [t for t in self.targets if t.source is not None and t.is_production]
+            if media and drill.sandbox_bucket is None:
+                raise ValueError(
+                    "restore_verification.sandbox_bucket is required: production media targets "
+                    f"({', '.join(t.name for t in media)}) must be restore-tested too"
+                )
+            taken = {self.regions.primary.bucket, self.regions.secondary.bucket} | {
+                t.source.bucket for t in self.targets if t.source is not None
+            }
+            if drill.sandbox_bucket is not None and drill.sandbox_bucket.bucket in taken:
+                raise ValueError(
+                    f"restore_verification.sandbox_bucket.bucket {drill.sandbox_bucket.bucket!r} "
+                    "is a backup or media source bucket; restore tests need a scratch bucket"
                 )
             tiers = {t for c in self.categories.values() for t in c.scheduled_tiers()}
             if drill.tier not in tiers:

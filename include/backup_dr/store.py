@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from include.backup_dr.catalogue import (
@@ -44,6 +45,8 @@ COPY_PART_SIZE = 512 * MiB
 READ_CHUNK = 8 * MiB
 #: Parallel ranged GETs for a restore download (the archive must be a file for pg_restore -j).
 DOWNLOAD_STREAMS = 4
+#: HTTP connections per client: enough for the media engine's pool of copy workers.
+MAX_CONNECTIONS = 32
 
 
 class StoreError(RuntimeError):
@@ -102,20 +105,23 @@ class ObjectStore:
 
     @classmethod
     def for_region(cls, region: Region) -> ObjectStore:
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        hook = S3Hook(aws_conn_id=region.conn_id, region_name=region.name)
-        return cls(region, hook.get_conn(), hook.conn_config.endpoint_url)
+        return cls._connect(region, region.name)
 
     @classmethod
-    def for_source(cls, conn_id: str, bucket: str) -> ObjectStore:
-        """A bucket that is backed up (read only): its region comes from its connection."""
+    def for_bucket(cls, conn_id: str, bucket: str) -> ObjectStore:
+        """A bucket outside the backup regions (a media source, a restore destination): its
+        region comes from its connection, and writes keep the bucket's default encryption."""
+        region = Region(name=f"bucket {bucket}", conn_id=conn_id, bucket=bucket, kms_key_id="")
+        return cls._connect(region, None)
+
+    @classmethod
+    def _connect(cls, region: Region, region_name: str | None) -> ObjectStore:
+        """A client from the connection, keeping its botocore settings, with a larger pool."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        hook = S3Hook(aws_conn_id=conn_id)
-        region = Region(
-            name=f"source bucket {bucket}", conn_id=conn_id, bucket=bucket, kms_key_id=""
-        )
+        hook = S3Hook(aws_conn_id=region.conn_id, region_name=region_name)
+        config = (hook.config or Config()).merge(Config(max_pool_connections=MAX_CONNECTIONS))
+        hook = S3Hook(aws_conn_id=region.conn_id, region_name=region_name, config=config)
         return cls(region, hook.get_conn(), hook.conn_config.endpoint_url)
 
     def __repr__(self) -> str:
@@ -126,6 +132,8 @@ class ObjectStore:
 
     @property
     def _encryption(self) -> dict[str, str]:
+        if not self.region.kms_key_id:  # not a backup region: the bucket's default applies
+            return {}
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.region.kms_key_id}
 
     def same_service_as(self, other: ObjectStore) -> bool:
@@ -293,7 +301,7 @@ class ObjectStore:
         with _translated(f"listing unfinished uploads under {self.where(prefix)}"):
             page = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
         return [
-            Debris(self.region.name, item["Key"], _utc(item["Initiated"]), item["UploadId"])
+            Debris(self.region.name, item["Key"], utc(item["Initiated"]), item["UploadId"])
             for item in page.get("Uploads", [])
         ]
 
@@ -321,14 +329,16 @@ class ObjectStore:
 
     # --- deletes ------------------------------------------------------------------------------
 
-    def delete_all_versions(self, prefix: str) -> int:
-        """Delete every version and delete marker under `prefix`; returns how many went."""
+    def delete_all_versions(self, prefix: str, *, keep_latest: bool = False) -> int:
+        """Delete every version and delete marker under `prefix` (but the current ones if
+        `keep_latest`); returns how many went."""
         paginator = self.client.get_paginator("list_object_versions")
         doomed: list[dict[str, str]] = []
         with _translated(f"listing versions under {self.where(prefix)}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                    doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
+                    if not (keep_latest and item.get("IsLatest")):
+                        doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
         for start in range(0, len(doomed), 1000):
             batch = doomed[start : start + 1000]
             with _translated(f"deleting under {self.where(prefix)}"):
@@ -373,5 +383,5 @@ def _describe(exc: ClientError) -> str:
     return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
 
 
-def _utc(value: datetime) -> datetime:
+def utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)

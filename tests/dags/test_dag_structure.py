@@ -34,9 +34,8 @@ def dagbag():
 
 def test_every_dag_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert set(TIER_DAGS) | set(MEDIA_DAGS) | {"restore_verification", "dr_restore"} == set(
-        dagbag.dag_ids
-    )
+    others = {"media_replicate", "restore_verification", "dr_restore"}
+    assert set(TIER_DAGS) | set(MEDIA_DAGS) | others == set(dagbag.dag_ids)
     assert MEDIA_DAGS == [
         "media_backup_6h",
         "media_backup_daily",
@@ -180,6 +179,16 @@ def test_restore_verification_runs_yearly_and_always_drops_the_sandbox(dagbag) -
     assert "drill.report" in teardown.upstream_task_ids
     report = dag.get_task("drill.report")
     assert any(isinstance(cb, OnCallNotifier) for cb in report.on_failure_callback)
+
+
+def test_media_replicate_runs_hourly_and_checks_the_rpo_after_copying(dagbag) -> None:
+    dag = dagbag.dags["media_replicate"]
+    assert dag.schedule == POLICY.categories["media"].replication_schedule == "5 * * * *"
+    assert dag.max_active_runs == 1  # a backfill's runs follow one another: nothing copied twice
+    assert "replica.replicate" in dag.get_task("replica.check_rpo").upstream_task_ids
+    check = dag.get_task("replica.check_rpo")
+    assert check.retries == 0  # a missed RPO is a fact to page about, not to retry
+    assert any(isinstance(cb, OnCallNotifier) for cb in check.on_failure_callback)
 
 
 def test_dr_restore_is_manual_and_needs_confirmation(dagbag) -> None:

@@ -50,8 +50,14 @@ def backed_up(stores) -> Iterator[None]:
 
 
 def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores) -> None:
+    assert run_dag("media_backup_daily", WINDOW).state == "success"
     run = run_dag("restore_verification", WINDOW, {"tier": "daily", "region": "secondary"})
     assert run.state == "success"
+    for store in stores:  # every production target is drilled: media too
+        (record,) = _evidence(store, "restore_verification", "media_documents")
+        assert record["outcome"] == "passed", record["problems"]
+        assert record["steps"]["objects"] > 0 and record["projection"]["within_rto"] is True
+        assert [r["success"] for r in record["validation"]["results"]] == [True, True]
     for target in ("platform_core", "platform_billing"):
         for store in stores:
             (record,) = _evidence(store, "restore_verification", target)

@@ -44,6 +44,7 @@ def test_shipped_policy_matches_the_customer_table() -> None:
     assert "continuous" not in media.tiers and media.rpo == timedelta(hours=2)
     assert policy.objectives.rto == timedelta(hours=4)
     assert list(platform.scheduled_tiers()) == ["6h", "daily", "weekly", "monthly"]
+    assert media.replication_schedule == "5 * * * *"  # hourly: well inside the 2 h RPO
 
 
 def test_uat_targets_are_never_backed_up_and_say_why() -> None:
@@ -100,6 +101,21 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
             "regions",
             "primary and secondary must be different regions",
         ),
+        (
+            lambda d: d["categories"]["platform"].update(replication_schedule="5 * * * *"),
+            "categories.platform",
+            "replication_schedule is built for the media engine",
+        ),
+        (
+            lambda d: d["restore_verification"]["sandbox_bucket"].update(bucket="media-source"),
+            "restore_verification.sandbox_bucket.bucket 'media-source'",
+            "is a backup or media source bucket",
+        ),
+        (
+            lambda d: d["restore_verification"].pop("sandbox_bucket"),
+            "restore_verification.sandbox_bucket",
+            "is required: production media targets (media_documents)",
+        ),
     ],
     ids=[
         "unknown-tier",
@@ -111,6 +127,9 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
         "bad-duration",
         "unknown-field",
         "same-region-twice",
+        "replication-not-media",
+        "sandbox-bucket-holds-data",
+        "media-without-sandbox-bucket",
     ],
 )
 def test_invalid_policy_names_file_and_field(

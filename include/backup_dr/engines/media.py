@@ -14,11 +14,16 @@ import base64
 import hashlib
 import json
 import logging
+import sqlite3
+import tempfile
+import threading
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -27,16 +32,20 @@ from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
 from include.backup_dr.engines.base import ReadCheck, SourceFacts
 from include.backup_dr.integrity import Check
 from include.backup_dr.policy import Policy, Target
-from include.backup_dr.store import ObjectStore
+from include.backup_dr.store import ObjectStore, utc
 
 log = logging.getLogger(__name__)
 
 BLOB_DIR = ".blobs"
+#: Where `media_replicate` keeps each target's replica listing (see include/backup_dr/replication).
+REPLICA_DIR = "replica"
 #: The rolling re-hash splits blobs into this many buckets by their hash; each day's integrity
 #: check re-hashes the bucket `day of year mod 365`, so every blob comes round once a year.
 SAMPLE_BUCKETS = 365
-#: Blobs copied to the other region at once (each copy is one or two small requests).
-COPY_WORKERS = 8
+#: Objects hashed and copied at once (each is a few requests; the work is mostly waiting).
+COPY_WORKERS = 16
+#: New objects in flight before the listing waits for the oldest: bounds memory, keeps order.
+PIPELINE_DEPTH = 4 * COPY_WORKERS
 
 
 def blob_prefix(category: str) -> str:
@@ -117,50 +126,115 @@ def _full_sha256(head: dict[str, Any]) -> str | None:
     return base64.b64decode(value).hex()
 
 
+class ListingIndex:
+    """An earlier listing, looked up by key from a temporary SQLite file: memory stays flat.
+
+    S3 lists keys in byte order but some servers (seaweedfs) list in directory order, so a
+    merge-join of two sorted listings is not safe; an on-disk index is, at any object count.
+    """
+
+    def __init__(self, entries: Iterable[Entry], listed_at: datetime | None = None) -> None:
+        self.listed_at = listed_at
+        self._scratch = tempfile.TemporaryDirectory(prefix="listing-index-")
+        self._db = sqlite3.connect(Path(self._scratch.name) / "index.db", check_same_thread=False)
+        self._db.executescript(
+            "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
+            "CREATE TABLE entry (key TEXT PRIMARY KEY, version_id TEXT, etag TEXT, size INTEGER,"
+            " sha256 TEXT, seen INTEGER DEFAULT 0) WITHOUT ROWID;"
+        )
+        self._db.executemany(
+            "INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?, ?, 0)",
+            ((e.key, e.version_id, e.etag, e.size, e.sha256) for e in entries),
+        )
+
+    def get(self, key: str) -> Entry | None:
+        """The earlier entry for `key`, marking it seen (what is never seen was deleted)."""
+        row = self._db.execute(
+            "UPDATE entry SET seen = 1 WHERE key = ? RETURNING key, version_id, etag, size, sha256",
+            (key,),
+        ).fetchone()
+        return None if row is None else Entry(*row)
+
+    def unseen(self) -> int:
+        return self._db.execute("SELECT count(*) FROM entry WHERE seen = 0").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
+        self._scratch.cleanup()
+
+
 class MediaSnapshot:
-    """Lists the source, copies new content into blobs, and yields the listing as it goes."""
+    """Lists the source, stores new content as blobs in `store`, and yields the listing as it goes.
+
+    Unchanged objects (same key, ETag and size as in `previous`) cost nothing. New content is
+    hashed and copied by a pool of workers, while the listing keeps the source's order.
+    """
 
     def __init__(
-        self, target: Target, source: ObjectStore, primary: ObjectStore, previous: dict
+        self,
+        target: Target,
+        source: ObjectStore,
+        store: ObjectStore,
+        previous: ListingIndex,
+        workers: int = COPY_WORKERS,
     ) -> None:
         assert target.source is not None
         self.target = target
         self.source = source
-        self.primary = primary
+        self.store = store
         self.previous = previous
+        self.workers = workers
         self.counts = {"objects": 0, "bytes": 0, "reused": 0, "copied": 0, "copied_bytes": 0}
+        self._lock = threading.Lock()
+        #: When the oldest content that `store` lacked was written to the source: how far behind
+        #: `store` was when this snapshot began (None: nothing was missing).
+        self.oldest_missing: datetime | None = None
         self.stream = _LinesReader(self._lines())
 
     def _lines(self) -> Iterator[bytes]:
         assert self.target.source is not None
-        for obj in self.source.list_objects(self.target.source.prefix):
+        pending: deque[Future[Entry | None] | Entry] = deque()
+        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+            for obj in self.source.list_objects(self.target.source.prefix):
+                known = self.previous.get(obj.key)
+                if known is not None and (known.etag, known.size) == (obj.etag, obj.size):
+                    pending.append(known)  # unchanged: no request at all
+                else:
+                    pending.append(pool.submit(self._new_entry, obj.key))
+                while len(pending) > PIPELINE_DEPTH or (pending and _ready(pending[0])):
+                    yield from self._emit(pending.popleft())
+            while pending:
+                yield from self._emit(pending.popleft())
+
+    def _emit(self, item: Future[Entry | None] | Entry) -> Iterator[bytes]:
+        if isinstance(item, Entry):
+            self.counts["reused"] += 1
+            entry: Entry | None = item
+        else:
+            entry = item.result()
+        if entry is not None:  # None: deleted between the listing and now, so not in the snapshot
             self.counts["objects"] += 1
-            self.counts["bytes"] += obj.size
-            known = self.previous.get(obj.key)
-            if known is not None and (known.etag, known.size) == (obj.etag, obj.size):
-                self.counts["reused"] += 1  # unchanged: no request at all
-                yield known.line()
-            elif (entry := self._new_entry(obj.key, obj.size)) is not None:
-                yield entry.line()
+            self.counts["bytes"] += entry.size
+            yield entry.line()
 
-    def _new_entry(self, key: str, size: int) -> Entry | None:
-        """Hash new or changed content (S3's own checksum when it has one) and store it once.
-
-        None when the object was deleted between the listing and now: it is not in the snapshot.
-        """
+    def _new_entry(self, key: str) -> Entry | None:
+        """Hash new or changed content (S3's own checksum when it has one) and store it once."""
         head = self.source.head(key, checksums=True)
         if head is None:
-            self.counts["objects"] -= 1
-            self.counts["bytes"] -= size
             return None
         version = head.get("VersionId") or "null"
         version_arg = None if version == "null" else version
+        size = int(head["ContentLength"])
         sha = _full_sha256(head) or self._hash(key, version_arg)
         blob = blob_key(self.target.category, sha)
-        if self.primary.head(blob) is None:
-            self.primary.copy_from(self.source, key, size, dest_key=blob, version_id=version_arg)
-            self.counts["copied"] += 1
-            self.counts["copied_bytes"] += size
+        if self.store.head(blob) is None:
+            self.store.copy_from(self.source, key, size, dest_key=blob, version_id=version_arg)
+            written = utc(head["LastModified"])
+            with self._lock:
+                self.counts["copied"] += 1
+                self.counts["copied_bytes"] += size
+                if self.oldest_missing is None or written < self.oldest_missing:
+                    self.oldest_missing = written
         return Entry(key, version, head["ETag"].strip('"'), size, sha)
 
     def _hash(self, key: str, version: str | None) -> str:
@@ -185,6 +259,10 @@ class MediaSnapshot:
         )
 
 
+def _ready(item: Future[Entry | None] | Entry) -> bool:
+    return isinstance(item, Entry) or item.done()
+
+
 def _listing(store: ObjectStore, manifest: Manifest) -> Iterator[Entry]:
     return parse_listing(store.iter_chunks(manifest.artifact.key))
 
@@ -207,25 +285,24 @@ class MediaEngine:
         self, policy: Policy, target: Target, primary: ObjectStore
     ) -> Iterator[MediaSnapshot]:
         assert target.source is not None
-        source = ObjectStore.for_source(target.source.conn_id, target.source.bucket)
-        yield MediaSnapshot(target, source, primary, self._previous(primary, target))
+        source = ObjectStore.for_bucket(target.source.conn_id, target.source.bucket)
+        previous = ListingIndex(self._previous(primary, target))
+        try:
+            yield MediaSnapshot(target, source, primary, previous)
+        finally:
+            previous.close()
 
-    def _previous(self, primary: ObjectStore, target: Target) -> dict[str, Entry]:
-        """The target's newest committed snapshot in any tier, by key (what need not be copied)."""
-        manifests = [
-            obj.key
-            for obj in primary.list_objects(f"{target.category}/{target.name}/")
-            if obj.key.endswith("/" + MANIFEST_NAME)
-        ]
+    def _previous(self, primary: ObjectStore, target: Target) -> Iterator[Entry]:
+        """The target's newest committed snapshot in any tier (what need not be copied again)."""
         newest: Manifest | None = None
-        for key in manifests:
-            parsed = BackupId.from_key(key)
-            manifest = primary.manifest(parsed[0]) if parsed else None
+        for obj in primary.list_objects(f"{target.category}/{target.name}/"):
+            parsed = BackupId.from_key(obj.key)
+            if parsed is None or parsed[1] != MANIFEST_NAME:
+                continue
+            manifest = primary.manifest(parsed[0])
             if manifest and (newest is None or manifest.finished_at > newest.finished_at):
                 newest = manifest
-        if newest is None:
-            return {}
-        return {entry.key: entry for entry in _listing(primary, newest)}
+        return iter(()) if newest is None else _listing(primary, newest)
 
     def check_readable(self, chunks: Iterable[bytes]) -> ReadCheck:
         try:
@@ -290,7 +367,7 @@ class MediaEngine:
         return checks
 
     def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
-        """Mark blobs referenced by any committed snapshot of any media target; sweep the rest."""
+        """Mark blobs referenced by any committed snapshot or replica listing; sweep the rest."""
         grace = policy.prune.incomplete_upload_grace
         now = datetime.now(UTC)
         swept = 0
@@ -306,6 +383,10 @@ class MediaEngine:
                 manifest = store.manifest(parsed[0])
                 if manifest is not None:
                     referenced.update(e.sha256 for e in _listing(store, manifest))
+            for obj in store.list_objects(f"{REPLICA_DIR}/{category}/"):
+                if obj.key.endswith("/listing.jsonl"):  # the replica: the secondary's live copy
+                    chunks = store.iter_chunks(obj.key)
+                    referenced.update(e.sha256 for e in parse_listing(chunks))
             blobs = {sha: written for sha, (_, written) in _blobs(store, category).items()}
             for sha, delete, reason in plan_gc(referenced, blobs, now, grace):
                 if delete:

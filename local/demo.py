@@ -129,11 +129,7 @@ def _run_restore_drill() -> bool:
         steps, projection = record["steps"] or {}, record["projection"] or {}
         results = (record["validation"] or {}).get("results", [])
         passed = sum(r["success"] for r in results)
-        timings = ", ".join(
-            f"{k.removesuffix('_seconds').replace('_', ' ')} {v} s"
-            for k, v in steps.items()
-            if k.endswith("_seconds")
-        )
+        timings = ", ".join(f"{k} {v} s" for k, v in steps.get("timings", {}).items())
         print(
             f"  {target}: {record['outcome'].upper()}; backup {record['backup']['tier']} "
             f"{record['backup']['window']} from {record['backup']['region']}; {timings}; "

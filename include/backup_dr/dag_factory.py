@@ -256,8 +256,10 @@ with a **{format_duration(policy.objectives.rto)} RTO**. On schedule `{drill.sch
 production database is restored from its newest verified `{drill.tier}` backup in the
 **{drill.region}** region into a fresh sandbox database (connection `{drill.sandbox_conn_id}`,
 never a production server), validated with Great Expectations (tables, row counts, keys and the
-target's business rules in `include/expectations/`), and timed. Evidence (JSON + Markdown) goes
-to `evidence/restore_verification/<target>/` in both regions. The sandbox is always dropped.
+target's business rules in `include/expectations/`), and timed. Every production media target
+is restored into a fresh prefix of the sandbox bucket and every object re-hashed against the
+snapshot. Evidence (JSON + Markdown) goes to `evidence/restore_verification/<target>/` in both
+regions. The sandbox (database or bucket prefix) is always dropped.
 
 Trigger by hand with params `target`, `tier`, `region` and `backup` (a window, ISO 8601).
 """

@@ -163,8 +163,10 @@ def restore_into(
     return {
         "archive_bytes": download.size,
         "restored_bytes": database_size(server, database),
-        "download_seconds": round(download.seconds, 3),
-        "pg_restore_seconds": round(restore_seconds, 3),
+        "timings": {
+            "download + SHA-256 check": round(download.seconds, 3),
+            "pg_restore": round(restore_seconds, 3),
+        },
         **_provenance(manifest),
     }
 
@@ -223,7 +225,7 @@ def report(
     if restored is None:
         problems.append("the restore did not complete (see the restore task's log)")
     else:
-        seconds = sum(v for k, v in restored.items() if k.endswith("_seconds"))
+        seconds = sum(restored["timings"].values())
         throughput = restored["restored_bytes"] / seconds if seconds else 0.0
         largest, largest_bytes = largest_production(policy, stores, ref["category"])
         projected = largest_bytes / throughput if throughput else float("inf")
@@ -295,11 +297,7 @@ def render_markdown(document: dict[str, Any]) -> str:
         "",
         "| step | seconds |",
         "|---|---|",
-        *(
-            f"| {name.removesuffix('_seconds').replace('_', ' ')} | {value} |"
-            for name, value in steps.items()
-            if name.endswith("_seconds")
-        ),
+        *(f"| {name} | {value} |" for name, value in steps.get("timings", {}).items()),
         f"| validation | {validation.get('seconds', '-')} |",
         "",
         "## Recovery time objective",
@@ -418,4 +416,10 @@ def restore_for_recovery(
             kind="dr_restore",
         )
         records.append(document)
+    failed = [r for r in records if r["outcome"] != "passed"]
+    if failed:  # every target was attempted first: a DR restore gets as far as it can
+        raise DrillFailed(
+            "DR restore failed for "
+            + "; ".join(f"{r['target']}: {', '.join(r['problems'])}" for r in failed)
+        )
     return records

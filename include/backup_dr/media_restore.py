@@ -92,7 +92,7 @@ def restore_snapshot(
     return {
         "objects": len(sizes),
         "restored_bytes": sum(sizes),
-        "copy_seconds": round(seconds, 3),
+        "timings": {"copy": round(seconds, 3)},
         "destination": dest.where(dest_prefix),
         "key_prefix": key_prefix,
     }

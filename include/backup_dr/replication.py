@@ -59,7 +59,8 @@ def replicate(
     source = ObjectStore.for_bucket(target.source.conn_id, target.source.bucket)
     began = datetime.now(UTC)
     try:
-        snapshot = MediaSnapshot(target, source, secondary, previous)
+        grace = policy.prune.incomplete_upload_grace
+        snapshot = MediaSnapshot(target, source, secondary, previous, grace)
         uploaded = secondary.upload_stream(prefix + "listing.jsonl", snapshot.stream)
         deleted = previous.unseen()
     finally:

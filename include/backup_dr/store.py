@@ -225,6 +225,25 @@ class ObjectStore:
             )
         return "server-side multipart copy" if size > single_copy_limit else "server-side copy"
 
+    def touch(self, key: str) -> None:
+        """Write a fresh version of `key` with the same bytes (server-side copy onto itself)."""
+        config = TransferConfig(
+            multipart_threshold=SINGLE_COPY_LIMIT, multipart_chunksize=COPY_PART_SIZE
+        )
+        with _translated(f"refreshing {self.where(key)}"):
+            self.client.copy(
+                {"Bucket": self.bucket, "Key": key},
+                self.bucket,
+                key,
+                ExtraArgs={
+                    **self._encryption,
+                    "MetadataDirective": "REPLACE",
+                    "Metadata": {"refreshed-at": datetime.now(UTC).isoformat()},
+                    "ChecksumAlgorithm": "SHA256",
+                },
+                Config=config,
+            )
+
     # --- reads --------------------------------------------------------------------------------
 
     def head(self, key: str, *, checksums: bool = False) -> dict[str, Any] | None:
@@ -329,16 +348,26 @@ class ObjectStore:
 
     # --- deletes ------------------------------------------------------------------------------
 
-    def delete_all_versions(self, prefix: str, *, keep_latest: bool = False) -> int:
+    def delete_all_versions(
+        self,
+        prefix: str,
+        *,
+        keep_latest: bool = False,
+        written_before: datetime | None = None,
+    ) -> int:
         """Delete every version and delete marker under `prefix` (but the current ones if
-        `keep_latest`); returns how many went."""
+        `keep_latest`, and only those written before `written_before` if given); returns how
+        many went."""
         paginator = self.client.get_paginator("list_object_versions")
         doomed: list[dict[str, str]] = []
         with _translated(f"listing versions under {self.where(prefix)}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
-                    if not (keep_latest and item.get("IsLatest")):
-                        doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
+                    if keep_latest and item.get("IsLatest"):
+                        continue
+                    if written_before and utc(item["LastModified"]) >= written_before:
+                        continue
+                    doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
         for start in range(0, len(doomed), 1000):
             batch = doomed[start : start + 1000]
             with _translated(f"deleting under {self.where(prefix)}"):

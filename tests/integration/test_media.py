@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -116,3 +117,42 @@ def test_rolling_rehash_finds_same_size_bit_rot_on_its_day(stores) -> None:
     assert checks["blobs"].ok  # same size: only a re-hash can tell
     assert not checks["sample_rehash"].ok
     assert victim.sha256 in checks["sample_rehash"].detail
+
+
+def test_snapshot_refreshes_an_old_blob_so_a_racing_gc_cannot_sweep_it(stores, policy_file) -> None:
+    """The blob of content that no kept snapshot references is what GC sweeps; a new snapshot
+    that meets that content again gives the blob a fresh version, which GC's delete (versions
+    older than the grace only) leaves alone, whatever its stale plan said."""
+    from include.backup_dr.engines.media import MediaEngine
+
+    policy = policy_file(lambda d: d["prune"].update(incomplete_upload_grace="4s"))
+    day = datetime(2026, 11, 20, tzinfo=UTC)
+    body = f"%PDF seen twice {datetime.now(UTC).isoformat()}".encode()
+    first_key = "tenants/refresh-test/documents/first.pdf"
+    _source().put_object(Bucket="media-source", Key=first_key, Body=body)
+    take_snapshot(policy, stores, TARGET, "daily", day, {})
+    sha = next(
+        e.sha256
+        for e in _entries(stores.primary, BackupId("media", TARGET, "daily", day))
+        if e.key == first_key
+    )
+    _source().delete_object(Bucket="media-source", Key=first_key)
+    take_snapshot(policy, stores, TARGET, "daily", day + timedelta(days=1), {})
+    stores.primary.delete_all_versions(BackupId("media", TARGET, "daily", day).prefix)
+    time.sleep(5)  # no snapshot refers to the blob, and it is older than the grace
+
+    again = "tenants/refresh-test/documents/again.pdf"
+    _source().put_object(Bucket="media-source", Key=again, Body=body)
+    started = datetime.now(UTC)
+    third = BackupId("media", TARGET, "daily", day + timedelta(days=2))
+    take_snapshot(policy, stores, TARGET, "daily", third.window, {})
+    manifest = stores.primary.manifest(third)
+    assert (manifest.source["copied"], manifest.source["refreshed"]) == (0, 1)
+    # What a GC that planned from a listing taken before this snapshot deletes, at the latest
+    # (S3 keeps LastModified in whole seconds, hence the second's margin):
+    cutoff = started - timedelta(seconds=1)
+    stores.primary.delete_all_versions(blob_key("media", sha), written_before=cutoff)
+    assert stores.primary.open(blob_key("media", sha)).read() == body
+    checks = MediaEngine().check_contents(stores.primary, manifest, datetime.now(UTC))
+    assert checks[0].ok, checks[0].detail
+    _source().delete_object(Bucket="media-source", Key=again)

@@ -82,7 +82,9 @@ def test_dr_restore_brings_back_one_tenant_to_a_bucket(backed_up, stores) -> Non
         assert hashlib.sha256(body).hexdigest() == sha
         assert body == source.get_object(Bucket="media-source", Key=key)["Body"].read()
     (record,) = _evidence(stores.primary, "dr_restore")
-    assert record["outcome"] == "passed" and record["steps"]["objects"] == len(wanted)
+    assert record["outcome"] == "passed", record["problems"]
+    assert record["steps"]["objects"] == len(wanted)
+    assert record["steps"]["timings"]["copy"] > 0
 
     # Again, without overwrite: refused, and nothing changes.
     assert run_dag("dr_restore", WINDOW, conf).state == "failed"

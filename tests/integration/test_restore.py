@@ -65,7 +65,7 @@ def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores) -
             assert record["backup"]["region"] == "eu-central-1"
             assert record["backup"]["window"] == WINDOW.isoformat()
             assert "newest of 1 verified backups" in record["selection_reason"]
-            assert record["steps"]["pg_restore_seconds"] > 0
+            assert record["steps"]["timings"]["pg_restore"] > 0
             assert record["projection"]["within_rto"] is True
             results = record["validation"]["results"]
             assert results and all(r["success"] for r in results)

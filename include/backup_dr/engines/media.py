@@ -98,6 +98,15 @@ def plan_gc(
     return plan
 
 
+def needs_refresh(written: datetime, now: datetime, grace: timedelta) -> bool:
+    """Whether a blob found in the store must get a fresh version before a snapshot refers to it.
+
+    GC sweeps only blob versions older than `grace`. A blob refreshed once it is older than half
+    the grace, by a snapshot that commits within half the grace, is never swept under it.
+    """
+    return written < now - grace / 2
+
+
 class _LinesReader:
     """A readable stream over an iterator of byte lines (the upload pulls; the listing follows)."""
 
@@ -176,6 +185,7 @@ class MediaSnapshot:
         source: ObjectStore,
         store: ObjectStore,
         previous: ListingIndex,
+        gc_grace: timedelta,
         workers: int = COPY_WORKERS,
     ) -> None:
         assert target.source is not None
@@ -183,8 +193,16 @@ class MediaSnapshot:
         self.source = source
         self.store = store
         self.previous = previous
+        self.gc_grace = gc_grace
         self.workers = workers
-        self.counts = {"objects": 0, "bytes": 0, "reused": 0, "copied": 0, "copied_bytes": 0}
+        self.counts = {
+            "objects": 0,
+            "bytes": 0,
+            "reused": 0,
+            "copied": 0,
+            "copied_bytes": 0,
+            "refreshed": 0,
+        }
         self._lock = threading.Lock()
         #: When the oldest content that `store` lacked was written to the source: how far behind
         #: `store` was when this snapshot began (None: nothing was missing).
@@ -227,7 +245,10 @@ class MediaSnapshot:
         size = int(head["ContentLength"])
         sha = _full_sha256(head) or self._hash(key, version_arg)
         blob = blob_key(self.target.category, sha)
-        if self.store.head(blob) is None:
+        existing = self.store.head(blob)
+        if existing is not None:
+            self.refresh(blob, existing)
+        else:
             self.store.copy_from(self.source, key, size, dest_key=blob, version_id=version_arg)
             written = utc(head["LastModified"])
             with self._lock:
@@ -236,6 +257,17 @@ class MediaSnapshot:
                 if self.oldest_missing is None or written < self.oldest_missing:
                     self.oldest_missing = written
         return Entry(key, version, head["ETag"].strip('"'), size, sha)
+
+    def refresh(self, blob: str, head: dict[str, Any]) -> None:
+        """Give an old blob a fresh version before this snapshot refers to it.
+
+        The blob may be one that no kept snapshot references, which a concurrent GC is about to
+        sweep; GC deletes only versions older than its grace, so the fresh version survives.
+        """
+        if needs_refresh(utc(head["LastModified"]), datetime.now(UTC), self.gc_grace):
+            self.store.touch(blob)
+            with self._lock:
+                self.counts["refreshed"] += 1
 
     def _hash(self, key: str, version: str | None) -> str:
         digest = hashlib.sha256()
@@ -288,7 +320,9 @@ class MediaEngine:
         source = ObjectStore.for_bucket(target.source.conn_id, target.source.bucket)
         previous = ListingIndex(self._previous(primary, target))
         try:
-            yield MediaSnapshot(target, source, primary, previous)
+            yield MediaSnapshot(
+                target, source, primary, previous, policy.prune.incomplete_upload_grace
+            )
         finally:
             previous.close()
 
@@ -391,7 +425,8 @@ class MediaEngine:
             for sha, delete, reason in plan_gc(referenced, blobs, now, grace):
                 if delete:
                     log.info("GC %s in %s: %s", sha, store.region.name, reason)
-                    store.delete_all_versions(blob_key(category, sha))
+                    # Only versions older than the grace: a snapshot may have just refreshed it.
+                    store.delete_all_versions(blob_key(category, sha), written_before=now - grace)
                     swept += 1
                 else:
                     kept += 1

@@ -83,12 +83,15 @@ def _run_replication() -> bool:
     run = bag.dags["media_replicate"].test(logical_date=datetime.now(UTC))
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.replication import replica_prefix
 
     policy = load_policy()
     stores = Stores.from_policy(policy)
     print(f"\nMedia replication: {run.state}")
     for target in [t for t in policy.targets if t.source is not None and t.is_production]:
-        state = stores.secondary.get_json(f"replica/{target.category}/{target.name}/state.json")
+        state = stores.secondary.get_json(
+            replica_prefix(target.category, target.name) + "state.json"
+        )
         if state is None:
             print(f"  {target.name}: no replica")
             return False

@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from include.backup_dr import media_restore
 from include.backup_dr.catalogue import Manifest, build_catalogue
 from include.backup_dr.pipeline import Stores
-from include.backup_dr.policy import Policy, format_duration
+from include.backup_dr.policy import Policy, Target, format_duration
 from include.backup_dr.restore import (
     RestoreRefused,
     Selection,
@@ -193,15 +193,15 @@ def largest_production(policy: Policy, stores: Stores, category: str) -> tuple[s
         if not target.is_production or target.category != category:
             continue
         if _is_media(policy, category):
-            sizes.append((target.name, _newest_snapshot_bytes(stores.primary, target.name)))
+            sizes.append((target.name, _newest_snapshot_bytes(stores.primary, target)))
         else:
             server = server_info(policy.server(target.server).conn_id)
             sizes.append((target.name, database_size(server, target.database)))
     return max(sizes, key=lambda item: item[1])
 
 
-def _newest_snapshot_bytes(store: ObjectStore, target: str) -> int:
-    backups, _ = build_catalogue([store.listing(f"media/{target}/")])
+def _newest_snapshot_bytes(store: ObjectStore, target: Target) -> int:
+    backups, _ = build_catalogue([store.listing(f"{target.category}/{target.name}/")])
     if not backups:
         return 0
     newest = max(backups, key=lambda b: b.id.window)

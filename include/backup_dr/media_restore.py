@@ -32,9 +32,9 @@ BATCH = 1000
 SUITE = "media snapshot"
 
 
-def _parallel(fn: Callable[[T], R], items: Iterable[T], workers: int = COPY_WORKERS) -> Iterator[R]:
+def _parallel(fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
     """fn over items on a thread pool, in order, a batch at a time."""
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
         iterator = iter(items)
         while batch := list(itertools.islice(iterator, BATCH)):
             yield from pool.map(fn, batch)

@@ -121,8 +121,8 @@ class ObjectStore:
 
         hook = S3Hook(aws_conn_id=region.conn_id, region_name=region_name)
         config = (hook.config or Config()).merge(Config(max_pool_connections=MAX_CONNECTIONS))
-        hook = S3Hook(aws_conn_id=region.conn_id, region_name=region_name, config=config)
-        return cls(region, hook.get_conn(), hook.conn_config.endpoint_url)
+        client = hook.get_client_type(region_name=region_name, config=config)
+        return cls(region, client, hook.conn_config.endpoint_url)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.region.name}: s3://{self.bucket})"

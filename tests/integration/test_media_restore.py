@@ -13,6 +13,7 @@ from include.backup_dr.engines.media import blob_key
 from include.backup_dr.media_restore import selected
 from tests.integration.conftest import run_dag
 from tests.integration.test_media import TARGET, _source
+from tests.integration.test_restore import _evidence
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2026, 11, 23, 0, 45, tzinfo=UTC)
@@ -24,13 +25,6 @@ def _sandbox():
     from include.backup_dr.policy import load_policy
 
     return sandbox_bucket(load_policy())
-
-
-def _evidence(store, kind: str) -> list[dict]:
-    keys = sorted(
-        o.key for o in store.list_objects(f"evidence/{kind}/{TARGET}/") if o.key.endswith(".json")
-    )
-    return [store.get_json(key) for key in keys]
 
 
 @pytest.fixture
@@ -49,7 +43,7 @@ def test_drill_catches_a_rotten_blob_in_the_restore_region(backed_up, stores) ->
 
     run = run_dag("restore_verification", WINDOW, {"target": TARGET})
     assert run.state == "failed"
-    (record,) = _evidence(stores.primary, "restore_verification")
+    (record,) = _evidence(stores.primary, "restore_verification", TARGET)
     assert record["outcome"] == "failed"
     failed = [r for r in record["validation"]["results"] if not r["success"]]
     assert [r["expectation"] for r in failed] == ["every_restored_object_matches_its_sha256"]
@@ -81,7 +75,7 @@ def test_dr_restore_brings_back_one_tenant_to_a_bucket(backed_up, stores) -> Non
         body = sandbox.open(f"recovered/{key}").read()
         assert hashlib.sha256(body).hexdigest() == sha
         assert body == source.get_object(Bucket="media-source", Key=key)["Body"].read()
-    (record,) = _evidence(stores.primary, "dr_restore")
+    (record,) = _evidence(stores.primary, "dr_restore", TARGET)
     assert record["outcome"] == "passed", record["problems"]
     assert record["steps"]["objects"] == len(wanted)
     assert record["steps"]["timings"]["copy"] > 0

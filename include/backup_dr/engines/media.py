@@ -142,8 +142,7 @@ class ListingIndex:
     merge-join of two sorted listings is not safe; an on-disk index is, at any object count.
     """
 
-    def __init__(self, entries: Iterable[Entry], listed_at: datetime | None = None) -> None:
-        self.listed_at = listed_at
+    def __init__(self, entries: Iterable[Entry]) -> None:
         self._scratch = tempfile.TemporaryDirectory(prefix="listing-index-")
         self._db = sqlite3.connect(Path(self._scratch.name) / "index.db", check_same_thread=False)
         self._db.executescript(
@@ -186,7 +185,6 @@ class MediaSnapshot:
         store: ObjectStore,
         previous: ListingIndex,
         gc_grace: timedelta,
-        workers: int = COPY_WORKERS,
     ) -> None:
         assert target.source is not None
         self.target = target
@@ -194,7 +192,6 @@ class MediaSnapshot:
         self.store = store
         self.previous = previous
         self.gc_grace = gc_grace
-        self.workers = workers
         self.counts = {
             "objects": 0,
             "bytes": 0,
@@ -212,7 +209,7 @@ class MediaSnapshot:
     def _lines(self) -> Iterator[bytes]:
         assert self.target.source is not None
         pending: deque[Future[Entry | None] | Entry] = deque()
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
+        with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
             for obj in self.source.list_objects(self.target.source.prefix):
                 known = self.previous.get(obj.key)
                 if known is not None and (known.etag, known.size) == (obj.etag, obj.size):

@@ -32,6 +32,7 @@ S3_SECRET_KEY = "backup-local-secret"  # noqa: S105 (throw-away local stack)
 DEFAULT_PORTS = {
     "BACKUP_PG_PORT": 55432,
     "BACKUP_PG_SANDBOX_PORT": 55532,
+    "BACKUP_PG_STANDBY_PORT": 55632,
     "BACKUP_S3_PRIMARY_PORT": 18333,
     "BACKUP_S3_SECONDARY_PORT": 18433,
     "BACKUP_KMS_PORT": 18533,
@@ -56,6 +57,7 @@ class Ports:
 
     pg: int  # the platform (production) PostgreSQL server
     pg_sandbox: int  # the restore sandbox: restore tests run here, never on pg
+    pg_standby: int  # the platform server's streaming standby (continuous tier)
     s3_primary: int
     s3_secondary: int
     kms: int
@@ -67,6 +69,7 @@ class Ports:
         return cls(
             pg=_port("BACKUP_PG_PORT"),
             pg_sandbox=_port("BACKUP_PG_SANDBOX_PORT"),
+            pg_standby=_port("BACKUP_PG_STANDBY_PORT"),
             s3_primary=_port("BACKUP_S3_PRIMARY_PORT"),
             s3_secondary=_port("BACKUP_S3_SECONDARY_PORT"),
             kms=_port("BACKUP_KMS_PORT"),
@@ -79,6 +82,7 @@ class Ports:
         current = {
             "BACKUP_PG_PORT": self.pg,
             "BACKUP_PG_SANDBOX_PORT": self.pg_sandbox,
+            "BACKUP_PG_STANDBY_PORT": self.pg_standby,
             "BACKUP_S3_PRIMARY_PORT": self.s3_primary,
             "BACKUP_S3_SECONDARY_PORT": self.s3_secondary,
             "BACKUP_KMS_PORT": self.kms,

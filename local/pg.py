@@ -8,6 +8,10 @@ directory, port, PID file and log (see ``Server``):
 * ``sandbox`` (stack part ``pg-sandbox``, ``$BACKUP_PG_SANDBOX_PORT``, data ``pg-sandbox/``):
   where restore tests restore to, so they never touch the platform server. It holds
   nothing but the ``postgres`` database.
+* ``standby`` (stack part ``pg-standby``, ``$BACKUP_PG_STANDBY_PORT``, data ``pg-standby/``):
+  the platform server's physical streaming replica (the continuous tier), made with
+  ``pg_basebackup -R`` from a replication slot. The platform server archives every WAL
+  segment to both S3 regions (see ``local.wal``).
 
 pgserver's own API only offers a Unix socket, so we drive its bundled initdb/pg_ctl
 directly. PostgreSQL refuses to run as root; as root, like pgserver, we run it as the
@@ -43,7 +47,7 @@ with warnings.catch_warnings():
 PG_BIN = Path(pgserver.__file__).parent / "pginstall" / "bin"
 OS_USER = "pgserver" if os.geteuid() == 0 else None
 
-ServerName = Literal["platform", "sandbox"]
+ServerName = Literal["platform", "sandbox", "standby"]
 
 # Appended to postgresql.conf: fewer forced checkpoints while loading 1 GB+ sample data.
 _CONF = """
@@ -150,8 +154,23 @@ class Server:
             return None
         return pid if alive(pid) else None
 
+    def _write_role_conf(self) -> None:
+        """The platform server archives WAL and feeds the standby; settings rewritten each start."""
+        if self.name != "platform":
+            return
+        from local import wal
+
+        included = self.data_dir / "backup_dr.conf"
+        included.write_text(wal.primary_conf("platform_primary", OS_USER))
+        conf = self.data_dir / "postgresql.conf"
+        line = "include_if_exists = 'backup_dr.conf'\n"
+        if line not in conf.read_text():
+            with conf.open("a") as out:
+                out.write(line)
+
     def start(self, port: int | None = None) -> int:
         """Start the server detached on ``HOST:port`` (socket in the data dir); returns its PID."""
+        self._write_role_conf()
         options = f"-h {HOST} -p {port or self.port} -k {self.data_dir}"
         argv = [str(pg_bin("pg_ctl")), "-D", str(self.data_dir), "-l", str(self.log)]
         result = self._run([*argv, "-o", options, "-w", "-t", "60", "start"])
@@ -175,9 +194,53 @@ class Server:
             conn.execute("SELECT 1").fetchone()
 
 
+@dataclass(frozen=True)
+class StandbyServer(Server):
+    """A streaming replica of ``primary``: cloned with pg_basebackup instead of initdb."""
+
+    primary: Server | None = None
+    slot: str = "backup_dr_standby"
+
+    def init_cluster(self) -> None:
+        """Clone the running primary once (``-R`` writes primary_conninfo and the slot)."""
+        assert self.primary is not None
+        if (self.data_dir / "PG_VERSION").exists():
+            self._grant_to_os_user()
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir.chmod(0o700)  # PostgreSQL refuses a data directory others can read
+        self._grant_to_os_user()
+        with self.primary.connect() as conn:
+            # A slot left by an earlier standby would pin WAL from its old position forever.
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND NOT active",
+                (self.slot,),
+            )
+        argv = [str(pg_bin("pg_basebackup")), "-D", str(self.data_dir), "-R", "-X", "stream"]
+        argv += ["-S", self.slot, "--create-slot", "-h", HOST, "-p", str(self.primary.port)]
+        argv += ["-U", PG_USER, "-c", "fast", "-d", "application_name=backup_dr_standby"]
+        with self.log.open("ab") as out:
+            result = subprocess.run(
+                argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                user=OS_USER,
+                cwd=self.data_dir,
+                env={**os.environ, "PGPASSWORD": PG_PASSWORD},
+                check=False,
+            )
+        if result.returncode != 0:
+            raise StackError(
+                f"{self.part}: pg_basebackup from {self.primary.part} failed "
+                f"(exit {result.returncode}); see {self.log}"
+            )
+
+
 PLATFORM = Server("platform", "pg", STATE_DIR / "pg", "pg")
 SANDBOX = Server("sandbox", "pg-sandbox", STATE_DIR / "pg-sandbox", "pg_sandbox")
-SERVERS: dict[str, Server] = {s.name: s for s in (PLATFORM, SANDBOX)}
+STANDBY = StandbyServer("standby", "pg-standby", STATE_DIR / "pg-standby", "pg_standby", PLATFORM)
+SERVERS: dict[str, Server] = {s.name: s for s in (PLATFORM, SANDBOX, STANDBY)}
 DATA_DIR = PLATFORM.data_dir  # the platform server's, as before there were two
 
 

@@ -4,8 +4,10 @@
     python -m local.stack down   [--only pg,s3,smtp,airflow | --all]
     python -m local.stack status [--only pg,s3,smtp,airflow]
 
-The pg group is two PostgreSQL servers: the platform one (with the sample databases) and
-the restore sandbox (restore tests run there, never on the platform server).
+The pg group is three PostgreSQL servers: the platform one (with the sample databases; it
+archives WAL to both S3 regions), its streaming standby, and the restore sandbox (restore
+tests run there, never on the platform server). Start order matters: the s3 group comes
+first, because the platform server's archive_command writes there.
 
 Without --only, up and down handle pg, s3 and smtp; Airflow only when asked (it takes
 ~1 GB and half a minute). ``up`` is idempotent: running parts are left alone, stale PID
@@ -39,8 +41,8 @@ from local.proc import (
     write_pid,
 )
 
-GROUPS = ("pg", "s3", "smtp", "airflow")
-DEFAULT_GROUPS = ("pg", "s3", "smtp")
+GROUPS = ("s3", "pg", "smtp", "airflow")
+DEFAULT_GROUPS = ("s3", "pg", "smtp")
 
 
 @dataclass
@@ -234,6 +236,7 @@ def services(groups: list[str]) -> list[Service]:
     by_group: dict[str, list[Service]] = {
         "pg": [
             Postgres(pg.PLATFORM.part, ports.pg, server=pg.PLATFORM, sample_data=True),
+            Postgres(pg.STANDBY.part, ports.pg_standby, server=pg.STANDBY),
             Postgres(pg.SANDBOX.part, ports.pg_sandbox, server=pg.SANDBOX),
         ],
         "s3": [

@@ -178,12 +178,69 @@ class Category(_Frozen):
         return {name: tier for name, tier in self.tiers.items() if not tier.is_continuous}
 
 
+class Standby(_Frozen):
+    """A server's physical streaming replica in the secondary region (the continuous tier)."""
+
+    conn_id: str  # read-only connection to the standby, for lag measurement
+    slot: Name = "backup_dr_standby"  # the replication slot on the primary that feeds it
+
+
 class Server(_Frozen):
     """A database server; its pool bounds concurrent dumps against it."""
 
     name: Name
     conn_id: str
     dump_pool: str
+    #: Required when the server's category has a continuous tier.
+    standby: Standby | None = None
+
+
+class Monitor(_Frozen):
+    """`platform_continuous_monitor`: heartbeat-measured replication lag, archive health."""
+
+    schedule: str = "* * * * *"
+    #: How long one run writes a heartbeat a second and watches it arrive on the standby.
+    duration: Duration = timedelta(seconds=50)
+    #: Consecutive samples over the RPO before on-call is paged (one slow commit is not a page).
+    lag_alert_samples: int = Field(default=3, ge=1)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression")
+        return value
+
+
+class ContinuousSettings(_Frozen):
+    """How the continuous tier keeps its promise: a streaming standby plus a WAL archive with
+    base backups in both regions (point-in-time recovery over the tier's retention)."""
+
+    category: str = "platform"
+    #: Base backups (the tier's DAG, `<category>_backup_continuous`) run on this schedule.
+    base_backup_schedule: str = "0 3 * * *"
+    #: Bounds the loss when primary and standby are both lost: WAL is switched at least this often.
+    archive_timeout: Duration = timedelta(seconds=60)
+    #: True: commits wait for the standby (no loss on primary failure, slower commits).
+    synchronous: bool = False
+    monitor: Monitor = Monitor()
+
+    @field_validator("base_backup_schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression")
+        return value
+
+    @field_validator("archive_timeout")
+    @classmethod
+    def _sane_archive_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(hours=1):
+            raise ValueError(
+                f"archive_timeout {format_duration(value)} must be between 1s and 1h "
+                "(it bounds the loss when primary and standby are both lost)"
+            )
+        return value
 
 
 class MediaSource(_Frozen):
@@ -277,6 +334,7 @@ class Policy(_Frozen):
     targets: list[Target] = Field(default_factory=list)
     prune: PruneSettings = PruneSettings()
     restore_verification: RestoreSettings | None = None
+    continuous: ContinuousSettings | None = None
 
     @model_validator(mode="after")
     def _references(self) -> Policy:
@@ -300,6 +358,7 @@ class Policy(_Frozen):
                     f"{where}: unknown server {target.server!r}; "
                     f"servers are {', '.join(sorted(servers)) or '(none)'}"
                 )
+        self._continuous_references()
         drill = self.restore_verification
         if drill is not None:
             if drill.sandbox_conn_id in {s.conn_id for s in self.servers}:
@@ -328,8 +387,69 @@ class Policy(_Frozen):
                 )
         return self
 
+    def _continuous_references(self) -> None:
+        with_tier = [n for n, c in self.categories.items() if CONTINUOUS in c.tiers]
+        settings = self.continuous
+        if settings is None:
+            if with_tier:
+                raise ValueError(
+                    f"categories.{with_tier[0]}.tiers.continuous needs a top-level 'continuous' "
+                    "section (base backup schedule, archive_timeout, monitor)"
+                )
+            return
+        if settings.category not in with_tier:
+            raise ValueError(
+                f"continuous.category {settings.category!r} has no continuous tier; "
+                f"categories with one: {', '.join(with_tier) or '(none)'}"
+            )
+        if self.categories[settings.category].engine != "pg_dump":
+            raise ValueError(
+                f"continuous.category {settings.category!r} is not a database category"
+            )
+        for server in self.continuous_servers():
+            if server.standby is None:
+                raise ValueError(
+                    f"servers ({server.name}): the continuous tier needs a streaming standby "
+                    "(standby: {conn_id: ..., slot: ...})"
+                )
+            if server.standby.conn_id == server.conn_id:
+                raise ValueError(
+                    f"servers ({server.name}): standby.conn_id must not be the primary's connection"
+                )
+
     def server(self, name: str) -> Server:
         return next(s for s in self.servers if s.name == name)
+
+    def continuous_servers(self) -> list[Server]:
+        """Servers holding a production target of the continuous tier's category."""
+        if self.continuous is None:
+            return []
+        used = {
+            t.server
+            for t in self.targets
+            if t.category == self.continuous.category and t.is_production
+        }
+        return [s for s in self.servers if s.name in used]
+
+    def engine_name(self, category: str, tier: str) -> str:
+        """The engine that snapshots a tier: WAL + base backups for continuous, else the category's."""
+        return "wal" if tier == CONTINUOUS else self.categories[category].engine
+
+    def subject(self, name: str, tier: str) -> Target:
+        """What one backup of `tier` is of: a target, or, for the continuous tier, a whole
+        server (a base backup and WAL hold every database of the cluster)."""
+        if tier != CONTINUOUS:
+            return self.target(name)
+        assert self.continuous is not None, "the policy has no continuous section"
+        for server in self.continuous_servers():
+            if server.name == name:
+                return Target(
+                    name=server.name,
+                    category=self.continuous.category,
+                    environment=PRODUCTION,
+                    server=server.name,
+                )
+        raise KeyError(f"no server named {name!r} in the continuous tier")
 
     def target(self, name: str) -> Target:
         for target in self.targets:

@@ -116,7 +116,12 @@ print("parsed")
 def test_parse_under_two_seconds_with_200_targets(tmp_path: Path) -> None:
     data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
     data["servers"] = [
-        {"name": f"server_{i}", "conn_id": f"pg_{i}", "dump_pool": f"pg_{i}_dumps"}
+        {
+            "name": f"server_{i}",
+            "conn_id": f"pg_{i}",
+            "dump_pool": f"pg_{i}_dumps",
+            "standby": {"conn_id": f"pg_{i}_standby"},
+        }
         for i in range(5)
     ]
     data["targets"] = [

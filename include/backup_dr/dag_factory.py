@@ -21,7 +21,14 @@ from airflow.sdk import DAG, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
-from include.backup_dr.policy import Category, Policy, Tier, format_duration, load_policy
+from include.backup_dr.policy import (
+    CONTINUOUS,
+    Category,
+    Policy,
+    Tier,
+    format_duration,
+    load_policy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,10 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
     def select_targets() -> list[str]:
         """The production targets in this group; every other one is skipped with its reason."""
         policy = load_policy()
+        if tier == CONTINUOUS:  # one base backup holds every database of the server
+            chosen = [s.name for s in policy.continuous_servers() if s.name == group]
+            log.info("Base backup of server %s (all its databases): %s", group, chosen)
+            return chosen
         chosen = []
         for target in policy.targets_on(category, group):
             if reason := target.skip_reason():
@@ -154,18 +165,61 @@ def _default_args() -> dict[str, Any]:
     }
 
 
+def _continuous_doc(policy: Policy, category: Category, tier: Tier) -> str:
+    settings = policy.continuous
+    assert settings is not None
+    window = format_duration(tier.retention)
+    after = category.rpo_after
+    later = (
+        f"Beyond {format_duration(after.older_than)} the policy promises an RPO of "
+        f"{format_duration(after.rpo)}; what the tiers give there is one restore point per "
+        "weekly backup (a week apart between 7 and 28 days) and per monthly one after that."
+        if after
+        else ""
+    )
+    return f"""### {category.description}: continuous tier (RPO {format_duration(category.rpo)})
+
+**What "{format_duration(category.rpo)}" means here**
+- *Loss of the primary*: at most the **measured standby lag** (each server streams to a standby
+  in {policy.regions.secondary.name}; `platform_continuous_monitor` measures commit-to-visible
+  lag with a heartbeat every second and pages when it stays over the RPO).
+  {"Synchronous: a commit waits for the standby." if settings.synchronous else "Asynchronous: commits do not wait for the standby (set `continuous.synchronous: true` to trade commit latency for zero loss)."}
+- *Loss of primary and standby together*: at most **archive_timeout =
+  {format_duration(settings.archive_timeout)}** (every WAL segment goes to both regions with
+  SSE-KMS; a segment is closed at least that often).
+- *Recovery points*: **any second within {window}**, from a base backup plus archived WAL.
+{later}
+
+This DAG takes the base backups, on `{settings.base_backup_schedule}`, per server:
+`snapshot` (pg_basebackup streamed to {policy.regions.primary.name}, committed once its end
+WAL is archived) -> `copy_to_secondary` (the base backup and every WAL file it needs) ->
+`integrity_check` (both regions: re-hash, tar readable, WAL continuous from the oldest base
+backup to the newest segment, new segments re-read) -> `prune` (keeps the {window} recovery
+window: the base backup its oldest second replays from is kept, and WAL older than the oldest
+kept base backup goes). Params: `dry_run`, `override_circuit_breaker`.
+"""
+
+
 def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
     category = policy.categories[category_name]
     tier = category.tiers[tier_name]
+    groups = policy.groups_for(category_name)
+    schedule = tier.schedule
+    doc = _doc(category_name, category, tier_name, tier, policy)
+    if tier.is_continuous:
+        assert policy.continuous is not None
+        groups = [(s.name, s.dump_pool) for s in policy.continuous_servers()]
+        schedule = policy.continuous.base_backup_schedule
+        doc = _continuous_doc(policy, category, tier)
     with DAG(
         dag_id=dag_id_for(category_name, tier_name),
-        schedule=tier.schedule,
+        schedule=schedule,
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
         default_args=_default_args(),
         tags=["backup", f"category:{category_name}", f"tier:{tier_name}"],
-        doc_md=_doc(category_name, category, tier_name, tier, policy),
+        doc_md=doc,
         params={
             "dry_run": Param(False, type="boolean", description="Plan the prune, delete nothing"),
             "override_circuit_breaker": Param(
@@ -173,18 +227,19 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
             ),
         },
     ) as dag:
-        for group, pool in policy.groups_for(category_name):
+        for group, pool in groups:
             _target_group(category_name, tier_name, group, pool)
     return dag
 
 
 def build_tier_dags(category: str, policy: Policy | None = None) -> dict[str, DAG]:
-    """Every scheduled tier of `category` as a DAG, keyed by dag_id (for a DAG file's globals)."""
+    """Every tier of `category` as a DAG, keyed by dag_id (for a DAG file's globals): the
+    scheduled tiers, and the continuous tier's base backups where the policy configures it."""
     policy = policy or load_policy()
-    return {
-        dag_id_for(category, tier): build_tier_dag(policy, category, tier)
-        for tier in policy.categories[category].scheduled_tiers()
-    }
+    tiers = list(policy.categories[category].scheduled_tiers())
+    if policy.continuous is not None and policy.continuous.category == category:
+        tiers.append(CONTINUOUS)
+    return {dag_id_for(category, tier): build_tier_dag(policy, category, tier) for tier in tiers}
 
 
 def build_replication_dag(policy: Policy, category_name: str) -> DAG:
@@ -434,4 +489,110 @@ leaves evidence in `evidence/dr_restore/` in both regions.""",
         },
     ) as dag:
         restore_in_priority_order()
+    return dag
+
+
+class _MonitorFailureNotifier(OnCallNotifier):
+    """Pages when the monitor itself breaks (primary or store unreachable); not when it failed
+    red on an open condition, which `continuous.measure` has already paged once for."""
+
+    def notify(self, context: Any) -> None:
+        from include.backup_dr.monitor.lag import ConditionsOpen
+
+        if isinstance(context.get("exception"), ConditionsOpen):
+            return
+        super().notify(context)
+
+
+def _monitor_doc(policy: Policy) -> str:
+    settings = policy.continuous
+    assert settings is not None
+    category = policy.categories[settings.category]
+    rpo = format_duration(category.rpo)
+    window = format_duration(category.tiers["continuous"].retention)
+    monitor = settings.monitor
+    return f"""### {category.description}: continuous replication monitor (RPO {rpo})
+
+**What "{rpo}" means here**
+- *Loss of the primary*: at most the **measured standby lag** shown by this DAG.
+- *Loss of primary and standby together*: at most **archive_timeout =
+  {format_duration(settings.archive_timeout)}** (the WAL archive in both regions).
+- *Recovery points*: **any second within {window}** (base backups plus archived WAL).
+
+Each run, per server, writes a heartbeat row (`backup_dr.heartbeat`) on the primary once a
+second for {format_duration(monitor.duration)} (param `duration_seconds`) and times how long
+each takes to become visible on the standby: end-to-end lag, not an idle-time artefact. It also
+reads `pg_stat_replication`, `pg_stat_archiver`, the replication slot's retained WAL and the
+archive backlog. Evidence (samples, p50/p99/max, archive age, the last WAL segment) goes to
+`evidence/continuous_monitor/<server>/` in both regions.
+
+On-call is paged **once** per breach, and told once when it clears, when: the lag stays over
+the RPO for {monitor.lag_alert_samples} consecutive samples (`lag`), archiving fails
+(`archive_failing`), or the standby is gone (`standby_gone`). The task stays red while a
+condition is open; the alert state lives in the primary region's store
+(`state/continuous_monitor/<server>.json`), not in Airflow.
+"""
+
+
+def build_continuous_monitor_dag(policy: Policy) -> DAG:
+    """`<category>_continuous_monitor`: a mapped `measure` per continuous server, every minute."""
+    settings = policy.continuous
+    assert settings is not None
+    monitor = settings.monitor
+    default_duration = int(monitor.duration.total_seconds())
+
+    @task(task_id="servers")
+    def select_servers() -> list[str]:
+        return [server.name for server in load_policy().continuous_servers()]
+
+    # Longest run: the duration, then the last heartbeat's 10 s visibility limit, then the reads.
+    @task(
+        retries=0,  # the next run is a minute away
+        execution_timeout=monitor.duration + timedelta(seconds=40),
+        on_failure_callback=[_MonitorFailureNotifier()],
+        **LABELLED,
+    )
+    def measure(server: str) -> dict[str, Any]:
+        from include.backup_dr.monitor import continuous
+        from include.backup_dr.monitor.lag import ConditionsOpen
+
+        context = _label(server)
+        policy_now, stores = _runtime()
+        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        duration = float(context["params"]["duration_seconds"])
+        doc = continuous.measure(policy_now, stores, server, duration, run, context=context)
+        summary = {
+            "server": server,
+            "evidence": doc["key"],
+            "stats": doc["stats"],
+            "end_segment": doc["end_segment"],
+            "conditions": doc["conditions"],
+        }
+        if opened := continuous.open_conditions(doc):
+            raise ConditionsOpen(
+                f"{server}: {', '.join(opened)} (p99 {doc['stats']['p99_ms']} ms, RPO "
+                f"{doc['rpo_seconds']} s); on-call has been paged once; evidence {doc['key']}"
+            )
+        return summary
+
+    with DAG(
+        dag_id=f"{settings.category}_continuous_monitor",
+        schedule=monitor.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args={**_default_args(), "retries": 0},
+        tags=["monitor", "continuous", f"category:{settings.category}"],
+        doc_md=_monitor_doc(policy),
+        params={
+            "duration_seconds": Param(
+                default_duration,
+                type="integer",
+                minimum=1,
+                maximum=default_duration,
+                description="how long to write a heartbeat a second (shorter for a quick check)",
+            ),
+        },
+    ) as dag:
+        measure.expand(server=select_servers())
     return dag

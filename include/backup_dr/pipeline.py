@@ -28,7 +28,7 @@ from include.backup_dr.catalogue import (
 )
 from include.backup_dr.engines import engine_for
 from include.backup_dr.integrity import check_copy
-from include.backup_dr.policy import Policy
+from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.retention import PrunePlan, plan_prune
 from include.backup_dr.store import ObjectStore
 
@@ -99,10 +99,9 @@ def take_snapshot(
     run: dict[str, str],
 ) -> dict[str, Any]:
     """Stream a consistent snapshot of one target into the primary region; manifest last."""
-    target = policy.target(target_name)
+    target = policy.subject(target_name, tier)
     if reason := target.skip_reason():
         raise NotBackedUp(reason)
-    category = policy.categories[target.category]
     backup = BackupId(target.category, target.name, tier, window)
     primary = stores.primary
 
@@ -124,7 +123,7 @@ def take_snapshot(
             return {**backup_ref(backup), "reused": True, "size": existing.artifact.size}
         log.warning("The backup of %s failed its integrity check; taking it again.", backup)
 
-    engine = engine_for(category.engine)
+    engine = engine_for(policy.engine_name(target.category, tier))
     key = backup.key(f"data.{engine.extension}")
     started = _now()
     log.info("Snapshotting %s into %s", backup, primary.where(key))
@@ -236,6 +235,7 @@ def plan_for(
         now,
         grace=policy.prune.incomplete_upload_grace,
         max_delete_fraction=policy.prune.max_delete_fraction,
+        recovery_windows=frozenset({CONTINUOUS}) & retention.keys(),
     )
 
 
@@ -250,7 +250,7 @@ def prune(
     override_circuit_breaker: bool = False,
 ) -> dict[str, Any]:
     """Plan, record the plan as evidence in both regions, then (unless stopped) carry it out."""
-    category = policy.target(target).category
+    category = policy.subject(target, tier).category
     now = now or _now()
     plan = plan_for(policy, stores, category, target, tier, now)
     for decision in plan.decisions:
@@ -290,7 +290,7 @@ def prune(
                 store.abort_upload(decision.debris.key, decision.debris.upload_id)
             elif decision.debris is not None:
                 store.delete_all_versions(decision.debris.key)
-        engine = engine_for(policy.categories[category].engine)
+        engine = engine_for(policy.engine_name(category, tier))
         for store in stores:
             log.info("%s: %s", store.region.name, engine.collect_garbage(policy, store))
     return {

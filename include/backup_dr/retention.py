@@ -5,7 +5,8 @@ an auditor can read. The executor (`pipeline.prune`) only carries out what this 
 
 Rules, first match wins, per region copy:
 1. the newest *verified* copy of a target's tier in a region is kept, however old;
-2. a copy whose window is within the tier's retention is kept;
+2. a copy whose window is within the tier's retention is kept; for a recovery-window tier
+   (continuous: base backups plus WAL), so is the newest verified copy older than that;
 3. while a region has no verified copy of a tier at all, nothing of that tier is deleted there;
 4. a copy is kept while the other region's copy of the same backup is kept unverified;
 5. anything else is deleted, as expired.
@@ -100,10 +101,21 @@ def plan_prune(
     *,
     grace: timedelta,
     max_delete_fraction: float,
+    recovery_windows: frozenset[str] = frozenset(),
 ) -> PrunePlan:
-    """Decide keep or delete, with a reason, for every copy and every piece of debris."""
+    """Decide keep or delete, with a reason, for every copy and every piece of debris.
+
+    For a tier in `recovery_windows` (base backups that WAL replays from), retention is a
+    recovery window, not a backup age: the newest verified copy older than the window is kept
+    too, because the window's oldest second can only be reached by replaying from it.
+    """
     backups = list(backups)
     protected = newest_verified(backups)
+    anchors = newest_verified(
+        b
+        for b in backups
+        if b.id.tier in recovery_windows and now - b.id.window > retention[b.id.tier]
+    )
     # Labels are formatted once, not once per copy: plans run over 100,000s of backups.
     newest_label = {group: f"{backup}@{group[2]}" for group, backup in protected.items()}
     keep_label = {tier: format_duration(keep_for) for tier, keep_for in retention.items()}
@@ -125,6 +137,14 @@ def plan_prune(
             elif elapsed <= keep_for:
                 action = Action.KEEP
                 reason = f"within retention: window age {age} <= {keep_label[backup.id.tier]}"
+            elif anchors.get(group) == backup.id:
+                action = Action.KEEP
+                reason = (
+                    f"base of the recovery window: window age {age} > "
+                    f"{keep_label[backup.id.tier]}, but it is the newest verified base backup "
+                    f"older than that, so the oldest point of the {keep_label[backup.id.tier]} "
+                    "recovery window replays from it"
+                )
             elif newest is None:
                 action = Action.KEEP
                 reason = (

@@ -354,10 +354,13 @@ class ObjectStore:
         *,
         keep_latest: bool = False,
         written_before: datetime | None = None,
+        keys: set[str] | None = None,
     ) -> int:
         """Delete every version and delete marker under `prefix` (but the current ones if
-        `keep_latest`, and only those written before `written_before` if given); returns how
-        many went."""
+        `keep_latest`, only those written before `written_before` if given, and only of `keys`
+        if given: one listing for many keys); returns how many went."""
+        if keys is not None and not keys:
+            return 0
         paginator = self.client.get_paginator("list_object_versions")
         doomed: list[dict[str, str]] = []
         with _translated(f"listing versions under {self.where(prefix)}"):
@@ -366,6 +369,8 @@ class ObjectStore:
                     if keep_latest and item.get("IsLatest"):
                         continue
                     if written_before and utc(item["LastModified"]) >= written_before:
+                        continue
+                    if keys is not None and item["Key"] not in keys:
                         continue
                     doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
         for start in range(0, len(doomed), 1000):

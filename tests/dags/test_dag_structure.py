@@ -34,7 +34,7 @@ def dagbag():
 
 def test_every_dag_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    others = {"media_replicate", "restore_verification", "dr_restore"}
+    others = {"media_replicate", "restore_verification", "dr_restore", "platform_backup_continuous"}
     assert set(TIER_DAGS) | set(MEDIA_DAGS) | others == set(dagbag.dag_ids)
     assert MEDIA_DAGS == [
         "media_backup_6h",
@@ -48,6 +48,26 @@ def test_every_dag_imports_without_errors(dagbag) -> None:
         "platform_backup_weekly",
         "platform_backup_monthly",
     ]
+
+
+def test_continuous_tier_dag_takes_base_backups_per_server(dagbag) -> None:
+    dag = dagbag.dags["platform_backup_continuous"]
+    settings = POLICY.continuous
+    assert settings is not None
+    assert dag.schedule == settings.base_backup_schedule
+    assert dag.max_active_runs == 1
+    for server in POLICY.continuous_servers():
+        chain = ["snapshot", "copy_to_secondary", "integrity_check", "prune"]
+        for upstream, downstream in itertools.pairwise(chain):
+            task = dag.get_task(f"{server.name}.{upstream}")
+            assert f"{server.name}.{downstream}" in task.downstream_task_ids
+        assert dag.get_task(f"{server.name}.snapshot").pool == server.dump_pool
+    # Honest wording: what "1 s" means in each failure, and the rpo_after promise.
+    assert "Loss of the primary*: at most the **measured standby lag**" in dag.doc_md
+    assert "*Loss of primary and standby together*: at most **archive_timeout =" in dag.doc_md
+    assert f"{format_duration(settings.archive_timeout)}** (every WAL segment" in dag.doc_md
+    assert "any second within 1w" in dag.doc_md
+    assert "a week apart between 7 and 28 days" in dag.doc_md
 
 
 @pytest.mark.parametrize("dag_id", TIER_DAGS)

@@ -20,7 +20,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ["AIRFLOW_HOME"]).parent  # .local/test, set by tests/conftest.py
 
-#: Ports apart from the demo's defaults, so tests and a running demo stack can coexist.
+#: Ports apart from the demo's defaults, so tests and a running demo stack can coexist. Each can
+#: be overridden from the environment (with AIRFLOW_HOME), to run two test sessions side by side.
 TEST_ENV = {
     "BACKUP_LOCAL_DIR": str(STATE),
     "BACKUP_PG_PORT": "56432",
@@ -33,7 +34,9 @@ TEST_ENV = {
     "BACKUP_AIRFLOW_PORT": "18080",
     "BACKUP_SAMPLE_MEDIA_SMALL": "300",
 }
-os.environ.update(TEST_ENV)
+for _name, _value in TEST_ENV.items():
+    os.environ.setdefault(_name, _value)
+os.environ["BACKUP_LOCAL_DIR"] = str(STATE)
 
 
 def _stack(*args: str) -> None:

@@ -214,3 +214,71 @@ def test_never_deletes_a_copy_while_its_twin_stays_unverified(catalogue) -> None
 def test_plans_many_backups(count: int) -> None:
     many = [backup(timedelta(hours=h), tier="6h", target=f"t{h % 50}") for h in range(count)]
     assert len(plan(many).decisions) == 2 * count
+
+
+# ---- recovery windows (the continuous tier: base backups that WAL replays from) --------------
+
+CONTINUOUS_RETENTION = {"continuous": timedelta(days=7)}
+
+
+def plan_window(backups, now=NOW) -> PrunePlan:
+    return plan_prune(
+        backups,
+        (),
+        CONTINUOUS_RETENTION,
+        now,
+        grace=GRACE,
+        max_delete_fraction=1.0,
+        recovery_windows=frozenset({"continuous"}),
+    )
+
+
+def test_base_backup_that_the_oldest_recovery_point_needs_is_kept() -> None:
+    # Daily base backups, 7-day window: the oldest point (7 days ago) replays from the base
+    # taken 7.5 days ago. Deleting it would shrink the window to 6.5 days.
+    bases = [backup(timedelta(days=age + 0.5), tier="continuous") for age in range(10)]
+    result = plan_window(bases)
+    anchor = bases[7]  # 7.5 days old: the newest base older than the window
+    assert decision_for(result, anchor).action is Action.KEEP
+    assert "oldest point of the 1w recovery window replays from it" in (
+        decision_for(result, anchor).reason
+    )
+    assert decision_for(result, bases[8]).action is Action.DELETE
+    assert decision_for(result, bases[9]).action is Action.DELETE
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ages=st.lists(st.floats(min_value=0, max_value=30), min_size=1, max_size=25),
+    failed=st.sets(st.integers(min_value=0, max_value=24)),
+)
+def test_recovery_window_is_never_shortened(ages: list[float], failed: set[int]) -> None:
+    """Whatever the history, after the prune every second of the last 7 days that was
+    recoverable from a verified base backup still is, in each region."""
+    bases = [
+        backup(
+            timedelta(days=age),
+            tier="continuous",
+            eu_west_1=Verification.FAILED if i in failed else Verification.PASSED,
+        )
+        for i, age in enumerate(ages)
+    ]
+    result = plan_window(bases)
+    window_start = NOW - CONTINUOUS_RETENTION["continuous"]
+    for region in REGIONS:
+        verified = [
+            b.id.window for b in bases if b.copies[region].verification is Verification.PASSED
+        ]
+        kept = {
+            d.backup.window
+            for d in result.decisions
+            if d.region == region and d.action is Action.KEEP and d.backup is not None
+        }
+        kept_verified = [w for w in verified if w in kept]
+        before = [w for w in verified if w <= window_start]
+        if before:  # the window's start was recoverable, so it still must be
+            assert any(w <= window_start for w in kept_verified), (region, ages, failed)
+        oldest_before = min(verified, default=None)
+        if oldest_before is not None:
+            oldest_after = min(kept_verified)
+            assert oldest_after <= max(oldest_before, window_start)

@@ -3,8 +3,9 @@
 from include.backup_dr.engines.base import Engine
 from include.backup_dr.engines.media import MediaEngine
 from include.backup_dr.engines.pg_dump import PgDumpEngine
+from include.backup_dr.engines.wal import WalEngine
 
-ENGINES: dict[str, Engine] = {"pg_dump": PgDumpEngine(), "media": MediaEngine()}
+ENGINES: dict[str, Engine] = {"pg_dump": PgDumpEngine(), "media": MediaEngine(), "wal": WalEngine()}
 
 
 def engine_for(name: str) -> Engine:

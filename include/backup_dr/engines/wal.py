@@ -1,0 +1,456 @@
+"""The continuous tier's engine: base backups plus the WAL archive (point-in-time recovery).
+
+WAL leaves each server continuously through its ``archive_command`` (barman-cloud-wal-archive,
+one call per region, SSE-KMS). This engine does the scheduled part, in the same four steps as
+every other tier:
+
+- snapshot: ``pg_basebackup -Ft -D - -X none`` streamed into the primary region (no local copy;
+  the replication protocol works from any worker, unlike tools that read PGDATA). The backup is
+  committed only once the WAL segment holding its end point is in the archive, so every
+  committed base backup can be made consistent;
+- copy_contents: every WAL file the secondary lacks, from the base backup's start on;
+- check_contents: the WAL chain is whole from the oldest kept base backup to the newest
+  segment (names), and every segment not re-read before decompresses and carries the header
+  its name promises (timeline, position, cluster);
+- collect_garbage: WAL older than the oldest kept base backup's start goes.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from include.backup_dr import wal
+from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.engines.base import ReadCheck, SourceFacts
+from include.backup_dr.engines.pg_dump import PgConnectionInfo, SnapshotError, pg_tool, tool_version
+from include.backup_dr.policy import CONTINUOUS, Policy, Target
+from include.backup_dr.store import ObjectStore
+
+if TYPE_CHECKING:
+    from include.backup_dr.integrity import Check
+
+log = logging.getLogger(__name__)
+
+#: Files a base backup tar must hold to be a restorable data directory.
+REQUIRED_MEMBERS = ("PG_VERSION", "global/pg_control", "backup_label", "backup_manifest")
+#: Per region: the newest segment whose header was re-read and passed (so it is not re-read).
+VERIFIED_NAME = "verified.json"
+
+
+def archive_files(store: ObjectStore, server: str, segment_size: int) -> list[wal.ArchivedFile]:
+    return [
+        wal.classify(obj.key, obj.size, segment_size)
+        for obj in store.list_objects(wal.archive_prefix(server))
+    ]
+
+
+class BaseBackupSnapshot:
+    """A running pg_basebackup whose tar goes to stdout; `finish` waits for its end WAL."""
+
+    def __init__(
+        self, info: PgConnectionInfo, server: str, store: ObjectStore, wait: timedelta
+    ) -> None:
+        self.info = info
+        self.server = server
+        self._store = store
+        self._wait = wait
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
+        argv = [pg_tool("pg_basebackup"), "-Ft", "-D", "-", "-X", "none", "-c", "fast", "-v"]
+        argv += ["-l", f"backup_dr {server}", "-h", info.host, "-p", str(info.port)]
+        self._process = subprocess.Popen(
+            [*argv, "-U", info.user],
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            env={**os.environ, **info.env},
+        )
+        assert self._process.stdout is not None
+        self.stream = _TarTee(self._process.stdout)
+        self._facts: dict[str, Any] = {}
+
+    def finish(self) -> None:
+        code = self._process.wait()
+        self._stderr.seek(0)
+        output = self._stderr.read().decode(errors="replace")
+        if code != 0:
+            raise SnapshotError(
+                f"pg_basebackup of {self.server} ({self.info.host}:{self.info.port}) exited "
+                f"with {code}: {output[-2000:].strip()}"
+            )
+        ranges = self.stream.finish().get("WAL-Ranges") or []
+        if len(ranges) != 1:
+            raise SnapshotError(
+                f"the base backup's backup_manifest has {len(ranges)} WAL ranges, expected one "
+                "(was the timeline switched during the backup?)"
+            )
+        timeline = int(ranges[0]["Timeline"])
+        start, end = ranges[0]["Start-LSN"], ranges[0]["End-LSN"]
+        with _connected(self.info) as cursor:
+            cursor.execute(
+                "SELECT system_identifier, current_setting('server_version'), "
+                "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size') "
+                "FROM pg_control_system()"
+            )
+            system_identifier, version, segment_size = cursor.fetchone()
+        start_lsn, end_lsn = wal.parse_lsn(start), wal.parse_lsn(end)
+        first = wal.Segment.of_lsn(timeline, start_lsn, segment_size)
+        last = wal.Segment.of_lsn(timeline, end_lsn, segment_size)
+        self._facts = {
+            "kind": "postgresql-cluster",
+            "server": self.server,
+            "host": self.info.host,
+            "port": self.info.port,
+            "server_version": version,
+            "system_identifier": int(system_identifier),
+            "timeline": timeline,
+            "start_lsn": start,
+            "end_lsn": end,
+            "start_wal": first.name(segment_size),
+            "end_wal": last.name(segment_size),
+            "segment_size": int(segment_size),
+            "archive_prefix": wal.archive_prefix(self.server),
+            "format": "pg_basebackup tar (-Ft -X none); WAL from the archive",
+        }
+        self._await_archived(last, int(segment_size))
+
+    def _await_archived(self, last: wal.Segment, segment_size: int) -> None:
+        """Commit only a base backup whose end point is archived: else it restores nothing."""
+        name = last.name(segment_size)
+        with suppress(Exception), _connected(self.info) as cursor:
+            # Closes the segment now instead of after archive_timeout; needs EXECUTE on
+            # pg_switch_wal (or superuser). Without it we just wait for archive_timeout.
+            cursor.execute(
+                "SELECT pg_switch_wal() WHERE pg_walfile_name(pg_current_wal_lsn()) <= %s", (name,)
+            )
+        deadline = time.monotonic() + self._wait.total_seconds()
+        while True:
+            files = archive_files(self._store, self.server, segment_size)
+            if any(f.kind == "segment" and f.segment == last for f in files):
+                log.info("End WAL segment %s is archived in %s", name, self._store.region.name)
+                return
+            if time.monotonic() > deadline:
+                raise SnapshotError(
+                    f"the base backup of {self.server} ends in WAL segment {name}, which did "
+                    f"not reach {self._store.where(wal.archive_prefix(self.server))} within "
+                    f"{self._wait}; check archive_command and pg_stat_archiver. Not committed."
+                )
+            time.sleep(1)
+
+    def facts(self) -> SourceFacts:
+        versions = {"pg_basebackup": tool_version("pg_basebackup")}
+        with suppress(importlib.metadata.PackageNotFoundError):
+            versions["barman-cloud"] = importlib.metadata.version("barman")
+        return SourceFacts(source=dict(self._facts), tool_versions=versions)
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+        self.stream.close()
+        self._stderr.close()
+
+
+class WalEngine:
+    """Engine: base backups (pg_basebackup tar) plus the barman-cloud WAL archive."""
+
+    name = "wal"
+    extension = "tar"
+
+    @contextmanager
+    def open_snapshot(
+        self, policy: Policy, target: Target, primary: ObjectStore
+    ) -> Iterator[BaseBackupSnapshot]:
+        assert target.server is not None and policy.continuous is not None
+        server = policy.server(target.server)
+        info = PgConnectionInfo.from_airflow(server.conn_id, "postgres")
+        # Long enough for archive_timeout to close the segment if we may not switch it.
+        wait = policy.continuous.archive_timeout * 2 + timedelta(minutes=2)
+        snapshot = BaseBackupSnapshot(info, server.name, primary, wait)
+        try:
+            yield snapshot
+        finally:
+            snapshot.close()
+
+    def check_readable(self, chunks: Iterable[bytes]) -> ReadCheck:
+        """Read the tar's members in one pass: a data directory with its label and manifest."""
+        reader = _ChunkReader(iter(chunks))
+        names: set[str] = set()
+        files = 0
+        manifest_files: int | None = None
+        error = None
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as archive:
+                for member in archive:
+                    names.add(member.name.removeprefix("./"))
+                    files += member.isfile()
+                    if member.name.removeprefix("./") == "backup_manifest":
+                        body = archive.extractfile(member)
+                        if body is not None:
+                            manifest_files = len(json.loads(body.read()).get("Files", []))
+        except (tarfile.TarError, ValueError) as exc:
+            error = str(exc)
+        reader.drain()  # the caller's hash must see every byte
+        if error is not None:
+            return ReadCheck(False, f"not a readable tar: {error}")
+        missing = [name for name in REQUIRED_MEMBERS if name not in names]
+        if missing:
+            return ReadCheck(False, f"tar of {files} files lacks {', '.join(missing)}")
+        return ReadCheck(
+            True,
+            f"tar of {files} files with {', '.join(REQUIRED_MEMBERS)}; "
+            f"backup_manifest lists {manifest_files} files",
+        )
+
+    def copy_contents(self, manifest: Manifest, source: ObjectStore, target: ObjectStore) -> str:
+        """Every archived WAL file from the base backup's start on that `target` lacks."""
+        facts = manifest.source
+        server, size = facts["server"], int(facts["segment_size"])
+        first = wal.Segment.parse(facts["start_wal"], size)
+        present = {f.key for f in archive_files(target, server, size)}
+        wanted = [
+            f
+            for f in archive_files(source, server, size)
+            if f.key not in present
+            and (
+                f.kind == "history" or (f.segment is not None and f.segment.number >= first.number)
+            )
+        ]
+        for item in wanted:
+            target.copy_from(source, item.key, item.size)
+        copied = sum(item.size for item in wanted)
+        return (
+            f"WAL: {len(wanted)} file(s) ({copied} bytes) copied that {target.region.name} "
+            f"lacked; {len(present)} already there"
+        )
+
+    def check_contents(self, store: ObjectStore, manifest: Manifest, now: datetime) -> list[Check]:
+        from include.backup_dr.integrity import Check
+
+        facts = manifest.source
+        server, size = facts["server"], int(facts["segment_size"])
+        start = wal.Segment.parse(facts["start_wal"], size)
+        end = wal.Segment.parse(facts["end_wal"], size)
+        files = archive_files(store, server, size)
+        oldest = oldest_base_start(store, manifest.backup.category, server, size) or start
+        chain = wal.continuity(files, min(oldest, start))
+        reaches_end = chain.newest is not None and chain.newest.number >= end.number
+        checks = [
+            Check(
+                "wal_continuity",
+                chain.ok and reaches_end,
+                chain.describe(size)
+                + ("" if reaches_end else f"; the base backup needs up to {end.name(size)}"),
+            )
+        ]
+        checks.append(self._reread(store, server, files, start, chain, facts, size))
+        return checks
+
+    def _reread(
+        self,
+        store: ObjectStore,
+        server: str,
+        files: list[wal.ArchivedFile],
+        start: wal.Segment,
+        chain: wal.Continuity,
+        facts: dict[str, Any],
+        size: int,
+    ) -> Check:
+        """Re-read every segment not verified before (from this base backup's start at the
+        latest), and remember how far the archive is verified in this region."""
+        from include.backup_dr.integrity import Check
+
+        marker = f"{wal.ARCHIVE_PREFIX}/{server}/{VERIFIED_NAME}"
+        previous = store.get_json(marker) or {}
+        since = start
+        if (
+            previous.get("through")
+            and previous.get("system_identifier") == facts["system_identifier"]
+        ):
+            through = wal.Segment.parse(previous["through"], size)
+            since = min(start, wal.Segment(through.timeline, through.number + 1))
+        todo = sorted(
+            (f for f in files if f.kind == "segment" and f.segment and f.segment >= since),
+            key=lambda f: f.segment,  # type: ignore[arg-type,return-value]
+        )
+        bad = []
+        for item in todo:
+            assert item.segment is not None
+            data = b"".join(store.iter_chunks(item.key))
+            result = wal.check_segment(
+                data,
+                item.segment,
+                system_identifier=int(facts["system_identifier"]),
+                segment_size=size,
+                major_version=int(str(facts["server_version"]).split(".")[0]),
+            )
+            if not result.ok:
+                bad.append(f"{item.segment.name(size)} ({result.detail})")
+        if bad:
+            return Check(
+                "wal_segments",
+                False,
+                f"{len(bad)} of {len(todo)} segment(s) re-read are damaged: " + "; ".join(bad[:5]),
+            )
+        if todo and chain.ok:
+            newest = todo[-1].segment
+            assert newest is not None
+            store.put_json(
+                marker,
+                {
+                    "through": newest.name(size),
+                    "system_identifier": facts["system_identifier"],
+                    "checked_at": datetime.now().astimezone().isoformat(),
+                },
+            )
+        first = todo[0].segment.name(size) if todo and todo[0].segment else "-"
+        return Check(
+            "wal_segments",
+            True,
+            f"{len(todo)} segment(s) from {first} re-read: each decompresses and its header "
+            "names its timeline, position and cluster",
+        )
+
+    def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
+        """WAL older than the oldest kept base backup in this region restores nothing: delete it."""
+        if policy.continuous is None:
+            return "no continuous tier"
+        category = policy.continuous.category
+        parts = []
+        for server in policy.continuous_servers():
+            manifests = _base_manifests(store, category, server.name)
+            if not manifests:
+                parts.append(f"{server.name}: no base backup here yet, WAL kept")
+                continue
+            size = int(manifests[0].source["segment_size"])
+            oldest = min(wal.Segment.parse(m.source["start_wal"], size) for m in manifests)
+            doomed = wal.removable(archive_files(store, server.name, size), oldest)
+            deleted = store.delete_all_versions(
+                wal.archive_prefix(server.name), keys={f.key for f in doomed}
+            )
+            parts.append(
+                f"{server.name}: {len(doomed)} WAL file(s) before {oldest.name(size)} (the "
+                f"oldest kept base backup's start) deleted ({deleted} versions)"
+            )
+        return "; ".join(parts)
+
+
+def _base_manifests(store: ObjectStore, category: str, server: str) -> list[Manifest]:
+    manifests = []
+    for obj in store.list_objects(f"{category}/{server}/{CONTINUOUS}/"):
+        parsed = BackupId.from_key(obj.key)
+        if parsed is not None and parsed[1] == MANIFEST_NAME:
+            manifest = store.manifest(parsed[0])
+            if manifest is not None:
+                manifests.append(manifest)
+    return manifests
+
+
+def oldest_base_start(
+    store: ObjectStore, category: str, server: str, segment_size: int
+) -> wal.Segment | None:
+    """The start segment of the oldest base backup committed in this region."""
+    starts = [
+        wal.Segment.parse(m.source["start_wal"], segment_size)
+        for m in _base_manifests(store, category, server)
+    ]
+    return min(starts) if starts else None
+
+
+class _TarTee:
+    """Passes pg_basebackup's tar through unchanged while a thread reads its backup_manifest
+    (the WAL range the backup needs) from a copy of the stream."""
+
+    def __init__(self, source: Any) -> None:
+        self._source = source
+        read_end, self._write_end = os.pipe()
+        self._manifest: dict[str, Any] = {}
+        self._error: BaseException | None = None
+        self._reader = threading.Thread(
+            target=self._parse, args=(read_end,), name="backup-manifest", daemon=True
+        )
+        self._reader.start()
+
+    def _parse(self, read_end: int) -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            try:
+                with tarfile.open(fileobj=pipe, mode="r|") as archive:
+                    for member in archive:
+                        if member.name.removeprefix("./") == "backup_manifest":
+                            body = archive.extractfile(member)
+                            if body is not None:
+                                self._manifest = json.loads(body.read())
+            except BaseException as exc:  # reported by finish(), in the task's thread
+                self._error = exc
+            finally:
+                for _ in iter(lambda: pipe.read(1 << 20), b""):  # never block the writer
+                    pass
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._source.read(size)
+        if data:
+            view = memoryview(data)
+            while view:
+                written = os.write(self._write_end, view)
+                view = view[written:]
+        return data
+
+    def finish(self) -> dict[str, Any]:
+        os.close(self._write_end)
+        self._reader.join()
+        if self._error is not None:
+            raise SnapshotError(f"the base backup is not a readable tar: {self._error}")
+        return self._manifest
+
+    def close(self) -> None:
+        with suppress(OSError):
+            os.close(self._write_end)
+        self._source.close()
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file over an iterator of byte chunks, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buffer = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buffer = memoryview(chunk)
+        size = min(len(target), len(self._buffer))
+        target[:size] = self._buffer[:size]
+        self._buffer = self._buffer[size:]  # a view: no copy of the rest
+        return size
+
+    def drain(self) -> None:
+        for _ in self._chunks:
+            pass
+
+
+@contextmanager
+def _connected(info: PgConnectionInfo) -> Iterator[Any]:
+    connection = info.connect()
+    connection.autocommit = True
+    try:
+        with connection.cursor() as cursor:
+            yield cursor
+    finally:
+        connection.close()

@@ -168,10 +168,12 @@ def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> di
             f"{backup}: no manifest in {primary.region.name}; nothing to copy"
         )
     present = secondary.manifest(backup)
+    engine = engine_for(reference.engine)
     if present is not None and present.artifact.sha256 == reference.artifact.sha256:
         log.info("%s is already in %s; nothing to copy.", backup, secondary.region.name)
+        if engine.contents_keep_arriving:  # WAL: fill whatever the secondary still lacks
+            log.info(engine.copy_contents(reference, primary, secondary))
         return {**ref, "copy": "already present"}
-    engine = engine_for(reference.engine)
     contents = engine.copy_contents(reference, primary, secondary)
     mode = secondary.copy_from(primary, reference.artifact.key, reference.artifact.size)
     copied = dataclasses.replace(

@@ -55,6 +55,9 @@ class Engine(Protocol):
     name: str
     #: Artifact file extension, e.g. "pgdump".
     extension: str
+    #: True when what the artifact refers to keeps arriving after it is committed (WAL): every
+    #: copy run then re-syncs the contents, even when the artifact itself is already there.
+    contents_keep_arriving: bool
 
     def open_snapshot(
         self, policy: Policy, target: Target, primary: ObjectStore

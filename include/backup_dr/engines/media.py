@@ -308,6 +308,7 @@ class MediaEngine:
 
     name = "media"
     extension = "jsonl"
+    contents_keep_arriving = False
 
     @contextmanager
     def open_snapshot(

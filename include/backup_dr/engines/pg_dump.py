@@ -208,6 +208,7 @@ class PgDumpEngine:
 
     name = "pg_dump"
     extension = "pgdump"
+    contents_keep_arriving = False
 
     @contextmanager
     def open_snapshot(

@@ -167,6 +167,7 @@ class WalEngine:
 
     name = "wal"
     extension = "tar"
+    contents_keep_arriving = True
 
     @contextmanager
     def open_snapshot(
@@ -214,10 +215,13 @@ class WalEngine:
         )
 
     def copy_contents(self, manifest: Manifest, source: ObjectStore, target: ObjectStore) -> str:
-        """Every archived WAL file from the base backup's start on that `target` lacks."""
+        """Every archived WAL file `target` lacks, from the oldest base backup kept in `source`
+        (or this one's start): the whole recovery window, so a gap left earlier heals too."""
         facts = manifest.source
         server, size = facts["server"], int(facts["segment_size"])
         first = wal.Segment.parse(facts["start_wal"], size)
+        oldest = oldest_base_start(source, manifest.backup.category, server, size)
+        first = min(first, oldest) if oldest else first
         present = {f.key for f in archive_files(target, server, size)}
         wanted = [
             f

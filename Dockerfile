@@ -1,5 +1,6 @@
 # Production image: the official Airflow 3.3.2 image for Python 3.11, plus this project.
 # pg_dump must be at least the major version of the servers it dumps; Debian bookworm ships 15.
+# libpq-dev and gcc: barman (WAL archive and restore, continuous tier) builds psycopg2.
 FROM apache/airflow:3.3.2-python3.11
 
 USER 0

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import urllib.request
 
+from local import wal
 from local.config import AIRFLOW_HOME, HOST, REPO_ROOT, VENV_BIN, Ports
-from local.pg import pg_bin
+from local.pg import OS_USER, pg_bin
 from local.proc import StackError, log_file, log_tail
 
 # Standalone's log servers: fixed ports, bound to all interfaces by Airflow itself.
@@ -45,8 +46,13 @@ def airflow_env(ports: Ports | None = None) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(dict.fromkeys(pythonpath)),
             # pg_dump/pg_restore matching the local PostgreSQL 16 server.
             "BACKUP_PG_BIN_DIR": str(pg_bin("pg_dump").parent),
+            # The PITR drill's throwaway server: barman-cloud-wal-restore from a virtualenv the
+            # server's OS user can read, and that user when we are root (PostgreSQL refuses root).
+            "BACKUP_WAL_TOOLS_BIN": str(wal.tools_bin()),
         }
     )
+    if OS_USER is not None:
+        env["BACKUP_PG_OS_USER"] = OS_USER
     return env
 
 

@@ -134,8 +134,9 @@ def load_into_airflow(path: Path = SETTINGS_FILE, ports: Ports | None = None) ->
     Needs a migrated DB (``airflow db migrate``). Imports Airflow lazily: its configuration
     is read at import time, so the caller's environment must already point at the home.
     """
-    from airflow.models import Connection, Variable
     from airflow.models import Pool as AirflowPool
+    from airflow.models.connection import Connection
+    from airflow.models.variable import Variable
     from airflow.utils.session import create_session
     from sqlalchemy import delete
 

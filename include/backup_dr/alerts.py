@@ -11,6 +11,7 @@ configuration from the database and switching email -> PagerDuty needs no deploy
 from __future__ import annotations
 
 import html
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,8 @@ from airflow.sdk import BaseNotifier, Variable
 
 #: Context key each task sets to its target's name; also the mapped task's label in the UI.
 TARGET_KEY = "backup_target"
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CONN_IDS = {
     "smtp": "smtp_oncall",
@@ -61,39 +64,48 @@ def alert_from_context(context: Any) -> Alert:
     )
 
 
+def send_message(title: str, text: str, context: Any = None, *, source: str = "backup-dr") -> str:
+    """Send a free-form message through the configured on-call channel; returns the channel.
+
+    One place chooses the channel (Variables, read when the message is sent), so task-failure
+    alerts and the monitors' own de-duplicated pages always go the same way.
+    """
+    channel = Variable.get("backup_alert_notifier", default="smtp")
+    conn_id = Variable.get("backup_alert_conn_id", default=DEFAULT_CONN_IDS.get(channel, ""))
+    to = Variable.get("backup_alert_to", default="oncall@localhost")
+    context = context if context is not None else {}
+    log.info("Alerting on-call via %s: %s", channel, title)
+    if channel == "smtp":
+        from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+
+        body = "<pre>" + html.escape(text) + "</pre>"
+        SmtpNotifier(to=to, smtp_conn_id=conn_id, subject=title, html_content=body).notify(context)
+    elif channel == "slack":
+        from airflow.providers.slack.notifications.slack import SlackNotifier
+
+        SlackNotifier(slack_conn_id=conn_id, channel=to, text=f"*{title}*\n```{text}```").notify(
+            context
+        )
+    elif channel == "pagerduty":
+        from airflow.providers.pagerduty.notifications.pagerduty import PagerdutyNotifier
+
+        PagerdutyNotifier(
+            pagerduty_events_conn_id=conn_id,
+            summary=title,
+            severity="critical",
+            source=source,
+            custom_details={"alert": text},
+        ).notify(context)
+    else:
+        raise ValueError(
+            f"Variable backup_alert_notifier={channel!r}; use smtp, slack or pagerduty"
+        )
+    return channel
+
+
 class OnCallNotifier(BaseNotifier):
     """Failure callback for every backup task; picks its channel at alert time."""
 
     def notify(self, context: Any) -> None:
         alert = alert_from_context(context)
-        channel = Variable.get("backup_alert_notifier", default="smtp")
-        conn_id = Variable.get("backup_alert_conn_id", default=DEFAULT_CONN_IDS.get(channel, ""))
-        to = Variable.get("backup_alert_to", default="oncall@localhost")
-        self.log.info("Alerting on-call via %s: %s", channel, alert.title)
-        if channel == "smtp":
-            from airflow.providers.smtp.notifications.smtp import SmtpNotifier
-
-            body = "<pre>" + html.escape(alert.text()) + "</pre>"
-            SmtpNotifier(
-                to=to, smtp_conn_id=conn_id, subject=alert.title, html_content=body
-            ).notify(context)
-        elif channel == "slack":
-            from airflow.providers.slack.notifications.slack import SlackNotifier
-
-            SlackNotifier(
-                slack_conn_id=conn_id, channel=to, text=f"*{alert.title}*\n```{alert.text()}```"
-            ).notify(context)
-        elif channel == "pagerduty":
-            from airflow.providers.pagerduty.notifications.pagerduty import PagerdutyNotifier
-
-            PagerdutyNotifier(
-                pagerduty_events_conn_id=conn_id,
-                summary=alert.title,
-                severity="critical",
-                source=alert.dag_id,
-                custom_details={"alert": alert.text()},
-            ).notify(context)
-        else:
-            raise ValueError(
-                f"Variable backup_alert_notifier={channel!r}; use smtp, slack or pagerduty"
-            )
+        send_message(alert.title, alert.text(), context, source=alert.dag_id)

@@ -103,7 +103,12 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         log.info("Backing up %d target(s) on %s: %s", len(chosen), group, chosen)
         return chosen
 
-    @task(pool=pool or "default_pool", execution_timeout=TIMEOUTS["snapshot"], **LABELLED)
+    @task(
+        multiple_outputs=False,
+        pool=pool or "default_pool",
+        execution_timeout=TIMEOUTS["snapshot"],
+        **LABELLED,
+    )
     def snapshot(target: str) -> dict[str, Any]:
         from include.backup_dr.pipeline import take_snapshot
 
@@ -113,7 +118,7 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         return take_snapshot(policy, stores, target, tier, window, run)
 
-    @task(execution_timeout=TIMEOUTS["copy_to_secondary"], **LABELLED)
+    @task(multiple_outputs=False, execution_timeout=TIMEOUTS["copy_to_secondary"], **LABELLED)
     def copy_to_secondary(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr import pipeline
 
@@ -121,7 +126,7 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         policy, stores = _runtime()
         return pipeline.copy_to_secondary(policy, stores, ref)
 
-    @task(execution_timeout=TIMEOUTS["integrity_check"], **LABELLED)
+    @task(multiple_outputs=False, execution_timeout=TIMEOUTS["integrity_check"], **LABELLED)
     def integrity_check(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr.pipeline import check_integrity
 
@@ -129,7 +134,7 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         policy, stores = _runtime()
         return check_integrity(policy, stores, ref)
 
-    @task(execution_timeout=TIMEOUTS["prune"], **LABELLED)
+    @task(multiple_outputs=False, execution_timeout=TIMEOUTS["prune"], **LABELLED)
     def prune(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr import pipeline
 
@@ -259,7 +264,7 @@ def build_replication_dag(policy: Policy, category_name: str) -> DAG:
                 chosen.append(target.name)
         return chosen
 
-    @task(execution_timeout=timedelta(minutes=50), **LABELLED)
+    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=50), **LABELLED)
     def replicate(target: str) -> dict[str, Any]:
         from include.backup_dr import replication
 
@@ -268,7 +273,7 @@ def build_replication_dag(policy: Policy, category_name: str) -> DAG:
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         return replication.replicate(policy_now, stores, target, run)
 
-    @task(retries=0, execution_timeout=timedelta(minutes=5), **LABELLED)
+    @task(multiple_outputs=False, retries=0, execution_timeout=timedelta(minutes=5), **LABELLED)
     def check_rpo(state: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr import replication
 
@@ -316,7 +321,16 @@ is restored into a fresh prefix of the sandbox bucket and every object re-hashed
 snapshot. Evidence (JSON + Markdown) goes to `evidence/restore_verification/<target>/` in both
 regions. The sandbox (database or bucket prefix) is always dropped.
 
-Trigger by hand with params `target`, `tier`, `region` and `backup` (a window, ISO 8601).
+**Point-in-time recovery** (`pitr`, per server of the continuous tier): the server's cluster
+is recovered from a base backup plus the WAL archive of the **{drill.region}** region (the other
+region when this one's newest integrity evidence failed) into a throwaway server on a private
+Unix socket (no TCP port), to T = a random heartbeat recorded by the continuous monitor + 0.5 s.
+It proves 1-second granularity (that heartbeat is there, none written after T is), runs the
+business rules and key checks on every production database, and projects the recovery time
+against the RTO. Evidence goes to `evidence/restore_verification/<server>/`.
+
+Trigger by hand with params `target` (a target, or a server for PITR only), `tier`
+(`continuous`: PITR only), `region` and `backup` (a window, ISO 8601).
 """
 
 
@@ -325,6 +339,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
     drill = policy.restore_verification
     assert drill is not None
     tiers = sorted({t for c in policy.categories.values() for t in c.scheduled_tiers()})
+    tiers += ["continuous"] if policy.continuous is not None else []
     # The steps fail red; `report` alone pages on-call, once per drill, naming the cause.
     quiet = {"on_failure_callback": None}
 
@@ -335,14 +350,14 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         policy_now, stores = _runtime()
         return drills.select(policy_now, stores, dict(get_current_context()["params"]))
 
-    @task(**LABELLED, **quiet, execution_timeout=timedelta(minutes=10))
+    @task(multiple_outputs=False, **LABELLED, **quiet, execution_timeout=timedelta(minutes=10))
     def provision_sandbox(ref: dict[str, str]) -> dict[str, str]:
         from include.backup_dr import drill as drills
 
         context = _label(ref["target"])
         return drills.provision(load_policy(), ref, context["run_id"])
 
-    @task(**LABELLED, **quiet, execution_timeout=TIMEOUTS["snapshot"])
+    @task(multiple_outputs=False, **LABELLED, **quiet, execution_timeout=TIMEOUTS["snapshot"])
     def restore(ref: dict[str, str]) -> dict[str, Any]:
         from include.backup_dr import drill as drills
         from include.backup_dr.restore import Selection
@@ -351,7 +366,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         policy_now, stores = _runtime()
         return drills.restore_sandbox(policy_now, stores, Selection.from_ref(ref), ref["sandbox"])
 
-    @task(**LABELLED, **quiet, execution_timeout=timedelta(hours=1))
+    @task(multiple_outputs=False, **LABELLED, **quiet, execution_timeout=timedelta(hours=1))
     def validate(ref: dict[str, str]) -> dict[str, Any]:
         from include.backup_dr import drill as drills
         from include.backup_dr.restore import Selection
@@ -372,7 +387,12 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             )
         return document
 
-    @task(**LABELLED, trigger_rule="all_done", execution_timeout=timedelta(minutes=10))
+    @task(
+        multiple_outputs=False,
+        **LABELLED,
+        trigger_rule="all_done",
+        execution_timeout=timedelta(minutes=10),
+    )
     def report(ref: dict[str, str]) -> dict[str, Any]:
         from include.backup_dr import drill as drills
 
@@ -415,6 +435,37 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         checked >> reported
         reported >> drop_sandbox(ref).as_teardown(setups=provisioned)
 
+    @task(task_id="continuous_servers")
+    def pitr_servers() -> list[str]:
+        from include.backup_dr import pitr as pitrs
+
+        return pitrs.drill_servers(load_policy(), dict(get_current_context()["params"]))
+
+    @task(**LABELLED, retries=0, multiple_outputs=False, execution_timeout=TIMEOUTS["snapshot"])
+    def pitr(server: str) -> dict[str, Any]:
+        """Recover the server to a recorded second, prove it, validate; pages when it fails."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.backup_dr import drill as drills
+        from include.backup_dr import pitr as pitrs
+
+        context = _label(server)
+        policy_now, stores = _runtime()
+        if not pitrs.has_base_backup(policy_now, stores, server):
+            raise AirflowSkipException(
+                f"{server} has no base backup of the continuous tier in either region yet "
+                "(platform_backup_continuous has not run): point-in-time recovery not drilled"
+            )
+        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        document = pitrs.drill(policy_now, stores, server, dict(context["params"]), run)
+        if document["outcome"] != "passed":
+            raise drills.DrillFailed(
+                f"Point-in-time recovery drill of {server} failed: "
+                + "; ".join(document["problems"])
+            )
+        keys = ("target", "target_time", "proof", "outcome", "evidence_prefix")
+        return {key: document[key] for key in keys}
+
     with DAG(
         dag_id="restore_verification",
         schedule=drill.schedule,
@@ -432,6 +483,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         },
     ) as dag:
         per_target.expand(ref=select())
+        pitr.expand(server=pitr_servers())
     return dag
 
 
@@ -471,7 +523,13 @@ into the PostgreSQL `connection`, media into `bucket` (through `bucket_connectio
 keys under `prefix` if given, each key written under `dest_prefix`. Refuses unless `confirm` is
 `restore`, and refuses a non-empty database or destination unless `overwrite` is true. Each
 restore is validated (databases with Great Expectations, media by re-hashing every object) and
-leaves evidence in `evidence/dr_restore/` in both regions.""",
+leaves evidence in `evidence/dr_restore/` in both regions.
+
+`target_time` (an ISO 8601 time, or `latest`) restores databases as they were at that second:
+the whole server's cluster is recovered from a base backup and the WAL archive of `region` into
+a throwaway server (private Unix socket, no TCP port) and validated before anything at the
+destination is touched; then each target is copied from it with pg_dump / pg_restore. A time
+outside what the region can recover is refused with the available range.""",
         params={
             "targets": Param([], type="array", description="target names from the policy"),
             "connection": Param("pg_sandbox", type="string", description="where to restore"),
@@ -480,6 +538,11 @@ leaves evidence in `evidence/dr_restore/` in both regions.""",
             "region": Param("secondary", enum=["primary", "secondary"]),
             "tier": Param("daily", type="string"),
             "backup": Param(None, type=["null", "string"], description="window, ISO 8601"),
+            "target_time": Param(
+                None,
+                type=["null", "string"],
+                description="databases: point in time, ISO 8601 or 'latest' (null: a dump)",
+            ),
             "bucket_connection": Param(
                 "s3_restore_sandbox", type="string", description="media: connection of bucket"
             ),
@@ -497,9 +560,9 @@ class _MonitorFailureNotifier(OnCallNotifier):
     red on an open condition, which `continuous.measure` has already paged once for."""
 
     def notify(self, context: Any) -> None:
-        from include.backup_dr.monitor.lag import ConditionsOpen
+        from include.backup_dr.monitor.lag import ConditionsOpenError
 
-        if isinstance(context.get("exception"), ConditionsOpen):
+        if isinstance(context.get("exception"), ConditionsOpenError):
             return
         super().notify(context)
 
@@ -509,22 +572,22 @@ def _monitor_doc(policy: Policy) -> str:
     assert settings is not None
     category = policy.categories[settings.category]
     rpo = format_duration(category.rpo)
-    window = format_duration(category.tiers["continuous"].retention)
+    days = category.tiers["continuous"].retention.total_seconds() / 86400
     monitor = settings.monitor
     return f"""### {category.description}: continuous replication monitor (RPO {rpo})
 
 **What "{rpo}" means here**
 - *Loss of the primary*: at most the **measured standby lag** shown by this DAG.
-- *Loss of primary and standby together*: at most **archive_timeout =
-  {format_duration(settings.archive_timeout)}** (the WAL archive in both regions).
-- *Recovery points*: **any second within {window}** (base backups plus archived WAL).
+- *Loss of primary and standby together*: at most **archive_timeout
+  ({int(settings.archive_timeout.total_seconds())} s)**: the WAL archive in both regions.
+- *Recovery points*: **any second within the last {days:g} days** (base backups plus WAL).
 
 Each run, per server, writes a heartbeat row (`backup_dr.heartbeat`) on the primary once a
-second for {format_duration(monitor.duration)} (param `duration_seconds`) and times how long
-each takes to become visible on the standby: end-to-end lag, not an idle-time artefact. It also
-reads `pg_stat_replication`, `pg_stat_archiver`, the replication slot's retained WAL and the
-archive backlog. Evidence (samples, p50/p99/max, archive age, the last WAL segment) goes to
-`evidence/continuous_monitor/<server>/` in both regions.
+second for {int(monitor.duration.total_seconds())} s (param `duration_seconds`) and times how
+long each takes to become visible on the standby: end-to-end lag, not an idle-time artefact.
+It also reads `pg_stat_replication`, `pg_stat_archiver`, the replication slot's retained WAL
+and the archive backlog. Evidence (samples, p50/p99/max, archive age, the last WAL segment)
+goes to `evidence/continuous_monitor/<server>/` in both regions.
 
 On-call is paged **once** per breach, and told once when it clears, when: the lag stays over
 the RPO for {monitor.lag_alert_samples} consecutive samples (`lag`), archiving fails
@@ -548,13 +611,14 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
     # Longest run: the duration, then the last heartbeat's 10 s visibility limit, then the reads.
     @task(
         retries=0,  # the next run is a minute away
+        multiple_outputs=False,
         execution_timeout=monitor.duration + timedelta(seconds=40),
         on_failure_callback=[_MonitorFailureNotifier()],
         **LABELLED,
     )
     def measure(server: str) -> dict[str, Any]:
         from include.backup_dr.monitor import continuous
-        from include.backup_dr.monitor.lag import ConditionsOpen
+        from include.backup_dr.monitor.lag import ConditionsOpenError
 
         context = _label(server)
         policy_now, stores = _runtime()
@@ -569,9 +633,11 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
             "conditions": doc["conditions"],
         }
         if opened := continuous.open_conditions(doc):
-            raise ConditionsOpen(
-                f"{server}: {', '.join(opened)} (p99 {doc['stats']['p99_ms']} ms, RPO "
-                f"{doc['rpo_seconds']} s); on-call has been paged once; evidence {doc['key']}"
+            lag = doc["stats"]["p99_ms"]
+            raise ConditionsOpenError(
+                f"{server}: {', '.join(opened)} (lag p99 "
+                f"{'not measurable' if lag is None else f'{lag} ms'}, RPO {doc['rpo_seconds']} s);"
+                f" on-call is paged once per breach; evidence {doc['key']}"
             )
         return summary
 

@@ -21,7 +21,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from include.backup_dr import media_restore
 from include.backup_dr.catalogue import Manifest, build_catalogue
 from include.backup_dr.pipeline import Stores
-from include.backup_dr.policy import Policy, Target, format_duration
+from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
 from include.backup_dr.restore import (
     RestoreRefused,
     Selection,
@@ -58,6 +58,10 @@ def select(policy: Policy, stores: Stores, params: dict[str, Any]) -> list[dict[
     tier = params.get("tier") or drill.tier
     store = stores.role(params.get("region") or drill.region)
     window = datetime.fromisoformat(params["backup"]) if params.get("backup") else None
+    servers = {s.name for s in policy.continuous_servers()}
+    if tier == CONTINUOUS or params.get("target") in servers:
+        log.info("Only point-in-time recovery is drilled (the pitr step): no dump restores")
+        return []
     if params.get("target"):
         targets = [policy.target(params["target"])]
     else:
@@ -366,6 +370,12 @@ def restore_for_recovery(
     dest_prefix = params.get("dest_prefix") or ""
     media = [t for t in targets if _is_media(policy, t.category)]
     databases = [t for t in targets if not _is_media(policy, t.category)]
+    point_in_time = params.get("target_time")
+    if point_in_time and (media or window is not None):
+        raise RestoreRefused(
+            "target_time (point-in-time recovery) applies to databases only, without a backup "
+            f"window; got {', '.join(t.name for t in media) or 'backup=' + params['backup']}"
+        )
     # Check every target first: refuse before changing anything.
     bucket = None
     if media:
@@ -385,7 +395,11 @@ def restore_for_recovery(
                 "set overwrite=true to replace it"
             )
     records = []
-    for order, target in enumerate(targets, start=1):
+    if point_in_time:
+        from include.backup_dr import pitr
+
+        records = pitr.recover_targets(policy, stores, targets, params, run)
+    for order, target in enumerate([] if point_in_time else targets, start=1):
         selection = select_backup(policy, store, target.name, tier, window)
         log.info("[%d/%d] restoring %s: %s", order, len(targets), target.name, selection.reason)
         started = datetime.now(UTC)

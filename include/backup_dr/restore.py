@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import re
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -102,21 +103,39 @@ def server_info(conn_id: str, database: str = "postgres") -> PgConnectionInfo:
 
 def guard_sandbox(policy: Policy, sandbox_conn_id: str) -> PgConnectionInfo:
     """Refuse a sandbox that is, or points at, a production server; return it otherwise."""
-    production = {server.conn_id for server in policy.servers}
-    if sandbox_conn_id in production:
+    # A server's streaming standby is production too: it is the continuous tier's replica.
+    production = [(server.name, server.conn_id) for server in policy.servers] + [
+        (f"{server.name}'s standby", server.standby.conn_id)
+        for server in policy.servers
+        if server.standby is not None
+    ]
+    if sandbox_conn_id in {conn_id for _, conn_id in production}:
         raise RestoreRefused(
             f"refusing sandbox connection {sandbox_conn_id!r}: it is a production server's "
             "connection in the policy"
         )
     sandbox = server_info(sandbox_conn_id)
-    for server in policy.servers:
-        source = server_info(server.conn_id)
-        if (source.host, source.port) == (sandbox.host, sandbox.port):
+    for name, conn_id in production:
+        source = server_info(conn_id)
+        same_host = source.host == sandbox.host or bool(
+            _addresses(source.host) & _addresses(sandbox.host)
+        )
+        if same_host and source.port == sandbox.port:
             raise RestoreRefused(
                 f"refusing sandbox connection {sandbox_conn_id!r}: {sandbox.host}:{sandbox.port} "
-                f"is production server {server.name} ({server.conn_id})"
+                f"is production server {name} ({conn_id})"
             )
     return sandbox
+
+
+def _addresses(host: str) -> set[str]:
+    """Every address a host name stands for ('localhost' and '127.0.0.1' are one server)."""
+    if host.startswith("/"):  # a Unix socket directory
+        return {host}
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return {host}
 
 
 _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -35,6 +35,7 @@ def dagbag():
 def test_every_dag_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     others = {"media_replicate", "restore_verification", "dr_restore", "platform_backup_continuous"}
+    others |= {"platform_continuous_monitor"}
     assert set(TIER_DAGS) | set(MEDIA_DAGS) | others == set(dagbag.dag_ids)
     assert MEDIA_DAGS == [
         "media_backup_6h",
@@ -221,3 +222,27 @@ def test_dr_restore_is_manual_and_needs_confirmation(dagbag) -> None:
     assert dag.schedule is None
     assert dag.params["confirm"] == ""
     assert dag.params["overwrite"] is False
+
+
+def test_continuous_monitor_runs_every_minute_one_task_per_server(dagbag) -> None:
+    dag = dagbag.dags["platform_continuous_monitor"]
+    monitor = POLICY.continuous.monitor
+    assert dag.schedule == monitor.schedule == "* * * * *"
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert dag.params["duration_seconds"] == monitor.duration.total_seconds() == 50
+    measure = dag.get_task("measure")
+    assert measure.upstream_task_ids == {"servers"}
+    assert measure.retries == 0  # the next run is a minute away
+    assert monitor.duration < measure.execution_timeout <= monitor.duration + timedelta(minutes=1)
+    assert measure.map_index_template  # labelled with the server in the UI
+    # Open conditions page once from the monitor itself; the callback pages only when it breaks.
+    [callback] = measure.on_failure_callback
+    assert type(callback).__name__ == "_MonitorFailureNotifier"
+    assert isinstance(callback, OnCallNotifier)
+    for words in (
+        "measured standby lag",
+        "archive_timeout\n  (60 s)",
+        "any second within the last 7 days",
+    ):
+        assert words in dag.doc_md

@@ -57,12 +57,11 @@ def stack() -> Iterator[None]:
     """Start the services once; point Airflow connections and pg tools at them."""
     _stack("up")
     from local.airflow_stack import airflow_env
-    from local.pg import pg_bin
     from local.settings import airflow_env_vars
 
     os.environ.update(airflow_env_vars())
-    os.environ["BACKUP_PG_BIN_DIR"] = str(pg_bin("pg_dump").parent)
     env = airflow_env()
+    os.environ.update({k: v for k, v in env.items() if k.startswith("BACKUP_")})
     subprocess.run(
         [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
         env=env,

@@ -8,11 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.backup_dr import pipeline, wal
+from include.backup_dr import pipeline, pitr, wal
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
 from include.backup_dr.engines.wal import archive_files
 from include.backup_dr.pipeline import IntegrityError
 from include.backup_dr.policy import load_policy
+from include.backup_dr.store import StoreError
 from tests.integration.conftest import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
@@ -102,10 +103,19 @@ def test_continuous_dag_backs_up_and_verifies_both_regions(stores) -> None:
         assert manifest.source["end_wal"] in names
 
 
-def test_secondary_region_down_retains_wal_and_catches_up_without_gap(stores) -> None:
+def monitor_once(stores) -> dict:
+    from include.backup_dr.monitor.continuous import measure
+
+    return measure(load_policy(), stores, SERVER, 2, {"dag_id": "platform_continuous_monitor"})
+
+
+def test_secondary_region_down_retains_wal_pages_and_catches_up_without_gap(
+    stores, smtp_sink
+) -> None:
     from local import stack
 
     ref = base_backup(stores)
+    monitor_once(stores)  # the alert state starts from a healthy run
     secondary = next(s for s in stack.services(["s3"]) if s.name == "s3-secondary")
     before = archiver()
     secondary.stop()
@@ -115,16 +125,31 @@ def test_secondary_region_down_retains_wal_and_catches_up_without_gap(stores) ->
         while archiver()["failed"] <= before["failed"] and time.monotonic() < deadline:
             time.sleep(0.5)
         during = archiver()
-        # Archiving fails (the monitor pages on this), and PostgreSQL keeps the segments.
+        # Archiving fails, and PostgreSQL keeps the segments in pg_wal to retry them.
         assert during["failed"] > before["failed"]
         assert during["ready"] >= 1
         assert during["last_failed"] in held
+        # The monitor pages on it. It cannot write its evidence to the region that is down,
+        # so its task fails too, but the page was sent and recorded first.
+        with pytest.raises(StoreError, match="eu-central-1"):
+            monitor_once(stores)
+        mails = wait_for_mail(smtp_sink)
+        assert [m["Subject"] for m in mails] == [
+            "[backup] platform_continuous_monitor: archive_failing on platform_primary"
+        ]
     finally:
         stack.up_one(secondary)
     for name in held:
         wait_archived(stores.secondary, name, timeout=120)
         wait_archived(stores.primary, name)
     assert archiver()["ready"] == 0
+    for old in smtp_sink.glob("*.eml"):
+        old.unlink()
+    assert not monitor_once(stores)["conditions"]["archive_failing"]
+    resolved = wait_for_mail(smtp_sink)
+    assert [m["Subject"] for m in resolved] == [
+        "[backup] RESOLVED: platform_continuous_monitor: archive_failing on platform_primary"
+    ]
     result = pipeline.check_integrity(load_policy(), stores, ref)
     assert result["verified_regions"] == ["eu-west-1", "eu-central-1"]
     backup = pipeline.from_ref(ref)
@@ -160,6 +185,15 @@ def test_damaged_wal_segment_in_one_region_is_named_and_pages(stores, smtp_sink)
     mails = wait_for_mail(smtp_sink)
     text = "\n".join(m["Subject"] + "\n" + mail_text(m) for m in mails)
     assert "platform_backup_continuous" in text and damaged in text
+
+    # The PITR drill prefers the secondary (the DR path) but uses the region whose WAL is whole.
+    monitor_once(stores)
+    wait_archived(stores.primary, switch_wal())
+    drilled = pitr.drill(load_policy(), stores, SERVER, {}, RUN)
+    assert drilled["outcome"] == "passed", drilled["problems"]
+    assert drilled["backup"]["region"] == "eu-west-1"
+    assert drilled["selection_reason"].startswith("eu-west-1 instead of eu-central-1")
+    assert drilled["proof"]["ok"] is True
 
 
 def test_missing_wal_segment_fails_the_check_and_the_next_copy_heals_it(stores) -> None:

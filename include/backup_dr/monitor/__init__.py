@@ -1,0 +1,1 @@
+"""Continuous-tier monitoring: heartbeat-measured replication lag and archive health."""

@@ -1,0 +1,235 @@
+"""Point-in-time recovery against the real stack: a base backup through the continuous tier's
+engine, WAL archived by the platform server to both regions, heartbeats from the monitor, then
+the drill (to a random recorded second, proved), refusals, the sandbox guard and dr_restore."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.conftest import run_dag
+
+pytestmark = pytest.mark.integration
+SERVER = "platform_primary"
+
+
+@pytest.fixture
+def pitr_env(stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A scratch directory the throwaway server's OS user can traverse, checked empty after
+    (the stack fixture already set BACKUP_PG_OS_USER and BACKUP_WAL_TOOLS_BIN, as for Airflow)."""
+    scratch = Path(tempfile.mkdtemp(prefix="pitr-test-", dir="/tmp"))
+    scratch.chmod(0o711)
+    monkeypatch.setenv("BACKUP_PITR_SCRATCH_DIR", str(scratch))
+    yield scratch
+    leftovers = list(scratch.iterdir())
+    shutil.rmtree(scratch, ignore_errors=True)
+    assert leftovers == [], f"a throwaway server was left behind: {leftovers}"
+
+
+def _sql(database: str, statement: str, *, server: str = "platform") -> list[tuple]:
+    from local.pg import connect
+
+    with connect(database, server=server) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _base_backup(stores: Any) -> dict[str, Any]:
+    """One base backup of the server, copied and verified in both regions (the tier's steps)."""
+    from include.backup_dr import pipeline
+    from include.backup_dr.policy import load_policy
+
+    policy = load_policy()
+    window = datetime.now(UTC).replace(microsecond=0)
+    run = {"dag_id": "platform_backup_continuous", "run_id": f"pitr-test-{window:%H%M%S}"}
+    ref = pipeline.take_snapshot(policy, stores, SERVER, "continuous", window, run)
+    pipeline.copy_to_secondary(policy, stores, ref)
+    pipeline.check_integrity(policy, stores, ref)
+    return ref
+
+
+def _archive_now(timeout: float = 60.0) -> str:
+    """Close the current WAL segment and wait until the server has archived it (both regions)."""
+    (segment,) = _sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (archived,) = _sql("postgres", "SELECT last_archived_wal FROM pg_stat_archiver")[0]
+        if archived is not None and archived >= segment:
+            return segment
+        time.sleep(0.3)
+    raise AssertionError(f"WAL segment {segment} was not archived within {timeout} s")
+
+
+def _heartbeats(stores: Any, seconds: float) -> dict[str, Any]:
+    """A monitor run: a heartbeat a second, evidence (samples, end_segment) in both regions."""
+    from include.backup_dr.monitor.continuous import measure
+    from include.backup_dr.policy import load_policy
+
+    run = {"dag_id": "platform_continuous_monitor", "run_id": "pitr-test"}
+    return measure(load_policy(), stores, SERVER, seconds, run)
+
+
+def _evidence(store: Any, kind: str, target: str) -> list[dict[str, Any]]:
+    keys = sorted(
+        o.key for o in store.list_objects(f"evidence/{kind}/{target}/") if o.key.endswith(".json")
+    )
+    return [store.get_json(key) for key in keys]
+
+
+def test_pitr_drill_recovers_a_random_second_and_proves_it_from_the_secondary(
+    stores, pitr_env
+) -> None:
+    _base_backup(stores)
+    monitor = _heartbeats(stores, 6)
+    _archive_now()
+
+    run = run_dag("restore_verification", datetime.now(UTC), {"target": SERVER})
+    assert run.state == "success"
+    records = {
+        store.region.name: _evidence(store, "restore_verification", SERVER) for store in stores
+    }
+    assert all(len(found) == 1 for found in records.values()), records
+    record = records["eu-central-1"][0]
+    assert record == records["eu-west-1"][0]
+    assert record["outcome"] == "passed", record["problems"]
+    assert record["backup"]["region"] == "eu-central-1"  # the DR path
+    assert "the DR path" in record["selection_reason"]
+
+    sample, proof = record["heartbeat_sample"], record["proof"]
+    assert sample["seq"] in {s["seq"] for s in monitor["samples"]}
+    target = datetime.fromisoformat(record["target_time"])
+    assert target == datetime.fromisoformat(sample["written_at"]) + timedelta(milliseconds=500)
+    assert proof["ok"] and proof["seq_present"] and proof["heartbeats_after_target"] == 0
+    assert proof["newest_restored_seq"] == sample["seq"]
+    assert 0 <= proof["seconds_between_newest_and_target"] < 1
+
+    steps = record["steps"]
+    assert set(steps["timings"]) == {"download + SHA-256 check", "extract", "WAL replay to promote"}
+    assert steps["listen_addresses"] == ""  # the throwaway server had no TCP port at all
+    assert steps["restored_bytes"] > steps["archive_bytes"] / 2
+    assert record["projection"]["within_rto"] is True
+    validation = record["validation"]
+    assert validation["ok"] and set(validation["databases"]) == {
+        "platform_core",
+        "platform_billing",
+    }
+    assert any("business rules (platform_core)" in suite for suite in validation["suites"])
+    assert not any(
+        r["expectation"] == "expect_table_row_count_to_equal" for r in validation["results"]
+    )
+    keys = [
+        o.key for o in stores.secondary.list_objects(f"evidence/restore_verification/{SERVER}/")
+    ]
+    markdown = stores.secondary.open(next(k for k in keys if k.endswith("/report.md"))).read()
+    assert "1-second granularity proven: yes" in markdown.decode()
+    for store in stores:  # the promoted copy (timeline 2) never archived into the live bucket
+        assert not [o.key for o in store.list_objects(f"wal/{SERVER}/") if "/00000002" in o.key]
+    print("PITR timings:", json.dumps(steps["timings"]), "bytes", steps["archive_bytes"])
+
+
+def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores, pitr_env) -> None:
+    from include.backup_dr import drill
+    from include.backup_dr.pitr import (
+        RECOVERY_ENDED,
+        RecoveryFailed,
+        TargetOutOfRange,
+        recover,
+        recovery_range,
+    )
+    from include.backup_dr.policy import load_policy
+
+    ref = _base_backup(stores)
+    (tenant, original) = _sql("platform_core", "SELECT id, name FROM tenants ORDER BY id LIMIT 1")[
+        0
+    ]
+    try:
+        _sql("platform_core", f"UPDATE tenants SET name = 'pitr before' WHERE id = {tenant}")
+        (before_at,) = _sql("postgres", "SELECT clock_timestamp()")[0]
+        time.sleep(1.2)
+        _sql("platform_core", f"UPDATE tenants SET name = 'pitr after' WHERE id = {tenant}")
+        _archive_now()
+        target = before_at + timedelta(milliseconds=500)
+
+        policy = load_policy()
+        conf = {
+            "targets": ["platform_core"],
+            "connection": "pg_sandbox",
+            "confirm": "restore",
+            "region": "secondary",
+        }
+        run = {"dag_id": "dr_restore", "run_id": "pitr-test"}
+        window_start = datetime.fromisoformat(ref["window"])
+        for when, why in (
+            (datetime.now(UTC) + timedelta(hours=1), "is in the future"),
+            (window_start - timedelta(days=3), "older than the recovery window"),
+        ):
+            with pytest.raises(TargetOutOfRange, match=why) as refused:
+                drill.restore_for_recovery(
+                    policy, stores, {**conf, "target_time": when.isoformat()}, run
+                )
+            assert "eu-central-1 can recover platform_primary to any time after" in str(
+                refused.value
+            )
+            assert "nothing restored" in str(refused.value)
+        assert list(pitr_env.iterdir()) == []  # nothing was downloaded
+        assert _sql(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = 'platform_core'",
+            server="sandbox",
+        ) == [(0,)]
+
+        result = run_dag(
+            "dr_restore", datetime.now(UTC), {**conf, "target_time": target.isoformat()}
+        )
+        assert result.state == "success"
+        restored = _sql(
+            "platform_core", f"SELECT name FROM tenants WHERE id = {tenant}", server="sandbox"
+        )
+        assert restored == [("pitr before",)]
+        (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
+        assert record["outcome"] == "passed", record["problems"]
+        assert record["backup"]["tier"] == "continuous"
+        assert record["steps"]["target_time"] == target.isoformat()
+        assert {"WAL replay to promote", "pg_dump from the recovered server", "pg_restore"} <= set(
+            record["steps"]["timings"]
+        )
+        rows = {r["table"]: r for r in record["validation"]["results"]}
+        assert rows["public.tenants"]["success"]
+
+        # A time inside the range with no commit after it in the archive: PostgreSQL's own
+        # words, and the throwaway server is gone.
+        span = recovery_range(policy, stores.secondary, SERVER)
+        with (
+            pytest.raises(RecoveryFailed, match=RECOVERY_ENDED),
+            recover(policy, stores, SERVER, "secondary", span.newest, span=span),
+        ):
+            pass
+    finally:
+        _sql("platform_core", f"UPDATE tenants SET name = '{original}' WHERE id = {tenant}")
+        _sql("postgres", "DROP DATABASE IF EXISTS platform_core WITH (FORCE)", server="sandbox")
+
+
+def test_sandbox_guard_refuses_any_production_host_or_port(stack, monkeypatch) -> None:
+    from include.backup_dr.policy import load_policy
+    from include.backup_dr.restore import RestoreRefused, guard_sandbox
+
+    policy = load_policy()
+    for conn_id in ("pg_platform", "pg_platform_standby"):
+        with pytest.raises(RestoreRefused, match="production server's connection"):
+            guard_sandbox(policy, conn_id)
+    for name in ("PG_PLATFORM", "PG_PLATFORM_STANDBY"):
+        production = json.loads(os.environ[f"AIRFLOW_CONN_{name}"])
+        # The same server under another name for the same address is refused too.
+        monkeypatch.setenv("AIRFLOW_CONN_PG_ALIAS", json.dumps({**production, "host": "localhost"}))
+        with pytest.raises(RestoreRefused, match="is production server platform_primary"):
+            guard_sandbox(policy, "pg_alias")
+    assert guard_sandbox(policy, "pg_sandbox").port == int(os.environ["BACKUP_PG_SANDBOX_PORT"])

@@ -173,7 +173,7 @@ def _default_args() -> dict[str, Any]:
 def _continuous_doc(policy: Policy, category: Category, tier: Tier) -> str:
     settings = policy.continuous
     assert settings is not None
-    window = format_duration(tier.retention)
+    days = f"{tier.retention.total_seconds() / 86400:g} days"
     after = category.rpo_after
     later = (
         f"Beyond {format_duration(after.older_than)} the policy promises an RPO of "
@@ -192,14 +192,15 @@ def _continuous_doc(policy: Policy, category: Category, tier: Tier) -> str:
 - *Loss of primary and standby together*: at most **archive_timeout =
   {format_duration(settings.archive_timeout)}** (every WAL segment goes to both regions with
   SSE-KMS; a segment is closed at least that often).
-- *Recovery points*: **any second within {window}**, from a base backup plus archived WAL.
+- *Recovery points*: **any second within the last {days}**, from a base backup plus archived
+  WAL.
 {later}
 
 This DAG takes the base backups, on `{settings.base_backup_schedule}`, per server:
 `snapshot` (pg_basebackup streamed to {policy.regions.primary.name}, committed once its end
 WAL is archived) -> `copy_to_secondary` (the base backup and every WAL file it needs) ->
 `integrity_check` (both regions: re-hash, tar readable, WAL continuous from the oldest base
-backup to the newest segment, new segments re-read) -> `prune` (keeps the {window} recovery
+backup to the newest segment, new segments re-read) -> `prune` (keeps the {days} recovery
 window: the base backup its oldest second replays from is kept, and WAL older than the oldest
 kept base backup goes). Params: `dry_run`, `override_circuit_breaker`.
 """

@@ -67,7 +67,7 @@ def test_continuous_tier_dag_takes_base_backups_per_server(dagbag) -> None:
     assert "Loss of the primary*: at most the **measured standby lag**" in dag.doc_md
     assert "*Loss of primary and standby together*: at most **archive_timeout =" in dag.doc_md
     assert f"{format_duration(settings.archive_timeout)}** (every WAL segment" in dag.doc_md
-    assert "any second within 1w" in dag.doc_md
+    assert "any second within the last 7 days" in dag.doc_md
     assert "a week apart between 7 and 28 days" in dag.doc_md
 
 

@@ -17,13 +17,19 @@ import os
 import pwd
 import re
 import shlex
+import stat
 import subprocess
 import sys
+import warnings
 from datetime import timedelta
 from pathlib import Path
 
 from local.config import REPO_ROOT, S3_ACCESS_KEY, S3_SECRET_KEY, STATE_DIR, VENV_BIN, s3_sites
 from local.proc import StackError
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # pgserver's import warns about a runtime dir we never use
+    from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions
 
 WAL_DIR = STATE_DIR / "wal"
 TOOLS_VENV = STATE_DIR / "wal-tools"
@@ -82,6 +88,9 @@ def tools_bin() -> Path:
             f"could not build the WAL tools virtualenv in {TOOLS_VENV}: "
             f"{exc.stderr.decode(errors='replace')[-2000:]}"
         ) from exc
+    # PostgreSQL's OS user runs these: every directory on the way and every file readable.
+    ensure_prefix_permissions(TOOLS_VENV)
+    ensure_folder_permissions(TOOLS_VENV, stat.S_IRGRP | stat.S_IROTH)
     stamp.write_text(wanted)
     return bin_dir
 

@@ -5,7 +5,10 @@ configuration from the database and switching email -> PagerDuty needs no deploy
 
 - `backup_alert_notifier`: `smtp` (default), `slack` or `pagerduty`;
 - `backup_alert_to`: email recipients (smtp) or channel (slack);
-- `backup_alert_conn_id`: the connection of that channel (defaults per channel below).
+- `backup_alert_conn_id`: the connection of that channel (defaults per channel below);
+- `backup_alert_fallback_notifier` (default `smtp`), `_fallback_to`, `_fallback_conn_id`: the
+  channel tried when the first one is misconfigured or down. If both fail, the alert goes to
+  the task log at ERROR, marked `BACKUP ALERT NOT DELIVERED`.
 """
 
 from __future__ import annotations
@@ -64,17 +67,10 @@ def alert_from_context(context: Any) -> Alert:
     )
 
 
-def send_message(title: str, text: str, context: Any = None, *, source: str = "backup-dr") -> str:
-    """Send a free-form message through the configured on-call channel; returns the channel.
-
-    One place chooses the channel (Variables, read when the message is sent), so task-failure
-    alerts and the monitors' own de-duplicated pages always go the same way.
-    """
-    channel = Variable.get("backup_alert_notifier", default="smtp")
-    conn_id = Variable.get("backup_alert_conn_id", default=DEFAULT_CONN_IDS.get(channel, ""))
-    to = Variable.get("backup_alert_to", default="oncall@localhost")
-    context = context if context is not None else {}
-    log.info("Alerting on-call via %s: %s", channel, title)
+def _deliver(
+    channel: str, to: str, conn_id: str, title: str, text: str, context: Any, source: str
+) -> None:
+    """Send through one channel; raises when the channel is unknown or delivery fails."""
     if channel == "smtp":
         from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
@@ -97,10 +93,47 @@ def send_message(title: str, text: str, context: Any = None, *, source: str = "b
             custom_details={"alert": text},
         ).notify(context)
     else:
-        raise ValueError(
-            f"Variable backup_alert_notifier={channel!r}; use smtp, slack or pagerduty"
+        raise ValueError(f"{channel!r} is not a channel; use {', '.join(DEFAULT_CONN_IDS)}")
+
+
+def _channels() -> list[tuple[str, str, str]]:
+    """(channel, recipient, connection) to try in order: the configured one, then the fallback."""
+    tried = []
+    for prefix, default in (("backup_alert", "smtp"), ("backup_alert_fallback", "smtp")):
+        channel = Variable.get(f"{prefix}_notifier", default=default)
+        to = Variable.get(f"{prefix}_to", default=None) or Variable.get(
+            "backup_alert_to", default="oncall@localhost"
         )
-    return channel
+        conn_id = Variable.get(f"{prefix}_conn_id", default=DEFAULT_CONN_IDS.get(channel, ""))
+        if (channel, to, conn_id) not in tried:
+            tried.append((channel, to, conn_id))
+    return tried
+
+
+def send_message(
+    title: str, text: str, context: Any = None, *, source: str = "backup-dr"
+) -> str | None:
+    """Send a message to on-call; returns the channel that delivered it, or None.
+
+    One place chooses the channel (Variables, read when the message is sent), so task-failure
+    alerts and the monitors' de-duplicated pages always go the same way. A mistake in one
+    channel's configuration never loses the alert: the fallback channel
+    (`backup_alert_fallback_notifier`, default smtp) is tried next, and as a last resort the
+    alert is written to the task log at ERROR with a marker a log search can page on.
+    """
+    context = context if context is not None else {}
+    problems = []
+    for channel, to, conn_id in _channels():
+        log.info("Alerting on-call via %s: %s", channel, title)
+        try:
+            _deliver(channel, to, conn_id, title, text, context, source)
+        except Exception as exc:  # the next channel must still be tried
+            problems.append(f"{channel}: {exc}")
+            log.warning("On-call alert via %s failed: %s", channel, exc)
+            continue
+        return channel
+    log.error("BACKUP ALERT NOT DELIVERED (%s): %s\n%s", " | ".join(problems), title, text.rstrip())
+    return None
 
 
 class OnCallNotifier(BaseNotifier):

@@ -181,11 +181,7 @@ def validate(policy: Policy, stores: Stores, selection: Selection, conn_id: str,
 
     manifest = stores.by_region(selection.region).manifest(selection.backup)
     assert manifest is not None
-    server = server_info(conn_id)
-    url = (
-        f"postgresql+psycopg2://{server.user}:{server.env.get('PGPASSWORD', '')}"
-        f"@{server.host}:{server.port}/{database}"
-    )
+    url = server_info(conn_id).sqlalchemy_url(database)
     return validate_database(url, selection.backup.target, manifest.tables())
 
 

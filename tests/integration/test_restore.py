@@ -181,3 +181,41 @@ def test_sandbox_guard_refuses_production_connections(stack, policy_file, monkey
     with pytest.raises(RestoreRefused, match="is production server platform_primary"):
         guard_sandbox(policy, "pg_alias")
     assert guard_sandbox(policy, "pg_sandbox").port == int(os.environ["BACKUP_PG_SANDBOX_PORT"])
+
+
+def test_validation_connects_with_a_password_full_of_url_characters(
+    backed_up, stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A password with @ : / % must reach Great Expectations intact (it is URL syntax)."""
+    from include.backup_dr import drill
+    from include.backup_dr.restore import select_backup
+    from local.config import HOST, Ports
+
+    password = "p@ss:w/rd%40#?"
+    _sql("postgres", "DROP ROLE IF EXISTS drill_reader", server="sandbox")
+    _sql(
+        "postgres",
+        f"CREATE ROLE drill_reader LOGIN SUPERUSER PASSWORD '{password}'",
+        server="sandbox",
+    )
+    conn = {
+        "conn_type": "postgres",
+        "host": HOST,
+        "port": Ports.from_env().pg_sandbox,
+        "login": "drill_reader",
+        "password": password,
+        "schema": "postgres",
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_PG_SANDBOX_ODD", json.dumps(conn))
+    policy = load_policy()
+    selection = select_backup(policy, stores.secondary, "platform_billing", "daily", WINDOW)
+    _sql("postgres", "CREATE DATABASE drill_odd_password", server="sandbox")
+    try:
+        drill.restore_into(policy, stores, selection, "pg_sandbox", "drill_odd_password", 2)
+        report = drill.validate(policy, stores, selection, "pg_sandbox_odd", "drill_odd_password")
+        assert report.ok, [r.observed for r in report.failures()]
+    finally:
+        _sql(
+            "postgres", "DROP DATABASE IF EXISTS drill_odd_password WITH (FORCE)", server="sandbox"
+        )
+        _sql("postgres", "DROP ROLE IF EXISTS drill_reader", server="sandbox")

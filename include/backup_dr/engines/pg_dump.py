@@ -95,6 +95,20 @@ class PgConnectionInfo:
             conn.host or "127.0.0.1", int(conn.port or 5432), conn.login or "", database, env
         )
 
+    def sqlalchemy_url(self, database: str | None = None) -> str:
+        """For SQLAlchemy (Great Expectations): every part escaped, so a password holding
+        URL syntax (@ : / % ...) stays one password. Contains the secret: never log it."""
+        from sqlalchemy.engine import URL
+
+        return URL.create(
+            "postgresql+psycopg2",
+            username=self.user,
+            password=self.env.get("PGPASSWORD") or None,
+            host=self.host,
+            port=self.port,
+            database=database or self.database,
+        ).render_as_string(hide_password=False)
+
     def args(self) -> list[str]:
         return ["-h", self.host, "-p", str(self.port), "-U", self.user, "-d", self.database]
 

@@ -7,9 +7,13 @@ Each number is a ratio against a baseline taken on the same machine, database an
 - prune planning time for 100,000 backups;
 - media: a first snapshot of 100,000 objects, a second after 1% changed (bytes and time against
   the first), an unchanged one (against a bare listing of the bucket), and peak RSS at 10,000
-  vs 100,000 objects.
+  vs 100,000 objects;
+- continuous tier (bench/continuous.py): the base backup task vs bare pg_basebackup (to
+  /dev/null, and piped into a bare boto3 upload), PITR vs the bare download + tar + barman-cloud
+  restore_command, standby lag under the load generator, and peak RSS of every task.
 
-Usage: python -m bench.run [--size-mb 1100] [--only platform|media]
+Usage: python -m bench.run [--size-mb 1100] [--only platform|media|continuous]
+       [--rounds 3] [--lag-rate 200] [--lag-seconds 60]
 (the database and the media buckets are generated once and kept)
 """
 
@@ -411,7 +415,10 @@ def bench_prune_planning() -> tuple[str, str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1100)
-    parser.add_argument("--only", choices=["platform", "media"])
+    parser.add_argument("--only", choices=["platform", "media", "continuous"])
+    parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
+    parser.add_argument("--lag-rate", type=float, default=200, help="continuous: commits/s")
+    parser.add_argument("--lag-seconds", type=float, default=60, help="continuous: lag run")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from local import stack
@@ -420,11 +427,17 @@ def main() -> None:
     rows = []
     try:
         _prepare(args.size_mb)
-        if args.only != "media":
+        if args.only in (None, "platform"):
             rows += [*bench_snapshot_and_integrity(), bench_prune_planning()]
-        if args.only != "platform":
+        if args.only in (None, "media"):
             _prepare_media()
             rows += bench_media()
+        if args.only in (None, "continuous"):
+            from bench.continuous import bench_continuous
+
+            rows += bench_continuous(
+                rounds=args.rounds, lag_rate=args.lag_rate, lag_seconds=args.lag_seconds
+            )
     finally:
         started = [group for group in stack.DEFAULT_GROUPS if group not in already]
         if started:

@@ -631,7 +631,7 @@ def _rows(raw: dict[str, Any]) -> list[Row]:
         ),
     ]
     bare_runs, task_runs = pitr_raw["bare"], pitr_raw["task"]
-    steps = {"download (+ SHA-256)": "download", "extract": "extract", "replay to T": "replay"}
+    steps = {"download": "download", "extract (+ SHA-256)": "extract", "replay to T": "replay"}
     for label, word in steps.items():
         t = _median([_step(r["result"]["timings"], word) for r in task_runs])
         b = _median([_step(r["timings"], word) for r in bare_runs])

@@ -197,13 +197,9 @@ class Download:
     seconds: float
 
 
-def download_verified(store: ObjectStore, manifest: Manifest, dest: Path) -> Download:
-    """Download the artifact, then re-hash it; refuse it unless size and SHA-256 match.
-
-    The download uses parallel ranged GETs; the hash then reads the file back from the page
-    cache. Either way nothing reaches pg_restore before the bytes are proven.
-    """
-    started = time.monotonic()
+def fetch(store: ObjectStore, manifest: Manifest, dest: Path) -> None:
+    """Download the artifact with parallel ranged GETs, after checking its size; unverified:
+    callers prove the bytes with `prove_bytes` before anything uses them."""
     expected = manifest.artifact
     head = store.head(expected.key)
     if head is None:
@@ -214,6 +210,27 @@ def download_verified(store: ObjectStore, manifest: Manifest, dest: Path) -> Dow
             f"bytes, the manifest says {expected.size}; not restored"
         )
     store.download(expected.key, dest, expected.size)
+
+
+def prove_bytes(manifest: Manifest, region: str, digest: str, size: int) -> None:
+    """Refuse bytes whose size or SHA-256 differ from what the manifest vouches for."""
+    expected = manifest.artifact
+    if size != expected.size or digest != expected.sha256:
+        raise TamperedBackup(
+            f"{manifest.backup} in {region}: downloaded {size} bytes with sha256 "
+            f"{digest[:16]}..., the manifest says {expected.size} bytes with sha256 "
+            f"{expected.sha256[:16]}...; not restored"
+        )
+
+
+def download_verified(store: ObjectStore, manifest: Manifest, dest: Path) -> Download:
+    """Download the artifact, then re-hash it; refuse it unless size and SHA-256 match.
+
+    The hash reads the file back from the page cache. Nothing reaches pg_restore before the
+    bytes are proven.
+    """
+    started = time.monotonic()
+    fetch(store, manifest, dest)
     digest = hashlib.sha256()
     size = 0
     with dest.open("rb") as archive:
@@ -221,14 +238,14 @@ def download_verified(store: ObjectStore, manifest: Manifest, dest: Path) -> Dow
             digest.update(chunk)
             size += len(chunk)
     seconds = time.monotonic() - started
-    if size != expected.size or digest.hexdigest() != expected.sha256:
+    try:
+        prove_bytes(manifest, store.region.name, digest.hexdigest(), size)
+    except TamperedBackup:
         dest.unlink(missing_ok=True)
-        raise TamperedBackup(
-            f"{manifest.backup} in {store.region.name}: downloaded {size} bytes with sha256 "
-            f"{digest.hexdigest()[:16]}..., the manifest says {expected.size} bytes with sha256 "
-            f"{expected.sha256[:16]}...; not restored"
-        )
-    log.info("Downloaded and verified %s (%d bytes) in %.1f s", expected.key, size, seconds)
+        raise
+    log.info(
+        "Downloaded and verified %s (%d bytes) in %.1f s", manifest.artifact.key, size, seconds
+    )
     return Download(dest, size, seconds)
 
 

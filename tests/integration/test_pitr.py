@@ -113,7 +113,7 @@ def test_pitr_drill_recovers_a_random_second_and_proves_it_from_the_secondary(
     assert 0 <= proof["seconds_between_newest_and_target"] < 1
 
     steps = record["steps"]
-    assert set(steps["timings"]) == {"download + SHA-256 check", "extract", "WAL replay to promote"}
+    assert set(steps["timings"]) == {"download", "extract + SHA-256 check", "WAL replay to promote"}
     assert steps["listen_addresses"] == ""  # the throwaway server had no TCP port at all
     assert steps["restored_bytes"] > steps["archive_bytes"] / 2
     assert record["projection"]["within_rto"] is True
@@ -233,3 +233,25 @@ def test_sandbox_guard_refuses_any_production_host_or_port(stack, monkeypatch) -
         with pytest.raises(RestoreRefused, match="is production server platform_primary"):
             guard_sandbox(policy, "pg_alias")
     assert guard_sandbox(policy, "pg_sandbox").port == int(os.environ["BACKUP_PG_SANDBOX_PORT"])
+
+
+def test_tampered_base_backup_is_refused_and_no_server_starts(stores, pitr_env) -> None:
+    """Bit rot in the secondary's base backup (same size): the recovery refuses it before any
+    server starts, names the region, and leaves no throwaway server behind."""
+    from include.backup_dr import pipeline, pitr
+    from include.backup_dr.policy import load_policy
+    from include.backup_dr.restore import TamperedBackup
+
+    ref = _base_backup(stores)
+    _heartbeats(stores, 2)
+    _archive_now()
+    manifest = stores.secondary.manifest(pipeline.from_ref(ref))
+    body = bytearray(stores.secondary.open(manifest.artifact.key).read())
+    body[len(body) // 2] ^= 0xFF
+    stores.secondary.put_bytes(manifest.artifact.key, bytes(body), "application/octet-stream")
+
+    with (
+        pytest.raises(TamperedBackup, match=r"eu-central-1.*not restored"),
+        pitr.recover(load_policy(), stores, SERVER, "secondary", "latest"),
+    ):
+        pytest.fail("a tampered base backup was recovered")

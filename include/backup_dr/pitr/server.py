@@ -5,13 +5,13 @@ stopped and deleted afterwards."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import pwd
 import shlex
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from collections.abc import Iterator
@@ -23,6 +23,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from include.backup_dr.catalogue import Manifest
 from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
 from include.backup_dr.pitr.window import (
     BaseBackup,
@@ -33,8 +34,8 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import Policy
-from include.backup_dr.restore import download_verified
-from include.backup_dr.store import ObjectStore
+from include.backup_dr.restore import fetch, prove_bytes
+from include.backup_dr.store import READ_CHUNK, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,37 @@ def _region_access(store: ObjectStore) -> tuple[dict[str, str], str | None]:
     return env, hook.conn_config.endpoint_url or store.endpoint_url
 
 
-def _extract(archive: Path, data_dir: Path) -> None:
-    """Unpack the base tar; the 'data' filter refuses paths and links leaving the directory."""
-    with tarfile.open(archive, copybufsize=8 * 1024 * 1024) as tar:
-        tar.extractall(data_dir, filter="data")
+def _extract_proven(
+    archive: Path, data_dir: Path, manifest: Manifest, region: str, user: str | None
+) -> None:
+    """Unpack the base tar with GNU tar, run as the server's OS user (so every file is its
+    own), while the same read of the archive re-hashes it against the manifest.
+
+    Extracting before the hash is proven is safe: the private data directory is not started
+    until `prove_bytes` passes, and a tampered archive is deleted with it. GNU tar refuses
+    members that climb out with '..' and strips leading '/'.
+    """
+    digest = hashlib.sha256()
+    size = 0
+    tar = subprocess.Popen(
+        ["tar", "-x", "-f", "-", "-C", str(data_dir)],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        user=user,
+    )
+    assert tar.stdin is not None
+    with archive.open("rb") as source, suppress(BrokenPipeError):
+        for chunk in iter(lambda: source.read(READ_CHUNK), b""):
+            digest.update(chunk)
+            size += len(chunk)
+            tar.stdin.write(chunk)
+    with suppress(BrokenPipeError):
+        tar.stdin.close()
+    error = tar.stderr.read().decode(errors="replace") if tar.stderr else ""
+    code = tar.wait()
+    prove_bytes(manifest, region, digest.hexdigest(), size)
+    if code != 0:
+        raise RecoveryFailed(f"tar could not unpack the base backup ({code}): {error[-500:]}")
     for needed in ("pg_wal/archive_status",):
         (data_dir / needed).mkdir(parents=True, exist_ok=True)
     for stale in ("standby.signal", "postmaster.pid", "postmaster.opts"):
@@ -374,13 +402,18 @@ def recover(
         (work / "postgres.log").touch(mode=0o600)
         _give(work / "postgres.log", owner, 0o600)
 
-        download = download_verified(store, base.manifest, work / "base.tar")
-        recovered.archive_bytes = download.size
-        recovered.timings["download + SHA-256 check"] = round(download.seconds, 3)
+        started = time.monotonic()
+        archive = work / "base.tar"
+        fetch(store, base.manifest, archive)
+        recovered.archive_bytes = base.manifest.artifact.size
+        recovered.timings["download"] = round(time.monotonic() - started, 3)
 
         started = time.monotonic()
-        _extract(download.path, data_dir)
-        download.path.unlink()
+        if owner is not None:
+            os.chown(archive, *owner)
+            os.chown(data_dir, *owner)
+        _extract_proven(archive, data_dir, base.manifest, span.region, user)
+        archive.unlink()
         restore_command = _restore_script(work, store, server, owner)
         _configure(data_dir, socket_dir, restore_command, target)
         if owner is not None:
@@ -389,7 +422,7 @@ def recover(
                     os.lchown(Path(root, name), *owner)
         for private in (data_dir, socket_dir):
             _give(private, owner, 0o700)
-        recovered.timings["extract"] = round(time.monotonic() - started, 3)
+        recovered.timings["extract + SHA-256 check"] = round(time.monotonic() - started, 3)
 
         started = time.monotonic()
         limit = (timeout or policy.objectives.rto).total_seconds()

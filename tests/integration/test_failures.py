@@ -110,6 +110,32 @@ def test_failing_pg_dump_aborts_the_upload(stores, policy_file, monkeypatch) -> 
     assert stores.primary.unfinished_uploads("platform/") == []
 
 
+def test_client_older_than_the_server_is_refused_with_a_clear_error(
+    stores, policy_file, monkeypatch
+) -> None:
+    """An image with pg_dump 15 against a PostgreSQL 16 server: refused before any upload,
+    with a message that says what to install, for dumps and for base backups alike."""
+    policy = policy_file()
+    fake_bin = REPO / ".local" / "test" / "old-client-bin"
+    fake_bin.mkdir(parents=True, exist_ok=True)
+    real = os.environ["BACKUP_PG_BIN_DIR"]
+    for tool in ("pg_dump", "pg_basebackup"):
+        script = fake_bin / tool
+        # The real tool, but it reports (as an old client would) major version 15.
+        script.write_text(
+            f'#!/bin/sh\n[ "$1" = --version ] && echo "{tool} (PostgreSQL) 15.8" && exit 0\n'
+            f'exec "{real}/{tool}" "$@"\n'
+        )
+        script.chmod(0o755)
+    monkeypatch.setenv("BACKUP_PG_BIN_DIR", str(fake_bin))
+    with pytest.raises(SnapshotError, match=r"pg_dump 15 cannot back up .* PostgreSQL 16"):
+        take_snapshot(policy, stores, "platform_core", "daily", WINDOW, {})
+    with pytest.raises(SnapshotError, match=r"pg_basebackup 15 cannot back up .* PostgreSQL 16"):
+        take_snapshot(policy, stores, "platform_primary", "continuous", WINDOW, {})
+    assert list(stores.primary.list_objects("platform/")) == []
+    assert stores.primary.unfinished_uploads("platform/") == []
+
+
 def test_prune_never_deletes_the_last_good_copy(stores, policy_file) -> None:
     policy = policy_file()
     old = datetime.now(UTC) - timedelta(days=30)

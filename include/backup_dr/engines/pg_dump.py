@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -73,6 +74,21 @@ def pg_tool(name: str) -> str:
 def tool_version(name: str) -> str:
     out = subprocess.run([pg_tool(name), "--version"], capture_output=True, text=True, check=True)
     return out.stdout.strip()
+
+
+def require_client_for(name: str, server_version_num: int, where: str) -> None:
+    """Refuse a client tool older than the server: pg_dump and pg_basebackup cannot back up
+    a newer major version. Checked when a backup starts, before anything is uploaded."""
+    version = tool_version(name)
+    match = re.search(r"\(PostgreSQL\) (\d+)", version)
+    client = int(match[1]) if match else 0
+    server = server_version_num // 10000
+    if client < server:
+        raise SnapshotError(
+            f"{name} {client or version!r} cannot back up {where}, which runs PostgreSQL "
+            f"{server}: install postgresql-client-{server} (or newer) on the workers, or point "
+            f"${PG_BIN_ENV} at its bin directory (now {pg_tool(name)})"
+        )
 
 
 @dataclass
@@ -234,6 +250,7 @@ class PgDumpEngine:
         snapshot: PgDumpSnapshot | None = None
         try:
             exporter.set_session(isolation_level="REPEATABLE READ", readonly=True)
+            require_client_for("pg_dump", exporter.server_version, str(info))
             with exporter.cursor() as cursor:
                 cursor.execute("SELECT pg_export_snapshot()")
                 snapshot_id = cursor.fetchone()[0]

@@ -35,7 +35,13 @@ from typing import TYPE_CHECKING, Any
 from include.backup_dr import wal
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
 from include.backup_dr.engines.base import ReadCheck, SourceFacts
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, SnapshotError, pg_tool, tool_version
+from include.backup_dr.engines.pg_dump import (
+    PgConnectionInfo,
+    SnapshotError,
+    pg_tool,
+    require_client_for,
+    tool_version,
+)
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
 from include.backup_dr.store import ObjectStore
 
@@ -178,6 +184,11 @@ class WalEngine:
         info = PgConnectionInfo.from_airflow(server.conn_id, "postgres")
         # Long enough for archive_timeout to close the segment if we may not switch it.
         wait = policy.continuous.archive_timeout * 2 + timedelta(minutes=2)
+        probe = info.connect()
+        try:
+            require_client_for("pg_basebackup", probe.server_version, f"server {server.name}")
+        finally:
+            probe.close()
         snapshot = BaseBackupSnapshot(info, server.name, primary, wait)
         try:
             yield snapshot

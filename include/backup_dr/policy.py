@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 import yaml
 from croniter import croniter
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -61,7 +62,14 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds}s"
 
 
+def _cron(value: str) -> str:
+    if not croniter.is_valid(value):
+        raise ValueError(f"{value!r} is not a cron expression")
+    return value
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Cron = Annotated[str, AfterValidator(_cron)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]*$")]
 
 
@@ -143,15 +151,8 @@ class Category(_Frozen):
     rpo: Duration
     rpo_after: RpoAfter | None = None
     #: Cron schedule of the DAG that keeps the secondary region within the RPO between backups.
-    replication_schedule: str | None = None
+    replication_schedule: Cron | None = None
     tiers: dict[str, Tier]
-
-    @field_validator("replication_schedule")
-    @classmethod
-    def _valid_replication_schedule(cls, value: str | None) -> str | None:
-        if value is not None and not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression")
-        return value
 
     @model_validator(mode="after")
     def _replication_engine(self) -> Category:
@@ -198,18 +199,11 @@ class Server(_Frozen):
 class Monitor(_Frozen):
     """`platform_continuous_monitor`: heartbeat-measured replication lag, archive health."""
 
-    schedule: str = "* * * * *"
+    schedule: Cron = "* * * * *"
     #: How long one run writes a heartbeat a second and watches it arrive on the standby.
     duration: Duration = timedelta(seconds=50)
     #: Consecutive samples over the RPO before on-call is paged (one slow commit is not a page).
     lag_alert_samples: int = Field(default=3, ge=1)
-
-    @field_validator("schedule")
-    @classmethod
-    def _valid_schedule(cls, value: str) -> str:
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression")
-        return value
 
 
 class ContinuousSettings(_Frozen):
@@ -218,19 +212,12 @@ class ContinuousSettings(_Frozen):
 
     category: str = "platform"
     #: Base backups (the tier's DAG, `<category>_backup_continuous`) run on this schedule.
-    base_backup_schedule: str = "0 3 * * *"
+    base_backup_schedule: Cron = "0 3 * * *"
     #: Bounds the loss when primary and standby are both lost: WAL is switched at least this often.
     archive_timeout: Duration = timedelta(seconds=60)
     #: True: commits wait for the standby (no loss on primary failure, slower commits).
     synchronous: bool = False
     monitor: Monitor = Monitor()
-
-    @field_validator("base_backup_schedule")
-    @classmethod
-    def _valid_schedule(cls, value: str) -> str:
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression")
-        return value
 
     @field_validator("archive_timeout")
     @classmethod
@@ -307,20 +294,13 @@ class SandboxBucket(_Frozen):
 class RestoreSettings(_Frozen):
     """The restore drill: when it runs, where it restores, and what it restores by default."""
 
-    schedule: str = "0 4 15 1 *"
+    schedule: Cron = "0 4 15 1 *"
     sandbox_conn_id: str
     #: Where media snapshots are restored and re-hashed (never a source or a backup bucket).
     sandbox_bucket: SandboxBucket | None = None
     region: Literal["primary", "secondary"] = "secondary"
     tier: str = "daily"
     jobs: int = Field(default=2, ge=1)
-
-    @field_validator("schedule")
-    @classmethod
-    def _valid_schedule(cls, value: str) -> str:
-        if not croniter.is_valid(value):
-            raise ValueError(f"{value!r} is not a cron expression")
-        return value
 
 
 class Policy(_Frozen):

@@ -116,6 +116,36 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
             "restore_verification.sandbox_bucket",
             "is required: production media targets (media_documents)",
         ),
+        (
+            lambda d: d.pop("continuous"),
+            "categories.platform.tiers.continuous",
+            "needs a top-level 'continuous' section",
+        ),
+        (
+            lambda d: d["servers"][0].pop("standby"),
+            "servers (platform_primary)",
+            "the continuous tier needs a streaming standby",
+        ),
+        (
+            lambda d: d["servers"][0]["standby"].update(conn_id="pg_platform"),
+            "servers (platform_primary)",
+            "standby.conn_id must not be the primary's connection",
+        ),
+        (
+            lambda d: d["continuous"].update(archive_timeout="2h"),
+            "continuous.archive_timeout",
+            "must be between 1s and 1h",
+        ),
+        (
+            lambda d: d["continuous"]["monitor"].update(schedule="each minute"),
+            "continuous.monitor.schedule",
+            "is not a cron expression",
+        ),
+        (
+            lambda d: d["continuous"].update(category="media"),
+            "continuous.category 'media'",
+            "has no continuous tier",
+        ),
     ],
     ids=[
         "unknown-tier",
@@ -130,6 +160,12 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
         "replication-not-media",
         "sandbox-bucket-holds-data",
         "media-without-sandbox-bucket",
+        "continuous-tier-without-settings",
+        "server-without-standby",
+        "standby-is-the-primary",
+        "archive-timeout-too-long",
+        "monitor-bad-cron",
+        "continuous-on-media",
     ],
 )
 def test_invalid_policy_names_file_and_field(

@@ -29,10 +29,12 @@ RESTORE_SANDBOX_BUCKET = "restore-sandbox"
 S3_ACCESS_KEY = "backup-local"
 S3_SECRET_KEY = "backup-local-secret"  # noqa: S105 (throw-away local stack)
 
+#: All below 32768: ports in the kernel's ephemeral range (32768-60999) can be taken at any moment
+#: by an outgoing connection, and a server then fails to bind.
 DEFAULT_PORTS = {
-    "BACKUP_PG_PORT": 55432,
-    "BACKUP_PG_SANDBOX_PORT": 55532,
-    "BACKUP_PG_STANDBY_PORT": 55632,
+    "BACKUP_PG_PORT": 15432,
+    "BACKUP_PG_SANDBOX_PORT": 15532,
+    "BACKUP_PG_STANDBY_PORT": 15632,
     "BACKUP_S3_PRIMARY_PORT": 18333,
     "BACKUP_S3_SECONDARY_PORT": 18433,
     "BACKUP_KMS_PORT": 18533,

@@ -24,9 +24,9 @@ STATE = Path(os.environ["AIRFLOW_HOME"]).parent  # .local/test, set by tests/con
 #: be overridden from the environment (with AIRFLOW_HOME), to run two test sessions side by side.
 TEST_ENV = {
     "BACKUP_LOCAL_DIR": str(STATE),
-    "BACKUP_PG_PORT": "56432",
-    "BACKUP_PG_SANDBOX_PORT": "56532",
-    "BACKUP_PG_STANDBY_PORT": "26632",
+    "BACKUP_PG_PORT": "16432",
+    "BACKUP_PG_SANDBOX_PORT": "16532",
+    "BACKUP_PG_STANDBY_PORT": "16632",
     "BACKUP_S3_PRIMARY_PORT": "19333",
     "BACKUP_S3_SECONDARY_PORT": "19433",
     "BACKUP_KMS_PORT": "19533",

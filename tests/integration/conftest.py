@@ -55,7 +55,11 @@ def _stack(*args: str) -> None:
 @pytest.fixture(scope="session")
 def stack() -> Iterator[None]:
     """Start the services once; point Airflow connections and pg tools at them."""
-    _stack("up")
+    try:
+        _stack("up")
+    except RuntimeError:
+        _stack("down", "--all")  # leave no half-started stack holding the ports
+        raise
     from local.airflow_stack import airflow_env
     from local.settings import airflow_env_vars
 

@@ -6,6 +6,9 @@ this server keeps the master keys in a JSON file instead. Keys are regional, as 
 the region comes from the SigV4 credential scope, so a key of one region is unknown in
 another. Served: the calls weed makes (GenerateDataKey, Decrypt, DescribeKey) and
 CreateKey, so tests can make extra keys (e.g. for re-encryption) as they would in AWS.
+Aliases are real, as in AWS (CreateAlias, UpdateAlias, DeleteAlias, ListAliases): a key
+reference ``alias/<name>`` (or an alias ARN) names whatever key the alias points at, and
+responses report the key's ARN, never the alias. Aliases persist beside the key file.
 
 Run: ``python -m local.kms_server --port P --keys FILE --key REGION/KEY_ID ...``
 """
@@ -44,20 +47,29 @@ def key_arn(region: str, key_id: str) -> str:
     return f"arn:aws:kms:{region}:{ACCOUNT_ID}:key/{key_id}"
 
 
+def alias_arn(region: str, alias_name: str) -> str:
+    return f"arn:aws:kms:{region}:{ACCOUNT_ID}:{alias_name}"
+
+
 class Kms:
     """Envelope encryption of data keys under regional master keys (AES-256-GCM).
 
-    Master keys live in a JSON file ``{region: {key_id: base64 material}}``.
+    Master keys live in a JSON file ``{region: {key_id: base64 material}}``; aliases in a
+    sibling file ``{region: {"alias/<name>": key_id}}``.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.alias_path = path.with_name(f"{path.stem}.aliases.json")
         self.lock = threading.Lock()
         stored = json.loads(path.read_text()) if path.exists() else {}
         self.keys: dict[str, dict[str, bytes]] = {
             region: {kid: base64.b64decode(material) for kid, material in keys.items()}
             for region, keys in stored.items()
         }
+        self.aliases: dict[str, dict[str, str]] = (
+            json.loads(self.alias_path.read_text()) if self.alias_path.exists() else {}
+        )
 
     def add_key(self, region: str, key_id: str) -> None:
         """Create a master key unless it exists, and persist the key file atomically."""
@@ -69,16 +81,17 @@ class Kms:
                 reg: {kid: base64.b64encode(material).decode() for kid, material in keys.items()}
                 for reg, keys in self.keys.items()
             }
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.touch(mode=0o600)
-            tmp.write_text(json.dumps(stored, indent=2))
-            tmp.replace(self.path)
+            _write_atomically(self.path, stored)
 
     def resolve(self, region: str, key_ref: str) -> str:
-        """Accept a key id, ``alias/<id>`` or either ARN form (of this region), as AWS does."""
-        key_id = key_ref.rsplit(":", 1)[-1].removeprefix("key/").removeprefix("alias/")
-        arn_region = key_ref.split(":")[3] if key_ref.startswith("arn:") else region
+        """Accept a key id, a key ARN, ``alias/<name>`` or an alias ARN (of this region), as
+        AWS does; an alias names the key it points at."""
+        arn_region = key_ref.split(":")[3] if key_ref.count(":") >= 5 else region
+        name = key_ref.split(":", 5)[-1] if key_ref.startswith("arn:") else key_ref
+        if name.startswith("alias/"):
+            key_id = self.aliases.get(region, {}).get(name, "")
+        else:
+            key_id = name.removeprefix("key/")
         if arn_region != region or key_id not in self.keys.get(region, {}):
             raise KmsError("NotFoundException", f"Key '{key_ref}' does not exist in {region}")
         return key_id
@@ -146,6 +159,61 @@ class Kms:
             }
         }
 
+    def create_alias(self, region: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = _alias_name(body)
+        key_id = self.resolve(region, body.get("TargetKeyId", ""))
+        with self.lock:
+            if name in self.aliases.get(region, {}):
+                raise KmsError("AlreadyExistsException", f"An alias with the name {name} exists")
+            self.aliases.setdefault(region, {})[name] = key_id
+            _write_atomically(self.alias_path, self.aliases)
+        return {}
+
+    def update_alias(self, region: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = _alias_name(body)
+        key_id = self.resolve(region, body.get("TargetKeyId", ""))
+        with self.lock:
+            if name not in self.aliases.get(region, {}):
+                raise KmsError("NotFoundException", f"Alias {name} does not exist in {region}")
+            self.aliases[region][name] = key_id
+            _write_atomically(self.alias_path, self.aliases)
+        return {}
+
+    def delete_alias(self, region: str, body: dict[str, Any]) -> dict[str, Any]:
+        name = _alias_name(body)
+        with self.lock:
+            if self.aliases.get(region, {}).pop(name, None) is None:
+                raise KmsError("NotFoundException", f"Alias {name} does not exist in {region}")
+            _write_atomically(self.alias_path, self.aliases)
+        return {}
+
+    def list_aliases(self, region: str, body: dict[str, Any]) -> dict[str, Any]:
+        wanted = body.get("KeyId")
+        key_id = self.resolve(region, wanted) if wanted else None
+        entries = [
+            {"AliasName": name, "AliasArn": alias_arn(region, name), "TargetKeyId": target}
+            for name, target in sorted(self.aliases.get(region, {}).items())
+            if key_id is None or target == key_id
+        ]
+        return {"Aliases": entries, "Truncated": False}
+
+
+def _alias_name(body: dict[str, Any]) -> str:
+    """AWS's rules for a customer alias name: ``alias/`` then a name not reserved for AWS."""
+    name = body.get("AliasName", "")
+    if not re.fullmatch(r"alias/[a-zA-Z0-9/_-]{1,250}", name) or name.startswith("alias/aws/"):
+        raise KmsError("ValidationException", f"Invalid alias name {name!r}")
+    return name
+
+
+def _write_atomically(path: Path, document: Any) -> None:
+    """Replace a state file in one step, readable by its owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.write_text(json.dumps(document, indent=2))
+    tmp.replace(path)
+
 
 def _aad(context: dict[str, str] | None) -> bytes | None:
     """Bind the encryption context to the ciphertext, as AWS KMS does."""
@@ -158,6 +226,10 @@ def make_handler(kms: Kms) -> type[BaseHTTPRequestHandler]:
         "Decrypt": kms.decrypt,
         "DescribeKey": kms.describe_key,
         "CreateKey": kms.create_key,
+        "CreateAlias": kms.create_alias,
+        "UpdateAlias": kms.update_alias,
+        "DeleteAlias": kms.delete_alias,
+        "ListAliases": kms.list_aliases,
     }
 
     class Handler(BaseHTTPRequestHandler):

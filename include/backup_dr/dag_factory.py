@@ -526,6 +526,13 @@ keys under `prefix` if given, each key written under `dest_prefix`. Refuses unle
 restore is validated (databases with Great Expectations, media by re-hashing every object) and
 leaves evidence in `evidence/dr_restore/` in both regions.
 
+A database is never dropped: the backup is downloaded and its SHA-256 proven first, restored
+into a new database `<db>__restoring_<id>`, validated there, and only then swapped in. The
+database it replaces is renamed to `<db>__before_<run start>` (its sessions are terminated at
+that moment, and the log says so) and kept: drop it yourself once the restore is confirmed. A
+target that fails gets its own evidence record and does not stop the next one; the run fails
+at the end if any target failed.
+
 `target_time` (an ISO 8601 time, or `latest`) restores databases as they were at that second:
 the whole server's cluster is recovered from a base backup and the WAL archive of `region` into
 a throwaway server (private Unix socket, no TCP port) and validated before anything at the

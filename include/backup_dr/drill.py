@@ -12,6 +12,9 @@ import hashlib
 import json
 import logging
 import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,11 +23,13 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr import media_restore
 from include.backup_dr.catalogue import Manifest, build_catalogue
+from include.backup_dr.engines.pg_dump import PgConnectionInfo
 from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
 from include.backup_dr.restore import (
     RestoreRefused,
     Selection,
+    SwapFailed,
     create_database,
     database_exists,
     database_is_empty,
@@ -35,6 +40,8 @@ from include.backup_dr.restore import (
     pg_restore,
     select_backup,
     server_info,
+    staging_name,
+    swap_in,
 )
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.validation import ValidationReport
@@ -185,28 +192,73 @@ def validate(policy: Policy, stores: Stores, selection: Selection, conn_id: str,
     return validate_database(url, selection.backup.target, manifest.tables())
 
 
-def largest_production(policy: Policy, stores: Stores, category: str) -> tuple[str, int]:
-    """The largest production target of the category and its size now: a database measured on
-    its server; a media target by the bytes its newest snapshot lists."""
+def largest_backed_up(policy: Policy, store: ObjectStore, category: str) -> tuple[str, int]:
+    """The largest production target of the category, sized from its newest backup's manifest
+    in `store` (dump bytes for a database, listed bytes for media). Read from the store, not
+    from production servers, so the drill's projection works while production is down."""
     sizes = []
     for target in policy.targets:
         if not target.is_production or target.category != category:
             continue
+        manifest = _newest_manifest(store, target)
+        if manifest is None:
+            continue
         if _is_media(policy, category):
-            sizes.append((target.name, _newest_snapshot_bytes(stores.primary, target)))
+            sizes.append((target.name, int(manifest.source.get("bytes", 0))))
         else:
-            server = server_info(policy.server(target.server).conn_id)
-            sizes.append((target.name, database_size(server, target.database)))
-    return max(sizes, key=lambda item: item[1])
+            sizes.append((target.name, manifest.artifact.size))
+    return max(sizes, key=lambda item: item[1], default=("-", 0))
 
 
-def _newest_snapshot_bytes(store: ObjectStore, target: Target) -> int:
+def _newest_manifest(store: ObjectStore, target: Target) -> Manifest | None:
     backups, _ = build_catalogue([store.listing(f"{target.category}/{target.name}/")])
     if not backups:
-        return 0
-    newest = max(backups, key=lambda b: b.id.window)
-    manifest = store.manifest(newest.id)
-    return int(manifest.source.get("bytes", 0)) if manifest else 0
+        return None
+    return store.manifest(max(backups, key=lambda b: b.id.window).id)
+
+
+def _drill_projection(
+    policy: Policy, stores: Stores, ref: dict[str, str], restored: dict[str, Any]
+) -> dict[str, Any]:
+    """The drill's measured throughput applied to the largest production target, vs the RTO.
+    Both sides are in the same unit: dump bytes for databases (the archive restored per
+    second), listed bytes for media."""
+    rto = policy.objectives.rto.total_seconds()
+    seconds = sum(restored["timings"].values())
+    media = _is_media(policy, ref["category"])
+    measured = restored["restored_bytes"] if media else restored.get("archive_bytes", 0)
+    throughput = measured / seconds if seconds else 0.0
+    store = stores.by_region(ref["region"])
+    largest, largest_bytes = largest_backed_up(policy, store, ref["category"])
+    projected = largest_bytes / throughput if throughput else float("inf")
+    return {
+        "restore_throughput_mb_per_s": round(throughput / 1e6, 2),
+        "throughput_of": "listed bytes" if media else "dump (archive) bytes",
+        "largest_production_target": largest,
+        "largest_production_bytes": largest_bytes,
+        "sized_from": f"newest backup manifests in {store.region.name}",
+        "projected_restore_seconds": round(projected, 1),
+        "rto_seconds": rto,
+        "within_rto": projected <= rto,
+    }
+
+
+def _measured_projection(policy: Policy, restored: dict[str, Any]) -> dict[str, Any]:
+    """dr_restore: the real restore, measured (no projection, no production server needed):
+    the target's own steps and the time since the DR run began, against the RTO."""
+    rto = policy.objectives.rto.total_seconds()
+    seconds = sum(restored["timings"].values())
+    elapsed = float(restored.get("seconds_since_run_start", seconds))
+    throughput = restored["restored_bytes"] / seconds if seconds else 0.0
+    return {
+        "restore_throughput_mb_per_s": round(throughput / 1e6, 2),
+        "restored_bytes": restored["restored_bytes"],
+        "restore_seconds": round(seconds, 3),
+        "seconds_since_run_start": round(elapsed, 3),
+        "projected_restore_seconds": round(elapsed, 1),
+        "rto_seconds": rto,
+        "within_rto": elapsed <= rto,
+    }
 
 
 def report(
@@ -217,29 +269,28 @@ def report(
     validation: dict[str, Any] | None,
     run: dict[str, str],
     kind: str = "restore_verification",
+    problems: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the evidence record (JSON + Markdown) to both regions; return it."""
+    """Write the evidence record (JSON + Markdown) to both regions; return it. Built from what
+    the run knows and the store: no production server is needed, so it works in a disaster.
+    `problems` are failures the caller met (a refused backup, a failed swap)."""
     rto = policy.objectives.rto
-    problems = []
+    problems = list(problems or [])
     projection: dict[str, Any] = {}
     if restored is None:
-        problems.append("the restore did not complete (see the restore task's log)")
+        if not problems:
+            problems.append("the restore did not complete (see the restore task's log)")
     else:
-        seconds = sum(restored["timings"].values())
-        throughput = restored["restored_bytes"] / seconds if seconds else 0.0
-        largest, largest_bytes = largest_production(policy, stores, ref["category"])
-        projected = largest_bytes / throughput if throughput else float("inf")
-        projection = {
-            "restore_throughput_mb_per_s": round(throughput / 1e6, 2),
-            "largest_production_target": largest,
-            "largest_production_bytes": largest_bytes,
-            "projected_restore_seconds": round(projected, 1),
-            "rto_seconds": rto.total_seconds(),
-            "within_rto": projected <= rto.total_seconds(),
-        }
+        if kind == "dr_restore":
+            projection = _measured_projection(policy, restored)
+            what = ref["target"]
+        else:
+            projection = _drill_projection(policy, stores, ref, restored)
+            what = projection["largest_production_target"]
         if not projection["within_rto"]:
+            projected = projection["projected_restore_seconds"]
             problems.append(
-                f"projected restore of {largest} takes {timedelta(seconds=round(projected))}, "
+                f"restore of {what} takes {timedelta(seconds=round(projected))}, "
                 f"over the RTO of {format_duration(rto)}"
             )
     if validation is None:
@@ -268,12 +319,26 @@ def report(
         "outcome": "passed" if not problems else "failed",
         "problems": problems,
     }
-    prefix = f"evidence/{kind}/{ref['target']}/{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
-    for store in stores:
-        store.put_json(f"{prefix}/report.json", json.dumps(document, indent=2, default=str) + "\n")
-        store.put_bytes(f"{prefix}/report.md", render_markdown(document).encode(), "text/markdown")
+    # The random suffix keeps two records of one second apart; the stamp keeps them in order.
+    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    prefix = f"evidence/{kind}/{ref['target']}/{stamp}"
+    written, unwritten = [], []
+    for store in stores:  # one region down must not cost the evidence in the other
+        try:
+            body = json.dumps(document, indent=2, default=str) + "\n"
+            store.put_json(f"{prefix}/report.json", body)
+            store.put_bytes(
+                f"{prefix}/report.md", render_markdown(document).encode(), "text/markdown"
+            )
+            written.append(store.region.name)
+        except Exception:
+            log.exception("Evidence could not be written to %s", store.region.name)
+            unwritten.append(store.region.name)
+    if not written:
+        raise DrillFailed(f"evidence {prefix} could not be written to any region")
     document["evidence_prefix"] = prefix
-    log.info("Evidence written to %s/report.{json,md} in both regions", prefix)
+    document["evidence_missing_in"] = unwritten
+    log.info("Evidence written to %s/report.{json,md} in %s", prefix, ", ".join(written))
     return document
 
 
@@ -292,6 +357,11 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"- Why this backup: {document['selection_reason']}",
         f"- Taken at: {steps.get('taken_at', '?')} (age {steps.get('age_seconds', '?')} s)",
         f"- Restored into: {document['restored_into']}",
+        *(
+            [f"- Database it replaced: renamed aside to {steps['previous_database']} (kept)"]
+            if steps.get("previous_database")
+            else []
+        ),
         "",
         "## Steps",
         "",
@@ -305,7 +375,8 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"- Restore throughput: {projection.get('restore_throughput_mb_per_s', '-')} MB/s",
         f"- Largest production target: {projection.get('largest_production_target', '-')} "
         f"({projection.get('largest_production_bytes', '-')} bytes)",
-        f"- Projected full restore: {projection.get('projected_restore_seconds', '-')} s "
+        f"- Projected (dr_restore: measured) restore: "
+        f"{projection.get('projected_restore_seconds', '-')} s "
         f"against an RTO of {projection.get('rto_seconds', '-')} s",
         "",
         "## Expectations",
@@ -340,6 +411,88 @@ def teardown(policy: Policy, ref: dict[str, str], run_id: str) -> bool:
     return dropped
 
 
+@dataclass
+class Replaced:
+    """How a database restore went: built and validated aside, then swapped in (or not)."""
+
+    staging: str
+    restore_seconds: float
+    restored_bytes: int
+    validation: ValidationReport
+    previous_database: str | None = None
+    swapped: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    def steps(self) -> dict[str, Any]:
+        return {
+            "restored_bytes": self.restored_bytes,
+            "staged_in": self.staging,
+            "swapped_in": self.swapped,
+            "previous_database": self.previous_database,
+        }
+
+
+def replace_database(
+    server: PgConnectionInfo,
+    database: str,
+    staging: str,
+    restore: Callable[[str], float],
+    check: Callable[[str], ValidationReport],
+    *,
+    overwrite: bool,
+    stamp: datetime,
+) -> Replaced:
+    """Restore into the new database `staging`, validate it there, and only then swap it in.
+    Until the swap `database` is untouched; at the swap it is renamed aside, never dropped.
+    The caller has proven the backup's bytes before calling: nothing here needs the store."""
+    drop_database(server, staging)  # only this run's own staging database: the name says so
+    create_database(server, staging)
+    try:
+        seconds = restore(staging)
+    except Exception:
+        drop_database(server, staging)  # a half-restored copy is of no use to anyone
+        raise
+    result = Replaced(staging, seconds, database_size(server, staging), check(staging))
+    keep = f"{database} was not touched; the restore is kept in {staging} for inspection"
+    if not result.validation.ok:
+        result.problems.append(f"the restore failed validation; {keep}")
+    elif (
+        not overwrite
+        and database_exists(server, database)
+        and not database_is_empty(server, database)
+    ):
+        result.problems.append(
+            f"{database} gained tables during the restore (overwrite=false); {keep}"
+        )
+    else:
+        result.previous_database = swap_in(server, staging, database, stamp)
+        result.swapped = True
+    return result
+
+
+def failure_ref(
+    target: Target, tier: str, region: str, window: str, destination: str
+) -> dict[str, str]:
+    """The evidence reference of a target whose restore failed before a backup was chosen."""
+    return {
+        "category": target.category,
+        "target": target.name,
+        "tier": tier,
+        "window": window,
+        "region": region,
+        "reason": "no backup could be restored (see problems)",
+        "destination": destination,
+    }
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failure for the evidence: what happened, and whether the destination was changed."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SwapFailed):
+        return text  # its message says where each database is
+    return f"{text}; the destination was not touched"
+
+
 def restore_for_recovery(
     policy: Policy,
     stores: Stores,
@@ -347,7 +500,12 @@ def restore_for_recovery(
     run: dict[str, str],
 ) -> list[dict[str, Any]]:
     """dr_restore: restore named targets, in the policy's priority order: databases into the
-    `connection`, media into `bucket` (optionally only the keys under `prefix`)."""
+    `connection`, media into `bucket` (optionally only the keys under `prefix`).
+
+    A database is downloaded and proven first, restored into a new database, validated, and
+    only then swapped in; the one it replaces is renamed aside. A target that fails gets its
+    own evidence record and the next target is restored all the same; the run fails at the end.
+    """
     if str(params.get("confirm", "")).strip().lower() != "restore":
         raise RestoreRefused(
             "dr_restore needs the param confirm='restore' to run; nothing was restored"
@@ -381,7 +539,7 @@ def restore_for_recovery(
         media_restore.ensure_empty(bucket, dest_prefix + key_prefix, overwrite)
     server = server_info(params["connection"]) if databases else None
     for target in databases:
-        assert server is not None
+        assert server is not None and target.database is not None
         occupied = database_exists(server, target.database) and not database_is_empty(
             server, target.database
         )
@@ -390,41 +548,54 @@ def restore_for_recovery(
                 f"database {target.database} on {server.host}:{server.port} is not empty; "
                 "set overwrite=true to replace it"
             )
+    began = datetime.now(UTC)
     records = []
     if point_in_time:
         from include.backup_dr import pitr
 
-        records = pitr.recover_targets(policy, stores, targets, params, run)
+        records = pitr.recover_targets(policy, stores, targets, params, run, began=began)
     for order, target in enumerate([] if point_in_time else targets, start=1):
-        selection = select_backup(policy, store, target.name, tier, window)
-        log.info("[%d/%d] restoring %s: %s", order, len(targets), target.name, selection.reason)
         started = datetime.now(UTC)
+        conn_id = params["connection"]
         if bucket is not None and target in media:
-            manifest = _manifest(store, selection)
-            where = {"key_prefix": key_prefix, "dest_prefix": dest_prefix}
-            restored = {
-                **media_restore.restore_snapshot(store, manifest, bucket, **where),
-                **_provenance(manifest),
-            }
-            validation = media_restore.verify_restored(store, manifest, bucket, **where)
             destination = bucket.where(dest_prefix)
         else:
-            assert server is not None
-            conn_id = params["connection"]
-            drop_database(server, target.database)
-            create_database(server, target.database)
-            restored = restore_into(policy, stores, selection, conn_id, target.database, 2)
-            validation = validate(policy, stores, selection, conn_id, target.database)
             destination = f"{target.database} via {conn_id}"
-        document = report(
-            policy,
-            stores,
-            {**selection.to_ref(), "destination": destination},
-            {**restored, "order": order, "started_at": started.isoformat()},
-            validation.to_document(),
-            run,
-            kind="dr_restore",
+        ref = failure_ref(
+            target, tier, store.region.name, window.isoformat() if window else "-", destination
         )
+        try:
+            selection = select_backup(policy, store, target.name, tier, window)
+            ref = {**selection.to_ref(), "destination": destination}
+            log.info("[%d/%d] restoring %s: %s", order, len(targets), target.name, selection.reason)
+            problems: list[str] = []
+            if bucket is not None and target in media:
+                manifest = _manifest(store, selection)
+                where = {"key_prefix": key_prefix, "dest_prefix": dest_prefix}
+                restored = {
+                    **media_restore.restore_snapshot(store, manifest, bucket, **where),
+                    **_provenance(manifest),
+                }
+                validation = media_restore.verify_restored(store, manifest, bucket, **where)
+            else:
+                assert server is not None and target.database is not None
+                restored, validation, problems = _replace_from_dump(
+                    policy, stores, selection, conn_id, target.database, run, overwrite, began
+                )
+            restored = {
+                **restored,
+                "order": order,
+                "started_at": started.isoformat(),
+                "seconds_since_run_start": (datetime.now(UTC) - began).total_seconds(),
+            }
+            document = report(
+                policy, stores, ref, restored, validation.to_document(), run, "dr_restore", problems
+            )
+        except Exception as exc:  # this target failed: record it, and go on to the next one
+            log.exception("[%d/%d] restore of %s failed", order, len(targets), target.name)
+            document = report(
+                policy, stores, ref, None, None, run, "dr_restore", [describe_failure(exc)]
+            )
         records.append(document)
     failed = [r for r in records if r["outcome"] != "passed"]
     if failed:  # every target was attempted first: a DR restore gets as far as it can
@@ -432,4 +603,48 @@ def restore_for_recovery(
             "DR restore failed for "
             + "; ".join(f"{r['target']}: {', '.join(r['problems'])}" for r in failed)
         )
+    if partial := [r for r in records if r.get("evidence_missing_in")]:
+        raise DrillFailed(
+            "DR restore succeeded, but its evidence is missing in "
+            + "; ".join(f"{r['target']}: {', '.join(r['evidence_missing_in'])}" for r in partial)
+        )
     return records
+
+
+def _replace_from_dump(
+    policy: Policy,
+    stores: Stores,
+    selection: Selection,
+    conn_id: str,
+    database: str,
+    run: dict[str, str],
+    overwrite: bool,
+    began: datetime,
+) -> tuple[dict[str, Any], ValidationReport, list[str]]:
+    """dr_restore from a pg_dump backup: prove the bytes, then `replace_database`."""
+    store = stores.by_region(selection.region)
+    manifest = _manifest(store, selection)
+    server = server_info(conn_id)
+    staging = staging_name(database, run.get("run_id", began.isoformat()))
+    with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
+        # Downloaded and re-hashed before anything on the destination server changes.
+        download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
+        replaced = replace_database(
+            server,
+            database,
+            staging,
+            lambda into: pg_restore(download.path, server, into, 2),
+            lambda into: validate(policy, stores, selection, conn_id, into),
+            overwrite=overwrite,
+            stamp=began,
+        )
+    restored = {
+        "archive_bytes": download.size,
+        **replaced.steps(),
+        "timings": {
+            "download + SHA-256 check": round(download.seconds, 3),
+            "pg_restore": round(replaced.restore_seconds, 3),
+        },
+        **_provenance(manifest),
+    }
+    return restored, replaced.validation, replaced.problems

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from include.backup_dr.catalogue import MANIFEST_NAME, Manifest
-from include.backup_dr.store import ObjectStore
+from include.backup_dr.store import ObjectStore, StoreError
 
 if TYPE_CHECKING:
     from include.backup_dr.engines.base import Engine
@@ -129,15 +129,7 @@ def check_copy(store: ObjectStore, reference: Manifest, engine: Engine) -> CopyR
             f"{size} bytes, manifest says {reference.artifact.size}",
         )
     )
-    sse, kms_key = head.get("ServerSideEncryption"), head.get("SSEKMSKeyId", "")
-    report.checks.append(
-        Check(
-            "encrypted",
-            sse == "aws:kms" and kms_key.endswith(store.region.kms_key_id),
-            f"{sse or 'none'} with key {kms_key or 'none'}, "
-            f"expected aws:kms with {store.region.kms_key_id}",
-        )
-    )
+    report.checks.append(_encryption_check(store, head))
 
     stream = _HashingChunks(store.iter_chunks(key))
     readable = engine.check_readable(stream)
@@ -155,3 +147,25 @@ def check_copy(store: ObjectStore, reference: Manifest, engine: Engine) -> CopyR
     report.checks.extend(engine.check_contents(store, reference, datetime.now(UTC)))
     report.seconds = time.monotonic() - started
     return report
+
+
+def _encryption_check(store: ObjectStore, head: dict[str, Any]) -> Check:
+    """SSE-KMS under the region's key, compared by exact key ARN.
+
+    S3 reports the key ARN whatever the write named (id, alias or ARN), so the policy's key is
+    resolved to its ARN first (see ObjectStore.kms_key_arn); a suffix match would let an alias
+    never match and `...-key` match `old-...-key`. A service that reports the bare key id is
+    matched on the ARN's key id, exactly.
+    """
+    sse, kms_key = head.get("ServerSideEncryption"), head.get("SSEKMSKeyId", "")
+    found = f"{sse or 'none'} with key {kms_key or 'none'}"
+    configured = store.region.kms_key_id
+    try:
+        expected = store.kms_key_arn
+    except StoreError as exc:
+        return Check("encrypted", False, f"{found}; the policy's key is unknown: {exc}")
+    named = expected if expected == configured else f"{expected} ({configured})"
+    same_key = kms_key in (expected, expected.rsplit("/", 1)[-1])
+    return Check(
+        "encrypted", sse == "aws:kms" and same_key, f"{found}, expected aws:kms with {named}"
+    )

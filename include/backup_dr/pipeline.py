@@ -107,13 +107,7 @@ def take_snapshot(
 
     existing = primary.manifest(backup)
     if existing is not None:
-        evidence = primary.get_json(backup.key(INTEGRITY_NAME))
-        failed = (
-            evidence is not None
-            and evidence.get("artifact_sha256") == existing.artifact.sha256
-            and not evidence.get("ok")
-        )
-        if not failed:
+        if not _failed_check(primary, backup, existing):
             log.info(
                 "Window %s of %s already has a backup taken at %s; not storing a duplicate.",
                 window_label(window),
@@ -169,7 +163,12 @@ def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> di
         )
     present = secondary.manifest(backup)
     engine = engine_for(reference.engine)
-    if present is not None and present.artifact.sha256 == reference.artifact.sha256:
+    same = present is not None and present.artifact.sha256 == reference.artifact.sha256
+    if same and _failed_check(secondary, backup, reference):
+        log.warning(
+            "%s failed its integrity check in %s; copying it again.", backup, secondary.region.name
+        )
+    elif same:
         log.info("%s is already in %s; nothing to copy.", backup, secondary.region.name)
         if engine.contents_keep_arriving:  # WAL: fill whatever the secondary still lacks
             log.info(engine.copy_contents(reference, primary, secondary))
@@ -194,6 +193,16 @@ def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> di
         "Copied %s to %s (%s; %s).", backup, secondary.where(reference.artifact.key), mode, contents
     )
     return {**ref, "copy": mode}
+
+
+def _failed_check(store: ObjectStore, backup: BackupId, reference: Manifest) -> bool:
+    """Whether `store`'s copy of this very artifact failed its last integrity check there."""
+    evidence = store.get_json(backup.key(INTEGRITY_NAME))
+    return (
+        evidence is not None
+        and evidence.get("artifact_sha256") == reference.artifact.sha256
+        and not evidence.get("ok")
+    )
 
 
 def check_integrity(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ catches up on its first run and copies nothing twice.
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,6 +35,13 @@ class RpoExceeded(AirflowFailException):
 
 def replica_prefix(category: str, target: str) -> str:
     return f"{REPLICA_DIR}/{category}/{target}/"
+
+
+def evidence_key(category: str, target: str, began: datetime) -> str:
+    """Sortable by the run's start, and unique: two runs that begin in the same second (a
+    backfill beside a scheduled run) each keep their record."""
+    stamp = f"{began.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    return f"evidence/replication/{category}/{target}/{stamp}.json"
 
 
 def measure_lag(began: datetime, oldest_missing: datetime | None) -> timedelta:
@@ -89,10 +97,7 @@ def replicate(
     secondary.put_json(prefix + "state.json", document)
     # The bucket is versioned: keep only the current listing, not one per hour forever.
     secondary.delete_all_versions(prefix + "listing.jsonl", keep_latest=True)
-    secondary.put_json(
-        f"evidence/replication/{target.category}/{target.name}/{began:%Y%m%dT%H%M%SZ}.json",
-        document,
-    )
+    secondary.put_json(evidence_key(target.category, target.name, began), document)
     log.info(
         "Replicated %s to %s: %d objects, %d copied (%d bytes), %d deleted since the last run; "
         "lag %s (RPO %s)",

@@ -190,6 +190,107 @@ def _check_name(name: str) -> None:
         raise RestoreRefused(f"{name!r} is not a safe database name")
 
 
+class SwapFailed(AirflowFailException):
+    """Swapping a restored database in failed; the message says where each database is."""
+
+
+def staging_name(database: str, run_id: str) -> str:
+    """Where a DR restore is built before it may replace `database`: unique per run and
+    database, and the same again when that run is retried."""
+    digest = hashlib.sha256(f"{run_id}/{database}".encode()).hexdigest()[:8]
+    return f"{database[:40]}__restoring_{digest}"
+
+
+def aside_name(server: PgConnectionInfo, database: str, stamp: datetime) -> str:
+    """A free name to keep the database being replaced under: `<db>__before_<run stamp>`."""
+    base = f"{database[:32]}__before_{stamp:%Y%m%d_%H%M%S}"
+    name, n = base, 1
+    while database_exists(server, name):
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
+def terminate_sessions(server: PgConnectionInfo, name: str) -> int:
+    """End every other session on database `name`; returns how many were ended."""
+    _check_name(name)
+    rows = _admin(
+        server,
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+    )
+    return int(rows[0][0])
+
+
+def rename_database(server: PgConnectionInfo, old: str, new: str, attempts: int = 5) -> int:
+    """Rename `old` to `new`. PostgreSQL refuses while anyone is connected, so other sessions
+    are terminated first (and again if one slipped in); returns how many were terminated."""
+    import psycopg2.errors
+
+    _check_name(old)
+    _check_name(new)
+    if server.database in (old, new):
+        raise RestoreRefused(f"refusing to rename {old} to {new}: it is the admin database")
+    terminated = 0
+    for attempt in range(1, attempts + 1):
+        terminated += terminate_sessions(server, old)
+        try:
+            _admin(server, f'ALTER DATABASE "{old}" RENAME TO "{new}"')
+            return terminated
+        except psycopg2.errors.ObjectInUse:
+            if attempt == attempts:
+                raise
+            time.sleep(0.2 * attempt)
+    return terminated
+
+
+def swap_in(server: PgConnectionInfo, staging: str, database: str, stamp: datetime) -> str | None:
+    """Put the validated `staging` database in place of `database`. The database it replaces
+    is renamed aside, never dropped; returns its new name (None when there was none)."""
+    previous = None
+    if database_exists(server, database):
+        previous = aside_name(server, database, stamp)
+        try:
+            ended = rename_database(server, database, previous)
+        except Exception as exc:
+            raise SwapFailed(
+                f"could not rename {database} aside to {previous} ({exc}); {database} is "
+                f"unchanged and the validated restore is kept in {staging}"
+            ) from exc
+        log.warning(
+            "Swap: terminated %d session(s) on %s on %s:%s and renamed it aside to %s; "
+            "it is kept, not dropped: drop it once the restore is confirmed good",
+            ended,
+            database,
+            server.host,
+            server.port,
+            previous,
+        )
+    try:
+        ended = rename_database(server, staging, database)
+    except Exception as exc:
+        where = "does not exist now"
+        if previous is not None:
+            try:
+                rename_database(server, previous, database)
+                where = "is back in place"
+            except Exception:
+                where = f"is kept as {previous}"
+        raise SwapFailed(
+            f"could not rename the validated restore {staging} to {database} ({exc}); the "
+            f"old {database} {where}"
+        ) from exc
+    log.info(
+        "Swap: %s is now %s on %s:%s (%d session(s) on it terminated)",
+        staging,
+        database,
+        server.host,
+        server.port,
+        ended,
+    )
+    return previous
+
+
 @dataclass(frozen=True)
 class Download:
     path: Path

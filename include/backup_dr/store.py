@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -47,6 +49,8 @@ READ_CHUNK = 8 * MiB
 DOWNLOAD_STREAMS = 4
 #: HTTP connections per client: enough for the media engine's pool of copy workers.
 MAX_CONNECTIONS = 32
+#: A KMS key ARN needs no lookup; key ids, aliases and alias ARNs are resolved with DescribeKey.
+_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/.+")
 
 
 class StoreError(RuntimeError):
@@ -102,6 +106,8 @@ class ObjectStore:
         self.bucket = region.bucket
         self.client = client
         self.endpoint_url = endpoint_url
+        self._kms_key_arn: str | None = None
+        self._kms_lock = threading.Lock()
 
     @classmethod
     def for_region(cls, region: Region) -> ObjectStore:
@@ -131,10 +137,44 @@ class ObjectStore:
         return f"s3://{self.bucket}/{key} in {self.region.name}"
 
     @property
+    def kms_key_arn(self) -> str:
+        """The ARN of the key the policy names for this region, as S3 reports it on every object.
+
+        The policy may name a key id, a key ARN, an alias or an alias ARN; anything but a key
+        ARN is resolved with KMS DescribeKey, through the region's connection (so
+        `service_config.kms.endpoint_url` applies), once per store. Writes then name the ARN
+        and the integrity check compares with it: a store never mixes two keys even if the
+        alias is re-pointed while it works. Empty for a bucket outside the backup regions.
+        """
+        reference = self.region.kms_key_id
+        if not reference or _KEY_ARN.fullmatch(reference):
+            return reference
+        with self._kms_lock:
+            if self._kms_key_arn is None:
+                self._kms_key_arn = self._describe_key(reference)
+            return self._kms_key_arn
+
+    def _describe_key(self, reference: str) -> str:
+        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+        kms_region = self.client.meta.region_name  # the key must live in the bucket's region
+        action = (
+            f"resolving KMS key {reference} in {kms_region} for {self.region.name} "
+            f"(connection {self.region.conn_id}) with DescribeKey"
+        )
+        with _translated(action):
+            hook = AwsBaseHook(aws_conn_id=self.region.conn_id, client_type="kms")
+            kms = hook.get_client_type(region_name=kms_region)
+            metadata = kms.describe_key(KeyId=reference)["KeyMetadata"]
+        if metadata.get("KeyState", "Enabled") != "Enabled":
+            raise StoreError(f"{action}: the key {metadata['Arn']} is {metadata['KeyState']}")
+        return str(metadata["Arn"])
+
+    @property
     def _encryption(self) -> dict[str, str]:
         if not self.region.kms_key_id:  # not a backup region: the bucket's default applies
             return {}
-        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.region.kms_key_id}
+        return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_arn}
 
     def same_service_as(self, other: ObjectStore) -> bool:
         """True when a server-side copy from `other` is possible (AWS: always; local: same server)."""
@@ -386,6 +426,11 @@ class ObjectStore:
                     f"versions, e.g. {first['Key']}: {first.get('Message')}"
                 )
         return len(doomed)
+
+    def delete_version(self, key: str, version_id: str) -> None:
+        """Delete one version of `key` (one found wrong), leaving every other version alone."""
+        with _translated(f"deleting version {version_id} of {self.where(key)}", missing_ok=True):
+            self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
         with _translated(f"aborting the upload of {self.where(key)}", missing_ok=True):

@@ -100,8 +100,12 @@ def test_failing_pg_dump_aborts_the_upload(stores, policy_file, monkeypatch) -> 
     fake_bin.mkdir(parents=True, exist_ok=True)
     real = os.environ["BACKUP_PG_BIN_DIR"]
     dump = fake_bin / "pg_dump"
-    # A real pg_dump whose output is cut short, then a failure exit, as a crash would do.
-    dump.write_text(f'#!/bin/sh\n"{real}/pg_dump" "$@" | head -c 5000\nexit 1\n')
+    # A real pg_dump whose output is cut short, then a failure exit, as a crash would do
+    # (it still answers --version, which the client-version check asks first).
+    dump.write_text(
+        f'#!/bin/sh\n[ "$1" = --version ] && exec "{real}/pg_dump" --version\n'
+        f'"{real}/pg_dump" "$@" | head -c 5000\nexit 1\n'
+    )
     dump.chmod(0o755)
     monkeypatch.setenv("BACKUP_PG_BIN_DIR", str(fake_bin))
     with pytest.raises(SnapshotError, match=r"pg_dump of platform_core .* exited with 1"):

@@ -30,6 +30,14 @@ def _source():
     return s3_client(s3_sites()[0])
 
 
+def _backed_up(policy, stores, window: datetime, tier: str = "daily") -> dict:
+    """A window's snapshot, copied and checked: only a checked listing is reused later."""
+    ref = take_snapshot(policy, stores, TARGET, tier, window, {})
+    copy_to_secondary(policy, stores, ref)
+    check_integrity(policy, stores, ref)
+    return ref
+
+
 @pytest.mark.parametrize("tier", ["6h", "daily", "weekly", "monthly"])
 def test_full_run_of_each_media_tier(tier: str, stores) -> None:
     schedule = load_policy().categories["media"].tiers[tier].schedule
@@ -60,14 +68,14 @@ def test_second_snapshot_copies_only_what_changed(stores) -> None:
 
     policy = load_policy()
     first_window = datetime(2026, 11, 26, 0, 45, tzinfo=UTC)
-    first = take_snapshot(policy, stores, TARGET, "daily", first_window, {})
+    first = _backed_up(policy, stores, first_window)
     manifest = stores.primary.manifest(BackupId("media", TARGET, "daily", first_window))
     total = manifest.source["objects"]
     changed = mutate(_source(), "media-source", 0.01, seed=int(datetime.now(UTC).timestamp()))
     assert 0 < len(changed) < total
 
     second_window = first_window + timedelta(days=1)
-    take_snapshot(policy, stores, TARGET, "daily", second_window, {})
+    _backed_up(policy, stores, second_window)
     second = stores.primary.manifest(BackupId("media", TARGET, "daily", second_window))
     assert second.source["copied"] == len(changed)
     assert second.source["reused"] == total - len(changed)
@@ -130,14 +138,14 @@ def test_snapshot_refreshes_an_old_blob_so_a_racing_gc_cannot_sweep_it(stores, p
     body = f"%PDF seen twice {datetime.now(UTC).isoformat()}".encode()
     first_key = "tenants/refresh-test/documents/first.pdf"
     _source().put_object(Bucket="media-source", Key=first_key, Body=body)
-    take_snapshot(policy, stores, TARGET, "daily", day, {})
+    _backed_up(policy, stores, day)
     sha = next(
         e.sha256
         for e in _entries(stores.primary, BackupId("media", TARGET, "daily", day))
         if e.key == first_key
     )
     _source().delete_object(Bucket="media-source", Key=first_key)
-    take_snapshot(policy, stores, TARGET, "daily", day + timedelta(days=1), {})
+    _backed_up(policy, stores, day + timedelta(days=1))
     stores.primary.delete_all_versions(BackupId("media", TARGET, "daily", day).prefix)
     time.sleep(5)  # no snapshot refers to the blob, and it is older than the grace
 
@@ -156,3 +164,158 @@ def test_snapshot_refreshes_an_old_blob_so_a_racing_gc_cannot_sweep_it(stores, p
     checks = MediaEngine().check_contents(stores.primary, manifest, datetime.now(UTC))
     assert checks[0].ok, checks[0].detail
     _source().delete_object(Bucket="media-source", Key=again)
+
+
+def _corrupt(store, key: str, fault: str) -> None:
+    body = store.open(key).read()
+    if fault == "delete":
+        store.delete_all_versions(key)
+    else:
+        store.put_bytes(key, body[: len(body) // 2], "application/octet-stream")
+
+
+def _green(stores, backup: BackupId) -> None:
+    for store in stores:
+        evidence = store.get_json(backup.key(INTEGRITY_NAME))
+        assert evidence["ok"] is True, evidence
+
+
+@pytest.mark.parametrize(
+    ("region", "fault", "tier"),
+    [
+        ("primary", "truncate", "6h"),
+        ("secondary", "truncate", "weekly"),
+        ("primary", "delete", "monthly"),
+    ],
+)
+def test_a_bad_blob_is_healed_by_the_next_run_of_any_tier(region, fault, tier, stores) -> None:
+    """A snapshot used to reuse entries from the newest listing, even one whose check failed, and
+    the copy skipped blobs the secondary had in whatever state: a lost or rotten blob was carried
+    into every later backup. The next run of any tier must store it again."""
+    policy = load_policy()
+    earlier = datetime(2026, 11, 21, 0, 45, tzinfo=UTC)  # a passed listing, older than the fault
+    _backed_up(policy, stores, earlier)
+    window = datetime(2026, 11, 22, 0, 45, tzinfo=UTC)
+    assert run_dag("media_backup_daily", window).state == "success"
+    backup = BackupId("media", TARGET, "daily", window)
+    store = stores.role(region)
+    victim = _entries(store, backup)[0]
+    key = blob_key("media", victim.sha256)
+    body = store.open(key).read()
+    _corrupt(store, key, fault)
+    assert run_dag("media_backup_daily", window).state == "failed"  # the check finds it
+
+    schedule = policy.categories["media"].tiers[tier].schedule
+    later = croniter(schedule, window + timedelta(days=1)).get_prev(datetime)
+    assert run_dag(f"media_backup_{tier}", later).state == "success"
+    _green(stores, BackupId("media", TARGET, tier, later))
+    assert store.open(key).read() == body
+    assert run_dag("media_backup_daily", window).state == "success"  # that window is green again
+    _green(stores, backup)
+
+
+@pytest.mark.parametrize("damaged", ["blob", "listing"])
+def test_a_copy_that_failed_its_check_in_the_secondary_is_copied_again(damaged, stores) -> None:
+    """The copy step skipped a backup whose manifest was already in the secondary, so a copy
+    that had failed its check there stayed broken on every re-run of the window."""
+    from include.backup_dr.pipeline import IntegrityError
+
+    policy = load_policy()
+    window = datetime(2026, 11, 19, 0, 45, tzinfo=UTC)
+    backup = BackupId("media", TARGET, "daily", window)
+    ref = _backed_up(policy, stores, window)
+    manifest = stores.secondary.manifest(backup)
+    key = (
+        blob_key("media", _entries(stores.secondary, backup)[0].sha256)
+        if damaged == "blob"
+        else manifest.artifact.key
+    )
+    body = stores.secondary.open(key).read()
+    _corrupt(stores.secondary, key, "truncate")
+    with pytest.raises(IntegrityError):
+        check_integrity(policy, stores, ref)
+
+    again = take_snapshot(policy, stores, TARGET, "daily", window, {})  # the re-run of the window
+    assert again["reused"] is True  # the primary is fine: nothing to take again there
+    assert copy_to_secondary(policy, stores, again)["copy"] != "already present"
+    check_integrity(policy, stores, again)
+    _green(stores, backup)
+    assert stores.secondary.open(key).read() == body
+
+
+@pytest.mark.parametrize("versioned", [False, True])
+def test_an_object_changed_while_it_is_copied_is_stored_under_its_own_hash(
+    versioned: bool, stores, policy_file
+) -> None:
+    """In a bucket without versions, an object overwritten between its hashing and its copy used
+    to be stored under the old content's SHA-256: a blob whose bytes do not match its name."""
+    import hashlib
+
+    from include.backup_dr.engines.media import ListingIndex, MediaSnapshot
+    from include.backup_dr.store import ObjectStore
+
+    bucket = "media-source-versioned" if versioned else "media-source-plain"
+    client = _source()
+    if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
+        client.create_bucket(
+            Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": client.meta.region_name}
+        )
+        if versioned:
+            client.put_bucket_versioning(
+                Bucket=bucket, VersioningConfiguration={"Status": "Enabled"}
+            )
+    for page in client.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
+            client.delete_object(Bucket=bucket, Key=item["Key"], VersionId=item["VersionId"])
+    stamp = datetime.now(UTC).isoformat()
+    with_checksum = f"tenants/changing/with-checksum-{stamp}.pdf"
+    without_checksum = f"tenants/changing/without-checksum-{stamp}.pdf"
+    client.put_object(
+        Bucket=bucket, Key=with_checksum, Body=b"%PDF old", ChecksumAlgorithm="SHA256"
+    )
+    client.put_object(Bucket=bucket, Key=without_checksum, Body=b"%PDF old too")
+    changed: set[str] = set()
+
+    class ChangingSource(ObjectStore):
+        """The real source bucket, overwritten by a user right after each object is hashed."""
+
+        def _change(self, key: str) -> None:
+            if key not in changed:
+                changed.add(key)
+                client.put_object(Bucket=bucket, Key=key, Body=b"%PDF new, longer " + key.encode())
+
+        def head(self, key: str, *, checksums: bool = False):
+            found = super().head(key, checksums=checksums)
+            if found is not None and found.get("ChecksumSHA256"):  # hashed by S3 already
+                self._change(key)
+            return found
+
+        def iter_chunks(self, key: str, chunk_size: int = 8 << 20, version_id=None):
+            yield from super().iter_chunks(key, chunk_size, version_id)
+            self._change(key)
+
+    policy = policy_file(
+        lambda d: next(t for t in d["targets"] if t["name"] == TARGET)["source"].update(
+            bucket=bucket
+        )
+    )
+    target = policy.target(TARGET)
+    plain = ObjectStore.for_bucket(target.source.conn_id, bucket)
+    source = ChangingSource(plain.region, plain.client, plain.endpoint_url)
+    previous = ListingIndex(iter(()))
+    try:
+        snapshot = MediaSnapshot(
+            target, source, stores.primary, previous, policy.prune.incomplete_upload_grace
+        )
+        entries = list(parse_listing([snapshot.stream.read()]))
+    finally:
+        previous.close()
+    assert changed == {with_checksum, without_checksum}
+    mine = [e for e in entries if e.key in changed]
+    assert len(mine) == 2
+    for entry in mine:
+        stored = stores.primary.open(blob_key("media", entry.sha256)).read()
+        assert hashlib.sha256(stored).hexdigest() == entry.sha256, entry
+        assert len(stored) == entry.size
+    for key in changed:
+        client.delete_object(Bucket=bucket, Key=key)

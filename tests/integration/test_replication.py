@@ -99,3 +99,39 @@ def test_lag_over_the_rpo_is_measured_and_pages_on_call(stores, smtp_sink, polic
     text = "\n".join(m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(smtp_sink))
     assert "media_replicate" in text and TARGET in text and "RPO exceeded" in text
     _source().delete_object(Bucket="media-source", Key=key)
+
+
+def test_two_runs_in_the_same_second_keep_both_evidence_records(stores) -> None:
+    """Evidence keys had 1-second resolution: a second run that began in the same second
+    overwrote the first run's record. Both must be kept, in time order."""
+    import threading
+
+    from include.backup_dr.policy import load_policy
+    from include.backup_dr.replication import replicate
+
+    _backed_up(stores)
+    policy = load_policy()
+    replicate(policy, stores, TARGET, {"run_id": "catch-up"})  # later runs copy nothing
+    prefix = f"evidence/replication/media/{TARGET}/"
+    before = {o.key for o in stores.secondary.list_objects(prefix)}
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def run(name: str) -> None:
+        start.wait()
+        try:
+            replicate(policy, stores, TARGET, {"run_id": name})
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    time.sleep(1 - datetime.now(UTC).microsecond / 1e6)  # both begin early in one second
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("one", "two")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    new = sorted({o.key for o in stores.secondary.list_objects(prefix)} - before)
+    assert len(new) == 2, new
+    assert sorted(stores.secondary.get_json(k)["run"]["run_id"] for k in new) == ["one", "two"]
+    assert all(k > max(before) for k in new)  # sortable by time: after the earlier run

@@ -219,3 +219,129 @@ def test_validation_connects_with_a_password_full_of_url_characters(
             "postgres", "DROP DATABASE IF EXISTS drill_odd_password WITH (FORCE)", server="sandbox"
         )
         _sql("postgres", "DROP ROLE IF EXISTS drill_reader", server="sandbox")
+
+
+def _precious_destination() -> None:
+    """A destination database holding data nobody may lose: the one production had."""
+    _sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
+    _sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
+    _sql("platform_core", "INSERT INTO precious VALUES (42)", server="sandbox")
+
+
+def _precious_rows(database: str = "platform_core") -> list[tuple]:
+    return _sql(database, "SELECT id FROM precious", server="sandbox")
+
+
+def _break_backup(stores, target: str, how: str) -> None:
+    """The secondary's copy of `target`'s WINDOW dump: one bit flipped, or gone."""
+    key = stores.secondary.manifest(BackupId("platform", target, "daily", WINDOW)).artifact.key
+    if how == "missing":
+        stores.secondary.delete_all_versions(key)
+        return
+    body = stores.secondary.open(key).read()
+    stores.secondary.put_bytes(key, body[:-1] + bytes([body[-1] ^ 1]), "application/octet-stream")
+
+
+@pytest.mark.parametrize("how", ["tampered", "missing"])
+def test_dr_restore_overwrite_with_a_bad_backup_leaves_the_destination_untouched(
+    backed_up, stores, how: str
+) -> None:
+    """The fault: overwrite=true dropped the destination before the backup was proven."""
+    _precious_destination()
+    _break_backup(stores, "platform_core", how)
+    conf = {
+        "targets": ["platform_core"],
+        "connection": "pg_sandbox",
+        "confirm": "restore",
+        "overwrite": True,
+    }
+    assert run_dag("dr_restore", WINDOW, conf).state == "failed"
+    assert _precious_rows() == [(42,)]
+    assert _sandbox_databases() == ["platform_core"]  # no half-restored database left behind
+    (record,) = _evidence(stores.primary, "dr_restore", "platform_core")
+    assert record["outcome"] == "failed"
+    assert "destination was not touched" in " ".join(record["problems"])
+
+
+def test_dr_restore_swaps_in_and_keeps_the_old_database_aside(backed_up, stores) -> None:
+    """overwrite=true replaces the destination only after the restore validated, and the old
+    database is renamed aside, never dropped in the same run; the evidence says where it went."""
+    _precious_destination()
+    conf = {
+        "targets": ["platform_core"],
+        "connection": "pg_sandbox",
+        "confirm": "restore",
+        "overwrite": True,
+    }
+    assert run_dag("dr_restore", WINDOW, conf).state == "success"
+    restored = _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
+    assert restored == _sql("platform_core", "SELECT count(*) FROM tenants")
+    (aside,) = [d for d in _sandbox_databases() if d.startswith("platform_core__before_")]
+    assert _precious_rows(aside) == [(42,)]
+    assert [d for d in _sandbox_databases() if "__restoring_" in d] == []
+    (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
+    assert record["outcome"] == "passed", record["problems"]
+    assert record["steps"]["previous_database"] == aside
+
+
+def test_dr_restore_one_target_failing_does_not_stop_the_next(backed_up, stores) -> None:
+    """platform_core (priority 1) has a rotten backup: platform_billing is restored all the
+    same, each gets its own evidence record, and the run fails at the end."""
+    _break_backup(stores, "platform_core", "tampered")
+    conf = {
+        "targets": ["platform_billing", "platform_core"],
+        "connection": "pg_sandbox",
+        "confirm": "restore",
+    }
+    assert run_dag("dr_restore", WINDOW, conf).state == "failed"
+    (core,) = _evidence(stores.primary, "dr_restore", "platform_core")
+    (billing,) = _evidence(stores.primary, "dr_restore", "platform_billing")
+    assert core["outcome"] == "failed" and "sha256" in " ".join(core["problems"])
+    assert billing["outcome"] == "passed", billing["problems"]
+    assert _sandbox_databases() == ["platform_billing"]
+    restored = _sql("platform_billing", "SELECT count(*) FROM invoices", server="sandbox")
+    assert restored == _sql("platform_billing", "SELECT count(*) FROM invoices")
+
+
+def test_dr_restore_evidence_needs_no_production_server(
+    backed_up, stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a disaster production is gone: the restore and its evidence must not reach for it."""
+    production = json.loads(os.environ["AIRFLOW_CONN_PG_PLATFORM"])
+    monkeypatch.setenv("AIRFLOW_CONN_PG_PLATFORM", json.dumps({**production, "port": 1}))
+    conf = {"targets": ["platform_core"], "connection": "pg_sandbox", "confirm": "restore"}
+    assert run_dag("dr_restore", WINDOW, conf).state == "success"
+    (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
+    assert record["outcome"] == "passed", record["problems"]
+    assert record["projection"]["within_rto"] is True
+
+
+def test_drill_projection_needs_no_production_server(
+    backed_up, stores, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drill projects onto the largest production target from the store, not the server."""
+    production = json.loads(os.environ["AIRFLOW_CONN_PG_PLATFORM"])
+    monkeypatch.setenv("AIRFLOW_CONN_PG_PLATFORM", json.dumps({**production, "port": 1}))
+    run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
+    assert run.state == "success"
+    (record,) = _evidence(stores.secondary, "restore_verification", "platform_billing")
+    assert record["projection"]["largest_production_target"] == "platform_core"
+    assert record["projection"]["within_rto"] is True
+
+
+def test_evidence_written_in_the_same_second_is_never_overwritten(backed_up, stores) -> None:
+    """Two records for one target within one second keep both (keys had 1-second resolution)."""
+    import time
+
+    from include.backup_dr import drill
+
+    policy = load_policy()
+    ref = {**Selection(BackupId("platform", "platform_core", "daily", WINDOW), "x", "t").to_ref()}
+    time.sleep(1 - datetime.now(UTC).microsecond / 1e6)  # both land early in one second
+    for attempt in ("a", "b"):
+        drill.report(policy, stores, ref, None, None, {"run_id": attempt}, kind="dr_restore")
+    for store in stores:
+        keys = sorted(o.key for o in store.list_objects("evidence/dr_restore/platform_core/"))
+        assert len(keys) == 4, keys  # report.json + report.md, twice
+        runs = [store.get_json(k)["run"]["run_id"] for k in keys if k.endswith(".json")]
+        assert sorted(runs) == ["a", "b"]

@@ -1,7 +1,7 @@
 """Restore validation with real Great Expectations against a real, throw-away PostgreSQL.
 
 The server is this module's own (the pgserver wheel's binaries on 127.0.0.1, trust auth, port
-57900 or VALIDATION_TEST_PG_PORT), not the session stack: these tests need nothing else.
+17900 or VALIDATION_TEST_PG_PORT), not the session stack: these tests need nothing else.
 Each scenario gets its own copy of a small clean database (CREATE DATABASE ... TEMPLATE).
 """
 
@@ -38,7 +38,7 @@ with warnings.catch_warnings():
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-PORT = int(os.environ.get("VALIDATION_TEST_PG_PORT", "57900"))
+PORT = int(os.environ.get("VALIDATION_TEST_PG_PORT", "17900"))
 PG_BIN = Path(pgserver.__file__).parent / "pginstall" / "bin"
 OS_USER = "pgserver" if os.geteuid() == 0 else None  # PostgreSQL refuses to run as root
 

@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.backup_dr.engines.media import Entry, needs_refresh, parse_listing, plan_gc
+from include.backup_dr.engines.media import (
+    BlobState,
+    Entry,
+    blob_action,
+    parse_listing,
+    plan_copy,
+    plan_gc,
+)
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 GRACE = timedelta(hours=6)
@@ -55,11 +62,19 @@ def test_listing_round_trips_across_any_chunking(entries, chunk) -> None:
     assert list(parse_listing(chunks)) == entries
 
 
-#: One step of a history: a snapshot (the blobs it refers to, the hours it runs, always under
-#: half the grace, and whether a prune runs meanwhile from a listing taken before it started),
-#: a prune after some hours, or a wait.
+#: One step of a history: a snapshot into the primary region or a copy of one into the
+#: secondary (the blobs it refers to, the hours it runs, always under half the grace, and whether
+#: a prune of that region runs meanwhile from a listing taken before it started), a prune of both
+#: regions after some hours, or a wait.
+#: Few blob names, so that histories meet the same content again (what the race needs).
+contents = st.sampled_from(["aaaa0000", "bbbb1111", "cccc2222", "dddd3333"])
 steps = st.one_of(
-    st.tuples(st.just("snapshot"), st.sets(shas, max_size=5), st.integers(0, 2), st.booleans()),
+    st.tuples(
+        st.sampled_from(["snapshot", "copy"]),
+        st.sets(contents, max_size=3),
+        st.integers(0, 2),
+        st.booleans(),
+    ),
     st.tuples(st.just("prune"), st.integers(1, 72)),
     st.tuples(st.just("wait"), st.integers(1, 72)),
 )
@@ -82,35 +97,46 @@ def _listing(versions):
     return {sha: max(written) for sha, written in versions.items() if written}
 
 
+def _store(versions, blobs, now, path):
+    """Write what the snapshot (one HEAD per blob) or copy_contents (one listing) decides."""
+    found = {sha: BlobState(1, written) for sha, written in _listing(versions).items()}
+    if path == "snapshot":  # MediaSnapshot._new_entry
+        actions = {sha: blob_action(found.get(sha), sha, 1, now, GRACE) for sha in blobs}
+    else:  # MediaEngine.copy_contents
+        actions = plan_copy(dict.fromkeys(blobs, 1), found, now, GRACE)
+    for sha, action in actions.items():
+        if action != "keep":  # a copy or a refresh: a fresh version
+            versions.setdefault(sha, []).append(now)
+
+
 @settings(max_examples=500, deadline=None)
 @given(st.lists(steps, max_size=30))
 def test_random_histories_never_lose_a_blob_a_kept_or_running_snapshot_refers_to(
     history,
 ) -> None:
     now = NOW
-    versions: dict[str, list[datetime]] = {}  # blob -> when each of its versions was written
-    kept: list[tuple[datetime, set[str]]] = []
+    regions = {"snapshot": ({}, []), "copy": ({}, [])}  # primary, secondary: versions and kept
+    kept: dict[str, list[tuple[datetime, set[str]]]] = {"snapshot": [], "copy": []}
     for step in history:
         if step[0] == "wait":
             now += timedelta(hours=step[1])
         elif step[0] == "prune":
             now += timedelta(hours=step[1])
-            kept = _prune(kept, versions, _listing(versions), now)
+            for path, (versions, _) in regions.items():
+                kept[path] = _prune(kept[path], versions, _listing(versions), now)
         else:
-            _, blobs, hours, raced = step
+            path, blobs, hours, raced = step
+            versions = regions[path][0]
             stale = _listing(versions)
-            for sha in blobs:  # MediaSnapshot._new_entry: copy, or refresh what is old
-                if not versions.get(sha):
-                    versions[sha] = [now]
-                elif needs_refresh(max(versions[sha]), now, GRACE):
-                    versions[sha].append(now)
+            _store(versions, blobs, now, path)
             finish = now + timedelta(hours=hours)
             if raced:
-                kept = _prune(kept, versions, stale, finish)
+                kept[path] = _prune(kept[path], versions, stale, finish)
             for sha in blobs:
-                assert versions.get(sha), f"blob {sha} of a running snapshot was swept"
-            kept.append((now, set(blobs)))
+                assert versions.get(sha), f"blob {sha} of a running {path} was swept"
+            kept[path].append((now, set(blobs)))
             now = finish
-        for _, blobs in kept:
-            for sha in blobs:
-                assert versions.get(sha), f"blob {sha} of a kept snapshot was swept"
+        for path, (versions, _) in regions.items():
+            for _, blobs in kept[path]:
+                for sha in blobs:
+                    assert versions.get(sha), f"blob {sha} of a kept {path} was swept"

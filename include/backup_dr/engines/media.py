@@ -28,10 +28,10 @@ from typing import Any
 
 import boto3
 
-from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.catalogue import INTEGRITY_NAME, MANIFEST_NAME, BackupId, Manifest
 from include.backup_dr.engines.base import ReadCheck, SourceFacts
 from include.backup_dr.integrity import Check
-from include.backup_dr.policy import Policy, Target
+from include.backup_dr.policy import Policy, Target, load_policy
 from include.backup_dr.store import ObjectStore, utc
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,12 @@ SAMPLE_BUCKETS = 365
 COPY_WORKERS = 16
 #: New objects in flight before the listing waits for the oldest: bounds memory, keeps order.
 PIPELINE_DEPTH = 4 * COPY_WORKERS
+#: Attempts to store an object of an unversioned bucket that keeps changing while it is copied.
+COPY_ATTEMPTS = 3
+
+
+class SourceChangingError(RuntimeError):
+    """An unversioned source object changed during every attempt to copy it."""
 
 
 def blob_prefix(category: str) -> str:
@@ -105,6 +111,37 @@ def needs_refresh(written: datetime, now: datetime, grace: timedelta) -> bool:
     the grace, by a snapshot that commits within half the grace, is never swept under it.
     """
     return written < now - grace / 2
+
+
+@dataclass(frozen=True)
+class BlobState:
+    """What a store says about a blob: its size, when its newest version was written, and its
+    full-object SHA-256 when the store keeps one (a listing does not; a HEAD may)."""
+
+    size: int
+    written: datetime
+    sha256: str | None = None
+
+
+def blob_action(
+    found: BlobState | None, sha256: str, size: int, now: datetime, grace: timedelta
+) -> str:
+    """What to do with the blob of content `sha256` (`size` bytes) before referring to it:
+    "copy" it, "refresh" it (see `needs_refresh`), or "keep" it as it is."""
+    if found is None or found.size != size or found.sha256 not in (None, sha256):
+        return "copy"  # missing or damaged: store it again (heals every snapshot referring to it)
+    if needs_refresh(found.written, now, grace):
+        return "refresh"
+    return "keep"
+
+
+def plan_copy(
+    wanted: dict[str, int], present: dict[str, BlobState], now: datetime, grace: timedelta
+) -> dict[str, str]:
+    """`blob_action` for every blob a listing refers to, from one listing of the other region."""
+    return {
+        sha: blob_action(present.get(sha), sha, size, now, grace) for sha, size in wanted.items()
+    }
 
 
 class _LinesReader:
@@ -185,6 +222,8 @@ class MediaSnapshot:
         store: ObjectStore,
         previous: ListingIndex,
         gc_grace: timedelta,
+        *,
+        verify: bool = False,
     ) -> None:
         assert target.source is not None
         self.target = target
@@ -192,6 +231,9 @@ class MediaSnapshot:
         self.store = store
         self.previous = previous
         self.gc_grace = gc_grace
+        #: HEAD the blob of every unchanged object before reusing its entry: set when a later
+        #: snapshot than `previous` failed its check, so a blob may since have been lost or damaged.
+        self.verify = verify
         self.counts = {
             "objects": 0,
             "bytes": 0,
@@ -199,6 +241,7 @@ class MediaSnapshot:
             "copied": 0,
             "copied_bytes": 0,
             "refreshed": 0,
+            "healed": 0,
         }
         self._lock = threading.Lock()
         #: When the oldest content that `store` lacked was written to the source: how far behind
@@ -213,7 +256,10 @@ class MediaSnapshot:
             for obj in self.source.list_objects(self.target.source.prefix):
                 known = self.previous.get(obj.key)
                 if known is not None and (known.etag, known.size) == (obj.etag, obj.size):
-                    pending.append(known)  # unchanged: no request at all
+                    if self.verify:
+                        pending.append(pool.submit(self._checked_entry, known))
+                    else:
+                        pending.append(known)  # unchanged: no request at all
                 else:
                     pending.append(pool.submit(self._new_entry, obj.key))
                 while len(pending) > PIPELINE_DEPTH or (pending and _ready(pending[0])):
@@ -227,44 +273,89 @@ class MediaSnapshot:
             entry: Entry | None = item
         else:
             entry = item.result()
+            if isinstance(entry, _Reused):
+                self.counts["reused"] += 1
         if entry is not None:  # None: deleted between the listing and now, so not in the snapshot
             self.counts["objects"] += 1
             self.counts["bytes"] += entry.size
             yield entry.line()
 
+    def _checked_entry(self, known: Entry) -> Entry | None:
+        """`known` if its blob is whole in the store; else the object is stored again."""
+        head = self.store.head(blob_key(self.target.category, known.sha256), checksums=True)
+        found = None if head is None else _state(head)
+        now = datetime.now(UTC)
+        if blob_action(found, known.sha256, known.size, now, self.gc_grace) != "copy":
+            return _Reused(*asdict(known).values())
+        return self._new_entry(known.key)
+
     def _new_entry(self, key: str) -> Entry | None:
         """Hash new or changed content (S3's own checksum when it has one) and store it once."""
-        head = self.source.head(key, checksums=True)
-        if head is None:
-            return None
-        version = head.get("VersionId") or "null"
-        version_arg = None if version == "null" else version
-        size = int(head["ContentLength"])
-        sha = _full_sha256(head) or self._hash(key, version_arg)
-        blob = blob_key(self.target.category, sha)
-        existing = self.store.head(blob)
-        if existing is not None:
-            self.refresh(blob, existing)
-        else:
-            self.store.copy_from(self.source, key, size, dest_key=blob, version_id=version_arg)
-            written = utc(head["LastModified"])
-            with self._lock:
-                self.counts["copied"] += 1
-                self.counts["copied_bytes"] += size
-                if self.oldest_missing is None or written < self.oldest_missing:
-                    self.oldest_missing = written
-        return Entry(key, version, head["ETag"].strip('"'), size, sha)
+        for _ in range(COPY_ATTEMPTS):
+            head = self.source.head(key, checksums=True)
+            if head is None:
+                return None
+            version = head.get("VersionId") or "null"
+            version_arg = None if version == "null" else version
+            size = int(head["ContentLength"])
+            sha = _full_sha256(head) or self._hash(key, version_arg)
+            if self._store_blob(key, version_arg, size, sha, utc(head["LastModified"])):
+                return Entry(key, version, head["ETag"].strip('"'), size, sha)
+        raise SourceChangingError(
+            f"{self.source.where(key)} changed while being copied, {COPY_ATTEMPTS} times; the "
+            "bucket has no versions to copy a fixed one from. Retry later, or enable versioning."
+        )
 
-    def refresh(self, blob: str, head: dict[str, Any]) -> None:
-        """Give an old blob a fresh version before this snapshot refers to it.
+    def _store_blob(
+        self, key: str, version: str | None, size: int, sha: str, written: datetime
+    ) -> bool:
+        """Make the blob `sha` whole in the store; False if the copied bytes are not `sha`'s.
 
-        The blob may be one that no kept snapshot references, which a concurrent GC is about to
-        sweep; GC deletes only versions older than its grace, so the fresh version survives.
+        A versioned source is copied by version id, so the bytes are the ones hashed. An
+        unversioned one may change in between: the copy is checked against its name, and a
+        wrong version is deleted before anything refers to it.
         """
-        if needs_refresh(utc(head["LastModified"]), datetime.now(UTC), self.gc_grace):
+        blob = blob_key(self.target.category, sha)
+        existing = self.store.head(blob, checksums=True)
+        found = None if existing is None else _state(existing)
+        action = blob_action(found, sha, size, datetime.now(UTC), self.gc_grace)
+        if action == "refresh":
             self.store.touch(blob)
             with self._lock:
                 self.counts["refreshed"] += 1
+        if action != "copy":
+            return True
+        self.store.copy_from(self.source, key, size, dest_key=blob, version_id=version)
+        if version is None and not self._holds(blob, sha):
+            return False
+        with self._lock:
+            self.counts["copied"] += 1
+            self.counts["copied_bytes"] += size
+            if existing is not None:
+                self.counts["healed"] += 1
+                log.warning("Stored %s again: the copy there was missing or damaged.", blob)
+            if self.oldest_missing is None or written < self.oldest_missing:
+                self.oldest_missing = written
+        return True
+
+    def _holds(self, blob: str, sha: str) -> bool:
+        """Whether the blob's current bytes hash to `sha`; if not, that version is deleted."""
+        head = self.store.head(blob, checksums=True)
+        if head is None:
+            return False
+        version = head.get("VersionId")
+        actual = _full_sha256(head)
+        if actual is None:
+            digest = hashlib.sha256()
+            for chunk in self.store.iter_chunks(blob, version_id=version):
+                digest.update(chunk)
+            actual = digest.hexdigest()
+        if actual == sha:
+            return True
+        log.warning("%s changed while being copied; copying it again.", blob)
+        if version:
+            self.store.delete_version(blob, version)
+        return False
 
     def _hash(self, key: str, version: str | None) -> str:
         digest = hashlib.sha256()
@@ -286,6 +377,14 @@ class MediaSnapshot:
             },
             tool_versions={"boto3": boto3.__version__},
         )
+
+
+class _Reused(Entry):
+    """An entry reused from the previous listing after its blob was checked (counted as reused)."""
+
+
+def _state(head: dict[str, Any]) -> BlobState:
+    return BlobState(int(head["ContentLength"]), utc(head["LastModified"]), _full_sha256(head))
 
 
 def _ready(item: Future[Entry | None] | Entry) -> bool:
@@ -316,25 +415,45 @@ class MediaEngine:
     ) -> Iterator[MediaSnapshot]:
         assert target.source is not None
         source = ObjectStore.for_bucket(target.source.conn_id, target.source.bucket)
-        previous = ListingIndex(self._previous(primary, target))
+        trusted, verify = self._previous(primary, target)
+        previous = ListingIndex(iter(()) if trusted is None else _listing(primary, trusted))
         try:
             yield MediaSnapshot(
-                target, source, primary, previous, policy.prune.incomplete_upload_grace
+                target,
+                source,
+                primary,
+                previous,
+                policy.prune.incomplete_upload_grace,
+                verify=verify,
             )
         finally:
             previous.close()
 
-    def _previous(self, primary: ObjectStore, target: Target) -> Iterator[Entry]:
-        """The target's newest committed snapshot in any tier (what need not be copied again)."""
-        newest: Manifest | None = None
+    def _previous(self, primary: ObjectStore, target: Target) -> tuple[Manifest | None, bool]:
+        """The target's newest snapshot in any tier whose check passed (what need not be copied
+        again), and whether a later one failed its check (its blobs must be checked on reuse).
+
+        A listing whose check failed, or that was never checked, may refer to a blob that is lost
+        or damaged: reusing its entries would carry the fault into every later snapshot.
+        """
+        trusted: Manifest | None = None
+        failed: list[datetime] = []
         for obj in primary.list_objects(f"{target.category}/{target.name}/"):
             parsed = BackupId.from_key(obj.key)
             if parsed is None or parsed[1] != MANIFEST_NAME:
                 continue
             manifest = primary.manifest(parsed[0])
-            if manifest and (newest is None or manifest.finished_at > newest.finished_at):
-                newest = manifest
-        return iter(()) if newest is None else _listing(primary, newest)
+            if manifest is None:
+                continue
+            verdict = primary.get_json(parsed[0].key(INTEGRITY_NAME))
+            if verdict is None or verdict.get("artifact_sha256") != manifest.artifact.sha256:
+                continue  # not checked yet (or checked before a re-take): not evidence either way
+            if not verdict.get("ok"):
+                failed.append(manifest.finished_at)
+            elif trusted is None or manifest.finished_at > trusted.finished_at:
+                trusted = manifest
+        verify = any(trusted is None or when > trusted.finished_at for when in failed)
+        return trusted, verify
 
     def check_readable(self, chunks: Iterable[bytes]) -> ReadCheck:
         try:
@@ -343,24 +462,48 @@ class MediaEngine:
             return ReadCheck(False, f"the listing does not parse: {exc}")
         return ReadCheck(True, f"listing of {count} objects parses")
 
-    def copy_contents(self, manifest: Manifest, source: ObjectStore, target: ObjectStore) -> str:
-        """Copy the blobs the other region lacks (one listing there), before the listing itself."""
+    def copy_contents(
+        self,
+        manifest: Manifest,
+        source: ObjectStore,
+        target: ObjectStore,
+        *,
+        gc_grace: timedelta | None = None,
+    ) -> str:
+        """Copy the blobs the other region lacks or holds damaged (one listing there), and
+        refresh the old ones it holds, as a snapshot does, before the listing itself."""
+        if gc_grace is None:  # the engine interface carries no policy: the one in force
+            gc_grace = load_policy().prune.incomplete_upload_grace
         category = manifest.backup.category
         wanted = {entry.sha256: entry.size for entry in _listing(source, manifest)}
-        present = _blobs(target, category)
-        missing = [(sha, size) for sha, size in wanted.items() if sha not in present]
+        present = {
+            sha: BlobState(size, written)
+            for sha, (size, written) in _blobs(target, category).items()
+        }
+        plan = plan_copy(wanted, present, datetime.now(UTC), gc_grace)
+        missing = [(sha, size) for sha, size in wanted.items() if plan[sha] == "copy"]
+        damaged = sum(1 for sha, _ in missing if sha in present)
+        stale = [sha for sha in wanted if plan[sha] == "refresh"]
         with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
             for done in [
                 pool.submit(target.copy_from, source, blob_key(category, sha), size)
                 for sha, size in missing
-            ]:
+            ] + [pool.submit(target.touch, blob_key(category, sha)) for sha in stale]:
                 done.result()
         copied = sum(size for _, size in missing)
-        return f"{len(missing)} of {len(wanted)} blobs copied ({copied} bytes)"
+        return (
+            f"{len(missing)} of {len(wanted)} blobs copied ({copied} bytes; {damaged} of them "
+            f"were there damaged), {len(stale)} refreshed"
+        )
 
     def check_contents(self, store: ObjectStore, manifest: Manifest, now: datetime) -> list[Check]:
         category = manifest.backup.category
-        entries = list(_listing(store, manifest))
+        try:
+            entries = list(_listing(store, manifest))
+        except (ValueError, TypeError) as exc:  # the artifact checks say why; say it here too
+            return [
+                Check("blobs", False, f"the listing does not parse, so no blob is known: {exc}")
+            ]
         blobs = _blobs(store, category)
         missing = [e for e in entries if e.sha256 not in blobs]
         wrong = [e for e in entries if e.sha256 in blobs and blobs[e.sha256][0] != e.size]

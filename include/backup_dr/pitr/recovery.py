@@ -1,9 +1,11 @@
 """Disaster recovery at a point in time (dr_restore with ``target_time``): recover each
-server's cluster to T in a throwaway server, validate it, and only then pg_dump the requested
-databases from it and pg_restore them into the destination."""
+server's cluster to T in a throwaway server, validate each database there, then pg_dump it
+and restore it into a new database at the destination, validate that, and only then swap it
+in (the database it replaces is renamed aside, never dropped)."""
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 from datetime import UTC, datetime
@@ -11,15 +13,18 @@ from pathlib import Path
 from typing import Any
 
 from include.backup_dr.engines.pg_dump import _KEYS_SQL, _TABLES_SQL, PgConnectionInfo, pg_tool
-from include.backup_dr.pitr.server import RecoveryFailed, recover
+from include.backup_dr.pitr.server import RecoveredServer, RecoveryFailed, recover
 from include.backup_dr.pitr.window import (
+    RecoveryRange,
     _provenance,
     check_target,
     parse_target_time,
     recovery_range,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
-from include.backup_dr.restore import create_database, database_size, drop_database, pg_restore
+from include.backup_dr.restore import pg_restore, staging_name
+
+log = logging.getLogger(__name__)
 
 
 def recover_targets(
@@ -30,15 +35,17 @@ def recover_targets(
     run: dict[str, str],
     *,
     scratch_dir: Path | str | None = None,
+    began: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """dr_restore with `target_time`: per server, recover the cluster to T in a throwaway
-    server, validate it, and only then pg_dump each requested database from it and pg_restore
-    it into `connection` (the caller has checked confirm and overwrite)."""
-    from include.backup_dr.drill import DrillFailed, report
-    from include.backup_dr.validation import validate_database
+    server; per target, validate it at T, copy it into a new database at `connection`,
+    validate that and swap it in (the caller has checked confirm and overwrite). One evidence
+    record per target; a target that fails does not stop the next one."""
+    from include.backup_dr.drill import describe_failure, failure_ref, report
 
     store = stores.role(params.get("region") or "secondary")
     when = params["target_time"]
+    began = began or datetime.now(UTC)
     by_server: dict[str, list[Target]] = {}
     for target in targets:
         assert target.server is not None
@@ -47,89 +54,154 @@ def recover_targets(
     for span in spans.values():  # every requested time is checked before anything is done
         check_target(span, parse_target_time(when))
     conn_id = params["connection"]
-    destination = PgConnectionInfo.from_airflow(conn_id, "postgres")
-    records = []
+    records: dict[str, dict[str, Any]] = {}
     order = 0
     for server, group in by_server.items():
-        with recover(
-            policy, stores, server, store.region.name, when, scratch_dir, span=spans[server]
-        ) as recovered:
-            at_t = {}
+        try:
+            with recover(
+                policy, stores, server, store.region.name, when, scratch_dir, span=spans[server]
+            ) as recovered:
+                for target in group:
+                    order += 1
+                    try:
+                        records[target.name] = _recover_one(
+                            policy,
+                            stores,
+                            recovered,
+                            spans[server],
+                            target,
+                            params,
+                            run,
+                            order,
+                            began,
+                        )
+                    except Exception as exc:  # recorded; the next target goes ahead
+                        log.exception("Point-in-time restore of %s failed", target.name)
+                        ref = _ref(recovered, target, when, spans[server], conn_id)
+                        records[target.name] = report(
+                            policy,
+                            stores,
+                            ref,
+                            None,
+                            None,
+                            run,
+                            "dr_restore",
+                            [describe_failure(exc)],
+                        )
+        except Exception as exc:
+            # The cluster could not be recovered (or not stopped): every target of the server
+            # not yet recorded fails with the reason; the destination was not touched for them.
+            log.exception("Recovering %s to %s failed", server, when)
             for target in group:
-                assert target.database is not None
-                connection = recovered.connect(target.database)
-                try:
-                    at_t[target.name] = table_facts(connection)
-                finally:
-                    connection.close()
-                keys = {t: {**f, "rows": None} for t, f in at_t[target.name].items()}
-                checked = validate_database(recovered.url(target.database), target.name, keys)
-                if not checked.ok:
-                    raise DrillFailed(
-                        f"{target.name} recovered to {when} fails its checks; the "
-                        "destination was not touched: "
-                        + "; ".join(f"{r.expectation} on {r.table}" for r in checked.failures())
-                    )
-            for target in group:
-                order += 1
-                assert target.database is not None
-                started = datetime.now(UTC)
-                dumped = recovered.data_dir.parent / f"{target.database}.pgdump"
-                clock = time.monotonic()
-                _pg_dump(recovered.info(target.database), dumped)
-                dump_seconds = time.monotonic() - clock
-                drop_database(destination, target.database)
-                create_database(destination, target.database)
-                restore_seconds = pg_restore(dumped, destination, target.database, 2)
-                dumped.unlink()
-                dest_info = PgConnectionInfo(
-                    destination.host,
-                    destination.port,
-                    destination.user,
-                    target.database,
-                    destination.env,
+                if target.name in records:
+                    continue
+                ref = failure_ref(
+                    target, CONTINUOUS, store.region.name, "-", f"{target.database} via {conn_id}"
                 )
-                url = (
-                    f"postgresql+psycopg2://{dest_info.user}:"
-                    f"{dest_info.env.get('PGPASSWORD', '')}@{dest_info.host}:{dest_info.port}/"
-                    f"{target.database}"
+                ref["reason"] = f"point in time {when}: {spans[server].describe()}"
+                records[target.name] = report(
+                    policy, stores, ref, None, None, run, "dr_restore", [describe_failure(exc)]
                 )
-                validation = validate_database(url, target.name, at_t[target.name])
-                restored = {
-                    "timings": {
-                        **recovered.timings,
-                        "pg_dump from the recovered server": round(dump_seconds, 3),
-                        "pg_restore": round(restore_seconds, 3),
-                    },
-                    "archive_bytes": recovered.archive_bytes,
-                    "restored_bytes": database_size(destination, target.database),
-                    "order": order,
-                    "started_at": started.isoformat(),
-                    "target_time": recovered.target.isoformat() if recovered.target else "latest",
-                    **_provenance(recovered.base),
-                }
-                ref = {
-                    "category": target.category,
-                    "target": target.name,
-                    "tier": CONTINUOUS,
-                    "window": recovered.base.id.window.isoformat(),
-                    "region": recovered.region,
-                    "reason": f"point in time {when}: base backup {recovered.base.id}, then WAL "
-                    f"from {recovered.region}; {spans[server].describe()}",
-                    "destination": f"{target.database} via {conn_id}",
-                }
-                records.append(
-                    report(
-                        policy,
-                        stores,
-                        ref,
-                        restored,
-                        validation.to_document(),
-                        run,
-                        kind="dr_restore",
-                    )
-                )
-    return records
+    return [records[t.name] for group in by_server.values() for t in group]
+
+
+def _ref(
+    recovered: RecoveredServer, target: Target, when: str, span: RecoveryRange, conn_id: str
+) -> dict[str, str]:
+    return {
+        "category": target.category,
+        "target": target.name,
+        "tier": CONTINUOUS,
+        "window": recovered.base.id.window.isoformat(),
+        "region": recovered.region,
+        "reason": f"point in time {when}: base backup {recovered.base.id}, then WAL "
+        f"from {recovered.region}; {span.describe()}",
+        "destination": f"{target.database} via {conn_id}",
+    }
+
+
+def _recover_one(
+    policy: Policy,
+    stores: Any,
+    recovered: RecoveredServer,
+    span: RecoveryRange,
+    target: Target,
+    params: dict[str, Any],
+    run: dict[str, str],
+    order: int,
+    began: datetime,
+) -> dict[str, Any]:
+    """One database at T: validated in the recovered server, then `replace_database` at the
+    destination; returns its evidence record."""
+    from include.backup_dr.drill import replace_database, report
+    from include.backup_dr.validation import validate_database
+
+    assert target.database is not None
+    when = params["target_time"]
+    conn_id = params["connection"]
+    ref = _ref(recovered, target, when, span, conn_id)
+    started = datetime.now(UTC)
+    connection = recovered.connect(target.database)
+    try:
+        at_t = table_facts(connection)
+    finally:
+        connection.close()
+    keys = {t: {**f, "rows": None} for t, f in at_t.items()}
+    checked = validate_database(recovered.url(target.database), target.name, keys)
+    if not checked.ok:
+        return report(
+            policy,
+            stores,
+            ref,
+            None,
+            checked.to_document(),
+            run,
+            "dr_restore",
+            [
+                f"{target.name} recovered to {when} fails its checks; the destination was not touched"
+            ],
+        )
+    dumped = recovered.data_dir.parent / f"{target.database}.pgdump"
+    clock = time.monotonic()
+    _pg_dump(recovered.info(target.database), dumped)
+    dump_seconds = time.monotonic() - clock
+    destination = PgConnectionInfo.from_airflow(conn_id, "postgres")
+    try:
+        replaced = replace_database(
+            destination,
+            target.database,
+            staging_name(target.database, run.get("run_id", began.isoformat())),
+            lambda into: pg_restore(dumped, destination, into, 2),
+            lambda into: validate_database(destination.sqlalchemy_url(into), target.name, at_t),
+            overwrite=bool(params.get("overwrite")),
+            stamp=began,
+        )
+    finally:
+        dumped.unlink(missing_ok=True)
+    restored = {
+        "timings": {
+            **recovered.timings,
+            "pg_dump from the recovered server": round(dump_seconds, 3),
+            "pg_restore": round(replaced.restore_seconds, 3),
+        },
+        "archive_bytes": recovered.archive_bytes,
+        **replaced.steps(),
+        "order": order,
+        "started_at": started.isoformat(),
+        "seconds_since_run_start": (datetime.now(UTC) - began).total_seconds(),
+        "target_time": recovered.target.isoformat() if recovered.target else "latest",
+        **_provenance(recovered.base),
+    }
+    return report(
+        policy,
+        stores,
+        ref,
+        restored,
+        replaced.validation.to_document(),
+        run,
+        "dr_restore",
+        replaced.problems,
+    )
 
 
 def _pg_dump(source: PgConnectionInfo, dest: Path) -> None:

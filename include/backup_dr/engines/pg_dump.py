@@ -56,6 +56,35 @@ ORDER BY 1 DESC, 2, con.conname
 """
 
 
+def read_row_counts(cursor: Any) -> dict[str, int]:
+    """Exact row count of every user table ("schema.table"), in the cursor's snapshot."""
+    cursor.execute(_TABLES_SQL)
+    counts = {}
+    for schema, table in cursor.fetchall():
+        cursor.execute(f'SELECT count(*) FROM "{schema}"."{table}"')
+        counts[f"{schema}.{table}"] = cursor.fetchone()[0]
+    return counts
+
+
+def read_keys(cursor: Any) -> dict[str, dict[str, Any]]:
+    """Primary and foreign keys per user table, as restore validation checks them."""
+    cursor.execute(_KEYS_SQL)
+    keys: dict[str, dict[str, Any]] = {}
+    for kind, table, columns, referenced, referenced_columns in cursor.fetchall():
+        facts = keys.setdefault(table, {"primary_key": [], "foreign_keys": []})
+        if kind == "p":
+            facts["primary_key"] = list(columns)
+        else:
+            facts["foreign_keys"].append(
+                {
+                    "columns": list(columns),
+                    "references": referenced,
+                    "referenced_columns": list(referenced_columns),
+                }
+            )
+    return keys
+
+
 class SnapshotError(RuntimeError):
     """The source could not be snapshotted; the message says which target and why."""
 
@@ -271,24 +300,8 @@ class PgDumpSnapshot:
         """Exact counts in the exporting transaction: the same snapshot pg_dump reads."""
         try:
             with self._exporter.cursor() as cursor:
-                cursor.execute(_TABLES_SQL)
-                tables = cursor.fetchall()
-                for schema, table in tables:
-                    cursor.execute(f'SELECT count(*) FROM "{schema}"."{table}"')
-                    self._counts[f"{schema}.{table}"] = cursor.fetchone()[0]
-                cursor.execute(_KEYS_SQL)
-                for kind, table, columns, referenced, referenced_columns in cursor.fetchall():
-                    keys = self._keys.setdefault(table, {"primary_key": [], "foreign_keys": []})
-                    if kind == "p":
-                        keys["primary_key"] = list(columns)
-                    else:
-                        keys["foreign_keys"].append(
-                            {
-                                "columns": list(columns),
-                                "references": referenced,
-                                "referenced_columns": list(referenced_columns),
-                            }
-                        )
+                self._counts = read_row_counts(cursor)
+                self._keys = read_keys(cursor)
         except BaseException as exc:  # reported by finish(), in the task's thread
             self._count_error = exc
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from include.backup_dr.engines.pg_dump import _KEYS_SQL, _TABLES_SQL, PgConnectionInfo, pg_tool
+from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool, read_keys, read_row_counts
 from include.backup_dr.pitr.server import RecoveredServer, RecoveryFailed, recover
 from include.backup_dr.pitr.window import (
     RecoveryRange,
@@ -217,27 +217,11 @@ def _pg_dump(source: PgConnectionInfo, dest: Path) -> None:
 
 def table_facts(connection: Any) -> dict[str, dict[str, Any]]:
     """Row counts and keys of every user table, read from a (recovered) database."""
-    tables: dict[str, dict[str, Any]] = {}
     with connection.cursor() as cursor:
-        cursor.execute(_TABLES_SQL)
-        for schema, table in cursor.fetchall():
-            cursor.execute(f'SELECT count(*) FROM "{schema}"."{table}"')
-            tables[f"{schema}.{table}"] = {
-                "rows": cursor.fetchone()[0],
-                "primary_key": [],
-                "foreign_keys": [],
-            }
-        cursor.execute(_KEYS_SQL)
-        for kind, table, columns, referenced, referenced_columns in cursor.fetchall():
-            facts = tables.setdefault(table, {"primary_key": [], "foreign_keys": []})
-            if kind == "p":
-                facts["primary_key"] = list(columns)
-            else:
-                facts["foreign_keys"].append(
-                    {
-                        "columns": list(columns),
-                        "references": referenced,
-                        "referenced_columns": list(referenced_columns),
-                    }
-                )
+        tables = {
+            table: {"rows": rows, "primary_key": [], "foreign_keys": []}
+            for table, rows in read_row_counts(cursor).items()
+        }
+        for table, keys in read_keys(cursor).items():
+            tables.setdefault(table, {"primary_key": [], "foreign_keys": []}).update(keys)
     return tables

@@ -24,8 +24,9 @@ test: $(STAMP)  ## every test: unit, DAG and integration (starts its own local s
 unit: $(STAMP)  ## fast tests only (no services)
 	$(PY) -m pytest tests/unit tests/dags
 
-lint: $(STAMP)  ## ruff and hadolint must report nothing
+lint: $(STAMP)  ## ruff (with Airflow's own AIR rules) and hadolint must report nothing
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff check --select AIR --preview .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
 

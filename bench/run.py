@@ -5,6 +5,7 @@ Each number is a ratio against a baseline taken on the same machine, database an
 - peak RSS of the snapshot and integrity tasks, on a small and on the large database;
 - integrity re-hash throughput vs `sha256sum` of the same bytes (and vs a bare download);
 - prune planning time for 100,000 backups;
+- DAG parse time with 200 targets against the shipped policy (bench/parse.py);
 - media: a first snapshot of 100,000 objects, a second after 1% changed (bytes and time against
   the first), an unchanged one (against a bare listing of the bucket), and peak RSS at 10,000
   vs 100,000 objects;
@@ -12,7 +13,7 @@ Each number is a ratio against a baseline taken on the same machine, database an
   /dev/null, and piped into a bare boto3 upload), PITR vs the bare download + tar + barman-cloud
   restore_command, standby lag under the load generator, and peak RSS of every task.
 
-Usage: python -m bench.run [--size-mb 1100] [--only platform|media|continuous]
+Usage: python -m bench.run [--size-mb 1100] [--only platform|media|continuous|parse]
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60]
 (the database and the media buckets are generated once and kept)
 """
@@ -35,9 +36,11 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 BENCH_DB = "bench_platform"
 SMALL_DB = "platform_billing"
-#: Media bench targets: bucket -> object count. Their blobs live under their own category,
-#: which is emptied first so that the first snapshot really copies everything.
-MEDIA_BUCKETS = {"bench-media": 100_000, "bench-media-10k": 10_000}
+#: Objects in the measured media bucket (`--media-objects`), and in the small bucket whose
+#: snapshots' peak RSS is compared with it. Their blobs live under their own category, which is
+#: emptied first so that the first snapshot really copies everything.
+MEDIA_OBJECTS = 100_000
+MEDIA_SMALL_OBJECTS = 10_000
 MEDIA_CATEGORY = "benchmedia"
 
 #: Runs one pipeline step in a fresh process, so its peak RSS is the step's own.
@@ -86,7 +89,8 @@ def _timed(argv: list[str], **kwargs) -> float:
     return time.perf_counter() - started
 
 
-def _prepare(size_mb: int) -> None:
+def _prepare(size_mb: int, media_objects: int, *, database: bool = True) -> None:
+    """Start the stack and point this process at it; generate the bench database if asked."""
     from local import stack
     from local.airflow_stack import airflow_env
     from local.pg import connect, pg_bin
@@ -96,7 +100,9 @@ def _prepare(size_mb: int) -> None:
     os.environ.update(airflow_env())
     os.environ.update(airflow_env_vars())
     os.environ["BACKUP_PG_BIN_DIR"] = str(pg_bin("pg_dump").parent)
-    os.environ["BACKUP_POLICY_PATH"] = str(_bench_policy())
+    os.environ["BACKUP_POLICY_PATH"] = str(_bench_policy(media_objects))
+    if not database:
+        return
     with connect(BENCH_DB if _db_exists(BENCH_DB) else "postgres") as conn:
         size = (
             conn.execute(f"SELECT pg_database_size('{BENCH_DB}')").fetchone()[0]
@@ -118,10 +124,11 @@ def _db_exists(name: str) -> bool:
     return exists(name)
 
 
-def _bench_policy() -> Path:
+def _bench_policy(media_objects: int) -> Path:
     import yaml
 
     from include.backup_dr.policy import DEFAULT_POLICY_PATH
+    from local.config import STATE_DIR
 
     data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
     data["targets"].append(
@@ -135,7 +142,7 @@ def _bench_policy() -> Path:
     )
     data["categories"][MEDIA_CATEGORY] = {**data["categories"]["media"]}
     data["categories"][MEDIA_CATEGORY].pop("replication_schedule", None)
-    for bucket in MEDIA_BUCKETS:
+    for bucket in _media_buckets(media_objects):
         data["targets"].append(
             {
                 "name": _media_target(bucket),
@@ -144,19 +151,28 @@ def _bench_policy() -> Path:
                 "source": {"conn_id": "s3_media_source", "bucket": bucket},
             }
         )
-    path = Path(tempfile.gettempdir()) / "bench-policy.yaml"
+    path = STATE_DIR / "bench-policy.yaml"  # beside the stack it names: one per stack
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _media_bucket(objects: int) -> str:
+    return f"bench-media-{objects // 1000}k" if objects % 1000 == 0 else f"bench-media-{objects}"
+
+
+def _media_buckets(objects: int) -> dict[str, int]:
+    """Bucket -> object count: the measured bucket, and the small one (the same at 10,000)."""
+    return {_media_bucket(n): n for n in (objects, MEDIA_SMALL_OBJECTS)}
 
 
 def _media_target(bucket: str) -> str:
     return bucket.replace("-", "_")
 
 
-def _prepare_media() -> None:
+def _prepare_media(objects: int) -> None:
     from local.samplemedia import ensure_sample_media, media_client
 
-    for bucket, count in MEDIA_BUCKETS.items():
+    for bucket, count in _media_buckets(objects).items():
         ensure_sample_media(media_client(), bucket, small=count, large=0)
 
 
@@ -420,23 +436,35 @@ def bench_prune_planning() -> tuple[str, str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1100)
-    parser.add_argument("--only", choices=["platform", "media", "continuous"])
+    parser.add_argument("--only", choices=["platform", "media", "continuous", "parse"])
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
     parser.add_argument("--lag-rate", type=float, default=200, help="continuous: commits/s")
     parser.add_argument("--lag-seconds", type=float, default=60, help="continuous: lag run")
+    parser.add_argument(
+        "--media-objects", type=int, default=MEDIA_OBJECTS, help="media: objects in the bucket"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from local import stack
 
     already = stack.running_groups()
     rows = []
+    if args.only == "parse":  # no stack needed: parsing touches no service
+        from bench.parse import bench_parse
+
+        _report(bench_parse())
+        return
     try:
-        _prepare(args.size_mb)
+        _prepare(args.size_mb, args.media_objects, database=args.only != "media")
         if args.only in (None, "platform"):
             rows += [*bench_snapshot_and_integrity(), bench_prune_planning()]
         if args.only in (None, "media"):
-            _prepare_media()
-            rows += bench_media()
+            _prepare_media(args.media_objects)
+            rows += bench_media(args.media_objects)
+        if args.only is None:
+            from bench.parse import bench_parse
+
+            rows += bench_parse()
         if args.only in (None, "continuous"):
             from bench.continuous import bench_continuous
 
@@ -447,6 +475,10 @@ def main() -> None:
         started = [group for group in stack.DEFAULT_GROUPS if group not in already]
         if started:
             stack.down(started)
+    _report(rows)
+
+
+def _report(rows: list[tuple[str, str, str]]) -> None:
     width = max(len(r[0]) for r in rows)
     lines = [f"{'measure':{width}}  {'measured':28}  ratio", "-" * (width + 50)]
     lines += [f"{a:{width}}  {b:28}  {c}" for a, b, c in rows]

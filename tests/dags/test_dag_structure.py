@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bench.parse import policy_with_targets
 from include.backup_dr.alerts import OnCallNotifier
 from include.backup_dr.dag_factory import dag_id_for
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, format_duration, load_policy
@@ -134,43 +135,22 @@ print("parsed")
     assert "parsed" in result.stdout
 
 
-def test_parse_under_two_seconds_with_200_targets(tmp_path: Path) -> None:
-    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
-    data["servers"] = [
-        {
-            "name": f"server_{i}",
-            "conn_id": f"pg_{i}",
-            "dump_pool": f"pg_{i}_dumps",
-            "standby": {"conn_id": f"pg_{i}_standby"},
-        }
-        for i in range(5)
-    ]
-    data["targets"] = [
-        {
-            "name": f"db_{i:03d}",
-            "category": "platform",
-            "environment": "production" if i % 10 else "uat",
-            "server": f"server_{i % 5}",
-            "database": f"db_{i:03d}",
-        }
-        for i in range(200)
-    ]
+def test_200_targets_parse_into_every_dag_without_errors(tmp_path: Path) -> None:
+    """Parse time is measured in bench/parse.py; here: a large policy parses cleanly."""
     policy = tmp_path / "policy.yaml"
-    policy.write_text(yaml.safe_dump(data))
+    policy.write_text(yaml.safe_dump(policy_with_targets(200)))
     code = f"""
 import json
 from airflow.dag_processing.dagbag import DagBag
 bag = DagBag(dag_folder={str(REPO / "dags")!r})
 print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}},
-    "seconds": sum(s.duration.total_seconds() if hasattr(s.duration, "total_seconds") else s.duration for s in bag.dagbag_stats),
-    "dags": len(bag.dag_ids)}}))
+    "dags": sorted(bag.dag_ids)}}))
 """
     result = _run_python(code, {"BACKUP_POLICY_PATH": str(policy)})
     assert result.returncode == 0, result.stderr[-3000:]
-    stats = json.loads(result.stdout.strip().splitlines()[-1])
-    assert stats["errors"] == {}
-    assert stats["dags"] >= 4
-    assert stats["seconds"] < 2.0, stats
+    parsed = json.loads(result.stdout.strip().splitlines()[-1])
+    assert parsed["errors"] == {}
+    assert {"platform_backup_daily", "dr_restore", "restore_verification"} <= set(parsed["dags"])
 
 
 def test_invalid_policy_is_an_import_error_naming_file_and_field(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from include.backup_dr.alerts import send_message
-from tests.integration.conftest import mail_text, wait_for_mail
+from tests.stack import mail_text, wait_for_mail
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from croniter import croniter
 
 from include.backup_dr.catalogue import BackupId, Verification, build_catalogue
 from include.backup_dr.policy import load_policy
-from tests.integration.conftest import REPO, STATE
+from tests.stack import REPO, STATE
 
 pytestmark = pytest.mark.integration
 DAG_ID = "platform_backup_daily"

@@ -14,7 +14,7 @@ from include.backup_dr.engines.wal import archive_files
 from include.backup_dr.pipeline import IntegrityError
 from include.backup_dr.policy import load_policy
 from include.backup_dr.store import StoreError
-from tests.integration.conftest import mail_text, run_dag, wait_for_mail
+from tests.stack import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
 SERVER = "platform_primary"

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.integration.conftest import mail_text, run_dag, wait_for_mail
+from tests.stack import mail_text, run_dag, wait_for_mail
 
 SERVER = "platform_primary"
 PREFIX = f"evidence/continuous_monitor/{SERVER}/"

@@ -14,7 +14,7 @@ import pytest
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId, build_catalogue
 from include.backup_dr.engines.pg_dump import SnapshotError
 from include.backup_dr.pipeline import prune, take_snapshot
-from tests.integration.conftest import REPO, mail_text, run_dag, wait_for_mail
+from tests.stack import REPO, mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2026, 11, 25, 0, 30, tzinfo=UTC)

@@ -12,7 +12,7 @@ from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
 from include.backup_dr.engines.media import SAMPLE_BUCKETS, blob_key, blob_prefix, parse_listing
 from include.backup_dr.pipeline import backup_ref, check_integrity, copy_to_secondary, take_snapshot
 from include.backup_dr.policy import load_policy
-from tests.integration.conftest import mail_text, run_dag, wait_for_mail
+from tests.stack import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
 TARGET = "media_documents"

@@ -11,9 +11,9 @@ import pytest
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.engines.media import blob_key
 from include.backup_dr.media_restore import selected
-from tests.integration.conftest import run_dag
 from tests.integration.test_media import TARGET, _source
 from tests.integration.test_restore import _evidence
+from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2026, 11, 23, 0, 45, tzinfo=UTC)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import run_dag
+from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
 SERVER = "platform_primary"

@@ -9,8 +9,8 @@ import pytest
 
 from include.backup_dr.engines.media import blob_key, parse_listing
 from include.backup_dr.replication import replica_prefix
-from tests.integration.conftest import mail_text, run_dag, wait_for_mail
 from tests.integration.test_media import TARGET, _source
+from tests.stack import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
 STATE = replica_prefix("media", TARGET) + "state.json"

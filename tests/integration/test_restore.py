@@ -12,7 +12,7 @@ import pytest
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
 from include.backup_dr.restore import RestoreRefused, Selection, TamperedBackup, guard_sandbox
-from tests.integration.conftest import mail_text, run_dag, wait_for_mail
+from tests.stack import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)

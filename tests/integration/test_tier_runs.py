@@ -10,7 +10,7 @@ from croniter import croniter
 
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
 from include.backup_dr.policy import load_policy
-from tests.integration.conftest import run_dag
+from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
 NOW = datetime.now(UTC)

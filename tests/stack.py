@@ -1,5 +1,5 @@
-"""The real local stack for integration tests: PostgreSQL, two S3 servers (one per region) with
-SSE-KMS, and an SMTP sink, started once per session on ports of their own, then stopped.
+"""The real local stack for integration and fault tests: PostgreSQL, two S3 servers (one per
+region) with SSE-KMS, and an SMTP sink, started once per session on ports of their own, then stopped.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 STATE = Path(os.environ["AIRFLOW_HOME"]).parent  # .local/test, set by tests/conftest.py
 
 #: Ports apart from the demo's defaults, so tests and a running demo stack can coexist. Each can

@@ -36,11 +36,9 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 BENCH_DB = "bench_platform"
 SMALL_DB = "platform_billing"
-#: Objects in the measured media bucket (`--media-objects`), and in the small bucket whose
-#: snapshots' peak RSS is compared with it. Their blobs live under their own category, which is
-#: emptied first so that the first snapshot really copies everything.
-MEDIA_OBJECTS = 100_000
-MEDIA_SMALL_OBJECTS = 10_000
+#: Media bench targets: bucket -> object count. Their blobs live under their own category,
+#: which is emptied first so that the first snapshot really copies everything.
+MEDIA_BUCKETS = {"bench-media": 100_000, "bench-media-10k": 10_000}
 MEDIA_CATEGORY = "benchmedia"
 
 #: Runs one pipeline step in a fresh process, so its peak RSS is the step's own.
@@ -89,8 +87,7 @@ def _timed(argv: list[str], **kwargs) -> float:
     return time.perf_counter() - started
 
 
-def _prepare(size_mb: int, media_objects: int, *, database: bool = True) -> None:
-    """Start the stack and point this process at it; generate the bench database if asked."""
+def _prepare(size_mb: int) -> None:
     from local import stack
     from local.airflow_stack import airflow_env
     from local.pg import connect, pg_bin
@@ -100,9 +97,7 @@ def _prepare(size_mb: int, media_objects: int, *, database: bool = True) -> None
     os.environ.update(airflow_env())
     os.environ.update(airflow_env_vars())
     os.environ["BACKUP_PG_BIN_DIR"] = str(pg_bin("pg_dump").parent)
-    os.environ["BACKUP_POLICY_PATH"] = str(_bench_policy(media_objects))
-    if not database:
-        return
+    os.environ["BACKUP_POLICY_PATH"] = str(_bench_policy())
     with connect(BENCH_DB if _db_exists(BENCH_DB) else "postgres") as conn:
         size = (
             conn.execute(f"SELECT pg_database_size('{BENCH_DB}')").fetchone()[0]
@@ -124,11 +119,10 @@ def _db_exists(name: str) -> bool:
     return exists(name)
 
 
-def _bench_policy(media_objects: int) -> Path:
+def _bench_policy() -> Path:
     import yaml
 
     from include.backup_dr.policy import DEFAULT_POLICY_PATH
-    from local.config import STATE_DIR
 
     data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
     data["targets"].append(
@@ -142,7 +136,7 @@ def _bench_policy(media_objects: int) -> Path:
     )
     data["categories"][MEDIA_CATEGORY] = {**data["categories"]["media"]}
     data["categories"][MEDIA_CATEGORY].pop("replication_schedule", None)
-    for bucket in _media_buckets(media_objects):
+    for bucket in MEDIA_BUCKETS:
         data["targets"].append(
             {
                 "name": _media_target(bucket),
@@ -151,28 +145,19 @@ def _bench_policy(media_objects: int) -> Path:
                 "source": {"conn_id": "s3_media_source", "bucket": bucket},
             }
         )
-    path = STATE_DIR / "bench-policy.yaml"  # beside the stack it names: one per stack
+    path = Path(tempfile.gettempdir()) / "bench-policy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _media_bucket(objects: int) -> str:
-    return f"bench-media-{objects // 1000}k" if objects % 1000 == 0 else f"bench-media-{objects}"
-
-
-def _media_buckets(objects: int) -> dict[str, int]:
-    """Bucket -> object count: the measured bucket, and the small one (the same at 10,000)."""
-    return {_media_bucket(n): n for n in (objects, MEDIA_SMALL_OBJECTS)}
 
 
 def _media_target(bucket: str) -> str:
     return bucket.replace("-", "_")
 
 
-def _prepare_media(objects: int) -> None:
+def _prepare_media() -> None:
     from local.samplemedia import ensure_sample_media, media_client
 
-    for bucket, count in _media_buckets(objects).items():
+    for bucket, count in MEDIA_BUCKETS.items():
         ensure_sample_media(media_client(), bucket, small=count, large=0)
 
 
@@ -440,9 +425,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
     parser.add_argument("--lag-rate", type=float, default=200, help="continuous: commits/s")
     parser.add_argument("--lag-seconds", type=float, default=60, help="continuous: lag run")
-    parser.add_argument(
-        "--media-objects", type=int, default=MEDIA_OBJECTS, help="media: objects in the bucket"
-    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from local import stack
@@ -455,12 +437,12 @@ def main() -> None:
         _report(bench_parse())
         return
     try:
-        _prepare(args.size_mb, args.media_objects, database=args.only != "media")
+        _prepare(args.size_mb)
         if args.only in (None, "platform"):
             rows += [*bench_snapshot_and_integrity(), bench_prune_planning()]
         if args.only in (None, "media"):
-            _prepare_media(args.media_objects)
-            rows += bench_media(args.media_objects)
+            _prepare_media()
+            rows += bench_media()
         if args.only is None:
             from bench.parse import bench_parse
 

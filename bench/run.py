@@ -4,17 +4,20 @@ Each number is a ratio against a baseline taken on the same machine, database an
 - snapshot task wall time vs `pg_dump -Fc` of the same database to /dev/null;
 - peak RSS of the snapshot and integrity tasks, on a small and on the large database;
 - integrity re-hash throughput vs `sha256sum` of the same bytes (and vs a bare download);
-- prune planning time for 100,000 backups;
+- catalogue builds and prune planning at 10,000 and 100,000 backups in the S3 server: cold,
+  warm and warm + plan against a bare LIST of the same prefix (bench/catalogue.py);
 - DAG parse time with 200 targets against the shipped policy (bench/parse.py);
-- media: a first snapshot of 100,000 objects, a second after 1% changed (bytes and time against
-  the first), an unchanged one (against a bare listing of the bucket), and peak RSS at 10,000
-  vs 100,000 objects;
+- media: a first snapshot of 100,000 objects (`--media-objects`), unchanged ones alternated
+  with bare listings of the bucket (medians of 3), one after 1% changed (bytes and time against
+  the first), and peak RSS at 10,000 vs 100,000 objects;
+- garbage collection (bench/gc.py): time against a bare listing, and peak RSS at 10,000 vs
+  100,000 blobs;
 - continuous tier (bench/continuous.py): the base backup task vs bare pg_basebackup (to
   /dev/null, and piped into a bare boto3 upload), PITR vs the bare download + tar + barman-cloud
   restore_command, standby lag under the load generator, and peak RSS of every task.
 
-Usage: python -m bench.run [--size-mb 1100] [--only platform|media|continuous|parse]
-       [--rounds 3] [--lag-rate 200] [--lag-seconds 60]
+Usage: python -m bench.run [--size-mb 1100] [--only platform|media|continuous|parse|gc|catalogue]
+       [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
 (the database and the media buckets are generated once and kept)
 """
 
@@ -36,9 +39,11 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 BENCH_DB = "bench_platform"
 SMALL_DB = "platform_billing"
-#: Media bench targets: bucket -> object count. Their blobs live under their own category,
-#: which is emptied first so that the first snapshot really copies everything.
-MEDIA_BUCKETS = {"bench-media": 100_000, "bench-media-10k": 10_000}
+#: Objects in the measured media bucket (`--media-objects`), and in the small bucket whose
+#: snapshots' peak RSS is compared with it. Their blobs live under their own category, which is
+#: emptied first so that the first snapshot really copies everything.
+MEDIA_OBJECTS = 100_000
+MEDIA_SMALL_OBJECTS = 10_000
 MEDIA_CATEGORY = "benchmedia"
 
 #: Runs one pipeline step in a fresh process, so its peak RSS is the step's own.
@@ -87,7 +92,8 @@ def _timed(argv: list[str], **kwargs) -> float:
     return time.perf_counter() - started
 
 
-def _prepare(size_mb: int) -> None:
+def _prepare(size_mb: int, media_objects: int, *, database: bool = True) -> None:
+    """Start the stack and point this process at it; generate the bench database if asked."""
     from local import stack
     from local.airflow_stack import airflow_env
     from local.pg import connect, pg_bin
@@ -97,7 +103,9 @@ def _prepare(size_mb: int) -> None:
     os.environ.update(airflow_env())
     os.environ.update(airflow_env_vars())
     os.environ["BACKUP_PG_BIN_DIR"] = str(pg_bin("pg_dump").parent)
-    os.environ["BACKUP_POLICY_PATH"] = str(_bench_policy())
+    os.environ["BACKUP_POLICY_PATH"] = str(_bench_policy(media_objects))
+    if not database:
+        return
     with connect(BENCH_DB if _db_exists(BENCH_DB) else "postgres") as conn:
         size = (
             conn.execute(f"SELECT pg_database_size('{BENCH_DB}')").fetchone()[0]
@@ -119,10 +127,11 @@ def _db_exists(name: str) -> bool:
     return exists(name)
 
 
-def _bench_policy() -> Path:
+def _bench_policy(media_objects: int) -> Path:
     import yaml
 
     from include.backup_dr.policy import DEFAULT_POLICY_PATH
+    from local.config import STATE_DIR
 
     data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
     data["targets"].append(
@@ -136,7 +145,7 @@ def _bench_policy() -> Path:
     )
     data["categories"][MEDIA_CATEGORY] = {**data["categories"]["media"]}
     data["categories"][MEDIA_CATEGORY].pop("replication_schedule", None)
-    for bucket in MEDIA_BUCKETS:
+    for bucket in _media_buckets(media_objects):
         data["targets"].append(
             {
                 "name": _media_target(bucket),
@@ -145,26 +154,63 @@ def _bench_policy() -> Path:
                 "source": {"conn_id": "s3_media_source", "bucket": bucket},
             }
         )
-    path = Path(tempfile.gettempdir()) / "bench-policy.yaml"
+    path = STATE_DIR / "bench-policy.yaml"  # beside the stack it names: one per stack
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def _media_bucket(objects: int) -> str:
+    return f"bench-media-{objects // 1000}k" if objects % 1000 == 0 else f"bench-media-{objects}"
+
+
+def _media_buckets(objects: int) -> dict[str, int]:
+    """Bucket -> object count: the measured bucket, and the small one (the same at 10,000)."""
+    return {_media_bucket(n): n for n in (objects, MEDIA_SMALL_OBJECTS)}
 
 
 def _media_target(bucket: str) -> str:
     return bucket.replace("-", "_")
 
 
-def _prepare_media() -> None:
+def _prepare_media(objects: int) -> None:
     from local.samplemedia import ensure_sample_media, media_client
 
-    for bucket, count in MEDIA_BUCKETS.items():
+    for bucket, count in _media_buckets(objects).items():
         ensure_sample_media(media_client(), bucket, small=count, large=0)
 
 
-def bench_media() -> list[tuple[str, str, str]]:
-    """Snapshots of 100,000 objects: first, after 1% changed, unchanged; RSS at 10k vs 100k."""
+#: Unchanged snapshots of the measured bucket, each right after a bare listing of it: the ratio
+#: is of the medians, so a moment of load from elsewhere on the machine weighs on neither alone.
+MEDIA_ROUNDS = 3
+
+
+def _media_snapshot(policy, stores, target: str, window: datetime) -> dict:
+    """One timed snapshot step, then (untimed) its copy and check, as the DAG runs them: the
+    next snapshot reuses only a listing whose check passed."""
     from include.backup_dr.catalogue import BackupId
-    from include.backup_dr.pipeline import Stores, check_integrity, copy_to_secondary
+    from include.backup_dr.pipeline import check_integrity, copy_to_secondary
+
+    step = _run_step("snapshot", target, window)
+    manifest = stores.primary.manifest(BackupId(MEDIA_CATEGORY, target, "daily", window))
+    assert manifest is not None
+    copy_to_secondary(policy, stores, step["result"])
+    check_integrity(policy, stores, step["result"])
+    return {**step, "source": manifest.source}
+
+
+def _bare_listing(client, bucket: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    listed = sum(
+        page.get("KeyCount", 0)
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    )
+    return time.perf_counter() - started, listed
+
+
+def bench_media(objects: int = MEDIA_OBJECTS) -> list[tuple[str, str, str]]:
+    """Snapshots of `objects` objects: first, unchanged (alternated with bare listings), after
+    1% changed; peak RSS against the 10,000-object bucket."""
+    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
     from local.samplemedia import media_client, mutate
 
@@ -173,33 +219,34 @@ def bench_media() -> list[tuple[str, str, str]]:
     for store in stores:
         store.delete_all_versions(f"{MEDIA_CATEGORY}/")
     base = datetime.now(UTC).replace(microsecond=0)
-    runs: dict[str, list[dict]] = {}
-    for bucket in MEDIA_BUCKETS:
-        target = _media_target(bucket)
-        runs[bucket] = []
-        for n in range(3):
-            if n == 2:  # the third sees 1% of the objects changed since the second
-                mutate(media_client(), bucket, 0.01, seed=int(base.timestamp()))
-            window = base + timedelta(hours=n)
-            step = _run_step("snapshot", target, window)
-            manifest = stores.primary.manifest(BackupId(MEDIA_CATEGORY, target, "daily", window))
-            assert manifest is not None
-            runs[bucket].append({**step, "source": manifest.source})
-            # As the DAG does (untimed): the next snapshot reuses only a verified listing.
-            ref = step["result"]
-            copy_to_secondary(policy, stores, ref)
-            check_integrity(policy, stores, ref)
-
     client = media_client()
-    started = time.perf_counter()
-    listed = sum(
-        page.get("KeyCount", 0)
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket="bench-media")
-    )
-    bare_listing = time.perf_counter() - started
-    first, unchanged, changed = runs["bench-media"]
-    small = runs["bench-media-10k"]
+    bucket, small_bucket = _media_bucket(objects), _media_bucket(MEDIA_SMALL_OBJECTS)
+    target = _media_target(bucket)
+    first = _media_snapshot(policy, stores, target, base)
+    bare, unchanged, load = [], [], []
+    for n in range(1, MEDIA_ROUNDS + 1):
+        load.append(os.getloadavg()[0])
+        seconds, listed = _bare_listing(client, bucket)
+        bare.append(seconds)
+        unchanged.append(_media_snapshot(policy, stores, target, base + timedelta(hours=n)))
+    load.append(os.getloadavg()[0])
+    mutate(client, bucket, 0.01, seed=int(base.timestamp()))
+    changed = _media_snapshot(policy, stores, target, base + timedelta(hours=MEDIA_ROUNDS + 1))
+    if small_bucket == bucket:
+        small = [first, unchanged[0]]
+    else:
+        small_target = _media_target(small_bucket)
+        small = [
+            _media_snapshot(policy, stores, small_target, base + timedelta(hours=n))
+            for n in range(2)
+        ]
+
     copied = changed["source"]["copied_bytes"] / first["source"]["copied_bytes"]
+    snap_median = statistics.median(step["seconds"] for step in unchanged)
+    bare_median = statistics.median(bare)
+    rounds = ", ".join(
+        f"{step['seconds'] / seconds:.2f}x" for step, seconds in zip(unchanged, bare, strict=True)
+    )
     return [
         (
             f"media first snapshot, {first['source']['objects']:,} objects "
@@ -219,15 +266,22 @@ def bench_media() -> list[tuple[str, str, str]]:
             f"{changed['seconds'] / first['seconds']:.2f}x",
         ),
         (
-            f"media unchanged snapshot (listing + manifest) vs bare listing of {listed:,} objects",
-            f"{unchanged['seconds']:.1f} s vs {bare_listing:.1f} s",
-            f"{unchanged['seconds'] / bare_listing:.2f}x",
+            f"media unchanged snapshot (listing + manifest) vs bare listing of {listed:,} "
+            f"objects, medians of {MEDIA_ROUNDS}, alternated",
+            f"{snap_median:.1f} s vs {bare_median:.1f} s",
+            f"{snap_median / bare_median:.2f}x (goal <= 1.1x; rounds: {rounds})",
         ),
         (
-            "media snapshot peak RSS, 10,000 vs 100,000 objects: first / unchanged",
+            "machine load during those rounds (1-minute load average, 2 cores)",
+            f"{min(load):.1f} to {max(load):.1f}",
+            "busy: above the core count, ratios are noisy" if max(load) > 2 else "quiet",
+        ),
+        (
+            f"media snapshot peak RSS, {MEDIA_SMALL_OBJECTS:,} vs {objects:,} objects: "
+            "first / unchanged",
             f"{small[0]['rss_mb']:.0f}/{small[1]['rss_mb']:.0f} MB vs "
-            f"{first['rss_mb']:.0f}/{unchanged['rss_mb']:.0f} MB",
-            f"{unchanged['rss_mb'] / small[1]['rss_mb']:.2f}x (goal < 300 MB, flat)",
+            f"{first['rss_mb']:.0f}/{unchanged[0]['rss_mb']:.0f} MB",
+            f"{unchanged[0]['rss_mb'] / small[1]['rss_mb']:.2f}x (goal < 300 MB, flat)",
         ),
     ]
 
@@ -388,43 +442,18 @@ def bench_restore_and_validation(stores, window: datetime, reference) -> list[tu
     ]
 
 
-def bench_prune_planning() -> tuple[str, str, str]:
-    from include.backup_dr.catalogue import Backup, BackupId, Copy, Verification
-    from include.backup_dr.retention import plan_prune
-
-    now = datetime.now(UTC)
-    backups = [
-        Backup(
-            BackupId("platform", f"db{i % 100}", "6h", now - timedelta(hours=6 * (i // 100))),
-            {r: Copy(r, Verification.PASSED, 1) for r in ("eu-west-1", "eu-central-1")},
-            now,
-        )
-        for i in range(100_000)
-    ]
-    started = time.perf_counter()
-    plan = plan_prune(
-        backups,
-        [],
-        {"6h": timedelta(days=1)},
-        now,
-        grace=timedelta(hours=6),
-        max_delete_fraction=1.0,
-    )
-    elapsed = time.perf_counter() - started
-    return (
-        "prune planning, 100,000 backups (200,000 copies)",
-        f"{elapsed:.2f} s, {len(plan.deletions):,} deletions",
-        f"{elapsed:.2f} s (goal < 1 s)",
-    )
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1100)
-    parser.add_argument("--only", choices=["platform", "media", "continuous", "parse"])
+    parser.add_argument(
+        "--only", choices=["platform", "media", "continuous", "parse", "gc", "catalogue"]
+    )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
     parser.add_argument("--lag-rate", type=float, default=200, help="continuous: commits/s")
     parser.add_argument("--lag-seconds", type=float, default=60, help="continuous: lag run")
+    parser.add_argument(
+        "--media-objects", type=int, default=MEDIA_OBJECTS, help="media: objects in the bucket"
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     from local import stack
@@ -437,16 +466,26 @@ def main() -> None:
         _report(bench_parse())
         return
     try:
-        _prepare(args.size_mb)
+        _prepare(
+            args.size_mb, args.media_objects, database=args.only not in ("media", "gc", "catalogue")
+        )
         if args.only in (None, "platform"):
-            rows += [*bench_snapshot_and_integrity(), bench_prune_planning()]
+            rows += bench_snapshot_and_integrity()
         if args.only in (None, "media"):
-            _prepare_media()
-            rows += bench_media()
+            _prepare_media(args.media_objects)
+            rows += bench_media(args.media_objects)
         if args.only is None:
             from bench.parse import bench_parse
 
             rows += bench_parse()
+        if args.only in (None, "catalogue"):
+            from bench.catalogue import bench_catalogue
+
+            rows += bench_catalogue()
+        if args.only in (None, "gc"):
+            from bench.gc import bench_gc
+
+            rows += bench_gc()
         if args.only in (None, "continuous"):
             from bench.continuous import bench_continuous
 

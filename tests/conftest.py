@@ -15,4 +15,4 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
 #: The local stack's fixtures (tests/integration and tests/faults share one stack per session).
-pytest_plugins = ["tests.stack"]
+pytest_plugins = ["tests.stack", "tests.browser"]

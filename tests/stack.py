@@ -5,12 +5,14 @@ region) with SSE-KMS, and an SMTP sink, started once per session on ports of the
 from __future__ import annotations
 
 import email
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +150,123 @@ def mail_text(message: email.message.Message) -> str:
     )
 
 
-def run_dag(dag_id: str, logical_date: datetime, conf: dict[str, Any] | None = None):
-    """Run one DAG for real with dag.test(); returns the finished DagRun."""
+def run_dag(
+    dag_id: str,
+    logical_date: datetime,
+    conf: dict[str, Any] | None = None,
+    *,
+    retry_delay: timedelta | None = None,
+):
+    """Run one DAG for real with dag.test(); returns the finished DagRun.
+
+    `retry_delay` compresses the DAG's retry delays (minutes in production) so a fault test
+    sees every retry of a failing task, and the alert after the last one, within seconds.
+    """
     from airflow.dag_processing.dagbag import DagBag
 
     bag = DagBag(dag_folder=str(REPO / "dags"))
     assert not bag.import_errors, bag.import_errors
-    return bag.dags[dag_id].test(logical_date=logical_date, run_conf=conf)
+    dag = bag.dags[dag_id]
+    if retry_delay is not None:
+        for task in dag.tasks:
+            task.retry_delay = retry_delay
+    return dag.test(logical_date=logical_date, run_conf=conf)
+
+
+# --- Airflow standalone: a real scheduler, started at most once per session ------------------
+
+
+@pytest.fixture(scope="session")
+def airflow_scheduler(stack) -> Iterator[dict[str, str]]:
+    """Airflow standalone (scheduler, API, dag processor) with its own home and a fresh metadata
+    DB, on the test stack; yields the environment for `airflow_cli`. Shared by the session's
+    tests: each works on DAGs of its own and leaves them paused."""
+    env = {
+        **os.environ,
+        "BACKUP_LOCAL_DIR": f"{STATE}-standalone",
+        "PYTHONPATH": str(REPO),
+        # PostgreSQL as the metadata DB, as in production: SQLite locks under a busy scheduler.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _metadata_db(),
+    }
+    # Connections come from its own metadata DB (loaded by `up`), as in a real deployment.
+    env = {k: v for k, v in env.items() if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))}
+    for command in ("down", "up"):  # a fresh metadata DB: only the store remembers backups
+        if command == "up":
+            shutil.rmtree(Path(env["BACKUP_LOCAL_DIR"]) / "airflow", ignore_errors=True)
+        subprocess.run(
+            [sys.executable, "-m", "local.stack", command, "--only", "airflow"],
+            env=env,
+            check=True,
+            cwd=REPO,
+        )
+    from local.airflow_stack import airflow_env
+
+    cli_env = {
+        **{
+            k: v
+            for k, v in airflow_env().items()
+            if not k.startswith(("AIRFLOW_CONN_", "AIRFLOW_VAR_"))
+        },
+        "BACKUP_LOCAL_DIR": env["BACKUP_LOCAL_DIR"],
+        "AIRFLOW_HOME": f"{env['BACKUP_LOCAL_DIR']}/airflow",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"],
+    }
+    yield cli_env
+    subprocess.run(
+        [sys.executable, "-m", "local.stack", "down", "--only", "airflow"],
+        env=env,
+        check=False,
+        cwd=REPO,
+    )
+
+
+def _metadata_db() -> str:
+    from local.config import HOST, PG_PASSWORD, PG_USER, Ports
+    from local.pg import connect
+
+    with connect() as conn:
+        conn.execute("DROP DATABASE IF EXISTS airflow_backfill_test WITH (FORCE)")
+        conn.execute("CREATE DATABASE airflow_backfill_test")
+    port = Ports.from_env().pg
+    return f"postgresql+psycopg2://{PG_USER}:{PG_PASSWORD}@{HOST}:{port}/airflow_backfill_test"
+
+
+def airflow_cli(env: dict[str, str], *args: str) -> str:
+    """Run `airflow ARGS` against the standalone scheduler; its stdout (fails on an error)."""
+    done = subprocess.run(
+        [str(REPO / ".venv" / "bin" / "airflow"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def dag_runs(env: dict[str, str], dag_id: str) -> dict[str, dict]:
+    """The DAG's runs by logical date (ISO 8601)."""
+    out = airflow_cli(env, "dags", "list-runs", dag_id, "-o", "json")
+    return {run["logical_date"]: run for run in json.loads(out.strip().splitlines()[-1])}
+
+
+def wait_for_runs(
+    env: dict[str, str], dag_id: str, dates: list[datetime], after: datetime, timeout: float = 300
+) -> None:
+    """Wait until the runs of `dates` have finished after `after`; assert they all succeeded."""
+    wanted = {d.isoformat() for d in dates}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = dag_runs(env, dag_id)
+        done = {
+            date
+            for date, run in runs.items()
+            if run["state"] in ("success", "failed")
+            and run["end_date"]
+            and datetime.fromisoformat(run["end_date"]) > after
+        }
+        if wanted <= done:
+            assert all(runs[d]["state"] == "success" for d in wanted), runs
+            return
+        time.sleep(5)
+    raise AssertionError(f"runs for {sorted(wanted)} did not finish: {dag_runs(env, dag_id)}")

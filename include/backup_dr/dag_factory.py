@@ -14,8 +14,9 @@ local policy file: no network, no database.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
@@ -23,12 +24,17 @@ from airflow.sdk.exceptions import AirflowFailException
 from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
 from include.backup_dr.policy import (
     CONTINUOUS,
+    KNOWN_TIERS,
     Category,
     Policy,
     Tier,
+    cron_period,
     format_duration,
     load_policy,
 )
+
+if TYPE_CHECKING:  # the lease module talks to S3: imported by the tasks only, not at parse time
+    from include.backup_dr.lease import Tenure
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +45,8 @@ TIMEOUTS = {
     "copy_to_secondary": timedelta(hours=3),
     "integrity_check": timedelta(hours=2),
     "prune": timedelta(minutes=30),
+    "collect_garbage": timedelta(hours=2),
+    "replicate": timedelta(minutes=50),
 }
 
 #: Mapped tasks are labelled with their target in the UI (set by `_label`).
@@ -78,11 +86,26 @@ def _label(target: str) -> dict[str, Any]:
     return context  # type: ignore[return-value]
 
 
+def _exclusive(store: Any, subject: str, step: str) -> AbstractContextManager[Tenure]:
+    """The step's critical section on `subject` (e.g. `<category>/<target>/<tier>`): one task
+    at a time, whatever runs beside it (backfills, other deployments; see lease.py). It waits at
+    most a third of the step's timeout for the lease, then fails, to be retried."""
+    from include.backup_dr.lease import Holder, critical_section
+
+    holder = Holder.of(get_current_context()["ti"])
+    return critical_section(store, subject, holder, max_wait=TIMEOUTS[step] / 3)
+
+
 def _runtime() -> tuple[Any, Any]:
     from include.backup_dr.pipeline import Stores
 
     policy = load_policy()
     return policy, Stores.from_policy(policy)
+
+
+def _subject(ref: dict[str, Any]) -> str:
+    """The lease subject of a backup's steps: its target and tier."""
+    return f"{ref['category']}/{ref['target']}/{ref['tier']}"
 
 
 def _target_group(category: str, tier: str, group: str, pool: str | None) -> None:
@@ -116,7 +139,8 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         window = context.get("logical_date") or context["dag_run"].run_after
         policy, stores = _runtime()
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
-        return take_snapshot(policy, stores, target, tier, window, run)
+        with _exclusive(stores.primary, f"{category}/{target}/{tier}", "snapshot"):
+            return take_snapshot(policy, stores, target, tier, window, run)
 
     @task(multiple_outputs=False, execution_timeout=TIMEOUTS["copy_to_secondary"], **LABELLED)
     def copy_to_secondary(ref: dict[str, Any]) -> dict[str, Any]:
@@ -124,7 +148,8 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
 
         _label(ref["target"])
         policy, stores = _runtime()
-        return pipeline.copy_to_secondary(policy, stores, ref)
+        with _exclusive(stores.primary, _subject(ref), "copy_to_secondary"):
+            return pipeline.copy_to_secondary(policy, stores, ref)
 
     @task(multiple_outputs=False, execution_timeout=TIMEOUTS["integrity_check"], **LABELLED)
     def integrity_check(ref: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +157,8 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
 
         _label(ref["target"])
         policy, stores = _runtime()
-        return check_integrity(policy, stores, ref)
+        with _exclusive(stores.primary, _subject(ref), "integrity_check"):
+            return check_integrity(policy, stores, ref)
 
     @task(multiple_outputs=False, execution_timeout=TIMEOUTS["prune"], **LABELLED)
     def prune(ref: dict[str, Any]) -> dict[str, Any]:
@@ -141,14 +167,16 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         context = _label(ref["target"])
         policy, stores = _runtime()
         params = context["params"]
-        return pipeline.prune(
-            policy,
-            stores,
-            ref["target"],
-            ref["tier"],
-            dry_run=bool(params["dry_run"]),
-            override_circuit_breaker=bool(params["override_circuit_breaker"]),
-        )
+        with _exclusive(stores.primary, _subject(ref), "prune") as lease:
+            return pipeline.prune(
+                policy,
+                stores,
+                ref["target"],
+                ref["tier"],
+                dry_run=bool(params["dry_run"]),
+                override_circuit_breaker=bool(params["override_circuit_breaker"]),
+                before_delete=lease.ensure_held,
+            )
 
     @task_group(group_id=group)
     def per_target(target: str) -> None:
@@ -201,8 +229,8 @@ This DAG takes the base backups, on `{settings.base_backup_schedule}`, per serve
 WAL is archived) -> `copy_to_secondary` (the base backup and every WAL file it needs) ->
 `integrity_check` (both regions: re-hash, tar readable, WAL continuous from the oldest base
 backup to the newest segment, new segments re-read) -> `prune` (keeps the {days} recovery
-window: the base backup its oldest second replays from is kept, and WAL older than the oldest
-kept base backup goes). Params: `dry_run`, `override_circuit_breaker`.
+window: the base backup its oldest second replays from is kept; WAL older than the oldest kept
+base backup goes in `backup_collect_garbage`). Params: `dry_run`, `override_circuit_breaker`.
 """
 
 
@@ -226,15 +254,85 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
         default_args=_default_args(),
         tags=["backup", f"category:{category_name}", f"tier:{tier_name}"],
         doc_md=doc,
-        params={
-            "dry_run": Param(False, type="boolean", description="Plan the prune, delete nothing"),
-            "override_circuit_breaker": Param(
-                False, type="boolean", description="Let an unusually large prune go ahead"
-            ),
-        },
+        params=_deletion_params("prune"),
     ) as dag:
         for group, pool in groups:
             _target_group(category_name, tier_name, group, pool)
+    return dag
+
+
+def _deletion_params(what: str) -> dict[str, Param]:
+    """The params of a DAG that deletes: plan without deleting, or let a large plan through."""
+    return {
+        "dry_run": Param(False, type="boolean", description=f"Plan the {what}, delete nothing"),
+        "override_circuit_breaker": Param(
+            False, type="boolean", description=f"Let an unusually large {what} go ahead"
+        ),
+    }
+
+
+def _gc_doc(policy: Policy) -> str:
+    prune = policy.prune
+    return f"""### Garbage collection: once a day per category
+
+**Why a DAG of its own:** what backups refer to is shared by a whole category (a media blob is
+stored once for every snapshot that lists it; a server's WAL serves every base backup), so it
+is collected once per category, here, on `{prune.gc_schedule}`, not at the end of every
+per-target prune. One mapped `collect_garbage` task per category does, in both regions:
+
+- **media**: marks every blob that a committed snapshot's listing (checked against the SHA-256
+  its manifest records) or a replica listing refers to, then sweeps the blobs nothing refers to
+  once older than the grace ({format_duration(prune.incomplete_upload_grace)}), and only their
+  versions older than the grace (a snapshot that meets an old blob again refreshes it first).
+  Marks and plan live in a temporary SQLite file, so memory stays flat at any number of blobs.
+- **continuous tier**: WAL older than the start of the oldest base backup that prune kept in
+  the region (the recovery window's first base) restores nothing and goes; history files stay.
+
+A listing or manifest that cannot be read whole stops the run before anything is deleted. The
+circuit breaker stops it too, deleting nothing and failing red with the numbers, when a sweep
+would delete more than {prune.max_delete_fraction:.0%} of a category's blobs (or of a server's
+WAL) in a region. Params: `dry_run` plans without deleting; `override_circuit_breaker` lets a
+large sweep go ahead (only after checking why). Every run leaves
+`evidence/gc/<category>/<time>-<id>.json` in each region: counts, the breaker, and a sample of
+the deletions with their reasons.
+"""
+
+
+def build_gc_dag(policy: Policy) -> DAG:
+    """`backup_collect_garbage`: one mapped `collect_garbage` per category, once a day."""
+
+    @task(task_id="categories")
+    def select_categories() -> list[str]:
+        return list(load_policy().categories)
+
+    @task(multiple_outputs=False, execution_timeout=TIMEOUTS["collect_garbage"], **LABELLED)
+    def collect_garbage(category: str) -> dict[str, Any]:
+        from include.backup_dr import gc
+
+        context = _label(category)
+        policy_now, stores = _runtime()
+        params = context["params"]
+        return gc.collect_garbage(
+            policy_now,
+            stores,
+            category,
+            dry_run=bool(params["dry_run"]),
+            override_circuit_breaker=bool(params["override_circuit_breaker"]),
+            run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+        )
+
+    with DAG(
+        dag_id="backup_collect_garbage",
+        schedule=policy.prune.gc_schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(),
+        tags=["backup", "gc"],
+        doc_md=_gc_doc(policy),
+        params=_deletion_params("garbage collection"),
+    ) as dag:
+        collect_garbage.expand(category=select_categories())
     return dag
 
 
@@ -265,14 +363,17 @@ def build_replication_dag(policy: Policy, category_name: str) -> DAG:
                 chosen.append(target.name)
         return chosen
 
-    @task(multiple_outputs=False, execution_timeout=timedelta(minutes=50), **LABELLED)
+    @task(multiple_outputs=False, execution_timeout=TIMEOUTS["replicate"], **LABELLED)
     def replicate(target: str) -> dict[str, Any]:
         from include.backup_dr import replication
 
         context = _label(target)
         policy_now, stores = _runtime()
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
-        return replication.replicate(policy_now, stores, target, run)
+        # Its lease lives in the secondary region, the only one it writes: replication goes on
+        # while the primary region is out.
+        with _exclusive(stores.secondary, f"{category_name}/{target}/replicate", "replicate"):
+            return replication.replicate(policy_now, stores, target, run)
 
     @task(multiple_outputs=False, retries=0, execution_timeout=timedelta(minutes=5), **LABELLED)
     def check_rpo(state: dict[str, Any]) -> dict[str, Any]:
@@ -488,6 +589,93 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
     return dag
 
 
+def _dr_restore_params(policy: Policy) -> dict[str, Param]:
+    """The trigger form of dr_restore. In a disaster it must submit with only what a database
+    restore needs (targets, confirm): every other param has a default or may stay empty."""
+    production = sorted((t for t in policy.targets if t.is_production), key=lambda t: t.priority)
+    in_use = {t.category for t in production}
+    tiers = [
+        name
+        for name in KNOWN_TIERS
+        if any(name in policy.categories[c].scheduled_tiers() for c in in_use)
+    ]
+    return {
+        "targets": Param(
+            [],
+            type="array",
+            examples=[t.name for t in production],
+            items={"type": "string", "enum": [t.name for t in production]},
+            description="Production targets to restore; they run highest priority first, "
+            "one after another",
+        ),
+        "confirm": Param(
+            "no",
+            enum=["no", "restore"],
+            values_display={
+                "no": "no: refuse to run (nothing is restored)",
+                "restore": "restore: replace the targets at the destination with the backup",
+            },
+            description="The run refuses unless this is 'restore'. A replaced database is "
+            "renamed to <db>__before_<run start> and kept, never dropped",
+        ),
+        "connection": Param(
+            "pg_sandbox",
+            type="string",
+            description="Airflow connection of the PostgreSQL server the databases are "
+            "restored into",
+        ),
+        "overwrite": Param(
+            False,
+            type="boolean",
+            description="Replace a database or destination that is not empty (refused otherwise)",
+        ),
+        "region": Param(
+            "secondary",
+            enum=["primary", "secondary"],
+            description=f"Region whose backups are restored: primary "
+            f"({policy.regions.primary.name}) or secondary ({policy.regions.secondary.name})",
+        ),
+        "tier": Param(
+            "daily",
+            enum=tiers,
+            description="Tier whose newest verified backup is restored (ignored with target_time)",
+        ),
+        "backup": Param(
+            None,
+            type=["null", "string"],
+            description="A backup window (ISO 8601) instead of the newest verified backup; "
+            "one target only. Empty: the newest",
+        ),
+        "target_time": Param(
+            None,
+            type=["null", "string"],
+            description="Databases: recover to this second (ISO 8601, or 'latest') from a "
+            "base backup and the WAL archive. Empty: restore the tier's dump",
+        ),
+        "bucket_connection": Param(
+            "s3_restore_sandbox",
+            type="string",
+            description="Media: Airflow connection of the destination bucket",
+        ),
+        "bucket": Param(
+            None,
+            type=["null", "string"],
+            description="Media: the bucket the objects are restored into (needed for media "
+            "targets)",
+        ),
+        "prefix": Param(
+            None,
+            type=["null", "string"],
+            description="Media: restore only the keys under this prefix. Empty: every key",
+        ),
+        "dest_prefix": Param(
+            None,
+            type=["null", "string"],
+            description="Media: write each key under this prefix in the bucket. Empty: as is",
+        ),
+    }
+
+
 def build_dr_restore_dag(policy: Policy) -> DAG:
     """Manual disaster recovery: restore named targets, in priority order, into a connection."""
 
@@ -538,26 +726,7 @@ the whole server's cluster is recovered from a base backup and the WAL archive o
 a throwaway server (private Unix socket, no TCP port) and validated before anything at the
 destination is touched; then each target is copied from it with pg_dump / pg_restore. A time
 outside what the region can recover is refused with the available range.""",
-        params={
-            "targets": Param([], type="array", description="target names from the policy"),
-            "connection": Param("pg_sandbox", type="string", description="where to restore"),
-            "confirm": Param("", type="string", description="type 'restore' to confirm"),
-            "overwrite": Param(False, type="boolean"),
-            "region": Param("secondary", enum=["primary", "secondary"]),
-            "tier": Param("daily", type="string"),
-            "backup": Param(None, type=["null", "string"], description="window, ISO 8601"),
-            "target_time": Param(
-                None,
-                type=["null", "string"],
-                description="databases: point in time, ISO 8601 or 'latest' (null: a dump)",
-            ),
-            "bucket_connection": Param(
-                "s3_restore_sandbox", type="string", description="media: connection of bucket"
-            ),
-            "bucket": Param(None, type=["null", "string"], description="media: where to restore"),
-            "prefix": Param("", type="string", description="media: only keys under this prefix"),
-            "dest_prefix": Param("", type="string", description="media: written under this"),
-        },
+        params=_dr_restore_params(policy),
     ) as dag:
         restore_in_priority_order()
     return dag
@@ -669,4 +838,155 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
         },
     ) as dag:
         measure.expand(server=select_servers())
+    return dag
+
+
+def _compliance_doc(policy: Policy) -> str:
+    from include.backup_dr.monitor.compliance import human
+
+    settings = policy.compliance
+    grace = human(settings.grace)
+    continuous = policy.continuous
+    if continuous is not None:
+        rpo = format_duration(policy.categories[continuous.category].rpo)
+        monitor = continuous.monitor
+        stale = human(cron_period(monitor.schedule) + settings.monitor_grace)
+        lag = (
+            f"the continuous monitor's newest evidence is at most {stale} old and shows neither "
+            f"`lag` (over the {rpo} RPO for {monitor.lag_alert_samples} samples in a row) nor "
+            "`standby_gone`"
+        )
+        wal = (
+            "the same evidence: archiving is not failing, and no closed WAL segment waits while "
+            "the last one archived is more than 2 x archive_timeout "
+            f"({human(2 * continuous.archive_timeout)}) old"
+        )
+    else:
+        lag = wal = "(no continuous tier in the policy)"
+    media_rpo = next(
+        (format_duration(c.rpo) for c in policy.categories.values() if c.replication_schedule),
+        "-",
+    )
+    return f"""### Compliance: is every promise kept?
+
+Every `{settings.schedule}` this DAG reads the store of both regions (never Airflow's database)
+and judges each promise of the policy; one evidence record per run (every check, its figure,
+its limit and why) goes to `evidence/compliance/` in both regions.
+
+| check | one per | green when |
+|---|---|---|
+| `backup_age` | production target (continuous: server), tier, region | the newest backup **verified** in that region was taken within the tier's schedule period + {grace} grace |
+| `standby_lag` | continuous server | {lag} |
+| `wal_archive` | continuous server | {wal} |
+| `replication_lag` | media target | media_replicate's last run found the secondary within the {media_rpo} RPO and began less than {media_rpo} ago |
+| `restore_drill` | production target, continuous server | the newest restore drill passed and is at most 366 days (+ grace) old |
+| `projected_rto` | drilled target, and all targets | the newest backup's size at the restore rate the drill measured fits the {format_duration(policy.objectives.rto)} RTO; `all targets` adds them up, as dr_restore restores one after another |
+| `rehash_coverage` | media target, region | every blob's daily sample bucket was re-hashed (and passed) within a year; amber when a missed day will leave blobs over a year without a re-hash, or when there is no evidence |
+
+Statuses follow Nagios: OK, WARNING (amber, no page), CRITICAL and UNKNOWN (red: broken, or
+nobody can tell). On-call is paged **once** when checks turn red (one message naming them) and
+told once when they are green again; that state lives in the store
+(`state/compliance/state.json`), not in Airflow. The task fails while any check is red.
+The same checks from a shell, without Airflow: `python -m include.backup_dr check` (exit 0 OK,
+1 WARNING, 2 CRITICAL, 3 UNKNOWN; `--nagios` for one line), and
+`python -m include.backup_dr policy report` for each promise against the configuration.
+"""
+
+
+def build_compliance_dag(policy: Policy) -> DAG:
+    """`backup_compliance`: every promise judged from the store; pages once per breach."""
+
+    @task(
+        retries=0,  # the next run is minutes away
+        multiple_outputs=False,
+        execution_timeout=timedelta(minutes=10),
+        on_failure_callback=[_MonitorFailureNotifier()],
+    )
+    def check_promises() -> dict[str, Any]:
+        from include.backup_dr.monitor import record
+        from include.backup_dr.monitor.lag import ConditionsOpenError
+
+        context = get_current_context()
+        policy_now, stores = _runtime()
+        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        document = record.run(policy_now, list(stores), run, context=context)
+        red = [c["id"] for c in document["checks"] if c["status"] in ("CRITICAL", "UNKNOWN")]
+        if red:
+            raise ConditionsOpenError(
+                f"{len(red)} check(s) red: {', '.join(red[:8])}"
+                + (f" and {len(red) - 8} more" if len(red) > 8 else "")
+                + f"; on-call is paged once per breach; evidence {document['key']}"
+            )
+        return {"status": document["status"], "counts": document["counts"]}
+
+    with DAG(
+        dag_id="backup_compliance",
+        schedule=policy.compliance.schedule,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args={**_default_args(), "retries": 0},
+        tags=["monitor", "compliance", "iso27001"],
+        doc_md=_compliance_doc(policy),
+    ) as dag:
+        check_promises()
+    return dag
+
+
+#: `backup_audit_report`: on 2 January, once the last windows of the year are checked.
+AUDIT_SCHEDULE = "0 6 2 1 *"
+
+
+def build_audit_dag(policy: Policy) -> DAG:
+    """`backup_audit_report`: the year's audit report, from the store, kept as evidence."""
+
+    @task(multiple_outputs=False, execution_timeout=timedelta(hours=2))
+    def write_report() -> dict[str, str]:
+        from include.backup_dr.audit import build_audit, run_period, write_evidence
+
+        context = get_current_context()
+        policy_now, stores = _runtime()
+        start, end = run_period(context["logical_date"], context["params"])
+        report = build_audit(policy_now, stores, start, end)
+        prefix = write_evidence(report, stores)
+        log.info("%d exception(s) in the audit of %s to %s", len(report.exceptions), start, end)
+        return {"from": start.isoformat(), "to": end.isoformat(), "evidence": prefix}
+
+    with DAG(
+        dag_id="backup_audit_report",
+        schedule=AUDIT_SCHEDULE,
+        start_date=START_DATE,
+        catchup=False,
+        max_active_runs=1,
+        default_args=_default_args(),
+        params={
+            "from": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                description="First day reported (YYYY-MM-DD). Empty: 1 January of the year "
+                "before the run. Give `to` too.",
+            ),
+            "to": Param(
+                None,
+                type=["null", "string"],
+                format="date",
+                description="Last day reported, included (YYYY-MM-DD). Empty: 31 December of "
+                "the year before the run.",
+            ),
+        },
+        tags=["compliance", "audit", "iso27001"],
+        doc_md=f"""### The annual audit report
+
+Every `{AUDIT_SCHEDULE}` (2 January) this DAG reads the evidence of the previous calendar year
+from both regions' stores (never Airflow's database): expected windows of every tier against
+those backed up and verified in every region (missed and backfilled ones listed), integrity
+results, prune decisions with their reasons, and the restore drills' RTO and RPO against the
+policy ({format_duration(policy.objectives.rto)} RTO), each line with its ISO 27001 control.
+It writes `evidence/audit/<from>-<to>/<time>-<id>/report.md` and `report.html` to both regions.
+Params `from` / `to` report another period. The same from a shell:
+`python -m include.backup_dr audit --from 2026-01-01 --to 2026-12-31 --out DIR`.
+""",
+    ) as dag:
+        write_report()
     return dag

@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
@@ -27,7 +27,7 @@ from include.backup_dr.catalogue import (
     window_label,
 )
 from include.backup_dr.engines import engine_for
-from include.backup_dr.integrity import check_copy
+from include.backup_dr.integrity import check_copy, record_key
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.retention import PrunePlan, plan_prune
 from include.backup_dr.store import ObjectStore
@@ -40,7 +40,8 @@ class IntegrityError(AirflowFailException):
 
 
 class CircuitBreakerTripped(AirflowFailException):
-    """Prune planned more deletions than the policy expects; nothing was deleted."""
+    """Prune (or garbage collection) planned more deletions than the policy expects; nothing
+    was deleted."""
 
 
 class NotBackedUp(AirflowFailException):
@@ -217,6 +218,7 @@ def check_integrity(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict
         report = check_copy(store, reference, engine)
         document = {**report.to_document(), "artifact_sha256": reference.artifact.sha256}
         store.put_json(backup.key(INTEGRITY_NAME), document)
+        store.put_json(record_key(backup, report.checked_at), document)  # kept for good
         log.info(report.summary())
         reports.append(report)
     failed = [report for report in reports if not report.ok]
@@ -233,9 +235,14 @@ def check_integrity(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict
 
 
 def plan_for(
-    policy: Policy, stores: Stores, category: str, target: str, tier: str, now: datetime
+    policy: Policy,
+    stores: Iterable[ObjectStore],
+    category: str,
+    target: str,
+    tier: str,
+    now: datetime,
 ) -> PrunePlan:
-    """Read both regions' catalogues of one target's tier and plan the prune."""
+    """Read the regions' catalogues of one target's tier (both, for a prune) and plan."""
     prefix = f"{category}/{target}/{tier}/"
     backups, debris = build_catalogue(store.listing(prefix) for store in stores)
     retention = {tier: policy.categories[category].tiers[tier].retention}
@@ -259,9 +266,15 @@ def prune(
     now: datetime | None = None,
     dry_run: bool = False,
     override_circuit_breaker: bool = False,
+    before_delete: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
-    """Plan, record the plan as evidence in both regions, then (unless stopped) carry it out."""
+    """Plan, record the plan as evidence in both regions, then (unless stopped) carry it out.
+    `before_delete` runs before each deletion and raises to stop them (the step's lease lost)."""
     category = policy.subject(target, tier).category
+    # Only what the plan saw is the plan's to delete: a version written after the listing (a
+    # window re-taken meanwhile) survives, whatever runs beside this prune. S3 stamps versions
+    # to the second, so the bound is a whole second before the listing began.
+    listed_from = _now().replace(microsecond=0) - timedelta(seconds=1)
     now = now or _now()
     plan = plan_for(policy, stores, category, target, tier, now)
     for decision in plan.decisions:
@@ -292,18 +305,26 @@ def prune(
         log.info("Dry run: %d deletions planned, none made.", len(plan.deletions))
     else:
         for decision in plan.deletions:
+            before_delete()
             store = stores.by_region(decision.region)
             if decision.backup is not None:
-                # Manifest first: an interrupted delete leaves debris, never a half backup.
-                store.delete_all_versions(decision.backup.key(MANIFEST_NAME))
-                store.delete_all_versions(decision.backup.prefix)
+                # Manifest first, with the evidence beside it, in one request: an interrupted
+                # delete leaves only data without a manifest, which the catalogue lists as
+                # debris and a later prune removes; never a half backup, nor an orphan record
+                # that no listing shows and no prune ever removes.
+                backup = decision.backup
+                store.delete_all_versions(
+                    backup.prefix,
+                    keys={backup.key(MANIFEST_NAME), backup.key(INTEGRITY_NAME)},
+                    written_before=listed_from,
+                )
+                store.delete_all_versions(backup.prefix, written_before=listed_from)
             elif decision.debris is not None and decision.debris.upload_id:
                 store.abort_upload(decision.debris.key, decision.debris.upload_id)
             elif decision.debris is not None:
-                store.delete_all_versions(decision.debris.key)
-        engine = engine_for(policy.engine_name(category, tier))
-        for store in stores:
-            log.info("%s: %s", store.region.name, engine.collect_garbage(policy, store))
+                store.delete_all_versions(decision.debris.key, written_before=listed_from)
+        # What the deleted backups referred to (blobs, WAL) goes later, once per category:
+        # see include/backup_dr/gc.py.
     return {
         "target": target,
         "tier": tier,

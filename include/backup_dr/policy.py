@@ -68,6 +68,20 @@ def _cron(value: str) -> str:
     return value
 
 
+def cron_period(expression: str) -> timedelta:
+    """The longest gap between two fire times of a cron schedule, over a year of them."""
+    fires = croniter(expression, datetime(2026, 1, 1, tzinfo=UTC))
+    previous = fires.get_next(datetime)
+    longest = timedelta(0)
+    for _ in range(400):
+        current = fires.get_next(datetime)
+        longest = max(longest, current - previous)
+        previous = current
+        if current.year > 2026:
+            break
+    return longest
+
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Cron = Annotated[str, AfterValidator(_cron)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]*$")]
@@ -118,16 +132,7 @@ class Tier(_Frozen):
         """The longest gap between two runs of the schedule, over a year of fire times."""
         if self.is_continuous:
             return timedelta(seconds=1)
-        fires = croniter(self.schedule, datetime(2026, 1, 1, tzinfo=UTC))
-        previous = fires.get_next(datetime)
-        longest = timedelta(0)
-        for _ in range(400):
-            current = fires.get_next(datetime)
-            longest = max(longest, current - previous)
-            previous = current
-            if current.year > 2026:
-                break
-        return longest
+        return cron_period(self.schedule)
 
     @model_validator(mode="after")
     def _retention_covers_period(self) -> Tier:
@@ -282,6 +287,8 @@ class Objectives(_Frozen):
 class PruneSettings(_Frozen):
     incomplete_upload_grace: Duration = timedelta(hours=6)
     max_delete_fraction: float = Field(default=0.5, gt=0, le=1)
+    #: `backup_collect_garbage`: once per category, what no kept backup refers to any more.
+    gc_schedule: Cron = "0 5 * * *"
 
 
 class SandboxBucket(_Frozen):
@@ -303,6 +310,19 @@ class RestoreSettings(_Frozen):
     jobs: int = Field(default=2, ge=1)
 
 
+class ComplianceSettings(_Frozen):
+    """`backup_compliance` (and `python -m include.backup_dr check`): is every promise kept,
+    read from the store."""
+
+    schedule: Cron = "*/15 * * * *"
+    #: How much older than its schedule's period a tier's newest verified backup may be before
+    #: the tier is red: the time a run takes to snapshot, copy and check (and a late start).
+    grace: Duration = timedelta(hours=2)
+    #: How much older than its schedule's period the continuous monitor's newest evidence may be
+    #: before the standby lag and WAL archive count as unwatched (red).
+    monitor_grace: Duration = timedelta(minutes=5)
+
+
 class Policy(_Frozen):
     """The whole policy. Cross-references (target -> category/server) are checked here."""
 
@@ -315,6 +335,7 @@ class Policy(_Frozen):
     prune: PruneSettings = PruneSettings()
     restore_verification: RestoreSettings | None = None
     continuous: ContinuousSettings | None = None
+    compliance: ComplianceSettings = ComplianceSettings()
 
     @model_validator(mode="after")
     def _references(self) -> Policy:

@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.backup_dr.engines.media import REPLICA_DIR, ListingIndex, MediaSnapshot, parse_listing
+from include.backup_dr.engines.media import REPLICA_DIR, EarlierListing, MediaSnapshot
 from include.backup_dr.pipeline import NotBackedUp, Stores
 from include.backup_dr.policy import Policy, format_duration
 from include.backup_dr.store import ObjectStore
@@ -62,8 +62,8 @@ def replicate(
     secondary = stores.secondary
     prefix = replica_prefix(target.category, target.name)
     state = secondary.get_json(prefix + "state.json")
-    earlier = parse_listing(secondary.iter_chunks(prefix + "listing.jsonl")) if state else iter(())
-    previous = ListingIndex(earlier)
+    earlier = secondary.iter_chunks(prefix + "listing.jsonl") if state else ()
+    previous = EarlierListing(earlier)
     source = ObjectStore.for_bucket(target.source.conn_id, target.source.bucket)
     began = datetime.now(UTC)
     try:

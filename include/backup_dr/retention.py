@@ -30,7 +30,13 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import NamedTuple
 
-from include.backup_dr.catalogue import Backup, BackupId, Debris, Verification
+from include.backup_dr.catalogue import (
+    Backup,
+    BackupId,
+    Debris,
+    Verification,
+    collector_paused,
+)
 from include.backup_dr.policy import format_duration
 
 
@@ -109,56 +115,82 @@ def plan_prune(
     recovery window, not a backup age: the newest verified copy older than the window is kept
     too, because the window's oldest second can only be reached by replaying from it.
     """
-    backups = list(backups)
+    with collector_paused():
+        decisions = _plan_copies(list(backups), retention, now, recovery_windows)
+        decisions.extend(_plan_debris(debris, now, grace))
+        return PrunePlan(tuple(decisions), _circuit_breaker(decisions, max_delete_fraction))
+
+
+def _plan_copies(
+    backups: list[Backup],
+    retention: Mapping[str, timedelta],
+    now: datetime,
+    recovery_windows: frozenset[str],
+) -> list[Decision]:
+    """Rules 1-5 for every region copy (see the module docstring)."""
     protected = newest_verified(backups)
-    anchors = newest_verified(
-        b
-        for b in backups
-        if b.id.tier in recovery_windows and now - b.id.window > retention[b.id.tier]
+    anchors = (
+        newest_verified(
+            b
+            for b in backups
+            if b.id.tier in recovery_windows and now - b.id.window > retention[b.id.tier]
+        )
+        if recovery_windows
+        else {}
     )
     # Labels are formatted once, not once per copy: plans run over 100,000s of backups.
     newest_label = {group: f"{backup}@{group[2]}" for group, backup in protected.items()}
     keep_label = {tier: format_duration(keep_for) for tier, keep_for in retention.items()}
     decisions: list[Decision] = []
     for backup in backups:
-        keep_for = retention[backup.id.tier]
-        elapsed = now - backup.id.window
+        bid = backup.id
+        keep_for = retention[bid.tier]
+        elapsed = now - bid.window
         age = _age(elapsed)
-        planned: dict[str, Decision] = {}
-        for region in sorted(backup.copies):
-            group = (backup.id.target, backup.id.tier, region)
+        planned: list[Decision] = []
+        weak: list[str] = []  # regions whose copy is kept although not verified
+        for region, copy in sorted(backup.copies.items()):
+            group = (bid.target, bid.tier, region)
             newest = protected.get(group)
-            if newest == backup.id:
+            if newest == bid:
                 action = Action.KEEP
                 reason = (
-                    f"newest verified backup of tier {backup.id.tier} in {region} "
+                    f"newest verified backup of tier {bid.tier} in {region} "
                     f"(window age {age}); never deleted"
                 )
             elif elapsed <= keep_for:
                 action = Action.KEEP
-                reason = f"within retention: window age {age} <= {keep_label[backup.id.tier]}"
-            elif anchors.get(group) == backup.id:
+                reason = f"within retention: window age {age} <= {keep_label[bid.tier]}"
+            elif anchors.get(group) == bid:
                 action = Action.KEEP
                 reason = (
                     f"base of the recovery window: window age {age} > "
-                    f"{keep_label[backup.id.tier]}, but it is the newest verified base backup "
-                    f"older than that, so the oldest point of the {keep_label[backup.id.tier]} "
+                    f"{keep_label[bid.tier]}, but it is the newest verified base backup "
+                    f"older than that, so the oldest point of the {keep_label[bid.tier]} "
                     "recovery window replays from it"
                 )
             elif newest is None:
                 action = Action.KEEP
                 reason = (
-                    f"expired (window age {age}), but no copy of tier {backup.id.tier} in "
+                    f"expired (window age {age}), but no copy of tier {bid.tier} in "
                     f"{region} has passed an integrity check yet; nothing is deleted until one has"
                 )
             else:
                 action = Action.DELETE
                 reason = (
-                    f"expired: window age {age} > {keep_label[backup.id.tier]}; "
+                    f"expired: window age {age} > {keep_label[bid.tier]}; "
                     f"newer verified copy {newest_label[group]} remains"
                 )
-            planned[region] = Decision(action, region, reason, backup=backup.id)
-        decisions.extend(_guard_twins(backup, planned))
+            if action is Action.KEEP and copy.verification is not Verification.PASSED:
+                weak.append(region)
+            planned.append(Decision(action, region, reason, bid))
+        decisions.extend(_guard_twins(backup, planned, weak) if weak else planned)
+    return decisions
+
+
+def _plan_debris(debris: Iterable[Debris], now: datetime, grace: timedelta) -> list[Decision]:
+    """Debris goes once older than the grace period; younger may be an upload in progress."""
+    decisions: list[Decision] = []
     for item in debris:
         age = now - item.last_modified
         what = "unfinished multipart upload" if item.upload_id else "upload with no manifest"
@@ -181,26 +213,19 @@ def plan_prune(
                     debris=item,
                 )
             )
-    return PrunePlan(tuple(decisions), _circuit_breaker(decisions, max_delete_fraction))
+    return decisions
 
 
-def _guard_twins(backup: Backup, planned: dict[str, Decision]) -> list[Decision]:
-    """Keep a copy whose twin in the other region is kept but unverified: it may be the good one."""
-    weak = [
-        region
-        for region, decision in planned.items()
-        if decision.action is Action.KEEP
-        and backup.copies[region].verification is not Verification.PASSED
-    ]
-    if not weak:
-        return list(planned.values())
+def _guard_twins(backup: Backup, planned: list[Decision], weak: list[str]) -> list[Decision]:
+    """Keep a copy whose twin in another region is kept but unverified (a region in `weak`):
+    that twin may be bad, and this copy the only good one."""
     guarded = []
-    for region, decision in planned.items():
-        twin = next((other for other in weak if other != region), None)
+    for decision in planned:
+        twin = next((other for other in weak if other != decision.region), None)
         if decision.action is Action.DELETE and twin is not None:
             decision = Decision(
                 Action.KEEP,
-                region,
+                decision.region,
                 f"expired, but the copy in {twin} is kept and "
                 f"{backup.copies[twin].verification.value}; this copy may be the only good one",
                 backup=backup.id,

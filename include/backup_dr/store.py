@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Container, Iterator, Sized
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,15 @@ from include.backup_dr.catalogue import (
     Manifest,
     RegionListing,
     StoredObject,
+    collector_paused,
+    verdict_of,
+)
+from include.backup_dr.catalogue_cache import (
+    CachedDocument,
+    CacheUnreadableError,
+    cache_key,
+    decode,
+    encode,
 )
 from include.backup_dr.policy import Region
 
@@ -51,6 +61,8 @@ DOWNLOAD_STREAMS = 4
 MAX_CONNECTIONS = 32
 #: A KMS key ARN needs no lookup; key ids, aliases and alias ARNs are resolved with DescribeKey.
 _KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/.+")
+
+log = logging.getLogger(__name__)
 
 
 class StoreError(RuntimeError):
@@ -108,6 +120,7 @@ class ObjectStore:
         self.endpoint_url = endpoint_url
         self._kms_key_arn: str | None = None
         self._kms_lock = threading.Lock()
+        client.meta.events.register("after-call.s3", self._name_unreachable_kms)
 
     @classmethod
     def for_region(cls, region: Region) -> ObjectStore:
@@ -170,6 +183,19 @@ class ObjectStore:
             raise StoreError(f"{action}: the key {metadata['Arn']} is {metadata['KeyState']}")
         return str(metadata["Arn"])
 
+    def _name_unreachable_kms(self, http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
+        """When S3 fails a call with a server error, say so if the region's KMS key cannot be
+        reached: S3 needs it for every read and write of an SSE-KMS object, and may answer a
+        KMS outage with a bare `InternalError` (SeaweedFS does), which would send on-call to
+        the wrong part. Runs once per failed call, after the SDK's retries; never on success."""
+        if http_response.status_code < 500 or not self.region.kms_key_id:
+            return
+        try:
+            self._describe_key(self.region.kms_key_id)
+        except StoreError as exc:
+            error = parsed.setdefault("Error", {})
+            error["Message"] = f"{error.get('Message', '')} (the region's KMS is out: {exc})"
+
     @property
     def _encryption(self) -> dict[str, str]:
         if not self.region.kms_key_id:  # not a backup region: the bucket's default applies
@@ -221,6 +247,29 @@ class ObjectStore:
         text = document if isinstance(document, str) else json.dumps(document, indent=2) + "\n"
         self.put_bytes(key, text.encode(), "application/json")
 
+    def put_json_if(self, key: str, document: Any, *, etag: str | None) -> str | None:
+        """Write `document` only if `key` is as last read: absent when `etag` is None, else still
+        at that ETag. Returns the new ETag, or None when another writer changed it first (S3
+        answers 412, or 409 when AWS sees concurrent conditional writes)."""
+        condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
+        with _translated(f"writing {self.where(key)} conditionally"):
+            try:
+                response = self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=(json.dumps(document, indent=2) + "\n").encode(),
+                    ContentType="application/json",
+                    ChecksumAlgorithm="SHA256",
+                    **self._encryption,
+                    **condition,
+                )
+            except ClientError as exc:
+                gone = etag is not None and _status(exc) == 404  # AWS: If-Match on no object
+                if _status(exc) in (409, 412) or gone:
+                    return None
+                raise
+        return str(response["ETag"])
+
     def copy_from(
         self,
         source: ObjectStore,
@@ -250,20 +299,28 @@ class ObjectStore:
             finally:
                 body.close()
             return "streamed copy (different S3 services)"
+        action = f"server-side copy {source.where(key)} -> {self.where(dest_key)}"
+        extra = {**self._encryption, "ChecksumAlgorithm": "SHA256"}
+        if size <= single_copy_limit:  # one CopyObject: no HEAD for the size, no transfer threads
+            with _translated(action):
+                self.client.copy_object(
+                    CopySource=copy_source, Bucket=self.bucket, Key=dest_key, **extra
+                )
+            return "server-side copy"
         config = TransferConfig(
             multipart_threshold=single_copy_limit,
             multipart_chunksize=min(COPY_PART_SIZE, single_copy_limit),
         )
-        with _translated(f"server-side copy {source.where(key)} -> {self.where(dest_key)}"):
+        with _translated(action):
             self.client.copy(
                 copy_source,
                 self.bucket,
                 dest_key,
-                ExtraArgs={**self._encryption, "ChecksumAlgorithm": "SHA256"},
+                ExtraArgs=extra,
                 SourceClient=source.client,
                 Config=config,
             )
-        return "server-side multipart copy" if size > single_copy_limit else "server-side copy"
+        return "server-side multipart copy"
 
     def touch(self, key: str) -> None:
         """Write a fresh version of `key` with the same bytes (server-side copy onto itself)."""
@@ -340,6 +397,14 @@ class ObjectStore:
             return json.loads(body.read())
         return None
 
+    def get_json_tagged(self, key: str) -> tuple[Any, str] | None:
+        """A small JSON document and its ETag (for a `put_json_if` after), or None."""
+        with _translated(f"reading {self.where(key)}", missing_ok=True):
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            with response["Body"] as body:
+                return json.loads(body.read()), str(response["ETag"])
+        return None
+
     def manifest(self, backup: BackupId) -> Manifest | None:
         document = self.get_json(backup.key(MANIFEST_NAME))
         return None if document is None else Manifest.from_json(json.dumps(document))
@@ -352,7 +417,8 @@ class ObjectStore:
                     yield StoredObject(
                         item["Key"],
                         item["Size"],
-                        item["LastModified"],
+                        # UTC, not botocore's tzlocal: one tzinfo object per timestamp otherwise.
+                        item["LastModified"].astimezone(UTC),
                         item.get("ETag", "").strip('"'),
                     )
 
@@ -365,26 +431,77 @@ class ObjectStore:
         ]
 
     def listing(self, prefix: str) -> RegionListing:
-        """Everything the catalogue needs from this region under `prefix` (manifests parsed)."""
-        objects = list(self.list_objects(prefix))
-        manifests: dict[BackupId, Manifest] = {}
-        integrity: dict[BackupId, dict[str, Any]] = {}
-        for obj in objects:
-            parsed = BackupId.from_key(obj.key)
-            if parsed is None:
-                continue
-            backup, name = parsed
-            if name == MANIFEST_NAME:
-                manifest = self.manifest(backup)
-                if manifest is not None:
-                    manifests[backup] = manifest
-            elif name == INTEGRITY_NAME:
-                document = self.get_json(obj.key)
-                if document is not None:
-                    integrity[backup] = document
+        """Everything the catalogue needs from this region under `prefix` (manifests parsed).
+
+        One LIST; each manifest and integrity record then comes from the catalogue cache when
+        the LIST shows it unchanged since it was cached, else from a GET (in parallel), and the
+        cache is rewritten when anything changed (see include/backup_dr/catalogue_cache.py).
+        """
+        with collector_paused():
+            objects = list(self.list_objects(prefix))
+            wanted: dict[str, tuple[BackupId, str, StoredObject]] = {}
+            for obj in objects:
+                if obj.key.endswith(_RECORD_SUFFIXES) and (parsed := BackupId.from_key(obj.key)):
+                    wanted[obj.key] = (*parsed, obj)
+            found = _Found()
+            unused = 0  # cache entries of deleted, rewritten or unreadable objects
+            for entry in self._cached_documents(prefix):
+                listed = wanted.get(entry.key)
+                if listed is None or not found.add_cached(*listed, entry):
+                    unused += 1
+        stale = [key for key in wanted if key not in found.versions]
+        # The collector runs here: each GET leaves a little cyclic garbage behind.
+        with ThreadPoolExecutor(max_workers=LISTING_READERS) as pool:
+            for entry in pool.map(self._read_document, stale):
+                if entry is not None:  # else deleted since the LIST
+                    backup, name, _ = wanted[entry.key]
+                    found.add_read(backup, name, entry)
+        if stale or unused:  # new, changed or deleted records since the cache was written
+            self._write_catalogue_cache(prefix, found.documents())
         return RegionListing(
-            self.region.name, objects, manifests, integrity, self.unfinished_uploads(prefix)
+            self.region.name,
+            objects,
+            found.manifests,
+            found.integrity,
+            self.unfinished_uploads(prefix),
         )
+
+    def _read_document(self, key: str) -> CachedDocument | None:
+        """A JSON document with the ETag and size of the very bytes read; None if it is gone."""
+        with _translated(f"reading {self.where(key)}", missing_ok=True):
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            with response["Body"] as body:
+                document = json.loads(body.read())
+            etag = str(response.get("ETag", "")).strip('"')
+            return CachedDocument(key, etag, int(response["ContentLength"]), document)
+        return None
+
+    def _cached_documents(self, prefix: str) -> Iterator[CachedDocument]:
+        """The catalogue cache of `prefix`, entry by entry: none when there is no cache, and
+        none after a part that cannot be read (a warning says why)."""
+        key = cache_key(prefix)
+        data = None
+        try:
+            with _translated(f"reading {self.where(key)}", missing_ok=True):
+                response = self.client.get_object(
+                    Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
+                )
+                with response["Body"] as body:
+                    data = body.read()  # the SHA-256 is checked once the body is read whole
+            if data is not None:
+                yield from decode(prefix, data)
+        except (StoreError, CacheUnreadableError) as exc:
+            log.warning("Not using (the rest of) the catalogue cache %s: %s", self.where(key), exc)
+
+    def _write_catalogue_cache(self, prefix: str, documents: Iterator[CachedDocument]) -> None:
+        """Replace the cache of `prefix`. A failure costs the next listing time, never data."""
+        key = cache_key(prefix)
+        try:
+            self.put_bytes(key, encode(prefix, documents), "application/gzip")
+            # The bucket is versioned: keep the current cache, not one per listing forever.
+            self.delete_all_versions(key, keep_latest=True)
+        except StoreError as exc:
+            log.warning("Could not write the catalogue cache %s: %s", self.where(key), exc)
 
     # --- deletes ------------------------------------------------------------------------------
 
@@ -394,15 +511,17 @@ class ObjectStore:
         *,
         keep_latest: bool = False,
         written_before: datetime | None = None,
-        keys: set[str] | None = None,
+        keys: Container[str] | None = None,
     ) -> int:
         """Delete every version and delete marker under `prefix` (but the current ones if
         `keep_latest`, only those written before `written_before` if given, and only of `keys`
-        if given: one listing for many keys); returns how many went."""
-        if keys is not None and not keys:
+        if given: one listing for many keys); returns how many went. Deletes 1,000 at a time
+        as the listing goes, so memory stays flat however many versions there are."""
+        if isinstance(keys, Sized) and not len(keys):
             return 0
         paginator = self.client.get_paginator("list_object_versions")
-        doomed: list[dict[str, str]] = []
+        batch: list[dict[str, str]] = []
+        deleted = 0
         with _translated(f"listing versions under {self.where(prefix)}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
@@ -412,20 +531,26 @@ class ObjectStore:
                         continue
                     if keys is not None and item["Key"] not in keys:
                         continue
-                    doomed.append({"Key": item["Key"], "VersionId": item["VersionId"]})
-        for start in range(0, len(doomed), 1000):
-            batch = doomed[start : start + 1000]
-            with _translated(f"deleting under {self.where(prefix)}"):
-                response = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
-            if response.get("Errors"):
-                first = response["Errors"][0]
-                raise StoreError(
-                    f"deleting under {self.where(prefix)} failed for {len(response['Errors'])} "
-                    f"versions, e.g. {first['Key']}: {first.get('Message')}"
-                )
-        return len(doomed)
+                    batch.append({"Key": item["Key"], "VersionId": item["VersionId"]})
+                    if len(batch) == 1000:
+                        deleted += self._delete_batch(prefix, batch)
+                        batch = []
+        return deleted + self._delete_batch(prefix, batch)
+
+    def _delete_batch(self, prefix: str, batch: list[dict[str, str]]) -> int:
+        if not batch:
+            return 0
+        with _translated(f"deleting under {self.where(prefix)}"):
+            response = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+        if response.get("Errors"):
+            first = response["Errors"][0]
+            raise StoreError(
+                f"deleting under {self.where(prefix)} failed for {len(response['Errors'])} "
+                f"versions, e.g. {first['Key']}: {first.get('Message')}"
+            )
+        return len(batch)
 
     def delete_version(self, key: str, version_id: str) -> None:
         """Delete one version of `key` (one found wrong), leaving every other version alone."""
@@ -435,6 +560,74 @@ class ObjectStore:
     def abort_upload(self, key: str, upload_id: str) -> None:
         with _translated(f"aborting the upload of {self.where(key)}", missing_ok=True):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+
+
+#: Parallel GETs for the manifests and integrity records a listing finds new or changed.
+LISTING_READERS = 16
+_RECORD_SUFFIXES = (f"/{MANIFEST_NAME}", f"/{INTEGRITY_NAME}")
+#: Manifest fields that seldom change from one backup of a target to the next (the table keys
+#: are most of a manifest): consecutive equal values become one object, which at 100,000
+#: backups keeps hundreds of megabytes out of a listing.
+_SHARED_FIELDS = ("source", "tool_versions", "encryption", "keys")
+
+
+class _Found:
+    """The manifests and integrity records a listing has, each with the ETag and size it was
+    read at (what the catalogue cache stores)."""
+
+    def __init__(self) -> None:
+        self.manifests: dict[BackupId, Manifest] = {}
+        self.integrity: dict[BackupId, dict[str, Any]] = {}
+        self.versions: dict[str, tuple[BackupId, str, str, int]] = {}
+        self._previous: dict[str, Any] = {}  # the last manifest's value of each _SHARED_FIELDS
+
+    def _manifest(self, document: dict[str, Any]) -> Manifest:
+        """Parse a manifest, sharing each of _SHARED_FIELDS with the previous manifest's when
+        equal (nothing changes a manifest's fields; they are read-only)."""
+        for name in _SHARED_FIELDS:
+            value = document.get(name)
+            if value is not None and value == self._previous.get(name):
+                document[name] = self._previous[name]
+            else:
+                self._previous[name] = value
+        return Manifest.from_document(document)
+
+    def add_read(self, backup: BackupId, name: str, entry: CachedDocument) -> None:
+        """A document just read; a manifest that does not parse fails the listing, as it must."""
+        if name == MANIFEST_NAME:
+            self.manifests[backup] = self._manifest(entry.document)
+        else:
+            self.integrity[backup] = verdict_of(entry.document)
+        self.versions[entry.key] = (backup, name, entry.etag, entry.size)
+
+    def add_cached(
+        self, backup: BackupId, name: str, listed: StoredObject, entry: CachedDocument
+    ) -> bool:
+        """A cached document, unless the LIST shows its object changed since, or it is not
+        what its key holds (then False: it is read again)."""
+        if not entry.matches(listed):
+            return False
+        if name == MANIFEST_NAME:
+            try:
+                manifest = self._manifest(entry.document)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                return False
+            if manifest.backup != backup:
+                return False
+            self.manifests[backup] = manifest
+        elif isinstance(entry.document, dict):
+            self.integrity[backup] = verdict_of(entry.document)
+        else:
+            return False
+        self.versions[entry.key] = (backup, name, entry.etag, entry.size)
+        return True
+
+    def documents(self) -> Iterator[CachedDocument]:
+        for key, (backup, name, etag, size) in self.versions.items():
+            if name == MANIFEST_NAME:
+                yield CachedDocument(key, etag, size, self.manifests[backup].to_document())
+            else:
+                yield CachedDocument(key, etag, size, self.integrity[backup])
 
 
 @contextmanager

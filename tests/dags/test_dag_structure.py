@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -36,7 +36,8 @@ def dagbag():
 def test_every_dag_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     others = {"media_replicate", "restore_verification", "dr_restore", "platform_backup_continuous"}
-    others |= {"platform_continuous_monitor"}
+    others |= {"platform_continuous_monitor", "backup_collect_garbage"}
+    others |= {"backup_compliance", "backup_audit_report"}
     assert set(TIER_DAGS) | set(MEDIA_DAGS) | others == set(dagbag.dag_ids)
     assert MEDIA_DAGS == [
         "media_backup_6h",
@@ -197,11 +198,61 @@ def test_media_replicate_runs_hourly_and_checks_the_rpo_after_copying(dagbag) ->
     assert any(isinstance(cb, OnCallNotifier) for cb in check.on_failure_callback)
 
 
+def test_garbage_collection_runs_once_a_day_one_task_per_category(dagbag) -> None:
+    dag = dagbag.dags["backup_collect_garbage"]
+    assert dag.schedule == POLICY.prune.gc_schedule == "0 5 * * *"
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.max_active_runs == 1 and not dag.catchup
+    assert {"dry_run", "override_circuit_breaker"} <= set(dag.params)
+    assert dag.params["dry_run"] is False and dag.params["override_circuit_breaker"] is False
+    collect = dag.get_task("collect_garbage")
+    assert collect.upstream_task_ids == {"categories"}
+    assert collect.map_index_template  # labelled with the category in the UI
+    for task in dag.tasks:
+        assert task.owner == "platform-sre"
+        assert task.retries >= 2 and task.retry_exponential_backoff
+        assert task.execution_timeout is not None and task.execution_timeout <= timedelta(hours=3)
+        assert any(isinstance(cb, OnCallNotifier) for cb in task.on_failure_callback)
+    for words in ("once per category", "not at the end of every", "circuit breaker", "dry_run"):
+        assert words in dag.doc_md, words
+    assert "evidence/gc/<category>/" in dag.doc_md
+
+
+def test_compliance_runs_every_15_minutes_and_pages_only_from_its_own_state(dagbag) -> None:
+    dag = dagbag.dags["backup_compliance"]
+    assert dag.schedule == POLICY.compliance.schedule == "*/15 * * * *"
+    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.max_active_runs == 1 and not dag.catchup
+    [check] = dag.tasks
+    assert check.task_id == "check_promises" and check.retries == 0
+    assert check.execution_timeout is not None and check.execution_timeout <= timedelta(minutes=15)
+    # Red checks page once from record.run; the callback pages only when the check itself breaks.
+    [callback] = check.on_failure_callback
+    assert type(callback).__name__ == "_MonitorFailureNotifier"
+    for kind in ("backup_age", "standby_lag", "wal_archive", "replication_lag", "restore_drill"):
+        assert f"`{kind}`" in dag.doc_md, kind
+    for words in ("`projected_rto`", "`rehash_coverage`", "2h grace", "state/compliance/"):
+        assert words in dag.doc_md, words
+    assert "python -m include.backup_dr check" in dag.doc_md
+
+
 def test_dr_restore_is_manual_and_needs_confirmation(dagbag) -> None:
     dag = dagbag.dags["dr_restore"]
     assert dag.schedule is None
-    assert dag.params["confirm"] == ""
+    assert dag.params["confirm"] == "no"
     assert dag.params["overwrite"] is False
+    schema = {name: dag.params.get_param(name).schema for name in dag.params}
+    assert schema["confirm"]["enum"] == ["no", "restore"]
+    # The trigger form submits with only targets and confirm: nothing else is required.
+    production = [
+        t.name for t in sorted(POLICY.targets, key=lambda t: t.priority) if t.is_production
+    ]
+    assert schema["targets"]["examples"] == schema["targets"]["items"]["enum"] == production
+    for name in ("backup", "target_time", "bucket", "prefix", "dest_prefix"):
+        assert schema[name]["type"] == ["null", "string"] and dag.params[name] is None, name
+    assert schema["tier"]["enum"] == ["6h", "daily", "weekly", "monthly"]
+    assert all(spec.description for spec in map(dag.params.get_param, dag.params))
+    dag.params.validate()
 
 
 def test_continuous_monitor_runs_every_minute_one_task_per_server(dagbag) -> None:
@@ -226,3 +277,17 @@ def test_continuous_monitor_runs_every_minute_one_task_per_server(dagbag) -> Non
         "any second within the last 7 days",
     ):
         assert words in dag.doc_md
+
+
+def test_audit_report_runs_yearly_and_writes_the_previous_year(dagbag) -> None:
+    from include.backup_dr.audit import run_period
+
+    dag = dagbag.dags["backup_audit_report"]
+    assert dag.schedule == "0 6 2 1 *"
+    assert not dag.catchup and dag.max_active_runs == 1
+    assert [t.task_id for t in dag.tasks] == ["write_report"]
+    assert dag.params["from"] is None and dag.params["to"] is None  # the form submits as is
+    on = datetime(2027, 1, 2, 6, tzinfo=UTC)
+    assert run_period(on, {"from": None, "to": None}) == (date(2026, 1, 1), date(2026, 12, 31))
+    chosen = {"from": "2026-03-01", "to": "2026-03-31"}
+    assert run_period(on, chosen) == (date(2026, 3, 1), date(2026, 3, 31))

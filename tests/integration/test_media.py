@@ -10,7 +10,13 @@ from croniter import croniter
 
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
 from include.backup_dr.engines.media import SAMPLE_BUCKETS, blob_key, blob_prefix, parse_listing
-from include.backup_dr.pipeline import backup_ref, check_integrity, copy_to_secondary, take_snapshot
+from include.backup_dr.pipeline import (
+    IntegrityError,
+    backup_ref,
+    check_integrity,
+    copy_to_secondary,
+    take_snapshot,
+)
 from include.backup_dr.policy import load_policy
 from tests.stack import mail_text, run_dag, wait_for_mail
 
@@ -166,6 +172,48 @@ def test_snapshot_refreshes_an_old_blob_so_a_racing_gc_cannot_sweep_it(stores, p
     _source().delete_object(Bucket="media-source", Key=again)
 
 
+def test_a_snapshot_that_checks_reused_blobs_refreshes_the_old_ones(stores, policy_file) -> None:
+    """After a failed check, a snapshot looks at the blob of every unchanged object before it
+    reuses the entry. It found old blobs and reused them as they were, so a GC that planned
+    without this snapshot could sweep them under it; it must refresh them, as for new objects."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
+    prefix = f"tenants/verify-refresh-{stamp}/"
+
+    def mutate(data) -> None:
+        data["prune"]["incomplete_upload_grace"] = "4s"
+        next(t for t in data["targets"] if t["name"] == TARGET)["source"]["prefix"] = prefix
+
+    policy = policy_file(mutate)
+    keys = [f"{prefix}kept.pdf", f"{prefix}damaged.pdf"]
+    for key in keys:
+        _source().put_object(Bucket="media-source", Key=key, Body=f"%PDF {key}".encode())
+    try:
+        day = datetime(2026, 11, 18, tzinfo=UTC)
+        _backed_up(policy, stores, day)  # checked: the listing later snapshots reuse
+        failed = BackupId("media", TARGET, "daily", day + timedelta(days=1))
+        copy_to_secondary(
+            policy, stores, take_snapshot(policy, stores, TARGET, "daily", failed.window, {})
+        )
+        entries = {e.key: e for e in _entries(stores.primary, failed)}
+        kept, damaged = (blob_key("media", entries[key].sha256) for key in keys)
+        _corrupt(stores.primary, damaged, "truncate")
+        with pytest.raises(IntegrityError):
+            check_integrity(policy, stores, backup_ref(failed))
+        time.sleep(2.5)  # the kept blob is now older than half the grace
+
+        started = datetime.now(UTC)
+        third = BackupId("media", TARGET, "daily", day + timedelta(days=2))
+        take_snapshot(policy, stores, TARGET, "daily", third.window, {})
+        manifest = stores.primary.manifest(third)
+        assert (manifest.source["healed"], manifest.source["refreshed"]) == (1, 1)
+        # What a GC that planned from a listing taken before this snapshot deletes, at the latest:
+        stores.primary.delete_all_versions(kept, written_before=started - timedelta(seconds=1))
+        assert stores.primary.open(kept).read() == f"%PDF {keys[0]}".encode()
+    finally:
+        for key in keys:
+            _source().delete_object(Bucket="media-source", Key=key)
+
+
 def _corrupt(store, key: str, fault: str) -> None:
     body = store.open(key).read()
     if fault == "delete":
@@ -218,8 +266,6 @@ def test_a_bad_blob_is_healed_by_the_next_run_of_any_tier(region, fault, tier, s
 def test_a_copy_that_failed_its_check_in_the_secondary_is_copied_again(damaged, stores) -> None:
     """The copy step skipped a backup whose manifest was already in the secondary, so a copy
     that had failed its check there stayed broken on every re-run of the window."""
-    from include.backup_dr.pipeline import IntegrityError
-
     policy = load_policy()
     window = datetime(2026, 11, 19, 0, 45, tzinfo=UTC)
     backup = BackupId("media", TARGET, "daily", window)
@@ -251,7 +297,7 @@ def test_an_object_changed_while_it_is_copied_is_stored_under_its_own_hash(
     to be stored under the old content's SHA-256: a blob whose bytes do not match its name."""
     import hashlib
 
-    from include.backup_dr.engines.media import ListingIndex, MediaSnapshot
+    from include.backup_dr.engines.media import EarlierListing, MediaSnapshot
     from include.backup_dr.store import ObjectStore
 
     bucket = "media-source-versioned" if versioned else "media-source-plain"
@@ -302,7 +348,7 @@ def test_an_object_changed_while_it_is_copied_is_stored_under_its_own_hash(
     target = policy.target(TARGET)
     plain = ObjectStore.for_bucket(target.source.conn_id, bucket)
     source = ChangingSource(plain.region, plain.client, plain.endpoint_url)
-    previous = ListingIndex(iter(()))
+    previous = EarlierListing(())
     try:
         snapshot = MediaSnapshot(
             target, source, stores.primary, previous, policy.prune.incomplete_upload_grace

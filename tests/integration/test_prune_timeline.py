@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -68,3 +69,40 @@ def test_fourteen_days_keep_exactly_the_policy(stores, policy_file) -> None:
         if r["planned_at"] == jumped.isoformat()
     )
     assert at_jump == [(False, False, True), (True, False, True)]
+
+
+def test_prune_spares_what_is_written_after_it_listed(stores, policy_file) -> None:
+    """A run re-takes windows while prune deletes their old objects: two runs in one critical
+    section, which the lease prevents, and which prune must survive on its own. What prune did
+    not see when it planned is not its to delete."""
+    policy = policy_file()
+    target, tier = "platform_billing", "daily"
+    today = datetime.now(UTC).replace(hour=0, minute=30, second=0, microsecond=0)
+    expired, kept = today - timedelta(days=10), today - timedelta(days=1)
+    # A dump whose snapshot died before its manifest: debris once older than the grace period.
+    orphan = BackupId("platform", target, tier, today - timedelta(days=11)).key("data.pgdump")
+    stores.primary.put_bytes(orphan, b"half a dump", "application/octet-stream")
+    for window in (expired, kept):
+        ref = take_snapshot(policy, stores, target, tier, window, {"run_id": "earlier"})
+        check_integrity(policy, stores, copy_to_secondary(policy, stores, ref))
+    time.sleep(2)  # S3 stamps versions to the second: what came before is now seen as before
+    expired_dump = BackupId("platform", target, tier, expired).key("data.pgdump")
+    retaken: list[str] = []
+
+    def retake_meanwhile() -> None:
+        """Between prune's listing and its deletes, another run writes both windows again."""
+        if not retaken:
+            for key in (orphan, expired_dump):
+                stores.primary.put_bytes(key, b"a dump taken just now", "application/octet-stream")
+                retaken.append(key)
+
+    later = datetime.now(UTC) + timedelta(hours=7)  # the orphan is past the 6 h grace
+    result = prune(policy, stores, target, tier, now=later, before_delete=retake_meanwhile)
+    assert result["deleted"] == 3  # the expired backup in both regions, and the orphan
+    for key in retaken:
+        body = stores.primary.client.get_object(Bucket=stores.primary.bucket, Key=key)["Body"]
+        assert body.read() == b"a dump taken just now", f"{key}: deleted what was written after"
+        versions = stores.primary.client.list_object_versions(
+            Bucket=stores.primary.bucket, Prefix=key
+        )
+        assert len(versions["Versions"]) == 1, f"{key}: the old version should have gone"

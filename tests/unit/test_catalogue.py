@@ -41,6 +41,9 @@ def test_layout_is_readable_and_round_trips() -> None:
     assert BackupId.from_key(BACKUP.key("manifest.json")) == (BACKUP, "manifest.json")
     assert BackupId.from_key("evidence/prune/x.json") is None
     assert BackupId.from_key("platform/a/daily/not-a-window/manifest.json") is None
+    # Only what window_label writes is a window: zero-padded, UTC, in range.
+    for label in ("2026112T003000Z", "20261127T003000", "20261327T003000Z", "20261127T003000+01"):
+        assert BackupId.from_key(f"platform/a/daily/{label}/manifest.json") is None, label
 
 
 def test_manifest_records_what_an_auditor_needs() -> None:
@@ -64,6 +67,7 @@ def test_manifest_records_what_an_auditor_needs() -> None:
         assert body[field], field
     assert body["artifact"] == {"key": BACKUP.key("data.pgdump"), "size": 1234, "sha256": "ab" * 32}
     assert Manifest.from_json(manifest().to_json()) == manifest()
+    assert json.loads(manifest().to_json()) == manifest().to_document()
 
 
 def test_catalogue_counts_only_manifested_backups_and_reports_debris() -> None:

@@ -10,6 +10,8 @@ from hypothesis import strategies as st
 from include.backup_dr.engines.media import (
     BlobState,
     Entry,
+    _scratch_db,
+    _StoredSet,
     blob_action,
     parse_listing,
     plan_copy,
@@ -28,8 +30,8 @@ shas = st.text(alphabet="0123456789abcdef", min_size=8, max_size=8)
 )
 def test_gc_never_removes_a_blob_a_kept_snapshot_references(blobs, snapshots) -> None:
     referenced = {sha for snapshot in snapshots for sha in snapshot}
-    plan = plan_gc(referenced, blobs, NOW, GRACE)
-    assert {sha for sha, _, _ in plan} == set(blobs)
+    plan = list(plan_gc(referenced, blobs.items(), NOW, GRACE))
+    assert [sha for sha, _, _ in plan] == list(blobs)  # one verdict per blob, as listed
     for sha, delete, reason in plan:
         assert reason
         if delete:
@@ -43,10 +45,28 @@ def test_gc_sweeps_only_old_unreferenced_blobs() -> None:
         "bb": NOW - timedelta(hours=1),
         "cc": NOW - timedelta(days=9),
     }
-    plan = {sha: (delete, reason) for sha, delete, reason in plan_gc({"cc"}, blobs, NOW, GRACE)}
+    plan = {sha: (d, reason) for sha, d, reason in plan_gc({"cc"}, blobs.items(), NOW, GRACE)}
     assert plan["aa"][0] is True
     assert plan["bb"] == (False, "unreferenced but within grace: a snapshot may be writing")
     assert plan["cc"] == (False, "referenced by a kept snapshot")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(shas, max_size=40), st.lists(shas, max_size=20))
+def test_marks_on_disk_behave_as_a_set(added, looked_up) -> None:
+    """GC keeps its marks in a scratch SQLite file, not in memory; plan_gc reads them the same."""
+    with _scratch_db("test-marks-") as db:
+        marked = _StoredSet(db, "marked")
+        marked.update(added[::2])
+        for sha in added[1::2]:
+            marked.add(sha)
+        assert len(marked) == len(set(added))
+        for sha in looked_up + added:
+            assert (sha in marked) == (sha in set(added))
+        blobs = [(sha, NOW - 2 * GRACE) for sha in looked_up]
+        assert list(plan_gc(marked, blobs, NOW, GRACE)) == list(
+            plan_gc(set(added), blobs, NOW, GRACE)
+        )
 
 
 @settings(max_examples=100, deadline=None)
@@ -87,7 +107,7 @@ def _prune(kept, versions, listed, now):
     newest = max((t for t, _ in kept), default=None)
     kept = [(t, s) for t, s in kept if now - t <= RETENTION or t == newest]
     referenced = {sha for _, blobs in kept for sha in blobs}
-    for sha, delete, _ in plan_gc(referenced, listed, now, GRACE):
+    for sha, delete, _ in plan_gc(referenced, listed.items(), now, GRACE):
         if delete:
             versions[sha] = [w for w in versions.get(sha, []) if w >= now - GRACE]
     return kept

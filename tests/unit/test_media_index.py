@@ -1,33 +1,63 @@
-"""The media engine's pure parts: the earlier-listing index and the replication lag."""
+"""The media engine's parts without services: the earlier listing, the listing read ahead, and
+the replication lag."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from itertools import count
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.backup_dr.engines.media import Entry, ListingIndex
+from include.backup_dr.catalogue import StoredObject
+from include.backup_dr.engines.media import PAGE_SIZE, EarlierListing, Entry, _ListedAhead
 from include.backup_dr.replication import measure_lag
+from include.backup_dr.store import StoreError
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
 keys = st.text(alphabet="ab/-.é0", min_size=1, max_size=6)
 
 
-@settings(max_examples=100, deadline=None)
-@given(st.dictionaries(keys, st.integers(0, 10**9)), st.lists(keys, max_size=20))
-def test_index_finds_every_earlier_entry_and_counts_the_unseen(earlier, looked_up) -> None:
-    entries = [Entry(k, "v1", f"etag-{k}", size, "ab" * 32) for k, size in earlier.items()]
-    index = ListingIndex(entries)
+def _entry(key: str) -> Entry:
+    return Entry(key, "v1", f"etag-{key}", len(key), "ab" * 32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(keys, max_size=150, unique=True), st.data())
+def test_earlier_listing_finds_every_earlier_entry_in_any_order(earlier, data) -> None:
+    """The source lists again in the same order, or with objects added, deleted and (on another
+    server) reordered: every object must be found if and only if the earlier listing has it,
+    with its line byte for byte; and what was never found counts as deleted."""
+    order = data.draw(st.sampled_from(["same", "edited", "any"]))
+    if order == "same":
+        listed = earlier
+    elif order == "edited":  # some deleted, some added ("n" is not in the keys' alphabet)
+        kept = data.draw(st.lists(st.booleans(), min_size=len(earlier), max_size=len(earlier)))
+        added = data.draw(st.lists(st.booleans(), min_size=len(earlier), max_size=len(earlier)))
+        listed = [
+            key
+            for n, key in enumerate(earlier)
+            for key in ([key] if kept[n] else []) + ([f"n{n}"] if added[n] else [])
+        ]
+    else:
+        listed = data.draw(st.lists(st.sampled_from([*earlier, "n"]) | keys, unique=True))
+    body = b"".join(_entry(key).line() for key in earlier)
+    size = data.draw(st.integers(1, 64))
+    listing = EarlierListing(body[i : i + size] for i in range(0, len(body), size))
     try:
-        for key in looked_up:
-            found = index.get(key)
+        for key in listed:
+            found = listing.get(key)
             assert (found is None) == (key not in earlier)
             if found is not None:
-                assert found == Entry(key, "v1", f"etag-{key}", earlier[key], "ab" * 32)
-        assert index.unseen() == len(set(earlier) - set(looked_up))
+                assert (found.etag, found.size) == (f"etag-{key}", len(key))
+                assert found.line == _entry(key).line()  # written again as it was
+                assert found.entry() == _entry(key)
+        assert listing.unseen() == len(set(earlier) - set(listed))
+        if order == "same":
+            assert listing._index is None  # an unchanged bucket needs no index
     finally:
-        index.close()
+        listing.close()
 
 
 def test_lag_is_the_age_of_the_oldest_missing_change() -> None:
@@ -35,3 +65,30 @@ def test_lag_is_the_age_of_the_oldest_missing_change() -> None:
     assert measure_lag(NOW, NOW - timedelta(hours=3)) == timedelta(hours=3)
     # A clock a little ahead at the source never makes the lag negative.
     assert measure_lag(NOW, NOW + timedelta(seconds=2)) == timedelta(0)
+
+
+def _objects(count: int, fail_at: int | None = None):
+    for n in range(count):
+        if n == fail_at:
+            raise StoreError(f"listing failed at object {n}")
+        yield StoredObject(f"k{n}", n, NOW)
+
+
+def test_a_listing_read_ahead_keeps_its_order_and_raises_its_error_to_the_reader() -> None:
+    """The snapshot lists the source in a thread of its own: an object lost or reordered there,
+    or an error swallowed (a listing cut short would look like deleted objects), loses data."""
+    count = 3 * PAGE_SIZE + 7
+    with _ListedAhead(_objects(count)) as listing:
+        assert [obj.key for obj in listing] == [f"k{n}" for n in range(count)]
+    with _ListedAhead(_objects(count, fail_at=PAGE_SIZE + 1)) as listing:
+        read = []
+        with pytest.raises(StoreError, match="failed at object"):
+            read.extend(listing)
+    assert len(read) == PAGE_SIZE  # the whole pages before the error, then the error
+
+
+def test_a_listing_read_ahead_stops_when_its_reader_leaves() -> None:
+    endless = (StoredObject(f"k{n}", n, NOW) for n in count())
+    with _ListedAhead(endless) as listing:
+        assert next(iter(listing)).key == "k0"
+    assert not listing._thread.is_alive()

@@ -132,6 +132,11 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
             "standby.conn_id must not be the primary's connection",
         ),
         (
+            lambda d: d["prune"].update(gc_schedule="daily"),
+            "prune.gc_schedule",
+            "is not a cron expression",
+        ),
+        (
             lambda d: d["continuous"].update(archive_timeout="2h"),
             "continuous.archive_timeout",
             "must be between 1s and 1h",
@@ -163,6 +168,7 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
         "continuous-tier-without-settings",
         "server-without-standby",
         "standby-is-the-primary",
+        "gc-bad-cron",
         "archive-timeout-too-long",
         "monitor-bad-cron",
         "continuous-on-media",

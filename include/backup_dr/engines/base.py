@@ -6,11 +6,13 @@ logical pg_dump today; RDS snapshots and base backups with WAL later, behind the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.policy import Policy, Target
 from include.backup_dr.store import ObjectStore, Readable
@@ -51,6 +53,29 @@ class ReadCheck:
     detail: str
 
 
+class LostListing(AirflowFailException):
+    """What a kept backup refers to cannot be read whole (a snapshot's listing, a manifest):
+    collecting garbage without it would sweep what it refers to, so nothing is collected.
+    Not retried: on-call finds out why."""
+
+
+#: Planned deletions named in a sweep's evidence (the counts cover all of them).
+SWEEP_SAMPLE = 20
+
+
+@dataclass
+class Sweep:
+    """A planned garbage collection of one kind of thing in one region: counted, not yet done."""
+
+    what: str  # e.g. "media blobs", "WAL of server platform_primary"
+    total: int
+    doomed: int
+    #: A few of the planned deletions, each {"key": ..., "reason": ...}, for the evidence.
+    sample: list[dict[str, str]]
+    #: Carries the plan out; returns how many object versions went.
+    delete: Callable[[], int]
+
+
 class Engine(Protocol):
     name: str
     #: Artifact file extension, e.g. "pgdump".
@@ -77,10 +102,13 @@ class Engine(Protocol):
         """Checks beyond the artifact's own bytes (every referenced blob, a re-hash sample)."""
         ...
 
-    def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
-        """After a prune: remove what no kept backup refers to any more; say what went.
+    def plan_garbage(
+        self, policy: Policy, store: ObjectStore, category: str, now: datetime
+    ) -> AbstractContextManager[list[Sweep]]:
+        """Plan the removal of what no kept backup of `category` in `store` refers to any more
+        (nothing is deleted until a sweep's `delete` is called, after the circuit breaker).
 
-        Its grace period runs on the wall clock, not the prune's planning time: it protects
-        writes that are happening now.
+        `now` is the wall clock when collection began, not a planning time: the grace period
+        protects writes that are happening now.
         """
         ...

@@ -3,8 +3,8 @@
 As in restic or Kopia, a snapshot's artifact is a JSONL listing of the source bucket (key,
 version id, ETag, size, SHA-256), and every object's bytes live once under
 `<category>/.blobs/<aa>/<sha256>` in each region's backup bucket. An object whose key, ETag and
-size match the target's newest snapshot reuses its blob without a single request, so a snapshot
-of an unchanged bucket costs one listing and one manifest. New content is copied server-side
+size match the target's newest snapshot whose check passed reuses its blob without a single
+request, so a snapshot of an unchanged bucket costs one listing and one manifest. New content is copied server-side
 from the source, re-encrypted with the region's key.
 """
 
@@ -14,25 +14,40 @@ import base64
 import hashlib
 import json
 import logging
+import queue
 import sqlite3
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import boto3
 
-from include.backup_dr.catalogue import INTEGRITY_NAME, MANIFEST_NAME, BackupId, Manifest
-from include.backup_dr.engines.base import ReadCheck, SourceFacts
+from include.backup_dr.catalogue import (
+    INTEGRITY_NAME,
+    MANIFEST_NAME,
+    Artifact,
+    BackupId,
+    Manifest,
+    StoredObject,
+)
+from include.backup_dr.engines.base import (
+    SWEEP_SAMPLE,
+    LostListing,
+    ReadCheck,
+    SourceFacts,
+    Sweep,
+)
 from include.backup_dr.integrity import Check
 from include.backup_dr.policy import Policy, Target, load_policy
-from include.backup_dr.store import ObjectStore, utc
+from include.backup_dr.store import ObjectStore, StoreError, utc
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +63,13 @@ COPY_WORKERS = 16
 PIPELINE_DEPTH = 4 * COPY_WORKERS
 #: Attempts to store an object of an unversioned bucket that keeps changing while it is copied.
 COPY_ATTEMPTS = 3
+#: A snapshot's source listing runs ahead of the snapshot by up to this many pages of PAGE_SIZE
+#: objects (about 3 MB), so listing and indexing overlap.
+PAGES_AHEAD = 8
+PAGE_SIZE = 1000
+#: Lines of the earlier listing read ahead: how far ahead an object listed out of order (after
+#: deletions) may be found, so that lookups go on in order from there.
+LOOKAHEAD = 64
 
 
 class SourceChangingError(RuntimeError):
@@ -60,6 +82,16 @@ def blob_prefix(category: str) -> str:
 
 def blob_key(category: str, sha256: str) -> str:
     return f"{blob_prefix(category)}{sha256[:2]}/{sha256}"
+
+
+def rehash_bucket(day: datetime) -> int:
+    """The sample bucket an integrity check on `day` (UTC) re-hashes: day of year mod 365."""
+    return day.astimezone(UTC).timetuple().tm_yday % SAMPLE_BUCKETS
+
+
+def blob_bucket(sha256: str) -> int:
+    """The sample bucket a blob belongs to, by its hash."""
+    return int(sha256[:8], 16) % SAMPLE_BUCKETS
 
 
 @dataclass(frozen=True)
@@ -76,32 +108,41 @@ class Entry:
         return (json.dumps(asdict(self), separators=(",", ":")) + "\n").encode()
 
 
-def parse_listing(chunks: Iterable[bytes]) -> Iterator[Entry]:
-    """Entries of a JSONL listing, streamed across chunk boundaries (constant memory)."""
+def listing_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a JSONL listing, each with its newline, streamed across chunk boundaries
+    (constant memory)."""
     pending = b""
     for chunk in chunks:
         pending += chunk
         *lines, pending = pending.split(b"\n")
         for line in lines:
             if line.strip():
-                yield Entry(**json.loads(line))
+                yield line + b"\n"
     if pending.strip():
-        yield Entry(**json.loads(pending))
+        yield pending + b"\n"
+
+
+def parse_listing(chunks: Iterable[bytes]) -> Iterator[Entry]:
+    """Entries of a JSONL listing, streamed across chunk boundaries (constant memory)."""
+    for line in listing_lines(chunks):
+        yield Entry(**json.loads(line))
 
 
 def plan_gc(
-    referenced: set[str], blobs: dict[str, datetime], now: datetime, grace: timedelta
-) -> list[tuple[str, bool, str]]:
-    """(sha256, delete?, reason) for every blob: mark (referenced) and sweep (old enough)."""
-    plan = []
-    for sha, written in sorted(blobs.items()):
+    referenced: Container[str],
+    blobs: Iterable[tuple[str, datetime]],
+    now: datetime,
+    grace: timedelta,
+) -> Iterator[tuple[str, bool, str]]:
+    """(sha256, delete?, reason) for each blob (sha256, newest write) as it is listed: mark
+    (referenced) and sweep (old enough). One blob at a time, so a listing streams through."""
+    for sha, written in blobs:
         if sha in referenced:
-            plan.append((sha, False, "referenced by a kept snapshot"))
+            yield sha, False, "referenced by a kept snapshot"
         elif now - written <= grace:
-            plan.append((sha, False, "unreferenced but within grace: a snapshot may be writing"))
+            yield sha, False, "unreferenced but within grace: a snapshot may be writing"
         else:
-            plan.append((sha, True, "referenced by no kept snapshot, older than grace"))
-    return plan
+            yield sha, True, "referenced by no kept snapshot, older than grace"
 
 
 def needs_refresh(written: datetime, now: datetime, grace: timedelta) -> bool:
@@ -172,6 +213,17 @@ def _full_sha256(head: dict[str, Any]) -> str | None:
     return base64.b64decode(value).hex()
 
 
+class Known(NamedTuple):
+    """An object of the earlier listing: what tells whether it changed, and its listing line."""
+
+    etag: str
+    size: int
+    line: bytes
+
+    def entry(self) -> Entry:
+        return Entry(**json.loads(self.line))
+
+
 class ListingIndex:
     """An earlier listing, looked up by key from a temporary SQLite file: memory stays flat.
 
@@ -179,33 +231,96 @@ class ListingIndex:
     merge-join of two sorted listings is not safe; an on-disk index is, at any object count.
     """
 
-    def __init__(self, entries: Iterable[Entry]) -> None:
+    def __init__(self, lines: Iterable[bytes]) -> None:
         self._scratch = tempfile.TemporaryDirectory(prefix="listing-index-")
         self._db = sqlite3.connect(Path(self._scratch.name) / "index.db", check_same_thread=False)
         self._db.executescript(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
-            "CREATE TABLE entry (key TEXT PRIMARY KEY, version_id TEXT, etag TEXT, size INTEGER,"
-            " sha256 TEXT, seen INTEGER DEFAULT 0) WITHOUT ROWID;"
+            "CREATE TABLE entry (key TEXT PRIMARY KEY, etag TEXT, size INTEGER, line BLOB)"
+            " WITHOUT ROWID;"
         )
-        self._db.executemany(
-            "INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?, ?, 0)",
-            ((e.key, e.version_id, e.etag, e.size, e.sha256) for e in entries),
-        )
+        rows = ((key, *known) for key, known in map(_known, lines))
+        self._db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?)", rows)
 
-    def get(self, key: str) -> Entry | None:
-        """The earlier entry for `key`, marking it seen (what is never seen was deleted)."""
-        row = self._db.execute(
-            "UPDATE entry SET seen = 1 WHERE key = ? RETURNING key, version_id, etag, size, sha256",
-            (key,),
-        ).fetchone()
-        return None if row is None else Entry(*row)
-
-    def unseen(self) -> int:
-        return self._db.execute("SELECT count(*) FROM entry WHERE seen = 0").fetchone()[0]
+    def get(self, key: str) -> Known | None:
+        query = "SELECT etag, size, line FROM entry WHERE key = ?"
+        row = self._db.execute(query, (key,)).fetchone()
+        return None if row is None else Known(*row)
 
     def close(self) -> None:
         self._db.close()
         self._scratch.cleanup()
+
+
+class EarlierListing:
+    """A target's earlier listing, to look each object up in as the source is listed again.
+
+    A source lists in the same order every time (byte order in S3, directory order in some
+    servers), so the earlier line after the last one found is tried first: an unchanged bucket
+    needs no index at all. A key listed out of that order (a new one, or the next after a
+    deletion) is looked up in a `ListingIndex` of the whole earlier listing, built the first time
+    one is needed. The listing is spooled to a local file first, so no download stays open.
+    Each line is kept as it was, so an unchanged object's line is written again as is.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._scratch = tempfile.TemporaryDirectory(prefix="earlier-listing-")
+        self._path = Path(self._scratch.name) / "listing.jsonl"
+        #: Objects in the earlier listing.
+        self.total = 0
+        with self._path.open("wb") as spool:
+            for line in listing_lines(chunks):
+                spool.write(line)
+                self.total += 1
+        self._file = self._path.open("rb")
+        self._upcoming = map(_known, self._file)
+        self._ahead = deque(islice(self._upcoming, LOOKAHEAD))
+        self._index: ListingIndex | None = None
+        self._found = 0
+
+    def get(self, key: str) -> Known | None:
+        """The earlier object at `key`. A listing names each key once, so what is never found
+        was deleted since (see `unseen`)."""
+        if self._ahead and self._ahead[0][0] == key:
+            known: Known | None = self._advance(1)
+        else:
+            known = self._indexed(key)
+        if known is not None:
+            self._found += 1
+        return known
+
+    def _advance(self, count: int) -> Known:
+        """Pass the next `count` earlier lines; the last one passed."""
+        for _ in range(count):
+            _, known = self._ahead.popleft()
+        self._ahead.extend(islice(self._upcoming, count))
+        return known
+
+    def _indexed(self, key: str) -> Known | None:
+        if self._index is None:
+            with self._path.open("rb") as lines:
+                self._index = ListingIndex(lines)
+        known = self._index.get(key)
+        if known is not None:  # back in order after a deletion? then go on from there
+            ahead = next((n for n, (upcoming, _) in enumerate(self._ahead) if upcoming == key), -1)
+            if ahead >= 0:
+                self._advance(ahead + 1)
+        return known
+
+    def unseen(self) -> int:
+        """Earlier objects not found since (each key looked up once): deleted from the source."""
+        return self.total - self._found
+
+    def close(self) -> None:
+        self._file.close()
+        if self._index is not None:
+            self._index.close()
+        self._scratch.cleanup()
+
+
+def _known(line: bytes) -> tuple[str, Known]:
+    fields = json.loads(line)
+    return fields["key"], Known(fields["etag"], fields["size"], line)
 
 
 class MediaSnapshot:
@@ -220,9 +335,10 @@ class MediaSnapshot:
         target: Target,
         source: ObjectStore,
         store: ObjectStore,
-        previous: ListingIndex,
+        previous: EarlierListing,
         gc_grace: timedelta,
         *,
+        listing: Iterable[StoredObject] | None = None,
         verify: bool = False,
     ) -> None:
         assert target.source is not None
@@ -231,6 +347,8 @@ class MediaSnapshot:
         self.store = store
         self.previous = previous
         self.gc_grace = gc_grace
+        #: The source's objects in its order (by default listed as the snapshot goes).
+        self.listing = source.list_objects(target.source.prefix) if listing is None else listing
         #: HEAD the blob of every unchanged object before reusing its entry: set when a later
         #: snapshot than `previous` failed its check, so a blob may since have been lost or damaged.
         self.verify = verify
@@ -250,44 +368,49 @@ class MediaSnapshot:
         self.stream = _LinesReader(self._lines())
 
     def _lines(self) -> Iterator[bytes]:
-        assert self.target.source is not None
-        pending: deque[Future[Entry | None] | Entry] = deque()
+        pending: deque[Future[Entry | None] | Known] = deque()
         with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
-            for obj in self.source.list_objects(self.target.source.prefix):
+            for obj in self.listing:
                 known = self.previous.get(obj.key)
                 if known is not None and (known.etag, known.size) == (obj.etag, obj.size):
                     if self.verify:
-                        pending.append(pool.submit(self._checked_entry, known))
+                        pending.append(pool.submit(self._checked_entry, known.entry()))
                     else:
                         pending.append(known)  # unchanged: no request at all
                 else:
                     pending.append(pool.submit(self._new_entry, obj.key))
                 while len(pending) > PIPELINE_DEPTH or (pending and _ready(pending[0])):
-                    yield from self._emit(pending.popleft())
+                    yield self._emit(pending.popleft())
             while pending:
-                yield from self._emit(pending.popleft())
+                yield self._emit(pending.popleft())
 
-    def _emit(self, item: Future[Entry | None] | Entry) -> Iterator[bytes]:
-        if isinstance(item, Entry):
+    def _emit(self, item: Future[Entry | None] | Known) -> bytes:
+        if isinstance(item, Known):  # its line as the earlier listing has it
             self.counts["reused"] += 1
-            entry: Entry | None = item
-        else:
-            entry = item.result()
-            if isinstance(entry, _Reused):
-                self.counts["reused"] += 1
-        if entry is not None:  # None: deleted between the listing and now, so not in the snapshot
             self.counts["objects"] += 1
-            self.counts["bytes"] += entry.size
-            yield entry.line()
+            self.counts["bytes"] += item.size
+            return item.line
+        entry = item.result()
+        if entry is None:  # deleted between the listing and now, so not in the snapshot
+            return b""
+        if isinstance(entry, _Reused):
+            self.counts["reused"] += 1
+        self.counts["objects"] += 1
+        self.counts["bytes"] += entry.size
+        return entry.line()
 
     def _checked_entry(self, known: Entry) -> Entry | None:
-        """`known` if its blob is whole in the store; else the object is stored again."""
-        head = self.store.head(blob_key(self.target.category, known.sha256), checksums=True)
+        """`known` if its blob is whole in the store (refreshed if old, as `_store_blob` does);
+        else the object is stored again."""
+        blob = blob_key(self.target.category, known.sha256)
+        head = self.store.head(blob, checksums=True)
         found = None if head is None else _state(head)
-        now = datetime.now(UTC)
-        if blob_action(found, known.sha256, known.size, now, self.gc_grace) != "copy":
-            return _Reused(*asdict(known).values())
-        return self._new_entry(known.key)
+        action = blob_action(found, known.sha256, known.size, datetime.now(UTC), self.gc_grace)
+        if action == "copy":
+            return self._new_entry(known.key)
+        if action == "refresh":
+            self._refresh(blob)
+        return _Reused(*asdict(known).values())
 
     def _new_entry(self, key: str) -> Entry | None:
         """Hash new or changed content (S3's own checksum when it has one) and store it once."""
@@ -320,9 +443,7 @@ class MediaSnapshot:
         found = None if existing is None else _state(existing)
         action = blob_action(found, sha, size, datetime.now(UTC), self.gc_grace)
         if action == "refresh":
-            self.store.touch(blob)
-            with self._lock:
-                self.counts["refreshed"] += 1
+            self._refresh(blob)
         if action != "copy":
             return True
         self.store.copy_from(self.source, key, size, dest_key=blob, version_id=version)
@@ -337,6 +458,13 @@ class MediaSnapshot:
             if self.oldest_missing is None or written < self.oldest_missing:
                 self.oldest_missing = written
         return True
+
+    def _refresh(self, blob: str) -> None:
+        """A fresh version of an old blob, so a GC that planned without this snapshot keeps it
+        (see `needs_refresh`)."""
+        self.store.touch(blob)
+        with self._lock:
+            self.counts["refreshed"] += 1
 
     def _holds(self, blob: str, sha: str) -> bool:
         """Whether the blob's current bytes hash to `sha`; if not, that version is deleted."""
@@ -383,12 +511,57 @@ class _Reused(Entry):
     """An entry reused from the previous listing after its blob was checked (counted as reused)."""
 
 
+class _ListedAhead:
+    """A listing read by a thread of its own, up to PAGES_AHEAD pages ahead of its reader, so
+    the server lists while the reader works. Order is kept, memory bounded, and the thread's
+    error is raised to the reader."""
+
+    def __init__(self, objects: Iterator[StoredObject]) -> None:
+        self._pages: queue.Queue[list[StoredObject] | BaseException | None]
+        self._pages = queue.Queue(PAGES_AHEAD)
+        self._gone = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(objects,), daemon=True)
+        self._thread.start()
+
+    def _read(self, objects: Iterator[StoredObject]) -> None:
+        try:
+            while page := list(islice(objects, PAGE_SIZE)):
+                if not self._put(page):
+                    return
+            self._put(None)
+        except BaseException as exc:  # the reader's to raise
+            self._put(exc)
+
+    def _put(self, item: list[StoredObject] | BaseException | None) -> bool:
+        """Hand `item` to the reader; False if the reader has gone."""
+        while not self._gone.is_set():
+            try:
+                self._pages.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[StoredObject]:
+        while (page := self._pages.get()) is not None:
+            if isinstance(page, BaseException):
+                raise page
+            yield from page
+
+    def __enter__(self) -> _ListedAhead:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._gone.set()
+        self._thread.join()
+
+
 def _state(head: dict[str, Any]) -> BlobState:
     return BlobState(int(head["ContentLength"]), utc(head["LastModified"]), _full_sha256(head))
 
 
-def _ready(item: Future[Entry | None] | Entry) -> bool:
-    return isinstance(item, Entry) or item.done()
+def _ready(item: Future[Entry | None] | Known) -> bool:
+    return isinstance(item, Known) or item.done()
 
 
 def _listing(store: ObjectStore, manifest: Manifest) -> Iterator[Entry]:
@@ -415,19 +588,23 @@ class MediaEngine:
     ) -> Iterator[MediaSnapshot]:
         assert target.source is not None
         source = ObjectStore.for_bucket(target.source.conn_id, target.source.bucket)
-        trusted, verify = self._previous(primary, target)
-        previous = ListingIndex(iter(()) if trusted is None else _listing(primary, trusted))
-        try:
-            yield MediaSnapshot(
-                target,
-                source,
-                primary,
-                previous,
-                policy.prune.incomplete_upload_grace,
-                verify=verify,
-            )
-        finally:
-            previous.close()
+        # The source is listed from now on, while the earlier listing is found and read.
+        with _ListedAhead(source.list_objects(target.source.prefix)) as listing:
+            trusted, verify = self._previous(primary, target)
+            earlier = () if trusted is None else primary.iter_chunks(trusted.artifact.key)
+            previous = EarlierListing(earlier)
+            try:
+                yield MediaSnapshot(
+                    target,
+                    source,
+                    primary,
+                    previous,
+                    policy.prune.incomplete_upload_grace,
+                    listing=listing,
+                    verify=verify,
+                )
+            finally:
+                previous.close()
 
     def _previous(self, primary: ObjectStore, target: Target) -> tuple[Manifest | None, bool]:
         """The target's newest snapshot in any tier whose check passed (what need not be copied
@@ -436,22 +613,31 @@ class MediaEngine:
         A listing whose check failed, or that was never checked, may refer to a blob that is lost
         or damaged: reusing its entries would carry the fault into every later snapshot.
         """
+        backups = [
+            parsed[0]
+            for obj in primary.list_objects(f"{target.category}/{target.name}/")
+            if (parsed := BackupId.from_key(obj.key)) is not None and parsed[1] == MANIFEST_NAME
+        ]
+
+        def read(backup: BackupId) -> tuple[Manifest | None, dict[str, Any] | None]:
+            manifest = primary.manifest(backup)
+            if manifest is None:
+                return None, None
+            return manifest, primary.get_json(backup.key(INTEGRITY_NAME))
+
         trusted: Manifest | None = None
         failed: list[datetime] = []
-        for obj in primary.list_objects(f"{target.category}/{target.name}/"):
-            parsed = BackupId.from_key(obj.key)
-            if parsed is None or parsed[1] != MANIFEST_NAME:
-                continue
-            manifest = primary.manifest(parsed[0])
-            if manifest is None:
-                continue
-            verdict = primary.get_json(parsed[0].key(INTEGRITY_NAME))
-            if verdict is None or verdict.get("artifact_sha256") != manifest.artifact.sha256:
-                continue  # not checked yet (or checked before a re-take): not evidence either way
-            if not verdict.get("ok"):
-                failed.append(manifest.finished_at)
-            elif trusted is None or manifest.finished_at > trusted.finished_at:
-                trusted = manifest
+        # Two reads per retained snapshot, of every tier: in parallel, not one after another.
+        with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
+            for manifest, verdict in pool.map(read, backups):
+                if manifest is None or verdict is None:
+                    continue
+                if verdict.get("artifact_sha256") != manifest.artifact.sha256:
+                    continue  # checked before a re-take (or not yet): not evidence either way
+                if not verdict.get("ok"):
+                    failed.append(manifest.finished_at)
+                elif trusted is None or manifest.finished_at > trusted.finished_at:
+                    trusted = manifest
         verify = any(trusted is None or when > trusted.finished_at for when in failed)
         return trusted, verify
 
@@ -517,8 +703,8 @@ class MediaEngine:
                 + (f" (e.g. {(missing or wrong)[0].key})" if missing or wrong else ""),
             )
         ]
-        bucket = now.timetuple().tm_yday % SAMPLE_BUCKETS
-        sample = [sha for sha in unique if int(sha[:8], 16) % SAMPLE_BUCKETS == bucket]
+        bucket = rehash_bucket(now)
+        sample = [sha for sha in unique if blob_bucket(sha) == bucket]
         bad = []
         for sha in sample:
             if sha not in blobs:
@@ -541,34 +727,152 @@ class MediaEngine:
         )
         return checks
 
-    def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
-        """Mark blobs referenced by any committed snapshot or replica listing; sweep the rest."""
+    @contextmanager
+    def plan_garbage(
+        self, policy: Policy, store: ObjectStore, category: str, now: datetime
+    ) -> Iterator[list[Sweep]]:
+        """Mark the blobs every committed snapshot and replica listing refers to; plan to sweep
+        the rest once older than the grace. Marks and plan live in a temporary SQLite file and
+        every listing streams through, so memory stays flat at any number of blobs."""
         grace = policy.prune.incomplete_upload_grace
-        now = datetime.now(UTC)
-        swept = 0
-        kept = 0
-        for category, spec in policy.categories.items():
-            if spec.engine != self.name:
-                continue
-            referenced: set[str] = set()
-            for obj in store.list_objects(f"{category}/"):
-                parsed = BackupId.from_key(obj.key)
-                if parsed is None or parsed[1] != MANIFEST_NAME:
+        blobs = blob_prefix(category)
+        with _scratch_db("gc-") as db:
+            marked, doomed = _StoredSet(db, "marked"), _StoredSet(db, "doomed")
+            db.execute("CREATE TABLE blob (sha256 TEXT PRIMARY KEY, written REAL) WITHOUT ROWID")
+            for obj in store.list_objects(f"{category}/"):  # one listing: blobs and snapshots
+                if obj.key.startswith(blobs):
+                    sha, written = obj.key.rsplit("/", 1)[-1], obj.last_modified.timestamp()
+                    db.execute("INSERT OR REPLACE INTO blob VALUES (?, ?)", (sha, written))
                     continue
-                manifest = store.manifest(parsed[0])
-                if manifest is not None:
-                    referenced.update(e.sha256 for e in _listing(store, manifest))
+                parsed = BackupId.from_key(obj.key)
+                if parsed is not None and parsed[1] == MANIFEST_NAME:
+                    _mark_snapshot(store, parsed[0], marked)
             for obj in store.list_objects(f"{REPLICA_DIR}/{category}/"):
                 if obj.key.endswith("/listing.jsonl"):  # the replica: the secondary's live copy
-                    chunks = store.iter_chunks(obj.key)
-                    referenced.update(e.sha256 for e in parse_listing(chunks))
-            blobs = {sha: written for sha, (_, written) in _blobs(store, category).items()}
-            for sha, delete, reason in plan_gc(referenced, blobs, now, grace):
+                    _mark_replica(store, obj.key, marked)
+            listed = (
+                (sha, datetime.fromtimestamp(written, UTC))
+                for sha, written in db.execute("SELECT sha256, written FROM blob")
+            )
+            total = 0
+            sample: list[dict[str, str]] = []
+            for sha, delete, reason in plan_gc(marked, listed, now, grace):
+                total += 1
                 if delete:
-                    log.info("GC %s in %s: %s", sha, store.region.name, reason)
-                    # Only versions older than the grace: a snapshot may have just refreshed it.
-                    store.delete_all_versions(blob_key(category, sha), written_before=now - grace)
-                    swept += 1
-                else:
-                    kept += 1
-        return f"garbage collection: {swept} unreferenced blobs deleted, {kept} kept"
+                    doomed.add(blob_key(category, sha))
+                    if len(sample) < SWEEP_SAMPLE:
+                        sample.append({"key": blob_key(category, sha), "reason": reason})
+
+            def delete() -> int:
+                # Only versions older than the grace: a snapshot may have just refreshed a blob.
+                return store.delete_all_versions(blobs, written_before=now - grace, keys=doomed)
+
+            yield [Sweep("media blobs", total, len(doomed), sample, delete)]
+
+
+@contextmanager
+def _scratch_db(prefix: str) -> Iterator[sqlite3.Connection]:
+    """A SQLite database in a temporary file, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as scratch:
+        db = sqlite3.connect(Path(scratch) / "scratch.db")
+        try:
+            db.execute("PRAGMA journal_mode = OFF")
+            db.execute("PRAGMA synchronous = OFF")
+            yield db
+        finally:
+            db.close()
+
+
+class _StoredSet:
+    """A set of strings kept in a table of a scratch database, not in memory."""
+
+    def __init__(self, db: sqlite3.Connection, table: str) -> None:
+        self._db = db
+        self._table = table
+        db.execute(f"CREATE TABLE {table} (value TEXT PRIMARY KEY) WITHOUT ROWID")
+
+    def add(self, value: str) -> None:
+        self._db.execute(f"INSERT OR IGNORE INTO {self._table} VALUES (?)", (value,))
+
+    def update(self, values: Iterable[str]) -> None:
+        self._db.executemany(
+            f"INSERT OR IGNORE INTO {self._table} VALUES (?)", ((v,) for v in values)
+        )
+
+    def __contains__(self, value: object) -> bool:
+        query = f"SELECT 1 FROM {self._table} WHERE value = ?"
+        return self._db.execute(query, (value,)).fetchone() is not None
+
+    def __len__(self) -> int:
+        return int(self._db.execute(f"SELECT count(*) FROM {self._table}").fetchone()[0])
+
+
+def _mark_listing(
+    store: ObjectStore, key: str, expected: Artifact | None, marked: _StoredSet
+) -> str | None:
+    """Mark every blob the listing at `key` refers to. None when it was read whole (and is the
+    artifact its manifest vouches for, if `expected`); otherwise what was wrong with it."""
+    digest = hashlib.sha256()
+    size = 0
+
+    def hashed(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        nonlocal size
+        for chunk in chunks:
+            digest.update(chunk)
+            size += len(chunk)
+            yield chunk
+
+    try:
+        marked.update(entry.sha256 for entry in parse_listing(hashed(store.iter_chunks(key))))
+    except StoreError as exc:
+        return f"cannot be read ({exc})"
+    except (ValueError, TypeError) as exc:
+        return f"does not parse ({exc})"
+    if expected is not None and (size, digest.hexdigest()) != (expected.size, expected.sha256):
+        return (
+            f"is not the listing its manifest vouches for ({size} bytes, sha256 "
+            f"{digest.hexdigest()}; the manifest says {expected.size} bytes, {expected.sha256})"
+        )
+    return None
+
+
+def _mark_snapshot(store: ObjectStore, backup: BackupId, marked: _StoredSet) -> None:
+    """Mark the blobs of a committed snapshot, all of them, or stop collection."""
+    manifest = _read_manifest(store, backup)
+    attempts = 2
+    while manifest is not None:
+        fault = _mark_listing(store, manifest.artifact.key, manifest.artifact, marked)
+        if fault is None:
+            return
+        attempts -= 1
+        current = _read_manifest(store, backup)
+        if current is not None and (current.artifact == manifest.artifact or not attempts):
+            raise LostListing(
+                f"garbage collection stopped, nothing deleted: the listing of snapshot "
+                f"{backup} ({store.where(manifest.artifact.key)}) {fault}. Every blob it "
+                "refers to would look unreferenced; restore the listing, or prune the snapshot."
+            )
+        manifest = current  # pruned (None) or re-taken while it was read: mark what is there now
+
+
+def _read_manifest(store: ObjectStore, backup: BackupId) -> Manifest | None:
+    try:
+        return store.manifest(backup)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise LostListing(
+            f"garbage collection stopped, nothing deleted: the manifest of snapshot {backup} "
+            f"({store.where(backup.key(MANIFEST_NAME))}) does not parse ({exc}), so which "
+            "blobs it keeps is unknown."
+        ) from exc
+
+
+def _mark_replica(store: ObjectStore, key: str, marked: _StoredSet) -> None:
+    """Mark the blobs of a replica listing (read again once: it is replaced every hour)."""
+    fault = _mark_listing(store, key, None, marked)
+    if fault is not None:  # replaced while it was read, perhaps: once more
+        fault = _mark_listing(store, key, None, marked)
+    if fault is not None:
+        raise LostListing(
+            f"garbage collection stopped, nothing deleted: the replica listing "
+            f"{store.where(key)} {fault}. Every blob it refers to would look unreferenced."
+        )

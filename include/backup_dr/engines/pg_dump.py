@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from include.backup_dr.engines.base import ReadCheck, SourceFacts
+from include.backup_dr.engines.base import ReadCheck, SourceFacts, Sweep
 from include.backup_dr.policy import Policy, Target
 from include.backup_dr.store import ObjectStore
 
@@ -376,8 +376,11 @@ class PgDumpEngine:
     def check_contents(self, store: ObjectStore, manifest: Any, now: datetime) -> list[Any]:
         return []
 
-    def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
-        return "nothing to collect: a dump is deleted with its backup"
+    @contextmanager
+    def plan_garbage(
+        self, policy: Policy, store: ObjectStore, category: str, now: datetime
+    ) -> Iterator[list[Sweep]]:
+        yield []  # nothing to collect: a dump is deleted with its backup
 
     def check_readable(self, chunks: Iterable[bytes]) -> ReadCheck:
         """Pipe the archive into `pg_restore --list`; it reads the table of contents only."""

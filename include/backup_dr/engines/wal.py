@@ -12,7 +12,8 @@ every other tier:
 - check_contents: the WAL chain is whole from the oldest kept base backup to the newest
   segment (names), and every segment not re-read before decompresses and carries the header
   its name promises (timeline, position, cluster);
-- collect_garbage: WAL older than the oldest kept base backup's start goes.
+- plan_garbage (the `backup_collect_garbage` DAG, once a day): WAL older than the oldest kept
+  base backup's start goes.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from include.backup_dr import wal
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
-from include.backup_dr.engines.base import ReadCheck, SourceFacts
+from include.backup_dr.engines.base import SWEEP_SAMPLE, ReadCheck, SourceFacts, Sweep
 from include.backup_dr.engines.pg_dump import (
     PgConnectionInfo,
     SnapshotError,
@@ -337,28 +339,44 @@ class WalEngine:
             "names its timeline, position and cluster",
         )
 
-    def collect_garbage(self, policy: Policy, store: ObjectStore) -> str:
-        """WAL older than the oldest kept base backup in this region restores nothing: delete it."""
-        if policy.continuous is None:
-            return "no continuous tier"
-        category = policy.continuous.category
-        parts = []
+    @contextmanager
+    def plan_garbage(
+        self, policy: Policy, store: ObjectStore, category: str, now: datetime
+    ) -> Iterator[list[Sweep]]:
+        """WAL older than the oldest kept base backup in this region restores nothing: it goes.
+        Prune decides which base backups are kept (the recovery window), so this follows it."""
+        if policy.continuous is None or policy.continuous.category != category:
+            yield []
+            return
+        sweeps = []
         for server in policy.continuous_servers():
+            prefix = wal.archive_prefix(server.name)
+            what = f"WAL of server {server.name}"
             manifests = _base_manifests(store, category, server.name)
-            if not manifests:
-                parts.append(f"{server.name}: no base backup here yet, WAL kept")
+            if not manifests:  # WAL alone restores nothing, but a base backup may be committing
+                total = sum(1 for _ in store.list_objects(prefix))
+                sweeps.append(Sweep(what, total, 0, [], lambda: 0))
                 continue
             size = int(manifests[0].source["segment_size"])
-            oldest = min(wal.Segment.parse(m.source["start_wal"], size) for m in manifests)
-            doomed = wal.removable(archive_files(store, server.name, size), oldest)
-            deleted = store.delete_all_versions(
-                wal.archive_prefix(server.name), keys={f.key for f in doomed}
+            base = min(manifests, key=lambda m: wal.Segment.parse(m.source["start_wal"], size))
+            oldest = wal.Segment.parse(base.source["start_wal"], size)
+            files = archive_files(store, server.name, size)
+            doomed = wal.removable(files, oldest)
+            reason = (
+                f"before {oldest.name(size)}, where the oldest kept base backup here "
+                f"({base.backup}) starts"
             )
-            parts.append(
-                f"{server.name}: {len(doomed)} WAL file(s) before {oldest.name(size)} (the "
-                f"oldest kept base backup's start) deleted ({deleted} versions)"
+            keys = {f.key for f in doomed}
+            sweeps.append(
+                Sweep(
+                    what,
+                    len(files),
+                    len(doomed),
+                    [{"key": f.key, "reason": reason} for f in doomed[:SWEEP_SAMPLE]],
+                    partial(store.delete_all_versions, prefix, keys=keys),
+                )
             )
-        return "; ".join(parts)
+        yield sweeps
 
 
 def _base_manifests(store: ObjectStore, category: str, server: str) -> list[Manifest]:

@@ -85,9 +85,14 @@ def state_key(server: str) -> str:
     return f"state/continuous_monitor/{server}.json"
 
 
+def evidence_prefix(server: str) -> str:
+    """Where a server's monitor evidence goes; keys below it start with the UTC date and time."""
+    return f"evidence/continuous_monitor/{server}/"
+
+
 def evidence_key(server: str, started_at: datetime) -> str:
     stamp = started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    return f"evidence/continuous_monitor/{server}/{stamp}-{uuid.uuid4().hex[:8]}.json"
+    return f"{evidence_prefix(server)}{stamp}-{uuid.uuid4().hex[:8]}.json"
 
 
 def heartbeat_database(conn_id: str) -> str:

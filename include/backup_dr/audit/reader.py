@@ -1,0 +1,221 @@
+"""The audit's reads and writes: evidence records streamed from both regions' stores, the
+report built from them, and the report kept as evidence. Never Airflow's database.
+
+Listings are streamed and each record becomes a small `report.Record` as it is read; records
+are selected by the time stamped in their key before they are fetched, so a year of evidence
+costs one GET per record of the period, not of all time. Evidence written to both regions
+(prune plans, drills) is read once, from the first region that has it; integrity records are
+per region, and so are manifests.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from include.backup_dr.audit.report import (
+    AuditReport,
+    BackupRecord,
+    Deletion,
+    DrillRecord,
+    IntegrityRecord,
+    PruneRecord,
+    Record,
+    build_report,
+    period_bounds,
+)
+from include.backup_dr.catalogue import (
+    MANIFEST_NAME,
+    Verification,
+    copy_from_listing,
+    parse_window,
+    window_label,
+)
+from include.backup_dr.monitor.compliance import backup_subjects, drill_subjects
+from include.backup_dr.policy import CONTINUOUS, Policy
+from include.backup_dr.store import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+def build_audit(
+    policy: Policy,
+    stores: Iterable[ObjectStore],
+    start: date,
+    end: date,
+    now: datetime | None = None,
+) -> AuditReport:
+    """The audit report of [start, end] (whole UTC days) from the evidence in `stores`."""
+    regions = list(stores)
+    now = now or datetime.now(UTC)
+    return build_report(policy, read_records(policy, regions, start, end), start, end, now)
+
+
+def read_records(
+    policy: Policy, stores: Sequence[ObjectStore], start: date, end: date
+) -> Iterator[Record]:
+    """Every record the report of [start, end] reads, one at a time."""
+    begin, stop = period_bounds(start, end)
+    for item in backup_subjects(policy):
+        tier_prefix = f"{item.category}/{item.subject}/{item.tier}/"
+        for store in stores:
+            yield from _backups(store, tier_prefix, begin, stop)
+    for category, subject in dict.fromkeys(
+        (i.category, i.subject) for i in backup_subjects(policy)
+    ):
+        for store in stores:
+            yield from _integrity(store, category, subject, begin)
+    for item in backup_subjects(policy):
+        prefix = f"evidence/prune/{item.category}/{item.subject}/{item.tier}/"
+        for key, store in _stamped_once(stores, prefix, begin, stop):
+            yield _prune(key, store.get_json(key) or {})
+    for subject in drill_subjects(policy):
+        prefix = f"evidence/restore_verification/{subject}/"
+        for key, store in _stamped_once(stores, prefix, begin, stop, suffix="/report.json"):
+            yield _drill(policy, key, store.get_json(key) or {})
+
+
+def _backups(
+    store: ObjectStore, prefix: str, begin: datetime, stop: datetime
+) -> Iterator[BackupRecord]:
+    listing = store.listing(prefix)
+    for backup, manifest in listing.manifests.items():
+        if not begin <= backup.window < stop:
+            continue
+        verdict = copy_from_listing(listing, backup).verification
+        yield BackupRecord(
+            key=backup.key(MANIFEST_NAME),
+            target=backup.target,
+            tier=backup.tier,
+            window=backup.window,
+            region=store.region.name,
+            finished_at=manifest.finished_at,
+            run_id=manifest.run.get("run_id", ""),
+            verified=verdict is Verification.PASSED,
+        )
+
+
+def _stamp(key: str, prefix: str) -> datetime | None:
+    """The time in a record key `<prefix><YYYYmmddTHHMMSSZ>-<id>...`; None for other keys."""
+    try:
+        return parse_window(key.removeprefix(prefix).split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _integrity(
+    store: ObjectStore, category: str, subject: str, begin: datetime
+) -> Iterator[IntegrityRecord]:
+    """Checks stamped since the period began: a window of the period may be checked after it
+    (a backfill), never before it."""
+    prefix = f"evidence/integrity/{category}/{subject}/"
+    for obj in store.list_objects(prefix):
+        stamp = _stamp(obj.key, prefix)
+        if stamp is None or stamp < begin:
+            continue
+        doc = store.get_json(obj.key) or {}
+        target, tier, label = str(doc.get("backup", "")).split("/")
+        yield IntegrityRecord(
+            key=obj.key,
+            target=target,
+            tier=tier,
+            window=parse_window(label),
+            region=doc.get("region", store.region.name),
+            checked_at=datetime.fromisoformat(doc["checked_at"]),
+            ok=bool(doc.get("ok")),
+            failures=tuple(
+                f"{c['name']}: {c['detail']}" for c in doc.get("checks", []) if not c.get("ok")
+            ),
+        )
+
+
+def _stamped_once(
+    stores: Sequence[ObjectStore],
+    prefix: str,
+    begin: datetime,
+    stop: datetime,
+    suffix: str = ".json",
+) -> Iterator[tuple[str, ObjectStore]]:
+    """Keys under `prefix` stamped in [begin, stop), each with the first region that has it
+    (both regions hold the same record, unless a region was down when it was written)."""
+    seen: set[str] = set()
+    for store in stores:
+        keys = [
+            obj.key
+            for obj in store.list_objects(prefix)
+            if obj.key.endswith(suffix) and obj.key not in seen
+        ]
+        for key in keys:
+            stamp = _stamp(key, prefix)
+            if stamp is not None and begin <= stamp < stop:
+                seen.add(key)
+                yield key, store
+
+
+def _prune(key: str, doc: dict[str, Any]) -> PruneRecord:
+    decisions = doc.get("decisions", [])
+    return PruneRecord(
+        key=key,
+        target=doc["target"],
+        tier=doc["tier"],
+        planned_at=datetime.fromisoformat(doc["planned_at"]),
+        executed=bool(doc.get("executed")),
+        dry_run=bool(doc.get("dry_run")),
+        breaker=doc.get("circuit_breaker"),
+        kept=sum(1 for d in decisions if d["action"] == "keep"),
+        deletions=tuple(
+            Deletion(d["subject"], d["reason"]) for d in decisions if d["action"] == "delete"
+        ),
+    )
+
+
+def _drill(policy: Policy, key: str, doc: dict[str, Any]) -> DrillRecord:
+    backup = doc.get("backup") or {}
+    steps = doc.get("steps") or {}
+    projection = doc.get("projection") or {}
+    timings = steps.get("timings") or {}
+    tier = backup.get("tier")
+    if tier == CONTINUOUS:
+        proof = doc.get("proof") or {}
+        rpo = proof.get("seconds_between_newest_and_target")
+        measure = "newest restored heartbeat before T"
+    else:
+        rpo = steps.get("age_seconds")
+        measure = "age of the restored backup"
+    projected = projection.get("projected_restore_seconds")
+    return DrillRecord(
+        key=key.removesuffix("/report.json"),
+        subject=doc["target"],
+        recorded_at=datetime.fromisoformat(doc["recorded_at"]),
+        outcome=str(doc.get("outcome", "unknown")),
+        problems=tuple(doc.get("problems", [])),
+        tier=tier,
+        region=backup.get("region"),
+        restore_seconds=sum(float(v) for v in timings.values()) if timings else None,
+        projected_seconds=None if projected is None else float(projected),
+        projected_of=projection.get("largest_production_target"),
+        rpo_seconds=None if rpo is None else float(rpo),
+        rpo_measure=measure,
+    )
+
+
+def evidence_prefix(report: AuditReport) -> str:
+    """Where a report is kept: by its period, then the time it was made (unique)."""
+    stamp = window_label(report.generated_at)
+    return (
+        f"evidence/audit/{report.start:%Y%m%d}-{report.end:%Y%m%d}/{stamp}-{uuid.uuid4().hex[:8]}/"
+    )
+
+
+def write_evidence(report: AuditReport, stores: Iterable[ObjectStore]) -> str:
+    """report.md and report.html in every region; the prefix they were written under."""
+    prefix = evidence_prefix(report)
+    page, markup = report.markdown().encode(), report.html().encode()
+    for store in stores:
+        store.put_bytes(prefix + "report.md", page, "text/markdown; charset=utf-8")
+        store.put_bytes(prefix + "report.html", markup, "text/html; charset=utf-8")
+        log.info("Audit report written to %s{report.md,report.html}", store.where(prefix))
+    return prefix

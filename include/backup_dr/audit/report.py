@@ -1,0 +1,856 @@
+"""The annual audit report, without I/O: evidence records in, a report model out, rendered as
+Markdown and HTML from the same blocks.
+
+A window is *expected* when the tier's cron schedule fires in the period and the backup has had
+`compliance.grace` to be taken, copied and checked. It is *backed up* when a passed integrity
+check of that window exists in every region (the copy's own verdict while the manifest is
+kept, or a kept integrity record once the prune has deleted it); otherwise it is *missed*, and
+the report says what is lacking where. Every figure comes from a record: where there is none,
+the report says "no evidence" instead of a number (a count of zero would be a claim).
+"""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import NamedTuple
+
+from croniter import croniter
+
+from include.backup_dr.monitor.compliance import backup_subjects, drill_subjects, human
+from include.backup_dr.policy import CONTINUOUS, Policy, format_duration
+
+NO_EVIDENCE = "no evidence"
+BACKFILL_PREFIX = "backfill__"
+
+#: ISO/IEC 27001:2022 Annex A controls each part of the report supports.
+BACKUP_CONTROL = "A.8.13"
+CONTINUITY_CONTROL = "A.5.29, A.5.30"
+CONTROLS = (
+    ("A.8.13", "Information backup: backups taken, copied to a second region, checked, pruned"),
+    ("A.5.29", "Information security during disruption: restores proven from the DR region"),
+    ("A.5.30", "ICT readiness for business continuity: restore time and data loss measured"),
+)
+
+
+# ---- records: one per evidence document, only the fields the report reads --------------------
+
+
+@dataclass(frozen=True)
+class BackupRecord:
+    """A committed manifest in one region, with the verdict of the check stored beside it."""
+
+    key: str
+    target: str
+    tier: str
+    window: datetime
+    region: str
+    finished_at: datetime
+    run_id: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class IntegrityRecord:
+    """A kept integrity check of one region's copy (evidence/integrity/...)."""
+
+    key: str
+    target: str
+    tier: str
+    window: datetime
+    region: str
+    checked_at: datetime
+    ok: bool
+    failures: tuple[str, ...] = ()
+
+
+class Deletion(NamedTuple):
+    subject: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PruneRecord:
+    """One prune plan (evidence/prune/...): how many copies it kept, and each deletion's reason."""
+
+    key: str
+    target: str
+    tier: str
+    planned_at: datetime
+    executed: bool
+    dry_run: bool
+    breaker: str | None
+    kept: int
+    deletions: tuple[Deletion, ...]
+
+
+@dataclass(frozen=True)
+class DrillRecord:
+    """One restore drill (evidence/restore_verification/...), with what it measured."""
+
+    key: str
+    subject: str
+    recorded_at: datetime
+    outcome: str
+    problems: tuple[str, ...]
+    tier: str | None
+    region: str | None
+    #: The restore's own steps, in seconds (download, hash, pg_restore or WAL replay).
+    restore_seconds: float | None
+    #: The drill's projection for the largest production target, against the RTO.
+    projected_seconds: float | None
+    projected_of: str | None
+    #: Data loss measured: PITR, the newest restored heartbeat's distance from T; otherwise the
+    #: restored backup's age when the drill restored it.
+    rpo_seconds: float | None
+    rpo_measure: str
+
+
+Record = BackupRecord | IntegrityRecord | PruneRecord | DrillRecord
+
+
+# ---- the report model ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backfilled:
+    window: datetime
+    how: str
+
+
+@dataclass(frozen=True)
+class Missed:
+    window: datetime
+    why: str
+
+
+@dataclass(frozen=True)
+class TierWindows:
+    """Expected windows of one subject's tier against those backed up in every region."""
+
+    subject: str
+    tier: str
+    schedule: str
+    expected: tuple[datetime, ...]
+    backed_up: tuple[datetime, ...]
+    missed: tuple[Missed, ...]
+    backfilled: tuple[Backfilled, ...]
+    #: Backups of windows the schedule does not fire (a manual run), verified everywhere.
+    unscheduled: int
+    has_evidence: bool
+
+
+@dataclass(frozen=True)
+class IntegrityFailure:
+    window: datetime
+    checked_at: datetime
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class IntegrityRow:
+    subject: str
+    tier: str
+    region: str
+    passed: int | None  # None: no record
+    failed: int | None
+    failures: tuple[IntegrityFailure, ...]
+
+
+@dataclass(frozen=True)
+class PlannedDeletion:
+    planned_at: datetime
+    subject: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PruneRow:
+    subject: str
+    tier: str
+    plans: int | None  # None: no record
+    executed: int
+    dry_runs: int
+    breaker_trips: tuple[tuple[datetime, str], ...]
+    kept: int
+    deletions: tuple[PlannedDeletion, ...]  # of executed plans only
+
+
+@dataclass(frozen=True)
+class DrillRow:
+    subject: str
+    drill: DrillRecord | None  # None: no drill in the period
+    rto: timedelta
+    rpo: timedelta
+
+    @property
+    def within_rto(self) -> bool | None:
+        if self.drill is None or self.drill.projected_seconds is None:
+            return None
+        return self.drill.projected_seconds <= self.rto.total_seconds()
+
+    @property
+    def within_rpo(self) -> bool | None:
+        if self.drill is None or self.drill.rpo_seconds is None:
+            return None
+        return self.drill.rpo_seconds <= self.rpo.total_seconds()
+
+
+@dataclass(frozen=True)
+class Finding:
+    control: str
+    text: str
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    start: date
+    end: date
+    generated_at: datetime
+    regions: tuple[str, ...]
+    windows: tuple[TierWindows, ...]
+    integrity: tuple[IntegrityRow, ...]
+    prune: tuple[PruneRow, ...]
+    drills: tuple[DrillRow, ...]
+    exceptions: tuple[Finding, ...] = field(default=())
+
+    def markdown(self) -> str:
+        return render_markdown(blocks(self))
+
+    def html(self) -> str:
+        return render_html(blocks(self), f"Backup audit {self.start} to {self.end}")
+
+
+# ---- the join ----------------------------------------------------------------------------------
+
+
+def period_bounds(start: date, end: date) -> tuple[datetime, datetime]:
+    """The period as [first midnight, the midnight after the last day), in UTC."""
+    return (
+        datetime.combine(start, time(), UTC),
+        datetime.combine(end + timedelta(days=1), time(), UTC),
+    )
+
+
+def run_period(logical_date: datetime, params: Mapping[str, str | None]) -> tuple[date, date]:
+    """The period a yearly run reports on: params `from` / `to` when given, else the calendar
+    year before the run."""
+    first, last = params.get("from"), params.get("to")
+    if first and last:
+        return date.fromisoformat(first), date.fromisoformat(last)
+    year = logical_date.astimezone(UTC).year - 1
+    return date(year, 1, 1), date(year, 12, 31)
+
+
+def expected_windows(
+    schedule: str, start: datetime, end: datetime, due_by: datetime
+) -> list[datetime]:
+    """Every fire time of `schedule` in [start, end) that is no later than `due_by`."""
+    fires = croniter(schedule, start - timedelta(seconds=1))
+    found = []
+    while (fire := fires.get_next(datetime)) < end and fire <= due_by:
+        found.append(fire.astimezone(UTC))
+    return found
+
+
+def drill_rpo(policy: Policy, category: str, tier: str | None) -> timedelta:
+    """The RPO the drill's restore path answers for: the category's own (1 s, 2 h) for the
+    continuous tier and media; a database dump serves the RPO for older data (6 h)."""
+    cat = policy.categories[category]
+    if tier == CONTINUOUS or cat.rpo_after is None:
+        return cat.rpo
+    return cat.rpo_after.rpo
+
+
+def build_report(
+    policy: Policy, records: Iterable[Record], start: date, end: date, now: datetime
+) -> AuditReport:
+    """Join the records into the report: a pure function of the policy and the records."""
+    begin, stop = period_bounds(start, end)
+    regions = tuple(r.name for r in policy.iter_regions())
+    backups: dict[tuple[str, str, datetime], dict[str, BackupRecord]] = defaultdict(dict)
+    checks: dict[tuple[str, str, datetime], dict[str, list[IntegrityRecord]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    counted: dict[tuple[str, str, str], list[IntegrityRecord]] = defaultdict(list)
+    plans: dict[tuple[str, str], list[PruneRecord]] = defaultdict(list)
+    drills: dict[str, list[DrillRecord]] = defaultdict(list)
+    for record in records:
+        match record:
+            case BackupRecord():
+                backups[(record.target, record.tier, record.window)][record.region] = record
+            case IntegrityRecord():
+                checks[(record.target, record.tier, record.window)][record.region].append(record)
+                if begin <= record.window < stop:
+                    counted[(record.target, record.tier, record.region)].append(record)
+            case PruneRecord():
+                if begin <= record.planned_at < stop:
+                    plans[(record.target, record.tier)].append(record)
+            case DrillRecord():
+                if begin <= record.recorded_at < stop:
+                    drills[record.subject].append(record)
+    grace = policy.compliance.grace
+    windows, integrity, prune = [], [], []
+    for item in backup_subjects(policy):
+        schedule = _schedule(policy, item.category, item.tier)
+        expected = expected_windows(schedule, begin, stop, now - grace)
+        windows.append(
+            _tier_windows(
+                item.subject,
+                item.tier,
+                schedule,
+                expected,
+                regions,
+                backups,
+                checks,
+                begin,
+                stop,
+                grace,
+            )
+        )
+        for region in regions:
+            integrity.append(_integrity_row(item.subject, item.tier, region, counted))
+        prune.append(_prune_row(item.subject, item.tier, plans.get((item.subject, item.tier))))
+    drill_rows = []
+    for subject in drill_subjects(policy):
+        found = drills.get(subject, [])
+        newest = max(found, key=lambda d: d.recorded_at, default=None)
+        category = _category_of(policy, subject)
+        tier = newest.tier if newest else (CONTINUOUS if _is_server(policy, subject) else None)
+        drill_rows.append(
+            DrillRow(subject, newest, policy.objectives.rto, drill_rpo(policy, category, tier))
+        )
+    report = AuditReport(
+        start, end, now, regions, tuple(windows), tuple(integrity), tuple(prune), tuple(drill_rows)
+    )
+    return AuditReport(**{**report.__dict__, "exceptions": tuple(findings(report))})
+
+
+def _schedule(policy: Policy, category: str, tier: str) -> str:
+    if tier == CONTINUOUS:
+        assert policy.continuous is not None
+        return policy.continuous.base_backup_schedule
+    return policy.categories[category].tiers[tier].schedule
+
+
+def _is_server(policy: Policy, subject: str) -> bool:
+    return subject in {s.name for s in policy.continuous_servers()}
+
+
+def _category_of(policy: Policy, subject: str) -> str:
+    if _is_server(policy, subject):
+        assert policy.continuous is not None
+        return policy.continuous.category
+    return policy.target(subject).category
+
+
+def _tier_windows(
+    subject: str,
+    tier: str,
+    schedule: str,
+    expected: list[datetime],
+    regions: tuple[str, ...],
+    backups: dict[tuple[str, str, datetime], dict[str, BackupRecord]],
+    checks: dict[tuple[str, str, datetime], dict[str, list[IntegrityRecord]]],
+    begin: datetime,
+    stop: datetime,
+    grace: timedelta,
+) -> TierWindows:
+    def evidence(window: datetime) -> Evidence:
+        return Evidence(
+            backups.get((subject, tier, window), {}), checks.get((subject, tier, window), {})
+        )
+
+    backed_up, missed, backfilled = [], [], []
+    for window in expected:
+        found = evidence(window)
+        if found.verified_everywhere(regions):
+            backed_up.append(window)
+            if how := found.filled_late(window, grace):
+                backfilled.append(Backfilled(window, how))
+        else:
+            missed.append(Missed(window, found.why_missed(regions)))
+    scheduled = set(expected)
+    seen = {w for (s, t, w) in (*backups, *checks) if s == subject and t == tier}
+    unscheduled = sum(
+        1
+        for w in seen
+        if begin <= w < stop and w not in scheduled and evidence(w).verified_everywhere(regions)
+    )
+    return TierWindows(
+        subject,
+        tier,
+        schedule,
+        tuple(expected),
+        tuple(backed_up),
+        tuple(missed),
+        tuple(backfilled),
+        unscheduled,
+        has_evidence=bool(seen),
+    )
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the records say about one window: its manifests and its kept checks, by region."""
+
+    copies: dict[str, BackupRecord]
+    checks: dict[str, list[IntegrityRecord]]
+
+    def verified_in(self, region: str) -> bool:
+        copy = self.copies.get(region)
+        return (copy is not None and copy.verified) or any(
+            c.ok for c in self.checks.get(region, [])
+        )
+
+    def verified_everywhere(self, regions: Iterable[str]) -> bool:
+        return all(self.verified_in(region) for region in regions)
+
+    def filled_late(self, window: datetime, grace: timedelta) -> str | None:
+        """How a backed-up window was filled late: by a backfill run, or long after its window
+        (from the manifest; from the first passed check once the manifest is pruned)."""
+        for copy in self.copies.values():
+            if copy.run_id.startswith(BACKFILL_PREFIX):
+                return f"backfill run {copy.run_id}"
+        if self.copies:
+            finished = min(c.finished_at for c in self.copies.values())
+            if finished - window > grace:
+                return f"taken {human(finished - window)} after its window"
+            return None
+        passed = [c.checked_at for kept in self.checks.values() for c in kept if c.ok]
+        if passed and min(passed) - window > grace:
+            return f"first verified {human(min(passed) - window)} after its window (since pruned)"
+        return None
+
+    def why_missed(self, regions: Iterable[str]) -> str:
+        if not self.copies and not self.checks:
+            return "no backup in any region"
+        parts = []
+        for region in regions:
+            if self.verified_in(region):
+                continue
+            if any(not c.ok for c in self.checks.get(region, [])):
+                parts.append(f"integrity check failed in {region}")
+            elif region in self.copies:
+                parts.append(f"unverified in {region}")
+            else:
+                parts.append(f"no copy in {region}")
+        return "; ".join(parts)
+
+
+def _integrity_row(
+    subject: str, tier: str, region: str, counted: dict[tuple[str, str, str], list]
+) -> IntegrityRow:
+    found: list[IntegrityRecord] = [
+        r for r in counted.get((subject, tier, region), []) if r.tier == tier
+    ]
+    if not found:
+        return IntegrityRow(subject, tier, region, None, None, ())
+    failures = tuple(
+        IntegrityFailure(r.window, r.checked_at, r.failures)
+        for r in sorted(found, key=lambda r: r.checked_at)
+        if not r.ok
+    )
+    return IntegrityRow(subject, tier, region, len(found) - len(failures), len(failures), failures)
+
+
+def _prune_row(subject: str, tier: str, found: list[PruneRecord] | None) -> PruneRow:
+    if not found:
+        return PruneRow(subject, tier, None, 0, 0, (), 0, ())
+    found = sorted(found, key=lambda p: p.planned_at)
+    return PruneRow(
+        subject,
+        tier,
+        plans=len(found),
+        executed=sum(p.executed for p in found),
+        dry_runs=sum(p.dry_run for p in found),
+        breaker_trips=tuple((p.planned_at, p.breaker) for p in found if p.breaker),
+        kept=sum(p.kept for p in found),
+        deletions=tuple(
+            PlannedDeletion(p.planned_at, d.subject, d.reason)
+            for p in found
+            if p.executed
+            for d in p.deletions
+        ),
+    )
+
+
+def findings(report: AuditReport) -> Iterator[Finding]:
+    """Every exception the report shows, each with the control it bears on."""
+    for row in report.windows:
+        name = f"{row.subject}/{row.tier}"
+        if not row.has_evidence:
+            yield Finding(BACKUP_CONTROL, f"{name}: {NO_EVIDENCE} of any backup in the period")
+        elif row.missed:
+            shown = ", ".join(_when(m.window) for m in row.missed[:5])
+            more = f" and {len(row.missed) - 5} more" if len(row.missed) > 5 else ""
+            yield Finding(
+                BACKUP_CONTROL,
+                f"{name}: {len(row.missed)} of {len(row.expected)} windows missed ({shown}{more})",
+            )
+        for late in row.backfilled:
+            yield Finding(
+                BACKUP_CONTROL,
+                f"{name}: window {_when(late.window)} filled late: {late.how}",
+            )
+    for row in report.integrity:
+        for failure in row.failures:
+            yield Finding(
+                BACKUP_CONTROL,
+                f"{row.subject}/{row.tier}@{row.region}: integrity check of window "
+                f"{_when(failure.window)} failed: {'; '.join(failure.reasons) or '?'}",
+            )
+    for row in report.prune:
+        for at, why in row.breaker_trips:
+            yield Finding(
+                BACKUP_CONTROL,
+                f"{row.subject}/{row.tier}: prune stopped by the circuit breaker at "
+                f"{_when(at)}: {why}",
+            )
+    for row in report.drills:
+        drill = row.drill
+        if drill is None:
+            yield Finding(CONTINUITY_CONTROL, f"{row.subject}: {NO_EVIDENCE} of a restore drill")
+            continue
+        if drill.outcome != "passed":
+            yield Finding(
+                CONTINUITY_CONTROL,
+                f"{row.subject}: drill of {_when(drill.recorded_at)} {drill.outcome}: "
+                + ("; ".join(drill.problems) or "no reason recorded"),
+            )
+        if row.within_rto is False:
+            yield Finding(CONTINUITY_CONTROL, f"{row.subject}: projected restore over the RTO")
+        if row.within_rpo is False:
+            yield Finding(
+                CONTINUITY_CONTROL,
+                f"{row.subject}: {drill.rpo_measure} {_seconds(drill.rpo_seconds)} over the "
+                f"RPO of {format_duration(row.rpo)}",
+            )
+
+
+# ---- rendering: one list of blocks, two renderers ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Heading:
+    level: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+
+
+Block = Heading | Para | Table
+
+
+def _when(value: datetime) -> str:
+    return f"{value.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return NO_EVIDENCE
+    if value == float("inf"):
+        return "unbounded (no throughput measured)"
+    return human(timedelta(seconds=value)) if value >= 1 else f"{value:.3f}s"
+
+
+def _count(value: int | None) -> str:
+    return NO_EVIDENCE if value is None else str(value)
+
+
+def _verdict(ok: bool | None) -> str:
+    return NO_EVIDENCE if ok is None else ("within" if ok else "**OVER**")
+
+
+def blocks(report: AuditReport) -> list[Block]:
+    """The report as headings, paragraphs and tables (what both renderers draw)."""
+    out: list[Block] = [
+        Heading(1, f"Backup and disaster-recovery audit: {report.start} to {report.end}"),
+        Para(
+            f"Generated {_when(report.generated_at)} from the evidence in both regions' stores "
+            f"({', '.join(report.regions)}), never from Airflow's database. Where no record "
+            f"exists the report says \u201c{NO_EVIDENCE}\u201d instead of a figure."
+        ),
+        Table(("ISO/IEC 27001:2022 control", "what this report shows for it"), CONTROLS),
+        Heading(2, "Summary"),
+        Table(("measure", "figure"), _summary(report)),
+        Heading(2, "Exceptions"),
+        Table(
+            ("control", "exception"),
+            tuple((f.control, f.text) for f in report.exceptions) or (("-", "none"),),
+        ),
+        Heading(2, "Backups: expected windows against windows backed up"),
+        Para(
+            f"Control: {BACKUP_CONTROL}. Expected: each fire time of the tier's schedule in the "
+            "period (base backups for the continuous tier) that has had the compliance grace to "
+            "complete. Backed up: a passed integrity check of that window in every region."
+        ),
+        Table(
+            ("target", "tier", "schedule", "expected", "backed up", "missed", "filled late"),
+            tuple(
+                (
+                    w.subject,
+                    w.tier,
+                    f"`{w.schedule}`",
+                    str(len(w.expected)),
+                    str(len(w.backed_up)) if w.has_evidence else NO_EVIDENCE,
+                    str(len(w.missed)),
+                    str(len(w.backfilled)) if w.has_evidence else NO_EVIDENCE,
+                )
+                for w in report.windows
+            ),
+        ),
+    ]
+    missed = [(w, m) for w in report.windows for m in w.missed]
+    if missed:
+        out += [
+            Heading(3, "Missed windows"),
+            Table(
+                ("target", "tier", "window", "why"),
+                tuple((w.subject, w.tier, _when(m.window), m.why) for w, m in missed),
+            ),
+        ]
+    late = [(w, b) for w in report.windows for b in w.backfilled]
+    if late:
+        out += [
+            Heading(3, "Windows filled late (backfilled)"),
+            Table(
+                ("target", "tier", "window", "how"),
+                tuple((w.subject, w.tier, _when(b.window), b.how) for w, b in late),
+            ),
+        ]
+    out += [
+        Heading(2, "Integrity checks"),
+        Para(
+            f"Control: {BACKUP_CONTROL}. Every kept integrity check of the period's backups, per "
+            "region (a backfilled window may be checked after the period): manifest, size, "
+            "encryption key, SHA-256 re-hash and a restore listing."
+        ),
+        Table(
+            ("target", "tier", "region", "passed", "failed"),
+            tuple(
+                (r.subject, r.tier, r.region, _count(r.passed), _count(r.failed))
+                for r in report.integrity
+            ),
+        ),
+    ]
+    failed = [(r, f) for r in report.integrity for f in r.failures]
+    if failed:
+        out += [
+            Heading(3, "Failed checks"),
+            Table(
+                ("target", "tier", "region", "window", "checked", "reason"),
+                tuple(
+                    (
+                        r.subject,
+                        r.tier,
+                        r.region,
+                        _when(f.window),
+                        _when(f.checked_at),
+                        "; ".join(f.reasons),
+                    )
+                    for r, f in failed
+                ),
+            ),
+        ]
+    out += [
+        Heading(2, "Retention: prune decisions"),
+        Para(
+            f"Control: {BACKUP_CONTROL}. Every prune plan of the period; each copy gets a "
+            "decision with its reason. Deletions are listed for the plans that were carried out."
+        ),
+        Table(
+            (
+                "target",
+                "tier",
+                "plans",
+                "carried out",
+                "dry runs",
+                "breaker trips",
+                "keep",
+                "delete",
+            ),
+            tuple(
+                (
+                    p.subject,
+                    p.tier,
+                    _count(p.plans),
+                    *(
+                        (
+                            str(p.executed),
+                            str(p.dry_runs),
+                            str(len(p.breaker_trips)),
+                            str(p.kept),
+                            str(len(p.deletions)),
+                        )
+                        if p.plans is not None
+                        else (NO_EVIDENCE,) * 5
+                    ),
+                )
+                for p in report.prune
+            ),
+        ),
+    ]
+    deletions = [(p, d) for p in report.prune for d in p.deletions]
+    if deletions:
+        out += [
+            Heading(3, "Deletions and their reasons"),
+            Table(
+                ("planned", "copy", "reason"),
+                tuple((_when(d.planned_at), d.subject, d.reason) for _, d in deletions),
+            ),
+        ]
+    out += [
+        Heading(2, "Restore drills: RTO and RPO"),
+        Para(
+            f"Controls: {CONTINUITY_CONTROL}. The newest drill of the period per target and "
+            "continuous server. RTO: the drill's measured restore rate applied to the largest "
+            "production target. RPO: for point-in-time recovery, how far the newest restored "
+            "heartbeat lies before the target second; otherwise the restored backup's age."
+        ),
+        Table(
+            (
+                "target",
+                "drill",
+                "outcome",
+                "restore took",
+                "projected restore",
+                "RTO",
+                "RPO measured",
+                "RPO target",
+            ),
+            tuple(_drill_cells(row) for row in report.drills),
+        ),
+    ]
+    return out
+
+
+def _summary(report: AuditReport) -> tuple[tuple[str, str], ...]:
+    expected = sum(len(w.expected) for w in report.windows)
+    backed_up = sum(len(w.backed_up) for w in report.windows)
+    passed = [r.passed for r in report.integrity if r.passed is not None]
+    failed = [r.failed for r in report.integrity if r.failed is not None]
+    drilled = [d for d in report.drills if d.drill is not None]
+    return (
+        ("windows expected", str(expected)),
+        (
+            "windows backed up in every region",
+            str(backed_up) if any(w.has_evidence for w in report.windows) else NO_EVIDENCE,
+        ),
+        ("windows missed", str(sum(len(w.missed) for w in report.windows))),
+        (
+            "integrity checks passed / failed",
+            f"{sum(passed)} / {sum(failed)}" if passed else NO_EVIDENCE,
+        ),
+        (
+            "copies deleted by prune",
+            str(sum(len(p.deletions) for p in report.prune))
+            if any(p.plans is not None for p in report.prune)
+            else NO_EVIDENCE,
+        ),
+        ("targets drilled", f"{len(drilled)} of {len(report.drills)}"),
+        ("exceptions", str(len(report.exceptions))),
+    )
+
+
+def _drill_cells(row: DrillRow) -> tuple[str, ...]:
+    drill = row.drill
+    if drill is None:
+        return (
+            row.subject,
+            NO_EVIDENCE,
+            NO_EVIDENCE,
+            NO_EVIDENCE,
+            NO_EVIDENCE,
+            format_duration(row.rto),
+            NO_EVIDENCE,
+            format_duration(row.rpo),
+        )
+    projected = _seconds(drill.projected_seconds)
+    if drill.projected_of and drill.projected_seconds is not None:
+        projected += f" ({drill.projected_of})"
+    rpo = _seconds(drill.rpo_seconds)
+    if drill.rpo_seconds is not None:
+        rpo += f" ({drill.rpo_measure})"
+    return (
+        row.subject,
+        f"{_when(drill.recorded_at)}, {drill.tier or '?'} from {drill.region or '?'}",
+        drill.outcome,
+        _seconds(drill.restore_seconds),
+        projected,
+        f"{format_duration(row.rto)}: {_verdict(row.within_rto)}",
+        rpo,
+        f"{format_duration(row.rpo)}: {_verdict(row.within_rpo)}",
+    )
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(page: Sequence[Block]) -> str:
+    lines: list[str] = []
+    for block in page:
+        match block:
+            case Heading():
+                lines += ["#" * block.level + " " + block.text, ""]
+            case Para():
+                lines += [block.text, ""]
+            case Table():
+                lines.append("| " + " | ".join(block.header) + " |")
+                lines.append("|" + "---|" * len(block.header))
+                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+                lines.append("")
+    return "\n".join(lines)
+
+
+def _html_text(text: str) -> str:
+    """Escaped, with the Markdown the cells use (`code`, **bold**) drawn as HTML."""
+    escaped = html.escape(text)
+    parts = escaped.split("`")
+    escaped = "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    parts = escaped.split("**")
+    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts))
+
+
+_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:80rem;margin:2rem auto;padding:0 1rem}"
+    "table{border-collapse:collapse;margin:0 0 1.5rem}"
+    "th,td{border:1px solid #bbb;padding:.25rem .5rem;text-align:left;vertical-align:top}"
+    "th{background:#eee}code{font-size:.9em}"
+)
+
+
+def render_html(page: Sequence[Block], title: str) -> str:
+    body: list[str] = []
+    for block in page:
+        match block:
+            case Heading():
+                body.append(f"<h{block.level}>{_html_text(block.text)}</h{block.level}>")
+            case Para():
+                body.append(f"<p>{_html_text(block.text)}</p>")
+            case Table():
+                head = "".join(f"<th>{_html_text(c)}</th>" for c in block.header)
+                rows = "".join(
+                    "<tr>" + "".join(f"<td>{_html_text(c)}</td>" for c in row) + "</tr>"
+                    for row in block.rows
+                )
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>'
+        f"{html.escape(title)}</title><style>{_STYLE}</style></head><body>\n"
+        + "\n".join(body)
+        + "\n</body></html>\n"
+    )

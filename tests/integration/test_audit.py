@@ -1,0 +1,104 @@
+"""The audit report against the real stores: real backups of two of three daily windows (one
+by a backfill run, both taken weeks after their windows), a prune that deletes an expired one,
+then the report, its evidence in both regions, and `python -m include.backup_dr audit --out`
+as a user runs it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from include.backup_dr.audit import build_audit, write_evidence
+from include.backup_dr.pipeline import check_integrity, copy_to_secondary, prune, take_snapshot
+from tests.stack import REPO
+
+pytestmark = pytest.mark.integration
+
+TARGET, TIER = "platform_billing", "daily"
+DAYS = [datetime(2026, 11, day, 0, 30, tzinfo=UTC) for day in (1, 2, 3)]
+EXPIRED = datetime(2026, 10, 20, 0, 30, tzinfo=UTC)  # before the period: pruned on the 3rd
+
+
+def _backup(policy, stores, window: datetime, run_id: str) -> None:
+    ref = take_snapshot(policy, stores, TARGET, TIER, window, {"run_id": run_id})
+    copy_to_secondary(policy, stores, ref)
+    check_integrity(policy, stores, ref)
+
+
+def test_report_lists_the_missed_window_backfills_and_prune_reasons(
+    stores, policy_file, tmp_path: Path
+) -> None:
+    policy = policy_file()
+    _backup(policy, stores, EXPIRED, f"scheduled__{EXPIRED.isoformat()}")
+    _backup(policy, stores, DAYS[0], f"scheduled__{DAYS[0].isoformat()}")
+    # DAYS[1] is never backed up; DAYS[2] comes from a backfill run.
+    _backup(policy, stores, DAYS[2], "backfill__2026-11-05T09:00:00+00:00")
+    result = prune(policy, stores, TARGET, TIER, now=DAYS[2] + timedelta(minutes=30))
+    assert result["deleted"] == 2  # the expired window, in both regions
+
+    report = build_audit(policy, stores, date(2026, 11, 1), date(2026, 11, 3))
+    row = next(w for w in report.windows if (w.subject, w.tier) == (TARGET, TIER))
+    assert row.expected == tuple(DAYS)
+    assert row.backed_up == (DAYS[0], DAYS[2])
+    assert [(m.window, m.why) for m in row.missed] == [(DAYS[1], "no backup in any region")]
+    # Both are filled late: DAYS[0] is taken now, weeks after its window (a scheduled run id).
+    late = {b.window: b.how for b in row.backfilled}
+    assert late[DAYS[2]] == "backfill run backfill__2026-11-05T09:00:00+00:00"
+    assert late[DAYS[0]].startswith("taken ") and late[DAYS[0]].endswith(" after its window")
+    integrity = {r.region: r for r in report.integrity if (r.subject, r.tier) == (TARGET, TIER)}
+    assert {r: (i.passed, i.failed) for r, i in integrity.items()} == {
+        "eu-west-1": (2, 0),
+        "eu-central-1": (2, 0),
+    }
+    plan = next(p for p in report.prune if (p.subject, p.tier) == (TARGET, TIER))
+    assert sorted(d.subject for d in plan.deletions) == [
+        f"{TARGET}/{TIER}/20261020T003000Z@eu-central-1",
+        f"{TARGET}/{TIER}/20261020T003000Z@eu-west-1",
+    ]
+    assert all(d.reason.startswith("expired") for d in plan.deletions)
+
+    page = report.markdown()
+    assert f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | 2 | 1 | 2 |" in page
+    assert f"| {TARGET} | {TIER} | 2026-11-02 00:30 UTC | no backup in any region |" in page
+    assert plan.deletions[0].reason in page
+    assert "platform_core: no evidence of a restore drill" in page  # nothing drilled it
+
+    prefix = write_evidence(report, stores)
+    for store in stores:
+        for name, text in (
+            ("report.md", "| no backup in any region |"),
+            ("report.html", "<td>no backup in any region</td>"),
+        ):
+            body = store.client.get_object(Bucket=store.bucket, Key=prefix + name)["Body"]
+            assert text in body.read().decode(), (store.region.name, name)
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "include.backup_dr",
+            "audit",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-11-03",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    markdown = (tmp_path / "audit-20261101-20261103.md").read_text()
+    html = (tmp_path / "audit-20261101-20261103.html").read_text()
+    assert markdown.strip() == done.stdout.strip()
+    assert f"| {TARGET} | {TIER} | 2026-11-02 00:30 UTC | no backup in any region |" in markdown
+    assert "<td>2026-11-02 00:30 UTC</td><td>no backup in any region</td>" in html

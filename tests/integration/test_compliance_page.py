@@ -1,0 +1,187 @@
+"""The "Backup compliance" page and the dr_restore trigger form, in a real headless Chromium
+against the session's Airflow standalone (plugins loaded from plugins/), on real backups."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from tests.browser import ARTIFACTS
+from tests.stack import airflow_cli, dag_runs
+
+pytestmark = pytest.mark.integration
+
+RUN = {"dag_id": "test_compliance_page", "run_id": "manual"}
+#: The page's colours (include/backup_dr/ui/page.py), as the browser computes them.
+GREEN, RED = "rgb(198, 246, 213)", "rgb(254, 215, 215)"
+
+
+def _backup(stores: Any, tier: str, window: datetime, *, age: timedelta | None = None) -> None:
+    """A real backup of platform_core: snapshot, copy, integrity check in both regions; `age`
+    moves its restore point back (in both regions' manifests), as a tier whose runs stopped."""
+    from include.backup_dr import pipeline
+    from include.backup_dr.catalogue import BackupId
+    from include.backup_dr.policy import load_policy
+
+    policy = load_policy()
+    ref = pipeline.take_snapshot(policy, stores, "platform_core", tier, window, RUN)
+    pipeline.copy_to_secondary(policy, stores, ref)
+    pipeline.check_integrity(policy, stores, ref)
+    if age is not None:
+        key = BackupId("platform", "platform_core", tier, window).key("manifest.json")
+        for store in stores:
+            manifest = store.get_json(key)
+            for field in ("started_at", "finished_at"):
+                manifest[field] = (datetime.fromisoformat(manifest[field]) - age).isoformat()
+            store.put_json(key, manifest)
+
+
+def _row(frame: Any, subject: str, tier: str) -> Any:
+    return frame.locator(f"#targets tr[data-subject='{subject}'][data-tier='{tier}']")
+
+
+def _background(locator: Any) -> str:
+    return locator.evaluate("e => getComputedStyle(e).backgroundColor")
+
+
+def test_page_shows_each_tier_and_refuses_anonymous(
+    browser, ui_page, airflow_scheduler, stores
+) -> None:
+    base = airflow_scheduler["AIRFLOW__API__BASE_URL"]
+    anonymous = browser.new_context()  # no sign-in: no `_token` cookie, no Bearer token
+    for path in ("/backup-compliance/", "/backup-compliance/api/checks"):
+        assert anonymous.request.get(base + path).status == 401, path
+    anonymous.close()
+
+    window = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    _backup(stores, "6h", window)
+    _backup(stores, "daily", window, age=timedelta(days=3))  # past 1d + 2h grace
+
+    # Through Airflow's own navigation, as a user: Browse > Backup compliance (an iframe).
+    page = ui_page
+    page.get_by_role("button", name="Browse").click()
+    page.get_by_role("menuitem", name="Backup compliance").click()
+    page.wait_for_url("**/plugin/backup-compliance")
+    frame = page.frame_locator("iframe")
+    summary = frame.locator("#summary")
+    summary.wait_for(timeout=120_000)
+    assert "recomputed from the store" in summary.inner_text()  # no DAG record yet
+
+    fresh, stale = _row(frame, "platform_core", "6h"), _row(frame, "platform_core", "daily")
+    assert fresh.get_attribute("data-status") == "OK"
+    assert _background(fresh.locator("td").first) == GREEN
+    for region in ("eu-west-1", "eu-central-1"):
+        cell = fresh.locator(f"td[data-check='backup_age:platform_core/6h@{region}']")
+        assert cell.get_attribute("data-status") == "OK"
+        assert f"window {window:%Y-%m-%d %H:%M}" in cell.inner_text()
+        cell = stale.locator(f"td[data-check='backup_age:platform_core/daily@{region}']")
+        assert cell.get_attribute("data-status") == "CRITICAL"
+        assert "3d" in cell.inner_text() and "limit 1d + 2h grace" in cell.inner_text()
+    assert stale.get_attribute("data-status") == "CRITICAL"
+    assert _background(stale.locator("td").first) == RED
+    never = _row(frame, "platform_billing", "6h")
+    assert never.get_attribute("data-status") == "CRITICAL" and "none" in never.inner_text()
+    # The target's drill and RTO: once, over its tiers' rows.
+    assert frame.locator("td[data-check='restore_drill:platform_core']").count() == 1
+    link = fresh.get_by_role("link", name="platform_backup_6h")
+    assert link.get_attribute("href") == "/dags/platform_backup_6h/runs"
+    assert link.get_attribute("target") == "_top"
+    assert "NOT MET" in frame.locator("#policy-report").inner_text()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "compliance_page_nav.png"))
+
+    # The JSON endpoints serve the same rows, to a signed-in client (the UI's cookie).
+    api = page.context.request
+    targets = api.get(base + "/backup-compliance/api/targets").json()
+    by_tier = {(r["subject"], r["tier"]): r["status"] for r in targets["targets"]}
+    assert by_tier[("platform_core", "6h")] == "OK"
+    assert by_tier[("platform_core", "daily")] == "CRITICAL"
+    report = api.get(base + "/backup-compliance/api/policy-report").json()
+    assert any(p["verdict"] == "NOT MET" for p in report["promises"])
+
+    # The audit report, downloaded from the page's form as an auditor would (Markdown).
+    audit = frame.locator("form#audit")
+    audit.locator("select[name=format]").select_option("md")
+    with page.expect_download() as download:
+        audit.get_by_role("button", name="Download").click()
+    saved = ARTIFACTS / download.value.suggested_filename
+    download.value.save_as(saved)
+    text = saved.read_text()
+    assert saved.name.startswith("backup-audit-") and saved.suffix == ".md"
+    assert "| platform_core | 6h |" in text and "A.8.13" in text
+
+    # Once backup_compliance has run, the page shows its record (not a recompute).
+    before = {o.key for o in stores.primary.list_objects("evidence/compliance/")}
+    airflow_cli(airflow_scheduler, "dags", "unpause", "backup_compliance")
+    try:
+        airflow_cli(airflow_scheduler, "dags", "trigger", "backup_compliance")
+        deadline = time.monotonic() + 240
+        while not {o.key for o in stores.primary.list_objects("evidence/compliance/")} - before:
+            assert time.monotonic() < deadline, dag_runs(airflow_scheduler, "backup_compliance")
+            time.sleep(3)
+    finally:
+        airflow_cli(airflow_scheduler, "dags", "pause", "backup_compliance")
+    checks = api.get(base + "/backup-compliance/api/checks").json()
+    assert checks["source"] == "record" and checks["run"]["dag_id"] == "backup_compliance"
+    assert checks["evidence"] in {o.key for o in stores.primary.list_objects("evidence/")}
+    page.goto(base + "/backup-compliance/")
+    assert "from the record of backup_compliance" in page.locator("#summary").inner_text()
+    assert _row(page, "platform_core", "daily").get_attribute("data-status") == "CRITICAL"
+    page.screenshot(path=str(ARTIFACTS / "compliance_page.png"), full_page=True)
+    live = api.get(base + "/backup-compliance/api/checks?live=true").json()
+    assert live["source"] == "live"
+
+
+def _sandbox_databases() -> list[str]:
+    from local.pg import connect
+
+    with connect("postgres", server="sandbox") as conn:
+        rows = conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate").fetchall()
+    return sorted(name for (name,) in rows if name != "postgres")
+
+
+def test_dr_restore_form_submits_with_only_a_database_restore(
+    ui_page, airflow_scheduler, stores
+) -> None:
+    window = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    _backup(stores, "daily", window)
+    base = airflow_scheduler["AIRFLOW__API__BASE_URL"]
+    page = ui_page
+    page.goto(base + "/dags/dr_restore")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.get_by_role("dialog")
+    submit = dialog.get_by_test_id("trigger-dag-submit")
+    submit.wait_for(timeout=60_000)
+    # What a database restore needs, and nothing else: the target, and the confirmation.
+    dialog.locator("input[name=element_targets]").locator("xpath=..").click()
+    page.keyboard.type("platform_core")
+    page.keyboard.press("Enter")
+    dialog.locator("input[name=element_confirm]").locator("xpath=..").click()
+    page.get_by_text("restore: replace the targets", exact=False).click()
+    assert dialog.locator("input[name=element_confirm]").input_value() == "restore"
+    page.screenshot(path=str(ARTIFACTS / "dr_restore_form.png"), full_page=True)
+    assert submit.is_enabled()
+    before = set(dag_runs(airflow_scheduler, "dr_restore"))
+    submit.click()
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            runs = dag_runs(airflow_scheduler, "dr_restore")
+            new = [r for d, r in runs.items() if d not in before]
+            if new and new[0]["state"] in ("success", "failed"):
+                break
+            assert time.monotonic() < deadline, runs
+            time.sleep(5)
+        [run] = new
+        assert run["state"] == "success", run
+        assert "platform_core" in _sandbox_databases()
+    finally:
+        airflow_cli(airflow_scheduler, "dags", "pause", "dr_restore")
+        from local.pg import connect
+
+        with connect("postgres", server="sandbox") as conn:
+            for name in _sandbox_databases():
+                conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -1,0 +1,145 @@
+"""Leases against the real S3 server: one holder at a time, expiry, retries, release."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from include.backup_dr.lease import (
+    Holder,
+    Lease,
+    LeaseBusyError,
+    LeaseLostError,
+    critical_section,
+    lease_key,
+    new_lease,
+)
+from include.backup_dr.store import ObjectStore
+
+pytestmark = pytest.mark.integration
+SUBJECT = "platform/platform_core/daily"
+HOUR = timedelta(hours=1)
+TTL_SECONDS = 1.5
+#: A lease that lives 1.5 s unrenewed, and waiters that look again within 50 ms.
+SHORT = {"ttl": timedelta(seconds=TTL_SECONDS), "max_wait": timedelta(0), "poll": (0.01, 0.05)}
+
+
+def holder(run: str, tries: int = 1) -> Holder:
+    return Holder("platform_backup_daily", run, "platform_primary.snapshot", 0, tries, "w1", 7)
+
+
+def stored(store: ObjectStore) -> Lease:
+    return Lease.from_document(store.get_json(lease_key(SUBJECT)))
+
+
+def enter(store: ObjectStore, who: Holder, max_wait: timedelta = timedelta(minutes=2)):
+    """The critical section as a step takes it; waiters look again within 50 ms here."""
+    return critical_section(store, SUBJECT, who, max_wait=max_wait, poll=(0.01, 0.05))
+
+
+def test_concurrent_acquirers_never_hold_it_together(stores) -> None:
+    """Eight workers, each with its own S3 client, enter the same critical section 4 times."""
+    inside: list[str] = []
+    overlaps: list[list[str]] = []
+    entered: list[str] = []
+    guard = threading.Lock()
+    start = threading.Barrier(8)
+
+    def worker(number: int) -> None:
+        store = ObjectStore.for_region(stores.primary.region)
+        start.wait()
+        for turn in range(4):
+            me = holder(f"run_{number}_{turn}")
+            with enter(store, me):
+                with guard:
+                    inside.append(me.run_id)
+                    entered.append(me.run_id)
+                    if len(inside) > 1:
+                        overlaps.append(list(inside))
+                threading.Event().wait(0.02)  # stay inside a little, as a real step does
+                with guard:
+                    inside.remove(me.run_id)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert overlaps == []
+    assert len(entered) == 32
+    assert stored(stores.primary).released_at is not None
+    versions = stores.primary.client.list_object_versions(
+        Bucket=stores.primary.bucket, Prefix=lease_key(SUBJECT)
+    )
+    assert len(versions["Versions"]) == 1  # one object, not a version per tenure
+
+
+def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(stores, caplog) -> None:
+    dead = new_lease(SUBJECT, holder("scheduled__dead"), datetime.now(UTC) - 2 * HOUR, HOUR)
+    stores.primary.put_json(lease_key(SUBJECT), dead.to_document())
+    caplog.set_level(logging.INFO, logger="include.backup_dr.lease")
+    me = holder("backfill__1")
+    with enter(stores.primary, me, max_wait=timedelta(0)) as tenure:
+        assert stored(stores.primary) == tenure.lease
+        assert tenure.lease.holder == me
+        # Live now: another run, even a retry of this task instance, waits its bound, then
+        # gives up naming the holder.
+        busy = (
+            r"held by platform_backup_daily / backfill__1 / platform_primary\.snapshot\[0\] try 1"
+        )
+        for other in (holder("scheduled__2"), holder("backfill__1", tries=2)):
+            with (
+                pytest.raises(LeaseBusyError, match=busy),
+                enter(stores.primary, other, max_wait=timedelta(seconds=0.2)),
+            ):
+                pytest.fail(f"{other} entered a critical section held by another task")
+        assert stored(stores.primary).token == tenure.lease.token
+    messages = caplog.text
+    assert "Took over the expired lease" in messages and "scheduled__dead" in messages
+    assert "Waiting for the lease on platform/platform_core/daily" in messages
+    assert stored(stores.primary).released_at is not None
+
+
+def test_a_live_holder_renews_its_lease_past_its_ttl(stores) -> None:
+    """The heartbeat keeps a long step's lease alive, however short the lease is."""
+    with critical_section(stores.primary, SUBJECT, holder("scheduled__long"), **SHORT) as tenure:
+        first_expiry = tenure.lease.expires_at
+        threading.Event().wait(3 * TTL_SECONDS)  # three lease lifetimes of real work
+        with (
+            pytest.raises(LeaseBusyError, match="scheduled__long"),
+            enter(stores.primary, holder("backfill__1"), max_wait=timedelta(0)),
+        ):
+            pytest.fail("took the lease of a holder that is alive and renewing it")
+        tenure.ensure_held()
+        assert stored(stores.primary).expires_at > first_expiry + 2 * timedelta(seconds=TTL_SECONDS)
+
+
+def test_a_dead_holder_frees_the_subject_within_its_ttl(stores, caplog) -> None:
+    """The fault that used to block the next run for hours: the holder's region went away, so
+    it could neither renew nor release. Its lease frees itself one TTL later."""
+    caplog.set_level(logging.INFO, logger="include.backup_dr.lease")
+    gone = new_lease(SUBJECT, holder("scheduled__died"), datetime.now(UTC), SHORT["ttl"])
+    stores.primary.put_json(lease_key(SUBJECT), gone.to_document())
+    waited_from = datetime.now(UTC)
+    with enter(stores.primary, holder("scheduled__next"), max_wait=timedelta(minutes=1)):
+        waited = datetime.now(UTC) - waited_from
+    assert waited < timedelta(minutes=1), "waited for the step's timeout, not the lease's TTL"
+    assert "Took over the expired lease" in caplog.text and "scheduled__died" in caplog.text
+
+
+def test_a_holder_that_lost_its_lease_stops_before_deleting_and_fails(stores, caplog) -> None:
+    """Taken over behind its back (its renewals could not reach the store in time): the holder
+    learns at its next renewal, refuses to go on, and its step fails to be retried."""
+    caplog.set_level(logging.INFO, logger="include.backup_dr.lease")
+    section = critical_section(stores.primary, SUBJECT, holder("scheduled__a"), **SHORT)
+    with pytest.raises(LeaseLostError, match="another task took it over"), section as tenure:
+        usurper = new_lease(SUBJECT, holder("backfill__b"), datetime.now(UTC), HOUR)
+        stores.primary.put_json(lease_key(SUBJECT), usurper.to_document())
+        tenure.renew()
+        with pytest.raises(LeaseLostError):
+            tenure.ensure_held()  # what prune calls before each deletion
+    assert stored(stores.primary).holder.run_id == "backfill__b", "the new holder's lease stays"
+    assert "the lease was lost: another task took it over" in caplog.text

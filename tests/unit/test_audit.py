@@ -1,0 +1,335 @@
+"""The audit report's join (pure): windows expected against backed up, backfills, integrity,
+prune reasons, drills against RTO and RPO, and "no evidence" wherever no record backs a figure."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from include.backup_dr.audit.report import (
+    NO_EVIDENCE,
+    BackupRecord,
+    Deletion,
+    DrillRecord,
+    IntegrityRecord,
+    PruneRecord,
+    build_report,
+    expected_windows,
+)
+from include.backup_dr.policy import DEFAULT_POLICY_PATH, load_policy
+
+POLICY = load_policy(DEFAULT_POLICY_PATH)
+PRIMARY, SECONDARY = "eu-west-1", "eu-central-1"
+START, END = date(2026, 11, 1), date(2026, 11, 3)
+NOW = datetime(2026, 11, 10, tzinfo=UTC)
+#: platform_core/daily fires at 00:30: three windows in the period.
+WINDOWS = [datetime(2026, 11, day, 0, 30, tzinfo=UTC) for day in (1, 2, 3)]
+TARGET, TIER = "platform_core", "daily"
+
+
+def copy(window: datetime, region: str, *, verified: bool = True, **changes) -> BackupRecord:
+    fields = {
+        "key": f"platform/{TARGET}/{TIER}/{window:%Y%m%dT%H%M%SZ}/manifest.json",
+        "target": TARGET,
+        "tier": TIER,
+        "window": window,
+        "region": region,
+        "finished_at": window + timedelta(minutes=5),
+        "run_id": f"scheduled__{window.isoformat()}",
+        "verified": verified,
+        **changes,
+    }
+    return BackupRecord(**fields)
+
+
+def check(window: datetime, region: str, *, ok: bool = True, late: timedelta = timedelta(0)):
+    return IntegrityRecord(
+        key=f"evidence/integrity/platform/{TARGET}/{window:%Y%m%dT%H%M%SZ}-{region}.json",
+        target=TARGET,
+        tier=TIER,
+        window=window,
+        region=region,
+        checked_at=window + timedelta(minutes=10) + late,
+        ok=ok,
+        failures=() if ok else ("sha256: expected abc, found def",),
+    )
+
+
+def drill(subject: str, tier: str, **changes) -> DrillRecord:
+    fields = {
+        "key": f"evidence/restore_verification/{subject}/20261102T040000Z-1",
+        "subject": subject,
+        "recorded_at": datetime(2026, 11, 2, 4, tzinfo=UTC),
+        "outcome": "passed",
+        "problems": (),
+        "tier": tier,
+        "region": SECONDARY,
+        "restore_seconds": 12.5,
+        "projected_seconds": 40.0,
+        "projected_of": subject,
+        "rpo_seconds": 3600.0,
+        "rpo_measure": "age of the restored backup",
+        **changes,
+    }
+    return DrillRecord(**fields)
+
+
+def tier_row(report, subject: str = TARGET, tier: str = TIER):
+    return next(w for w in report.windows if (w.subject, w.tier) == (subject, tier))
+
+
+def report_of(records, now: datetime = NOW):
+    return build_report(POLICY, records, START, END, now)
+
+
+@pytest.mark.parametrize(
+    ("records", "why"),
+    [
+        ([copy(WINDOWS[1], PRIMARY), copy(WINDOWS[1], SECONDARY)], None),
+        # Pruned since: only the kept integrity records prove the window.
+        ([check(WINDOWS[1], PRIMARY), check(WINDOWS[1], SECONDARY)], None),
+        ([copy(WINDOWS[1], PRIMARY)], "no copy in eu-central-1"),
+        (
+            [copy(WINDOWS[1], PRIMARY), copy(WINDOWS[1], SECONDARY, verified=False)],
+            "unverified in eu-central-1",
+        ),
+        (
+            [check(WINDOWS[1], PRIMARY), check(WINDOWS[1], SECONDARY, ok=False)],
+            "integrity check failed in eu-central-1",
+        ),
+        # A failed check followed by a passed one (the backup was taken again): backed up.
+        (
+            [
+                check(WINDOWS[1], PRIMARY),
+                check(WINDOWS[1], SECONDARY, ok=False),
+                check(WINDOWS[1], SECONDARY, late=timedelta(hours=1)),
+            ],
+            None,
+        ),
+        ([], "no backup in any region"),
+    ],
+)
+def test_a_window_is_backed_up_only_when_verified_in_every_region(records, why) -> None:
+    row = tier_row(report_of(records))
+    assert row.expected == tuple(WINDOWS)
+    if why is None:
+        assert WINDOWS[1] in row.backed_up
+        assert WINDOWS[1] not in {m.window for m in row.missed}
+    else:
+        assert WINDOWS[1] not in row.backed_up
+        assert {m.window: m.why for m in row.missed}[WINDOWS[1]] == why
+
+
+@pytest.mark.parametrize(
+    ("records", "how"),
+    [
+        ([copy(WINDOWS[0], r) for r in (PRIMARY, SECONDARY)], None),
+        (
+            [
+                copy(WINDOWS[0], r, run_id="backfill__2026-11-05T10:00:00+00:00")
+                for r in (PRIMARY, SECONDARY)
+            ],
+            "backfill run backfill__2026-11-05T10:00:00+00:00",
+        ),
+        (
+            [
+                copy(WINDOWS[0], r, finished_at=WINDOWS[0] + timedelta(days=3))
+                for r in (PRIMARY, SECONDARY)
+            ],
+            "taken 3d after its window",
+        ),
+        (
+            [check(WINDOWS[0], r, late=timedelta(days=2)) for r in (PRIMARY, SECONDARY)],
+            "first verified 2d after its window (since pruned)",
+        ),
+    ],
+)
+def test_backfilled_windows_are_marked_with_how(records, how) -> None:
+    row = tier_row(report_of(records))
+    assert WINDOWS[0] in row.backed_up
+    assert {b.window: b.how for b in row.backfilled}.get(WINDOWS[0]) == how
+
+
+def test_windows_not_yet_due_are_not_expected() -> None:
+    # 01:00 on the 3rd: that day's 00:30 window has not had the 2 h grace yet.
+    row = tier_row(report_of([], now=datetime(2026, 11, 3, 1, tzinfo=UTC)))
+    assert row.expected == tuple(WINDOWS[:2])
+    assert expected_windows("30 0 * * *", WINDOWS[0], WINDOWS[2], WINDOWS[2]) == WINDOWS[:2]
+
+
+def test_without_records_every_figure_says_no_evidence() -> None:
+    report = report_of([])
+    page = report.markdown()
+    row = tier_row(report)
+    assert not row.has_evidence and row.backed_up == ()
+    assert f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | {NO_EVIDENCE} | 3 | {NO_EVIDENCE} |" in page
+    assert f"| {TARGET} | {TIER} | {PRIMARY} | {NO_EVIDENCE} | {NO_EVIDENCE} |" in page
+    assert f"| {TARGET} | {TIER} | {NO_EVIDENCE} |" in page  # prune plans
+    drill_line = next(line for line in page.splitlines() if line.startswith(f"| {TARGET} | no"))
+    assert drill_line == (
+        f"| {TARGET} | {NO_EVIDENCE} | {NO_EVIDENCE} | {NO_EVIDENCE} | {NO_EVIDENCE} | 4h | "
+        f"{NO_EVIDENCE} | 6h |"
+    )
+    assert f"{TARGET}: {NO_EVIDENCE} of a restore drill" in page
+
+
+def test_integrity_counts_each_region_and_lists_failures_with_reasons() -> None:
+    records = [check(w, PRIMARY) for w in WINDOWS] + [
+        check(WINDOWS[0], SECONDARY),
+        check(WINDOWS[1], SECONDARY, ok=False),
+    ]
+    rows = {
+        r.region: r for r in report_of(records).integrity if r.subject == TARGET and r.tier == TIER
+    }
+    assert (rows[PRIMARY].passed, rows[PRIMARY].failed) == (3, 0)
+    assert (rows[SECONDARY].passed, rows[SECONDARY].failed) == (1, 1)
+    [failure] = rows[SECONDARY].failures
+    assert failure.window == WINDOWS[1]
+    assert failure.reasons == ("sha256: expected abc, found def",)
+    page = report_of(records).markdown()
+    assert "integrity check of window 2026-11-02 00:30 UTC failed: sha256: expected abc" in page
+
+
+def test_prune_lists_deletions_of_executed_plans_with_their_reasons() -> None:
+    def plan(at: datetime, **changes) -> PruneRecord:
+        fields = {
+            "key": f"evidence/prune/platform/{TARGET}/{TIER}/{at:%Y%m%dT%H%M%SZ}-1.json",
+            "target": TARGET,
+            "tier": TIER,
+            "planned_at": at,
+            "executed": True,
+            "dry_run": False,
+            "breaker": None,
+            "kept": 7,
+            "deletions": (
+                Deletion(
+                    "platform_core/daily/20261024T003000Z@eu-west-1",
+                    "expired: 8d 0h old, retention 7d",
+                ),
+            ),
+            **changes,
+        }
+        return PruneRecord(**fields)
+
+    records = [
+        plan(WINDOWS[0] + timedelta(minutes=20)),
+        plan(WINDOWS[1] + timedelta(minutes=20), executed=False, dry_run=True),
+        plan(WINDOWS[2] + timedelta(minutes=20), executed=False, breaker="6 of 7 copies"),
+    ]
+    report = report_of(records)
+    row = next(p for p in report.prune if (p.subject, p.tier) == (TARGET, TIER))
+    assert (row.plans, row.executed, row.dry_runs, row.kept) == (3, 1, 1, 21)
+    assert [d.reason for d in row.deletions] == ["expired: 8d 0h old, retention 7d"]
+    page = report.markdown()
+    assert (
+        "| 2026-11-01 00:50 UTC | platform_core/daily/20261024T003000Z@eu-west-1 | "
+        "expired: 8d 0h old, retention 7d |"
+    ) in page
+    assert "prune stopped by the circuit breaker at 2026-11-03 00:50 UTC: 6 of 7 copies" in page
+
+
+@pytest.mark.parametrize(
+    ("subject", "tier", "changes", "rto", "rpo", "exception"),
+    [
+        ("platform_core", "daily", {}, True, True, None),  # 1 h old dump: within the 6 h RPO
+        ("platform_core", "daily", {"rpo_seconds": 7 * 3600.0}, True, False, "over the RPO of 6h"),
+        ("platform_core", "daily", {"projected_seconds": 5 * 3600.0}, False, True, "over the RTO"),
+        # PITR: the newest restored heartbeat 0.4 s before T, against the 1 s RPO.
+        ("platform_primary", "continuous", {"rpo_seconds": 0.4}, True, True, None),
+        ("platform_primary", "continuous", {"rpo_seconds": 1.5}, True, False, "RPO of 1s"),
+        ("media_documents", "daily", {"rpo_seconds": 3 * 3600.0}, True, False, "RPO of 2h"),
+        (
+            "platform_core",
+            "daily",
+            {"outcome": "failed", "problems": ("validation failed",)},
+            True,
+            True,
+            "failed: validation failed",
+        ),
+        (
+            "platform_core",
+            "daily",
+            {"projected_seconds": None, "rpo_seconds": None},
+            None,
+            None,
+            None,
+        ),
+    ],
+)
+def test_drills_are_judged_against_the_rto_and_the_rpo_of_their_path(
+    subject, tier, changes, rto, rpo, exception
+) -> None:
+    report = report_of([drill(subject, tier, **changes)])
+    row = next(d for d in report.drills if d.subject == subject)
+    assert (row.within_rto, row.within_rpo) == (rto, rpo)
+    mine = [f.text for f in report.exceptions if f.text.startswith(f"{subject}:")]
+    if exception is None:
+        assert mine == []
+    else:
+        assert any(exception in text for text in mine), mine
+        assert all(
+            f.control == "A.5.29, A.5.30"
+            for f in report.exceptions
+            if f.text.startswith(f"{subject}:")
+        )
+
+
+def test_drills_outside_the_period_are_not_counted() -> None:
+    old = drill("platform_core", "daily", recorded_at=datetime(2026, 1, 15, 4, tzinfo=UTC))
+    assert next(d for d in report_of([old]).drills if d.subject == "platform_core").drill is None
+
+
+def test_html_escapes_what_records_say() -> None:
+    records = [check(WINDOWS[0], PRIMARY), check(WINDOWS[0], SECONDARY, ok=False)]
+    bad = IntegrityRecord(**{**records[1].__dict__, "failures": ("size: <script>x</script>",)})
+    page = report_of([records[0], bad]).html()
+    assert "&lt;script&gt;" in page and "<script>" not in page
+    assert page.startswith("<!doctype html>") and "<table>" in page
+
+
+# ---- the property: every expected window is backed up or missed, never both --------------------
+
+STATES = st.sampled_from(["none", "verified", "unverified", "kept_ok", "kept_failed"])
+
+
+def _records(window: datetime, region: str, state: str) -> list:
+    return {
+        "none": [],
+        "verified": [copy(window, region)],
+        "unverified": [copy(window, region, verified=False)],
+        "kept_ok": [check(window, region)],
+        "kept_failed": [check(window, region, ok=False)],
+    }[state]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(STATES, STATES), min_size=3, max_size=3))
+def test_every_expected_window_is_backed_up_or_missed_never_both(states) -> None:
+    records = [
+        r
+        for window, (primary, secondary) in zip(WINDOWS, states, strict=True)
+        for r in _records(window, PRIMARY, primary) + _records(window, SECONDARY, secondary)
+    ]
+    report = report_of(records)
+    row = tier_row(report)
+    missed = {m.window for m in row.missed}
+    assert set(row.backed_up) | missed == set(row.expected)
+    assert not set(row.backed_up) & missed
+    good = {"verified", "kept_ok"}
+    assert set(row.backed_up) == {
+        w for w, (p, s) in zip(WINDOWS, states, strict=True) if p in good and s in good
+    }
+    # No figure without a record: a tier without records says so instead of counting.
+    page = report.markdown()
+    if records:
+        assert row.has_evidence
+        assert f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | {len(row.backed_up)} |" in page
+    else:
+        assert f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | {NO_EVIDENCE} |" in page
+    checked = [r for r in records if isinstance(r, IntegrityRecord)]
+    for integrity in (r for r in report.integrity if (r.subject, r.tier) == (TARGET, TIER)):
+        mine = [c for c in checked if c.region == integrity.region]
+        assert (integrity.passed is None) == (not mine)

@@ -188,6 +188,10 @@ class Tenure:
         self.etag = etag
         self.ttl = ttl
         self.clock = clock
+        #: When the write that took the lease had returned: the tenure surely began by then.
+        #: (`lease.acquired_at` is stamped before that write, so it may precede the release
+        #: of the holder before.)
+        self.entered_at = clock()
         self.lost: str | None = None
         self._stop = threading.Event()
         self._guard = threading.Lock()
@@ -344,11 +348,12 @@ def _release(tenure: Tenure) -> None:
     """Mark the lease released if it is still ours. Whatever happens, one line records the
     tenure (`on <subject>: held from <start> to <end>`): the evidence of who held it when."""
     lease, store, key = tenure.lease, tenure.store, tenure.key
+    # Stamped before the releasing write: the next holder's tenure begins after this instant.
     done = dataclasses.replace(lease, released_at=tenure.clock())
     assert done.released_at is not None
-    span = f"{(done.released_at - done.acquired_at).total_seconds():.1f} s"
+    span = f"{(done.released_at - tenure.entered_at).total_seconds():.1f} s"
     tenure_line = (
-        f"on {lease.subject}: held from {done.acquired_at.isoformat()} to "
+        f"on {lease.subject}: held from {tenure.entered_at.isoformat()} to "
         f"{done.released_at.isoformat()} ({span})"
     )
     if tenure.lost is not None:

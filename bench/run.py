@@ -212,6 +212,7 @@ def bench_media(objects: int = MEDIA_OBJECTS) -> list[tuple[str, str, str]]:
     1% changed; peak RSS against the 10,000-object bucket."""
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.store import ObjectStore
     from local.samplemedia import media_client, mutate
 
     policy = load_policy()
@@ -223,11 +224,15 @@ def bench_media(objects: int = MEDIA_OBJECTS) -> list[tuple[str, str, str]]:
     bucket, small_bucket = _media_bucket(objects), _media_bucket(MEDIA_SMALL_OBJECTS)
     target = _media_target(bucket)
     first = _media_snapshot(policy, stores, target, base)
-    bare, unchanged, load = [], [], []
+    # The snapshot's own client parses timestamps without dateutil (include/backup_dr/store.py):
+    # a bare listing through it is the like-for-like baseline, the stock client the issue's.
+    tuned = ObjectStore.for_bucket("s3_media_source", bucket).client
+    bare, bare_tuned, unchanged, load = [], [], [], []
     for n in range(1, MEDIA_ROUNDS + 1):
         load.append(os.getloadavg()[0])
         seconds, listed = _bare_listing(client, bucket)
         bare.append(seconds)
+        bare_tuned.append(_bare_listing(tuned, bucket)[0])
         unchanged.append(_media_snapshot(policy, stores, target, base + timedelta(hours=n)))
     load.append(os.getloadavg()[0])
     mutate(client, bucket, 0.01, seed=int(base.timestamp()))
@@ -243,10 +248,12 @@ def bench_media(objects: int = MEDIA_OBJECTS) -> list[tuple[str, str, str]]:
 
     copied = changed["source"]["copied_bytes"] / first["source"]["copied_bytes"]
     snap_median = statistics.median(step["seconds"] for step in unchanged)
-    bare_median = statistics.median(bare)
-    rounds = ", ".join(
-        f"{step['seconds'] / seconds:.2f}x" for step, seconds in zip(unchanged, bare, strict=True)
-    )
+    bare_median, tuned_median = statistics.median(bare), statistics.median(bare_tuned)
+
+    def rounds(baseline: list[float]) -> str:
+        pairs = zip(unchanged, baseline, strict=True)
+        return ", ".join(f"{step['seconds'] / seconds:.2f}x" for step, seconds in pairs)
+
     return [
         (
             f"media first snapshot, {first['source']['objects']:,} objects "
@@ -267,9 +274,15 @@ def bench_media(objects: int = MEDIA_OBJECTS) -> list[tuple[str, str, str]]:
         ),
         (
             f"media unchanged snapshot (listing + manifest) vs bare listing of {listed:,} "
-            f"objects, medians of {MEDIA_ROUNDS}, alternated",
+            f"objects with a stock boto3 client, medians of {MEDIA_ROUNDS}, alternated",
             f"{snap_median:.1f} s vs {bare_median:.1f} s",
-            f"{snap_median / bare_median:.2f}x (goal <= 1.1x; rounds: {rounds})",
+            f"{snap_median / bare_median:.2f}x (goal <= 1.1x; rounds: {rounds(bare)})",
+        ),
+        (
+            "the same snapshots vs a bare listing through the snapshot's own client "
+            "(timestamps parsed without dateutil): the snapshot's own overhead",
+            f"{snap_median:.1f} s vs {tuned_median:.1f} s",
+            f"{snap_median / tuned_median:.2f}x (rounds: {rounds(bare_tuned)})",
         ),
         (
             "machine load during those rounds (1-minute load average, 2 cores)",

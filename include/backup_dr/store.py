@@ -24,6 +24,8 @@ from typing import IO, Any, Protocol
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserFactory
+from botocore.utils import parse_timestamp
 
 from include.backup_dr.catalogue import (
     INTEGRITY_NAME,
@@ -110,6 +112,57 @@ class HashingReader:
         return self._hash.hexdigest()
 
 
+def _timestamp(value: Any) -> datetime:
+    """botocore's timestamp parser for an ISO 8601 time with a zone (every LastModified of a
+    listing), without dateutil: `datetime.fromisoformat` is about 100 times faster, and dateutil
+    took a third of a listing's time. Anything else goes to botocore's own parser."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is not None:
+                return parsed
+    return parse_timestamp(value)
+
+
+class _SessionParts:
+    """What every botocore session of this process can share: the loader of service models
+    (a new session's loader scans botocore's data folder and parses the model again, 0.1-0.4 s
+    per client here, before a task lists a single key) and a response parser factory using
+    `_timestamp`. Credentials, region and endpoint stay per session."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loader: Any = None
+        self._parsers = ResponseParserFactory()
+        self._parsers.set_parser_defaults(timestamp_parser=_timestamp)
+
+    def install(self, botocore_session: Any) -> None:
+        with self._lock:
+            if self._loader is None:  # the first session's, with the search paths boto3 added
+                self._loader = botocore_session.get_component("data_loader")
+            botocore_session.register_component("data_loader", self._loader)
+        botocore_session.register_component("response_parser_factory", self._parsers)
+
+
+_SESSION_PARTS = _SessionParts()
+
+
+def _tuned(hook: Any) -> Any:
+    """`hook`, whose sessions take this process's shared parts (see `_SessionParts`)."""
+    open_session = hook.get_session
+
+    def get_session(*args: Any, **kwargs: Any) -> Any:
+        session = open_session(*args, **kwargs)
+        _SESSION_PARTS.install(session._session)  # boto3 keeps its botocore session there
+        return session
+
+    hook.get_session = get_session
+    return hook
+
+
 class ObjectStore:
     """A region's backup bucket, reached through the region's Airflow connection."""
 
@@ -138,7 +191,7 @@ class ObjectStore:
         """A client from the connection, keeping its botocore settings, with a larger pool."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-        hook = S3Hook(aws_conn_id=region.conn_id, region_name=region_name)
+        hook = _tuned(S3Hook(aws_conn_id=region.conn_id, region_name=region_name))
         config = (hook.config or Config()).merge(Config(max_pool_connections=MAX_CONNECTIONS))
         client = hook.get_client_type(region_name=region_name, config=config)
         return cls(region, client, hook.conn_config.endpoint_url)
@@ -176,7 +229,7 @@ class ObjectStore:
             f"(connection {self.region.conn_id}) with DescribeKey"
         )
         with _translated(action):
-            hook = AwsBaseHook(aws_conn_id=self.region.conn_id, client_type="kms")
+            hook = _tuned(AwsBaseHook(aws_conn_id=self.region.conn_id, client_type="kms"))
             kms = hook.get_client_type(region_name=kms_region)
             metadata = kms.describe_key(KeyId=reference)["KeyMetadata"]
         if metadata.get("KeyState", "Enabled") != "Enabled":

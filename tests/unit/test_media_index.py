@@ -3,6 +3,8 @@ the replication lag."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
@@ -11,7 +13,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from include.backup_dr.catalogue import StoredObject
-from include.backup_dr.engines.media import PAGE_SIZE, EarlierListing, Entry, _ListedAhead
+from include.backup_dr.engines.media import (
+    PAGE_SIZE,
+    UNCHANGED_RUN,
+    EarlierListing,
+    Entry,
+    MediaSnapshot,
+    _ListedAhead,
+    parse_listing,
+)
 from include.backup_dr.replication import measure_lag
 from include.backup_dr.store import StoreError
 
@@ -58,6 +68,75 @@ def test_earlier_listing_finds_every_earlier_entry_in_any_order(earlier, data) -
             assert listing._index is None  # an unchanged bucket needs no index
     finally:
         listing.close()
+
+
+class _Source:
+    """A source bucket's HEAD, for the objects a snapshot finds new or changed."""
+
+    def head(self, key: str, checksums: bool = False) -> dict:
+        sha = hashlib.sha256(key.encode()).digest()
+        return {
+            "VersionId": "v2",
+            "ContentLength": len(key) + 1,
+            "ETag": f'"changed-{key}"',
+            "ChecksumSHA256": base64.b64encode(sha).decode(),
+            "LastModified": NOW,
+        }
+
+
+class _Store:
+    """A backup region holding no blob yet: every new content is copied into it."""
+
+    def __init__(self) -> None:
+        self.copied: list[str] = []
+
+    def head(self, key: str, checksums: bool = False) -> None:
+        return None
+
+    def copy_from(self, source, key: str, size: int, **_: object) -> None:
+        self.copied.append(key)
+
+
+class _Target:
+    category, name = "media", "docs"
+
+    class source:  # noqa: N801 (the policy's shape: target.source.prefix)
+        prefix, bucket = "", "media-source"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.booleans(), max_size=3 * UNCHANGED_RUN), st.booleans())
+def test_a_snapshot_lists_in_source_order_whatever_mix_of_changed_and_unchanged(changed, gap):
+    """Unchanged objects go out in runs, changed ones through the copy workers: the listing
+    must still be the source's order, object for object, each unchanged line as it was."""
+    keys = [f"k{n:05d}" for n in range(len(changed))]
+    earlier = b"".join(_entry(key).line() for key in keys)
+    listed = [
+        StoredObject(key, len(key) + 1 if new else len(key), NOW, "x" if new else f"etag-{key}")
+        for key, new in zip(keys, changed, strict=True)
+        if not (gap and key.endswith("7"))  # deleted since, if `gap`
+    ]
+    store = _Store()
+    previous = EarlierListing([earlier])
+    try:
+        snapshot = MediaSnapshot(
+            _Target, _Source(), store, previous, timedelta(hours=2), listing=listed
+        )
+        body = snapshot.stream.read()
+    finally:
+        previous.close()
+    entries = list(parse_listing([body]))
+    assert [e.key for e in entries] == [obj.key for obj in listed]
+    for obj, entry in zip(listed, entries, strict=True):
+        if obj.etag == "x":
+            assert entry.etag == f"changed-{obj.key}"
+        else:
+            assert entry == _entry(obj.key)
+    new = sum(obj.etag == "x" for obj in listed)
+    assert snapshot.counts["copied"] == len(store.copied) == new
+    assert snapshot.counts["reused"] == len(listed) - new
+    assert snapshot.counts["objects"] == len(listed)
+    assert snapshot.counts["bytes"] == sum(obj.size for obj in listed)
 
 
 def test_lag_is_the_age_of_the_oldest_missing_change() -> None:

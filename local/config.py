@@ -26,8 +26,13 @@ PG_USER = "postgres"
 PG_PASSWORD = "postgres"  # noqa: S105 (throw-away local stack)
 #: The media restore sandbox (restore_verification.sandbox_bucket in include/policy.yaml).
 RESTORE_SANDBOX_BUCKET = "restore-sandbox"
+#: The backup role: reads and writes objects, never bypasses an object lock, creates no bucket.
 S3_ACCESS_KEY = "backup-local"
 S3_SECRET_KEY = "backup-local-secret"  # noqa: S105 (throw-away local stack)
+#: The break-glass / administrator role: creates buckets and may bypass governance locks. The
+#: stack's own tooling and the `s3_*_break_glass` connections use it; backups never do.
+S3_ADMIN_KEY = "backup-local-admin"
+S3_ADMIN_SECRET = "backup-local-admin-secret"  # noqa: S105 (throw-away local stack)
 
 #: All below 32768: ports in the kernel's ephemeral range (32768-60999) can be taken at any moment
 #: by an outgoing connection, and a server then fails to bind.

@@ -15,7 +15,16 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from local.config import HOST, S3_ACCESS_KEY, S3_SECRET_KEY, VENV_BIN, Ports, S3Site
+from local.config import (
+    HOST,
+    S3_ACCESS_KEY,
+    S3_ADMIN_KEY,
+    S3_ADMIN_SECRET,
+    S3_SECRET_KEY,
+    VENV_BIN,
+    Ports,
+    S3Site,
+)
 
 # weed's worker dials the admin gRPC service at admin port + 10000 whatever
 # -admin.port.grpc says, so the admin gRPC port must sit exactly there.
@@ -43,7 +52,10 @@ def weed_ports(site: S3Site) -> dict[str, int]:
 
 
 def s3_config(site: S3Site, kms_port: int) -> dict[str, Any]:
-    """The -s3.config document: one admin identity and the KMS that SSE-KMS uses.
+    """The -s3.config document: the backup and break-glass identities, and the KMS that
+    SSE-KMS uses. The backup identity may read, write, list and delete objects and read their
+    locks, as the README's IAM policy for the backup role allows; only the break-glass one may
+    administer buckets and bypass a governance lock.
 
     Provider type ``aws`` with a custom endpoint, not weed's ``local`` type: the latter
     generates new key material at each start, so encrypted objects would not survive a
@@ -54,8 +66,27 @@ def s3_config(site: S3Site, kms_port: int) -> dict[str, Any]:
             {
                 "name": S3_ACCESS_KEY,
                 "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
+                "actions": [
+                    "Read",
+                    "Write",
+                    "List",
+                    "Tagging",
+                    "GetObjectRetention",
+                    "PutObjectRetention",
+                ],
+            },
+            {
+                "name": S3_ADMIN_KEY,
+                "credentials": [{"accessKey": S3_ADMIN_KEY, "secretKey": S3_ADMIN_SECRET}],
+                "actions": [
+                    "Admin",
+                    "Read",
+                    "Write",
+                    "List",
+                    "Tagging",
+                    "BypassGovernanceRetention",
+                ],
+            },
         ],
         "kms": {
             "default_provider": "local-kms",
@@ -106,14 +137,14 @@ def _client(service: str, endpoint: str, region: str) -> Any:
         service,
         endpoint_url=endpoint,
         region_name=region,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
+        aws_access_key_id=S3_ADMIN_KEY,
+        aws_secret_access_key=S3_ADMIN_SECRET,
         config=Config(retries={"max_attempts": 2}, connect_timeout=3, read_timeout=60),
     )
 
 
 def s3_client(site: S3Site) -> Any:
-    """A boto3 S3 client for one region's server."""
+    """A boto3 S3 client for one region's server, as its administrator (the stack's tooling)."""
     return _client("s3", site.endpoint, site.region)
 
 
@@ -128,12 +159,17 @@ def probe(site: S3Site) -> None:
 
 
 def ensure_bucket(site: S3Site) -> None:
-    """Create the site's bucket if missing and (re-)enable versioning on it."""
+    """Create the site's bucket if missing, with versioning and Object Lock enabled (a policy
+    region with `object_lock` needs it; without, nothing is locked: there is no default rule)."""
     s3 = s3_client(site)
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     if site.bucket not in existing:
         s3.create_bucket(
             Bucket=site.bucket,
             CreateBucketConfiguration={"LocationConstraint": site.region},
+            ObjectLockEnabledForBucket=True,
         )
     s3.put_bucket_versioning(Bucket=site.bucket, VersioningConfiguration={"Status": "Enabled"})
+    s3.put_object_lock_configuration(  # a bucket made before locks existed here gets them too
+        Bucket=site.bucket, ObjectLockConfiguration={"ObjectLockEnabled": "Enabled"}
+    )

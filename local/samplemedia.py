@@ -30,7 +30,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
-from local.config import S3_ACCESS_KEY, S3_SECRET_KEY, S3Site, s3_sites
+from local.config import S3_ADMIN_KEY, S3_ADMIN_SECRET, S3Site, s3_sites
 
 DEFAULT_BUCKET = "media-source"
 SEED = 20240611
@@ -100,14 +100,15 @@ def _sha256_b64(data: bytes) -> str:
 
 
 def media_client(site: S3Site | None = None) -> Any:
-    """A boto3 S3 client for the primary server with a connection pool for WORKERS threads."""
+    """A boto3 S3 client for the primary server with a connection pool for WORKERS threads, as
+    its administrator: it stands for the customer's own tooling, which owns the media buckets."""
     site = site or s3_sites()[0]
     return boto3.client(
         "s3",
         endpoint_url=site.endpoint,
         region_name=site.region,
-        aws_access_key_id=S3_ACCESS_KEY,
-        aws_secret_access_key=S3_SECRET_KEY,
+        aws_access_key_id=S3_ADMIN_KEY,
+        aws_secret_access_key=S3_ADMIN_SECRET,
         config=Config(
             retries={"max_attempts": 3},
             connect_timeout=3,

@@ -3,11 +3,13 @@
     python -m include.backup_dr check [--nagios]     is every promise kept? (exit 0/1/2/3)
     python -m include.backup_dr policy report        each promise: configured vs measured
     python -m include.backup_dr audit --from D --to D [--out DIR]   the audit report (Markdown)
+    python -m include.backup_dr unlock --backup ID --region R --reason TEXT   break glass
 
 It reads the policy file and the store (both regions) through the Airflow connections the
 policy names: from `AIRFLOW_CONN_<ID>` environment variables (`python -m local.settings env`
 prints them for the local stack) or Airflow's metadata database. It writes nothing and pages
-nobody: the DAG does that. Exit codes follow the Nagios / Icinga plugin convention, like
+nobody (the DAG does that), except `unlock`: the one deliberate deletion of a backup that a
+governance Object Lock still holds, through the break-glass connection, recorded as evidence. Exit codes follow the Nagios / Icinga plugin convention, like
 `barman check --nagios`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the policy or the store
 cannot be read).
 """
@@ -84,6 +86,22 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--out", metavar="DIR", type=Path, help="also write audit-<from>-<to>.md and .html into DIR"
     )
+    unlock = commands.add_parser(
+        "unlock",
+        parents=[common],
+        help="break glass: delete a backup its governance Object Lock still holds (recorded)",
+    )
+    unlock.add_argument(
+        "--backup",
+        required=True,
+        metavar="ID",
+        help="category/target/tier/window, e.g. platform/platform_core/daily/20261201T003000Z",
+    )
+    unlock.add_argument("--region", required=True, choices=["primary", "secondary"])
+    unlock.add_argument("--reason", required=True, help="why: goes into the evidence record")
+    unlock.add_argument(
+        "--operator", default=os.environ.get("USER", "unknown"), help="who (default: $USER)"
+    )
     return parser
 
 
@@ -101,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(policy, nagios=args.nagios)
     if args.command == "audit":
         return _audit(policy, args.start, args.end, args.out)
+    if args.command == "unlock":
+        return _unlock(policy, args.backup, args.region, args.reason, args.operator)
     return _policy_report(policy, measure=not args.configured_only)
 
 
@@ -181,4 +201,23 @@ def _audit(policy: Policy, start: date, end: date, out: Path | None) -> int:
         stem.with_suffix(".md").write_text(page)
         stem.with_suffix(".html").write_text(report.html())
         print(f"written: {stem}.md, {stem}.html", file=sys.stderr)
+    return 0
+
+
+def _unlock(policy: Policy, backup: str, region: str, reason: str, operator: str) -> int:
+    import json
+
+    from include.backup_dr.break_glass import delete_locked_backup
+    from include.backup_dr.catalogue import BackupId
+
+    parsed = BackupId.from_key(f"{backup.strip('/')}/x")
+    if parsed is None:
+        print(f"--backup {backup!r} is not category/target/tier/window")
+        return UNKNOWN
+    try:
+        record = delete_locked_backup(policy, parsed[0], region, reason=reason, operator=operator)
+    except Exception as exc:
+        print(f"break glass failed: {exc}")
+        return 2
+    print(json.dumps(record, indent=2))
     return 0

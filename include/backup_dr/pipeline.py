@@ -27,10 +27,11 @@ from include.backup_dr.catalogue import (
     window_label,
 )
 from include.backup_dr.engines import engine_for
+from include.backup_dr.immutability import LockRule
 from include.backup_dr.integrity import check_copy, record_key
 from include.backup_dr.policy import CONTINUOUS, Policy
-from include.backup_dr.retention import PrunePlan, plan_prune
-from include.backup_dr.store import ObjectStore
+from include.backup_dr.retention import PrunePlan, hold_locked, plan_prune
+from include.backup_dr.store import DeleteRefusedError, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,10 @@ class Stores:
 
     @classmethod
     def from_policy(cls, policy: Policy) -> Stores:
+        primary, secondary = policy.regions.primary, policy.regions.secondary
         return cls(
-            ObjectStore.for_region(policy.regions.primary),
-            ObjectStore.for_region(policy.regions.secondary),
+            ObjectStore.for_region(primary, LockRule.for_region(policy, primary)),
+            ObjectStore.for_region(secondary, LockRule.for_region(policy, secondary)),
         )
 
     def __iter__(self) -> Iterator[ObjectStore]:
@@ -244,9 +246,10 @@ def plan_for(
 ) -> PrunePlan:
     """Read the regions' catalogues of one target's tier (both, for a prune) and plan."""
     prefix = f"{category}/{target}/{tier}/"
+    stores = list(stores)
     backups, debris = build_catalogue(store.listing(prefix) for store in stores)
     retention = {tier: policy.categories[category].tiers[tier].retention}
-    return plan_prune(
+    plan = plan_prune(
         backups,
         debris,
         retention,
@@ -255,6 +258,18 @@ def plan_for(
         max_delete_fraction=policy.prune.max_delete_fraction,
         recovery_windows=frozenset({CONTINUOUS}) & retention.keys(),
     )
+    locked = {store.region.name: store for store in stores if store.lock is not None}
+    if not locked:
+        return plan
+    # Read the lock of each planned deletion (its manifest's, written last with the same date):
+    # what the store would refuse is kept, with its date, not attempted.
+    locks = {
+        (decision.backup, decision.region): until
+        for decision in plan.deletions
+        if decision.backup is not None and decision.region in locked
+        if (until := locked[decision.region].locked_until(decision.backup.key(MANIFEST_NAME)))
+    }
+    return hold_locked(plan, locks, now, policy.prune.max_delete_fraction)
 
 
 def prune(
@@ -301,6 +316,7 @@ def prune(
         store.put_json(key, evidence)
     if stopped:
         raise CircuitBreakerTripped(f"target {target}, tier {tier}: {plan.breaker}")
+    refused: list[dict[str, str]] = []
     if dry_run:
         log.info("Dry run: %d deletions planned, none made.", len(plan.deletions))
     else:
@@ -313,23 +329,33 @@ def prune(
                 # debris and a later prune removes; never a half backup, nor an orphan record
                 # that no listing shows and no prune ever removes.
                 backup = decision.backup
-                store.delete_all_versions(
-                    backup.prefix,
-                    keys={backup.key(MANIFEST_NAME), backup.key(INTEGRITY_NAME)},
-                    written_before=listed_from,
-                )
-                store.delete_all_versions(backup.prefix, written_before=listed_from)
+                try:
+                    store.delete_all_versions(
+                        backup.prefix,
+                        keys={backup.key(MANIFEST_NAME), backup.key(INTEGRITY_NAME)},
+                        written_before=listed_from,
+                    )
+                    store.delete_all_versions(backup.prefix, written_before=listed_from)
+                except DeleteRefusedError as exc:  # locked longer than the policy now says
+                    log.warning("REFUSED %s: %s", decision.subject, exc)
+                    refused.append({"subject": decision.subject, "reason": str(exc)})
             elif decision.debris is not None and decision.debris.upload_id:
                 store.abort_upload(decision.debris.key, decision.debris.upload_id)
             elif decision.debris is not None:
                 store.delete_all_versions(decision.debris.key, written_before=listed_from)
         # What the deleted backups referred to (blobs, WAL) goes later, once per category:
         # see include/backup_dr/gc.py.
+    if refused:  # what the plan meant to delete and the store kept: evidence too, never retried
+        for store in stores:
+            store.put_json(
+                key.removesuffix(".json") + "-refused.json", {**evidence, "refused": refused}
+            )
     return {
         "target": target,
         "tier": tier,
         "kept": len(plan.keeps),
-        "deleted": 0 if dry_run else len(plan.deletions),
+        "deleted": 0 if dry_run else len(plan.deletions) - len(refused),
+        "refused": len(refused),
         "planned_deletions": len(plan.deletions),
         "dry_run": dry_run,
         "evidence": key,

@@ -91,6 +91,52 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+#: "Data will be retained for your policy length plus 12 months": how long past its tier's
+#: retention a backup may still be stored, at most (what an object lock may hold it for).
+DELETION_PROMISE = timedelta(days=365)
+
+
+class ObjectLock(_Frozen):
+    """S3 Object Lock on a region's bucket (the bucket must have it enabled): every committed
+    backup object and every evidence record is written with a retain-until date, so neither a
+    stolen backup credential nor ransomware can delete or shorten it before then.
+
+    governance: only a principal with s3:BypassGovernanceRetention (the break-glass connection
+    below, never the backup one) can delete early; compliance: nobody can, not even root.
+    """
+
+    mode: Literal["governance", "compliance"]
+    #: A backup is locked until its window + its tier's retention + this margin, so prune (which
+    #: deletes from window + retention on) never meets a lock it could not wait out, and a clock
+    #: skew or a late prune never opens a gap.
+    margin: Duration = timedelta(days=1)
+    #: How long an evidence record (evidence/...) is locked from when it is written: the annual
+    #: audit report reads a year of it.
+    evidence_retention: Duration = timedelta(days=400)
+    #: The break-glass Airflow connection allowed to bypass governance locks; used only by
+    #: `python -m include.backup_dr unlock`, which records each use as evidence.
+    bypass_conn_id: str | None = None
+
+    @field_validator("evidence_retention")
+    @classmethod
+    def _covers_an_audit_year(cls, value: timedelta) -> timedelta:
+        if value < timedelta(days=366):
+            raise ValueError(
+                f"{format_duration(value)} is shorter than the year the annual audit report "
+                "reads: evidence could be deleted before it is audited (use at least 366d)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _bypass_needs_governance(self) -> ObjectLock:
+        if self.mode == "compliance" and self.bypass_conn_id:
+            raise ValueError(
+                "bypass_conn_id: a compliance lock cannot be bypassed by anyone; a break-glass "
+                "connection only applies to mode governance"
+            )
+        return self
+
+
 class Region(_Frozen):
     """One region's backup store: where copies go and which key encrypts them."""
 
@@ -98,6 +144,8 @@ class Region(_Frozen):
     conn_id: str
     bucket: str
     kms_key_id: str
+    #: Off unless set: see `ObjectLock`.
+    object_lock: ObjectLock | None = None
 
 
 class Regions(_Frozen):
@@ -360,6 +408,7 @@ class Policy(_Frozen):
                     f"servers are {', '.join(sorted(servers)) or '(none)'}"
                 )
         self._continuous_references()
+        self._locks_within_promise()
         drill = self.restore_verification
         if drill is not None:
             if drill.sandbox_conn_id in {s.conn_id for s in self.servers}:
@@ -387,6 +436,30 @@ class Policy(_Frozen):
                     f"restore_verification.tier {drill.tier!r} is not a scheduled tier"
                 )
         return self
+
+    def _locks_within_promise(self) -> None:
+        """Refuse a lock that would keep data past its retention + 12 months. A backup is
+        deleted by the first prune after its lock ends (the next run of its tier); what only it
+        referred to (media blobs, WAL) then waits for garbage collection (its period and grace)."""
+        collection = cron_period(self.prune.gc_schedule) + self.prune.incomplete_upload_grace
+        for role in ("primary", "secondary"):
+            lock = getattr(self.regions, role).object_lock
+            if lock is None:
+                continue
+            for category_name, category in self.categories.items():
+                for tier_name, tier in category.tiers.items():
+                    held = lock.margin + tier.period() + collection
+                    if held > DELETION_PROMISE:
+                        raise ValueError(
+                            f"regions.{role}.object_lock.margin {format_duration(lock.margin)}: "
+                            f"a {category_name} {tier_name} backup could stay stored up to "
+                            f"{format_duration(held)} past its "
+                            f"{format_duration(tier.retention)} retention (the margin, plus "
+                            "the tier's period until prune runs again, plus garbage "
+                            "collection's period and grace); the policy "
+                            "promises deleted data is gone within its policy length plus 12 "
+                            f"months ({format_duration(DELETION_PROMISE)})"
+                        )
 
     def _continuous_references(self) -> None:
         with_tier = [n for n, c in self.categories.items() if CONTINUOUS in c.tiers]

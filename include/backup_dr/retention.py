@@ -188,6 +188,37 @@ def _plan_copies(
     return decisions
 
 
+def hold_locked(
+    plan: PrunePlan,
+    locked_until: Mapping[tuple[BackupId, str], datetime],
+    now: datetime,
+    max_delete_fraction: float,
+) -> PrunePlan:
+    """Keep each planned deletion that the store still holds under Object Lock, with the date.
+
+    `locked_until` maps (backup, region) to the lock's end, for the copies whose lock is read
+    and still runs. Such a delete would be refused; the first prune after the date deletes it.
+    The circuit breaker is judged again on what is left to delete.
+    """
+    if not locked_until:
+        return plan
+    decisions = []
+    for decision in plan.decisions:
+        until = (
+            None
+            if decision.backup is None
+            else locked_until.get((decision.backup, decision.region))
+        )
+        if decision.action is Action.DELETE and until is not None and until > now:
+            decision = decision._replace(
+                action=Action.KEEP,
+                reason=f"{decision.reason}; but locked until {until.isoformat()} (Object Lock), "
+                f"{_age(until - now)} from now: deleted by the first prune after that",
+            )
+        decisions.append(decision)
+    return PrunePlan(tuple(decisions), _circuit_breaker(decisions, max_delete_fraction))
+
+
 def _plan_debris(debris: Iterable[Debris], now: datetime, grace: timedelta) -> list[Decision]:
     """Debris goes once older than the grace period; younger may be an upload in progress."""
     decisions: list[Decision] = []

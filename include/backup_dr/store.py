@@ -45,6 +45,7 @@ from include.backup_dr.catalogue_cache import (
     decode,
     encode,
 )
+from include.backup_dr.immutability import LockRule
 from include.backup_dr.policy import Region
 
 MiB = 1024 * 1024
@@ -163,21 +164,56 @@ def _tuned(hook: Any) -> Any:
     return hook
 
 
+class DeleteRefusedError(StoreError):
+    """The store refused to delete versions it holds under Object Lock."""
+
+    def __init__(self, message: str, keys: list[str]) -> None:
+        super().__init__(message)
+        self.keys = keys
+
+
 class ObjectStore:
     """A region's backup bucket, reached through the region's Airflow connection."""
 
-    def __init__(self, region: Region, client: Any, endpoint_url: str | None) -> None:
+    def __init__(
+        self,
+        region: Region,
+        client: Any,
+        endpoint_url: str | None,
+        lock: LockRule | None = None,
+        *,
+        bypass_governance: bool = False,
+    ) -> None:
         self.region = region
         self.bucket = region.bucket
         self.client = client
         self.endpoint_url = endpoint_url
+        #: What each write is locked until (Object Lock); None: the region locks nothing.
+        self.lock = lock
+        #: Deletes bypass governance locks: only a store opened with `for_break_glass`.
+        self.bypass_governance = bypass_governance
         self._kms_key_arn: str | None = None
         self._kms_lock = threading.Lock()
         client.meta.events.register("after-call.s3", self._name_unreachable_kms)
 
     @classmethod
-    def for_region(cls, region: Region) -> ObjectStore:
-        return cls._connect(region, region.name)
+    def for_region(cls, region: Region, lock: LockRule | None = None) -> ObjectStore:
+        return cls._connect(region, region.name, lock)
+
+    @classmethod
+    def for_break_glass(cls, region: Region, lock: LockRule | None) -> ObjectStore:
+        """The region's bucket through its break-glass connection (`object_lock.bypass_conn_id`),
+        whose deletes bypass governance locks. Only `include.backup_dr.immutability.unlock`
+        opens one, and it records every use as evidence."""
+        if region.object_lock is None or not region.object_lock.bypass_conn_id:
+            raise StoreError(
+                f"{region.name}: no object_lock.bypass_conn_id in the policy; a governance lock "
+                "can only be bypassed through a break-glass connection named there"
+            )
+        glass = region.model_copy(update={"conn_id": region.object_lock.bypass_conn_id})
+        store = cls._connect(glass, region.name, lock)
+        store.bypass_governance = True
+        return store
 
     @classmethod
     def for_bucket(cls, conn_id: str, bucket: str) -> ObjectStore:
@@ -187,14 +223,16 @@ class ObjectStore:
         return cls._connect(region, None)
 
     @classmethod
-    def _connect(cls, region: Region, region_name: str | None) -> ObjectStore:
+    def _connect(
+        cls, region: Region, region_name: str | None, lock: LockRule | None = None
+    ) -> ObjectStore:
         """A client from the connection, keeping its botocore settings, with a larger pool."""
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
         hook = _tuned(S3Hook(aws_conn_id=region.conn_id, region_name=region_name))
         config = (hook.config or Config()).merge(Config(max_pool_connections=MAX_CONNECTIONS))
         client = hook.get_client_type(region_name=region_name, config=config)
-        return cls(region, client, hook.conn_config.endpoint_url)
+        return cls(region, client, hook.conn_config.endpoint_url, lock)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.region.name}: s3://{self.bucket})"
@@ -255,6 +293,10 @@ class ObjectStore:
             return {}
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_arn}
 
+    def _locked(self, key: str) -> dict[str, Any]:
+        """The Object Lock arguments of a write of `key` (none when the region locks nothing)."""
+        return {} if self.lock is None else self.lock.write_arguments(key, datetime.now(UTC))
+
     def same_service_as(self, other: ObjectStore) -> bool:
         """True when a server-side copy from `other` is possible (AWS: always; local: same server)."""
         return self.endpoint_url == other.endpoint_url
@@ -280,7 +322,7 @@ class ObjectStore:
                 reader,
                 self.bucket,
                 key,
-                ExtraArgs={**self._encryption, "ChecksumAlgorithm": "SHA256"},
+                ExtraArgs={**self._encryption, **self._locked(key), "ChecksumAlgorithm": "SHA256"},
                 Config=config,
             )
         return Uploaded(key, reader.size, reader.sha256)
@@ -294,6 +336,7 @@ class ObjectStore:
                 ContentType=content_type,
                 ChecksumAlgorithm="SHA256",
                 **self._encryption,
+                **self._locked(key),
             )
 
     def put_json(self, key: str, document: Any) -> None:
@@ -353,12 +396,24 @@ class ObjectStore:
                 body.close()
             return "streamed copy (different S3 services)"
         action = f"server-side copy {source.where(key)} -> {self.where(dest_key)}"
-        extra = {**self._encryption, "ChecksumAlgorithm": "SHA256"}
+        extra = {**self._encryption, **self._locked(dest_key), "ChecksumAlgorithm": "SHA256"}
         if size <= single_copy_limit:  # one CopyObject: no HEAD for the size, no transfer threads
             with _translated(action):
-                self.client.copy_object(
+                copied = self.client.copy_object(
                     CopySource=copy_source, Bucket=self.bucket, Key=dest_key, **extra
                 )
+                if "ObjectLockMode" in extra:
+                    # AWS applies a CopyObject's lock; SeaweedFS drops it: set it on the new
+                    # version itself (the same date again where the copy already has it).
+                    self.client.put_object_retention(
+                        Bucket=self.bucket,
+                        Key=dest_key,
+                        VersionId=copied["VersionId"],
+                        Retention={
+                            "Mode": extra["ObjectLockMode"],
+                            "RetainUntilDate": extra["ObjectLockRetainUntilDate"],
+                        },
+                    )
             return "server-side copy"
         config = TransferConfig(
             multipart_threshold=single_copy_limit,
@@ -387,6 +442,7 @@ class ObjectStore:
                 key,
                 ExtraArgs={
                     **self._encryption,
+                    **self._locked(key),
                     "MetadataDirective": "REPLACE",
                     "Metadata": {"refreshed-at": datetime.now(UTC).isoformat()},
                     "ChecksumAlgorithm": "SHA256",
@@ -402,6 +458,13 @@ class ObjectStore:
         with _translated(f"reading {self.where(key)}", missing_ok=True):
             return self.client.head_object(Bucket=self.bucket, Key=key, **extra)
         return None
+
+    def locked_until(self, key: str) -> datetime | None:
+        """The retain-until date of the current version of `key` (Object Lock), past or not;
+        None when it has none or there is no such object."""
+        head = self.head(key)
+        until = None if head is None else head.get("ObjectLockRetainUntilDate")
+        return None if until is None else utc(until)
 
     def open(self, key: str, version_id: str | None = None) -> IO[bytes]:
         extra = {"VersionId": version_id} if version_id else {}
@@ -593,12 +656,22 @@ class ObjectStore:
     def _delete_batch(self, prefix: str, batch: list[dict[str, str]]) -> int:
         if not batch:
             return 0
+        bypass = {"BypassGovernanceRetention": True} if self.bypass_governance else {}
         with _translated(f"deleting under {self.where(prefix)}"):
             response = self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}, **bypass
             )
         if response.get("Errors"):
             first = response["Errors"][0]
+            refused = [e["Key"] for e in response["Errors"] if e.get("Code") == "AccessDenied"]
+            if self.lock is not None and refused:
+                raise DeleteRefusedError(
+                    f"the store refused to delete {len(refused)} versions under "
+                    f"{self.where(prefix)} (e.g. {refused[0]}): the bucket's Object Lock holds "
+                    f"them ({self.lock.mode.lower()} mode). Nothing was retried; they are "
+                    "deleted by the first prune after their lock ends.",
+                    sorted(set(refused)),
+                )
             raise StoreError(
                 f"deleting under {self.where(prefix)} failed for {len(response['Errors'])} "
                 f"versions, e.g. {first['Key']}: {first.get('Message')}"

@@ -19,12 +19,13 @@ pytestmark = pytest.mark.integration
 
 def test_copy_within_one_service_is_server_side_and_re_encrypted(stores) -> None:
     from local.config import s3_sites
-    from local.s3 import kms_client
+    from local.s3 import kms_client, s3_client
 
     source = stores.primary
     site = s3_sites()[0]
     new_key = kms_client(site).create_key()["KeyMetadata"]["KeyId"]
-    source.client.create_bucket(
+    admin = s3_client(site)  # the backup role creates no bucket
+    admin.create_bucket(
         Bucket="copies-eu-west-1", CreateBucketConfiguration={"LocationConstraint": site.region}
     )
     # A second bucket on the same service, with its own key: what AWS gives across regions.
@@ -50,7 +51,7 @@ def test_copy_within_one_service_is_server_side_and_re_encrypted(stores) -> None
     copied = b"".join(target.iter_chunks("obj/data.bin"))
     assert hashlib.sha256(copied).hexdigest() == uploaded.sha256
     target.delete_all_versions("")
-    source.client.delete_bucket(Bucket="copies-eu-west-1")
+    admin.delete_bucket(Bucket="copies-eu-west-1")
 
 
 def test_unreachable_secondary_region_is_a_clear_error_and_loses_nothing(

@@ -1,0 +1,68 @@
+"""Object Lock: the date each committed object is locked until, from the policy alone.
+
+A backup's objects (artifact, manifest, integrity record) are locked until its window plus its
+tier's retention plus the region's margin, and an evidence record until it was written plus the
+evidence retention. Prune deletes a backup from window + retention on, so it never plans to
+delete what the lock still holds for longer than the margin, and no lock outlives what the
+policy allows (`Policy._locks_within_promise`). Objects that are rewritten or replaced as they
+are used (leases, the catalogue cache, monitor state, replica listings) are never locked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from include.backup_dr.catalogue import BackupId
+from include.backup_dr.policy import Policy, Region
+
+EVIDENCE_PREFIX = "evidence/"
+
+
+@dataclass(frozen=True)
+class LockRule:
+    """One region's Object Lock, as the policy sets it."""
+
+    #: S3's spelling: GOVERNANCE or COMPLIANCE.
+    mode: str
+    margin: timedelta
+    evidence_retention: timedelta
+    #: (category, tier) -> the tier's retention.
+    retention: Mapping[tuple[str, str], timedelta]
+
+    @classmethod
+    def for_region(cls, policy: Policy, region: Region) -> LockRule | None:
+        lock = region.object_lock
+        if lock is None:
+            return None
+        return cls(
+            mode=lock.mode.upper(),
+            margin=lock.margin,
+            evidence_retention=lock.evidence_retention,
+            retention={
+                (name, tier_name): tier.retention
+                for name, category in policy.categories.items()
+                for tier_name, tier in category.tiers.items()
+            },
+        )
+
+    def backup_until(self, backup: BackupId) -> datetime | None:
+        """When the objects of `backup` may be deleted: window + retention + margin."""
+        retention = self.retention.get((backup.category, backup.tier))
+        return None if retention is None else backup.window + retention + self.margin
+
+    def until(self, key: str, now: datetime) -> datetime | None:
+        """The retain-until date a write of `key` at `now` gets; None: not locked."""
+        if key.startswith(EVIDENCE_PREFIX):
+            return now + self.evidence_retention
+        parsed = BackupId.from_key(key)
+        return None if parsed is None else self.backup_until(parsed[0])
+
+    def write_arguments(self, key: str, now: datetime) -> dict[str, Any]:
+        """The PutObject / CopyObject / CreateMultipartUpload arguments that lock `key`."""
+        until = self.until(key, now)
+        if until is None:
+            return {}
+        return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": until}

@@ -1,0 +1,160 @@
+"""Object Lock against the real S3 server: what the backup credentials cannot do, a prune that
+waits for the lock, and the break-glass bypass with its evidence."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from botocore.exceptions import ClientError
+
+from include.backup_dr.break_glass import delete_locked_backup
+from include.backup_dr.catalogue import MANIFEST_NAME, BackupId
+from include.backup_dr.immutability import LockRule
+from include.backup_dr.pipeline import (
+    Stores,
+    check_integrity,
+    copy_to_secondary,
+    prune,
+    take_snapshot,
+)
+from include.backup_dr.store import DeleteRefusedError, ObjectStore
+
+pytestmark = pytest.mark.integration
+TARGET, TIER = "platform_billing", "daily"
+#: The shipped daily retention (7d) plus the margin these tests lock with (1d).
+HELD = timedelta(days=8)
+
+
+@pytest.fixture
+def locked(stores, policy_file):
+    """The policy with governance locks in both regions; every locked object removed after,
+    through the break-glass connections (the only way to)."""
+
+    def lock(data) -> None:
+        for role in ("primary", "secondary"):
+            data["regions"][role]["object_lock"] = {
+                "mode": "governance",
+                "margin": "1d",
+                "bypass_conn_id": f"s3_{role}_break_glass",
+            }
+
+    policy = policy_file(lock)
+    yield policy, Stores.from_policy(policy)
+    for region in policy.iter_regions():
+        glass = ObjectStore.for_break_glass(region, LockRule.for_region(policy, region))
+        for upload in glass.unfinished_uploads(""):
+            glass.abort_upload(upload.key, upload.upload_id)
+        glass.delete_all_versions("")
+
+
+def _backed_up(policy, stores, window: datetime) -> BackupId:
+    ref = take_snapshot(policy, stores, TARGET, TIER, window, {})
+    copy_to_secondary(policy, stores, ref)
+    check_integrity(policy, stores, ref)
+    return BackupId("platform", TARGET, TIER, window)
+
+
+@contextmanager
+def _denied() -> Iterator[None]:
+    with pytest.raises(ClientError) as caught:
+        yield
+    assert caught.value.response["Error"]["Code"] == "AccessDenied", caught.value.response
+
+
+def test_the_backup_credentials_cannot_delete_overwrite_or_shorten_a_locked_backup(locked):
+    policy, stores = locked
+    window = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    backup = _backed_up(policy, stores, window)
+    for store in stores:
+        manifest = store.head(backup.key(MANIFEST_NAME))
+        assert manifest["ObjectLockMode"] == "GOVERNANCE"
+        assert store.locked_until(backup.key(MANIFEST_NAME)) == window + HELD
+        artifact_key = store.manifest(backup).artifact.key
+        assert store.locked_until(artifact_key) == window + HELD  # streamed or copied alike
+        original = b"".join(store.iter_chunks(artifact_key))
+        version = store.head(artifact_key)["VersionId"]
+
+        with pytest.raises(DeleteRefusedError, match="Object Lock holds them"):
+            store.delete_all_versions(backup.prefix)
+        client, bucket = store.client, store.bucket
+        with _denied():  # asking to bypass does not help: the backup role lacks the permission
+            client.delete_object(
+                Bucket=bucket, Key=artifact_key, VersionId=version, BypassGovernanceRetention=True
+            )
+        with _denied():
+            client.put_object_retention(
+                Bucket=bucket,
+                Key=artifact_key,
+                VersionId=version,
+                Retention={"Mode": "GOVERNANCE", "RetainUntilDate": window + timedelta(days=1)},
+            )
+        # An overwrite only adds a version on top: the locked one keeps its bytes and its lock.
+        client.put_object(Bucket=bucket, Key=artifact_key, Body=b"ransom note")
+        kept = b"".join(store.iter_chunks(artifact_key, version_id=version))
+        assert kept == original
+        head = client.head_object(Bucket=bucket, Key=artifact_key, VersionId=version)
+        assert head["ObjectLockRetainUntilDate"] == window + HELD
+
+
+def test_prune_keeps_a_backup_until_its_lock_ends_then_deletes_it(locked) -> None:
+    """A simulated timeline with a real lock: the expired backup's lock ends a minute after it
+    is taken (time enough to plan twice before then on a busy machine)."""
+    policy, stores = locked
+    _backed_up(policy, stores, datetime.now(UTC).replace(microsecond=0) - timedelta(days=1))
+    now = datetime.now(UTC).replace(microsecond=0)
+    expired = _backed_up(policy, stores, now + timedelta(seconds=60) - HELD)
+    until = expired.window + HELD
+    time.sleep(2)  # S3 times versions to the second; prune spares what it may not have seen
+
+    before = prune(policy, stores, TARGET, TIER, now=until - timedelta(seconds=1))
+    assert (before["deleted"], before["planned_deletions"]) == (0, 0)
+    record = stores.primary.get_json(before["evidence"])
+    reasons = [d["reason"] for d in record["decisions"] if d["subject"].startswith(str(expired))]
+    assert len(reasons) == 2
+    assert all(f"locked until {until.isoformat()}" in reason for reason in reasons)
+
+    # Planned a second too early for the store: it refuses, the prune says so and goes on.
+    early = prune(policy, stores, TARGET, TIER, now=until + timedelta(seconds=1))
+    assert (early["planned_deletions"], early["refused"], early["deleted"]) == (2, 2, 0)
+    refused = stores.secondary.get_json(early["evidence"].removesuffix(".json") + "-refused.json")
+    assert {r["subject"].split("@")[0] for r in refused["refused"]} == {str(expired)}
+    for store in stores:
+        assert store.manifest(expired) is not None
+
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 2)
+    after = prune(policy, stores, TARGET, TIER, now=until + timedelta(seconds=1))
+    assert (after["deleted"], after["refused"]) == (2, 0)
+    for store in stores:
+        assert store.manifest(expired) is None
+        versions = store.client.list_object_versions(Bucket=store.bucket, Prefix=expired.prefix)
+        assert not versions.get("Versions") and not versions.get("DeleteMarkers")
+
+
+def test_break_glass_deletes_a_locked_backup_through_its_own_connection_on_record(locked):
+    policy, stores = locked
+    backup = _backed_up(
+        policy, stores, datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    )
+    with pytest.raises(DeleteRefusedError):
+        stores.primary.delete_all_versions(backup.prefix)
+    with pytest.raises(ValueError, match="needs a reason"):
+        delete_locked_backup(policy, backup, "primary", reason=" ", operator="pytest")
+
+    record = delete_locked_backup(
+        policy, backup, "primary", reason="restore test data leaked into backups", operator="sre"
+    )
+    assert record["outcome"] == "deleted" and record["deleted_versions"] >= 3
+    assert record["connection"] == "s3_primary_break_glass"
+    assert stores.primary.manifest(backup) is None
+    assert stores.secondary.manifest(backup) is not None  # only the region asked for
+    for store in stores:  # the evidence is in both regions, and locked itself
+        evidence = store.get_json(record["evidence"])
+        assert (evidence["operator"], evidence["outcome"]) == ("sre", "deleted")
+        assert evidence["reason"] == "restore test data leaked into backups"
+        assert store.locked_until(record["evidence"]) > datetime.now(UTC) + timedelta(days=399)
+        versions = store.client.list_object_versions(Bucket=store.bucket, Prefix=record["evidence"])
+        assert [v["IsLatest"] for v in versions["Versions"]].count(False) >= 1  # the request too

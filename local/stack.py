@@ -67,6 +67,8 @@ class Service(ABC):
     ready_timeout: float = 60.0
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 20.0
+    #: Starts beside the part before it rather than after it is ready (it does not need it).
+    with_previous: bool = False
 
     def argv(self) -> list[str]:
         """The command line of a part that `start` spawns; parts that start otherwise override it."""
@@ -327,9 +329,15 @@ def _airflow_parts(ports: Ports, mode: str) -> list[Service]:
         Redis("redis", ports.redis, ready_timeout=30),
         AirflowPart("airflow-api-server", api, command="api-server", health="metadatabase"),
         AirflowPart("airflow-scheduler", api, command="scheduler", health="scheduler"),
-        AirflowPart("airflow-dag-processor", api, command="dag-processor", health="dag_processor"),
+        AirflowPart(
+            "airflow-dag-processor",
+            api,
+            with_previous=True,
+            command="dag-processor",
+            health="dag_processor",
+        ),
         *(
-            CeleryWorker(w.name, w.log_port(ports), worker=w, broker=ports)
+            CeleryWorker(w.name, w.log_port(ports), with_previous=True, worker=w, broker=ports)
             for w in celery_stack.WORKERS
         ),
     ]
@@ -406,8 +414,16 @@ def up_one(svc: Service) -> None:
 
 def up(groups: list[str]) -> None:
     started = time.monotonic()
+    batches: list[list[Service]] = []
     for svc in services(groups):
-        up_one(svc)
+        if svc.with_previous and batches:
+            batches[-1].append(svc)
+        else:
+            batches.append([svc])
+    for batch in batches:
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            for done in [pool.submit(up_one, svc) for svc in batch]:
+                done.result()
     print(f"up: {', '.join(groups)} ready in {time.monotonic() - started:.1f}s")
 
 

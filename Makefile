@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# How `make up` runs Airflow: standalone, or celery (Redis, api-server, scheduler, dag-processor
+# and two Celery workers, one per queue, on PostgreSQL): `make up EXECUTOR=celery`.
+EXECUTOR ?= $(or $(BACKUP_AIRFLOW_EXECUTOR),standalone)
 
 .PHONY: venv demo test unit lint fmt up down status bench lock clean
 
@@ -34,14 +37,14 @@ fmt: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-up: $(STAMP)  ## start the local stack and Airflow standalone (UI on http://127.0.0.1:8080)
-	$(PY) -m local.stack up --all
+up: $(STAMP)  ## start the local stack and Airflow (UI on http://127.0.0.1:8080); EXECUTOR=celery
+	BACKUP_AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.stack up --all
 
 down: $(STAMP)  ## stop everything `up` or `demo` started
 	$(PY) -m local.stack down --all
 
 status: $(STAMP)
-	$(PY) -m local.stack status
+	BACKUP_AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.stack status
 
 bench: $(STAMP)  ## benchmarks on a generated >= 1 GB database (not part of `make test`)
 	$(PY) -m bench.run

@@ -45,6 +45,8 @@ DEFAULT_PORTS = {
     "BACKUP_KMS_PORT": 18533,
     "BACKUP_SMTP_PORT": 1025,
     "BACKUP_AIRFLOW_PORT": 8080,
+    "BACKUP_REDIS_PORT": 15379,  # celery mode's broker
+    "BACKUP_CELERY_LOG_PORT": 15793,  # celery mode's worker log servers: this one and the next
 }
 
 
@@ -70,6 +72,8 @@ class Ports:
     kms: int
     smtp: int
     airflow: int
+    redis: int
+    celery_logs: int
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -82,6 +86,8 @@ class Ports:
             kms=_port("BACKUP_KMS_PORT"),
             smtp=_port("BACKUP_SMTP_PORT"),
             airflow=_port("BACKUP_AIRFLOW_PORT"),
+            redis=_port("BACKUP_REDIS_PORT"),
+            celery_logs=_port("BACKUP_CELERY_LOG_PORT"),
         )
 
     def retarget(self) -> dict[int, int]:
@@ -95,6 +101,8 @@ class Ports:
             "BACKUP_KMS_PORT": self.kms,
             "BACKUP_SMTP_PORT": self.smtp,
             "BACKUP_AIRFLOW_PORT": self.airflow,
+            "BACKUP_REDIS_PORT": self.redis,
+            "BACKUP_CELERY_LOG_PORT": self.celery_logs,
         }
         return {DEFAULT_PORTS[var]: port for var, port in current.items()}
 

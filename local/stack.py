@@ -12,6 +12,10 @@ first, because the platform server's archive_command writes there.
 Without --only, up and down handle pg, s3 and smtp; Airflow only when asked (it takes
 ~1 GB and half a minute). ``up`` is idempotent: running parts are left alone, stale PID
 files replaced, and each part must answer a real request before ``up`` moves on.
+
+The airflow group is `airflow standalone`, or with BACKUP_AIRFLOW_EXECUTOR=celery Redis, the
+api-server, scheduler, dag-processor and two Celery workers (local/celery_stack.py). ``down``
+stops the parts of either mode.
 """
 
 from __future__ import annotations
@@ -27,8 +31,17 @@ from abc import ABC, abstractmethod
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from local import airflow_stack, pg, s3, sampledb, samplemedia
-from local.config import HOST, RESTORE_SANDBOX_BUCKET, SMTP_DIR, STATE_DIR, Ports, S3Site, s3_sites
+from local import airflow_stack, celery_stack, pg, s3, sampledb, samplemedia
+from local.config import (
+    HOST,
+    RESTORE_SANDBOX_BUCKET,
+    SMTP_DIR,
+    STATE_DIR,
+    VENV_BIN,
+    Ports,
+    S3Site,
+    s3_sites,
+)
 from local.proc import (
     StackError,
     log_file,
@@ -54,6 +67,8 @@ class Service(ABC):
     ready_timeout: float = 60.0
     stop_signal: signal.Signals = signal.SIGTERM
     stop_timeout: float = 20.0
+    #: Starts beside the part before it rather than after it is ready (it does not need it).
+    with_previous: bool = False
 
     def argv(self) -> list[str]:
         """The command line of a part that `start` spawns; parts that start otherwise override it."""
@@ -229,8 +244,108 @@ class Airflow(Service):
         return f"http://{HOST}:{self.port}{login}"
 
 
-def services(groups: list[str]) -> list[Service]:
-    """The processes of the selected groups, in start order."""
+@dataclass(kw_only=True)
+class Redis(Service):
+    """The Celery broker (celery mode only)."""
+
+    def argv(self) -> list[str]:
+        return celery_stack.redis_command(self.port)
+
+    def prepare(self) -> None:
+        celery_stack.redis_server()  # installs Debian's package when missing
+        celery_stack.REDIS_DIR.mkdir(parents=True, exist_ok=True)
+
+    def probe(self) -> None:
+        celery_stack.ping_redis(self.port)
+
+    def detail(self) -> str:
+        return f"redis://{HOST}:{self.port}/0  (Celery broker)"
+
+
+@dataclass(kw_only=True)
+class AirflowPart(Service):
+    """One Airflow component run on its own in celery mode, probed through the API's health
+    endpoint (`port` is the api-server's; only the api-server itself listens on it)."""
+
+    command: str  # api-server, scheduler or dag-processor
+    health: str  # its entry in /api/v2/monitor/health
+    ready_timeout: float = 300.0
+
+    def argv(self) -> list[str]:
+        return [str(VENV_BIN / "airflow"), self.command]
+
+    def env(self) -> dict[str, str]:
+        return celery_stack.celery_env()
+
+    def prepare(self) -> None:
+        if self.command == "api-server":  # the first part up: the metadata DB is set up once
+            celery_stack.ensure_metadata_db()
+            airflow_stack.prepare(self.env())
+
+    def probe(self) -> None:
+        airflow_stack.probe(self.port, (self.health,))
+
+    def ports(self) -> list[int]:
+        return [self.port] if self.command == "api-server" else []
+
+    def after_ready(self) -> None:
+        if self.command == "api-server":
+            print(f"  Airflow UI/API: {self.detail()}")
+
+    def detail(self) -> str:
+        if self.command != "api-server":
+            return f"executor CeleryExecutor, metadata DB {celery_stack.METADATA_DB}"
+        creds = airflow_stack.login()
+        login = f"  login {creds[0]} / {creds[1]}" if creds else ""
+        return f"http://{HOST}:{self.port}{login}"
+
+
+@dataclass(kw_only=True)
+class CeleryWorker(Service):
+    """`airflow celery worker` serving one queue; `port` is its log server's."""
+
+    worker: celery_stack.Worker
+    broker: Ports
+    ready_timeout: float = 120.0
+
+    def argv(self) -> list[str]:
+        return celery_stack.worker_command(self.worker)
+
+    def env(self) -> dict[str, str]:
+        return celery_stack.worker_env(self.worker, self.broker)
+
+    def probe(self) -> None:
+        celery_stack.ping_worker(self.worker, self.broker)
+
+    def detail(self) -> str:
+        return f"queue {self.worker.queue}, log server :{self.port}"
+
+
+def _airflow_parts(ports: Ports, mode: str) -> list[Service]:
+    if mode == "standalone":
+        return [Airflow("airflow", ports.airflow)]
+    api = ports.airflow
+    return [
+        Redis("redis", ports.redis, ready_timeout=30),
+        AirflowPart("airflow-api-server", api, command="api-server", health="metadatabase"),
+        AirflowPart("airflow-scheduler", api, command="scheduler", health="scheduler"),
+        AirflowPart(
+            "airflow-dag-processor",
+            api,
+            with_previous=True,
+            command="dag-processor",
+            health="dag_processor",
+        ),
+        *(
+            CeleryWorker(w.name, w.log_port(ports), with_previous=True, worker=w, broker=ports)
+            for w in celery_stack.WORKERS
+        ),
+    ]
+
+
+def services(groups: list[str], mode: str | None = None) -> list[Service]:
+    """The processes of the selected groups, in start order (Airflow's of `mode`, by default
+    the one BACKUP_AIRFLOW_EXECUTOR selects)."""
     ports = Ports.from_env()
     sites = s3_sites(ports)
     by_group: dict[str, list[Service]] = {
@@ -254,7 +369,7 @@ def services(groups: list[str]) -> list[Service]:
             ),
         ],
         "smtp": [SmtpSink("smtp", ports.smtp, ready_timeout=15)],
-        "airflow": [Airflow("airflow", ports.airflow)],
+        "airflow": _airflow_parts(ports, mode or celery_stack.mode()),
     }
     owners: dict[int, str] = {}
     for svc in (svc for group in by_group.values() for svc in group):
@@ -280,11 +395,11 @@ def up_one(svc: Service) -> None:
         wait_ready(svc.name, svc.probe, svc.ready_timeout, log_file(svc.name))
         print(f"{svc.name}: already running (pid {pid})")
     else:
-        if port_open(svc.port):
+        for port in filter(port_open, svc.ports()):
             raise StackError(
-                f"{svc.name}: port {svc.port} is in use by a process this stack does not track "
+                f"{svc.name}: port {port} is in use by a process this stack does not track "
                 f"(an old stack whose .local was deleted?). Find it with `ss -ltnp | grep "
-                f":{svc.port}` or choose another port with the BACKUP_*_PORT variables."
+                f":{port}` or choose another port with the BACKUP_*_PORT variables."
             )
         svc.prepare()
         proc = svc.start()
@@ -299,20 +414,41 @@ def up_one(svc: Service) -> None:
 
 def up(groups: list[str]) -> None:
     started = time.monotonic()
+    batches: list[list[Service]] = []
     for svc in services(groups):
-        up_one(svc)
+        if svc.with_previous and batches:
+            batches[-1].append(svc)
+        else:
+            batches.append([svc])
+    for batch in batches:
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            for done in [pool.submit(up_one, svc) for svc in batch]:
+                done.result()
     print(f"up: {', '.join(groups)} ready in {time.monotonic() - started:.1f}s")
 
 
 def down(groups: list[str]) -> None:
-    # Parts stop independently and weed takes seconds to drain, so stop them all at once.
-    selected = list(reversed(services(groups)))
-    with ThreadPoolExecutor(max_workers=len(selected)) as pool:
-        results = list(pool.map(lambda svc: svc.stop(), selected))
-    for svc, stopped in zip(selected, results, strict=True):
-        print(f"{svc.name}: {'stopped' if stopped else 'not running'}")
-    if "airflow" not in groups and running_pid("airflow") is not None:
-        print("airflow: still running (stop it with --only airflow or --all)")
+    # Parts stop independently and weed takes seconds to drain, so stop them all at once; but
+    # Airflow's processes (of either mode) first, then the broker they use, then the rest.
+    airflow = [svc for mode in celery_stack.MODES for svc in services(["airflow"], mode)]
+    phases = [
+        [svc for svc in airflow if not isinstance(svc, Redis)],
+        [svc for svc in airflow if isinstance(svc, Redis)],
+    ] if "airflow" in groups else []  # fmt: skip
+    phases.append(list(reversed(services([g for g in groups if g != "airflow"]))))
+    mine = {svc.name for svc in services(groups)}  # reported even when not running
+    for selected in phases:
+        if not selected:
+            continue
+        with ThreadPoolExecutor(max_workers=len(selected)) as pool:
+            results = list(pool.map(lambda svc: svc.stop(), selected))
+        for svc, stopped in zip(selected, results, strict=True):
+            if stopped or svc.name in mine:
+                print(f"{svc.name}: {'stopped' if stopped else 'not running'}")
+    if "airflow" not in groups:
+        for svc in airflow:
+            if svc.pid() is not None:
+                print(f"{svc.name}: still running (stop it with --only airflow or --all)")
 
 
 def status(groups: list[str], shown: list[str]) -> int:
@@ -331,7 +467,7 @@ def status(groups: list[str], shown: list[str]) -> int:
                 state = f"NOT ANSWERING ({exc})"
         failing += svc.name in in_scope and state != "ready"
         pid_text = f"pid {pid}" if pid else "-"
-        print(f"{svc.name:<13} {state:<8} {pid_text:<11} {svc.detail()}")
+        print(f"{svc.name:<21} {state:<8} {pid_text:<11} {svc.detail()}")
     return 3 if failing else 0
 
 

@@ -33,7 +33,9 @@ TEST_ENV = {
     "BACKUP_S3_SECONDARY_PORT": "19433",
     "BACKUP_KMS_PORT": "19533",
     "BACKUP_SMTP_PORT": "11025",
-    "BACKUP_AIRFLOW_PORT": "18080",
+    "BACKUP_AIRFLOW_PORT": "18080",  # standalone; the Celery test's api-server takes the next
+    "BACKUP_REDIS_PORT": "16379",
+    "BACKUP_CELERY_LOG_PORT": "16793",
     "BACKUP_SAMPLE_MEDIA_SMALL": "300",
 }
 for _name, _value in TEST_ENV.items():
@@ -108,13 +110,13 @@ def stores(stack) -> Iterator[Any]:
 
     result = Stores.from_policy(load_policy())
     for store in result:
-        _empty(store)
+        empty_store(store)
     yield result
     for store in result:
-        _empty(store)
+        empty_store(store)
 
 
-def _empty(store) -> None:
+def empty_store(store) -> None:
     for upload in store.unfinished_uploads(""):
         store.abort_upload(upload.key, upload.upload_id)
     store.delete_all_versions("")
@@ -184,6 +186,7 @@ def airflow_scheduler(stack) -> Iterator[dict[str, str]]:
     env = {
         **os.environ,
         "BACKUP_LOCAL_DIR": f"{STATE}-standalone",
+        "BACKUP_AIRFLOW_EXECUTOR": "standalone",
         "PYTHONPATH": str(REPO),
         # PostgreSQL as the metadata DB, as in production: SQLite locks under a busy scheduler.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _metadata_db(),

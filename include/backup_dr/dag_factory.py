@@ -8,7 +8,8 @@ adding a database or a bucket is a policy edit. Each database server gets its ow
 snapshot task runs in that server's pool; media targets are grouped by source bucket. Media
 also gets `media_replicate` (hourly copy to the secondary region, for the RPO). Restores:
 `restore_verification` (the yearly drill) and `dr_restore` (manual). Parsing reads only the
-local policy file: no network, no database.
+local policy file: no network, no database. The steps that move a backup's bytes run on the
+`backup-io` queue, with their pod under the KubernetesExecutor (deployment.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from airflow.sdk import DAG, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
+from include.backup_dr.deployment import placement
 from include.backup_dr.policy import (
     CONTINUOUS,
     KNOWN_TIERS,
@@ -131,6 +133,7 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         pool=pool or "default_pool",
         execution_timeout=TIMEOUTS["snapshot"],
         **LABELLED,
+        **placement("snapshot"),
     )
     def snapshot(target: str) -> dict[str, Any]:
         from include.backup_dr.pipeline import take_snapshot
@@ -142,7 +145,12 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         with _exclusive(stores.primary, f"{category}/{target}/{tier}", "snapshot"):
             return take_snapshot(policy, stores, target, tier, window, run)
 
-    @task(multiple_outputs=False, execution_timeout=TIMEOUTS["copy_to_secondary"], **LABELLED)
+    @task(
+        multiple_outputs=False,
+        execution_timeout=TIMEOUTS["copy_to_secondary"],
+        **LABELLED,
+        **placement("copy_to_secondary"),
+    )
     def copy_to_secondary(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr import pipeline
 
@@ -151,7 +159,12 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         with _exclusive(stores.primary, _subject(ref), "copy_to_secondary"):
             return pipeline.copy_to_secondary(policy, stores, ref)
 
-    @task(multiple_outputs=False, execution_timeout=TIMEOUTS["integrity_check"], **LABELLED)
+    @task(
+        multiple_outputs=False,
+        execution_timeout=TIMEOUTS["integrity_check"],
+        **LABELLED,
+        **placement("integrity_check"),
+    )
     def integrity_check(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr.pipeline import check_integrity
 
@@ -363,7 +376,12 @@ def build_replication_dag(policy: Policy, category_name: str) -> DAG:
                 chosen.append(target.name)
         return chosen
 
-    @task(multiple_outputs=False, execution_timeout=TIMEOUTS["replicate"], **LABELLED)
+    @task(
+        multiple_outputs=False,
+        execution_timeout=TIMEOUTS["replicate"],
+        **LABELLED,
+        **placement("replicate"),
+    )
     def replicate(target: str) -> dict[str, Any]:
         from include.backup_dr import replication
 
@@ -459,7 +477,13 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         context = _label(ref["target"])
         return drills.provision(load_policy(), ref, context["run_id"])
 
-    @task(multiple_outputs=False, **LABELLED, **quiet, execution_timeout=TIMEOUTS["snapshot"])
+    @task(
+        multiple_outputs=False,
+        **LABELLED,
+        **quiet,
+        execution_timeout=TIMEOUTS["snapshot"],
+        **placement("restore"),
+    )
     def restore(ref: dict[str, str]) -> dict[str, Any]:
         from include.backup_dr import drill as drills
         from include.backup_dr.restore import Selection
@@ -543,7 +567,13 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
         return pitrs.drill_servers(load_policy(), dict(get_current_context()["params"]))
 
-    @task(**LABELLED, retries=0, multiple_outputs=False, execution_timeout=TIMEOUTS["snapshot"])
+    @task(
+        **LABELLED,
+        retries=0,
+        multiple_outputs=False,
+        execution_timeout=TIMEOUTS["snapshot"],
+        **placement("pitr"),
+    )
     def pitr(server: str) -> dict[str, Any]:
         """Recover the server to a recorded second, prove it, validate; pages when it fails."""
         from airflow.sdk.exceptions import AirflowSkipException
@@ -679,7 +709,7 @@ def _dr_restore_params(policy: Policy) -> dict[str, Param]:
 def build_dr_restore_dag(policy: Policy) -> DAG:
     """Manual disaster recovery: restore named targets, in priority order, into a connection."""
 
-    @task
+    @task(**placement("restore_in_priority_order"))
     def restore_in_priority_order() -> list[dict[str, Any]]:
         from include.backup_dr import drill as drills
 

@@ -9,9 +9,9 @@ It reads the policy file and the store (both regions) through the Airflow connec
 policy names: from `AIRFLOW_CONN_<ID>` environment variables (`python -m local.settings env`
 prints them for the local stack) or Airflow's metadata database. It writes nothing and pages
 nobody (the DAG does that), except `unlock`: the one deliberate deletion of a backup that a
-governance Object Lock still holds, through the break-glass connection, recorded as evidence. Exit codes follow the Nagios / Icinga plugin convention, like
-`barman check --nagios`: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (the policy or the store
-cannot be read).
+governance Object Lock still holds, through the break-glass connection, recorded as evidence.
+Exit codes follow the Nagios / Icinga plugin convention, like `barman check --nagios`: 0 OK,
+1 WARNING, 2 CRITICAL, 3 UNKNOWN (the policy or the store cannot be read).
 """
 
 from __future__ import annotations

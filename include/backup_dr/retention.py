@@ -196,8 +196,8 @@ def hold_locked(
 ) -> PrunePlan:
     """Keep each planned deletion that the store still holds under Object Lock, with the date.
 
-    `locked_until` maps (backup, region) to the lock's end, for the copies whose lock is read
-    and still runs. Such a delete would be refused; the first prune after the date deletes it.
+    `locked_until` maps (backup, region) to the lock's end, for the copies whose lock was read
+    (the end may be past). A delete before it would be refused; the first prune after it deletes.
     The circuit breaker is judged again on what is left to delete.
     """
     if not locked_until:

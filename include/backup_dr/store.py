@@ -167,10 +167,6 @@ def _tuned(hook: Any) -> Any:
 class DeleteRefusedError(StoreError):
     """The store refused to delete versions it holds under Object Lock."""
 
-    def __init__(self, message: str, keys: list[str]) -> None:
-        super().__init__(message)
-        self.keys = keys
-
 
 class ObjectStore:
     """A region's backup bucket, reached through the region's Airflow connection."""
@@ -181,8 +177,6 @@ class ObjectStore:
         client: Any,
         endpoint_url: str | None,
         lock: LockRule | None = None,
-        *,
-        bypass_governance: bool = False,
     ) -> None:
         self.region = region
         self.bucket = region.bucket
@@ -191,7 +185,7 @@ class ObjectStore:
         #: What each write is locked until (Object Lock); None: the region locks nothing.
         self.lock = lock
         #: Deletes bypass governance locks: only a store opened with `for_break_glass`.
-        self.bypass_governance = bypass_governance
+        self.bypass_governance = False
         self._kms_key_arn: str | None = None
         self._kms_lock = threading.Lock()
         client.meta.events.register("after-call.s3", self._name_unreachable_kms)
@@ -203,8 +197,8 @@ class ObjectStore:
     @classmethod
     def for_break_glass(cls, region: Region, lock: LockRule | None) -> ObjectStore:
         """The region's bucket through its break-glass connection (`object_lock.bypass_conn_id`),
-        whose deletes bypass governance locks. Only `include.backup_dr.immutability.unlock`
-        opens one, and it records every use as evidence."""
+        whose deletes bypass governance locks. Only `include.backup_dr.break_glass` opens one,
+        and it records every use as evidence."""
         if region.object_lock is None or not region.object_lock.bypass_conn_id:
             raise StoreError(
                 f"{region.name}: no object_lock.bypass_conn_id in the policy; a governance lock "
@@ -669,8 +663,7 @@ class ObjectStore:
                     f"the store refused to delete {len(refused)} versions under "
                     f"{self.where(prefix)} (e.g. {refused[0]}): the bucket's Object Lock holds "
                     f"them ({self.lock.mode.lower()} mode). Nothing was retried; they are "
-                    "deleted by the first prune after their lock ends.",
-                    sorted(set(refused)),
+                    "deleted by the first prune after their lock ends."
                 )
             raise StoreError(
                 f"deleting under {self.where(prefix)} failed for {len(response['Errors'])} "

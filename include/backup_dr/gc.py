@@ -22,7 +22,7 @@ from include.backup_dr.engines import engine_for
 from include.backup_dr.engines.base import LostListing, Sweep
 from include.backup_dr.pipeline import CircuitBreakerTripped, Stores
 from include.backup_dr.policy import Policy, format_duration
-from include.backup_dr.store import ObjectStore
+from include.backup_dr.store import DeleteRefusedError, ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -94,13 +94,24 @@ def collect_garbage(
             raise CircuitBreakerTripped(f"category {category}: {breaker}")
         regions: dict[str, list[dict[str, Any]]] = {store.region.name: [] for store in stores}
         for store, sweep in planned:
-            versions = sweep.delete() if executed else 0
+            refused = None
+            try:
+                versions = sweep.delete() if executed else 0
+            except DeleteRefusedError as exc:  # locked longer than its current version says
+                versions, refused = 0, str(exc)
+                log.warning("%s, %s: REFUSED: %s", store.region.name, sweep.what, refused)
+                store.put_json(
+                    key.removesuffix(".json") + "-refused.json",
+                    {**facts, "region": store.region.name, "what": sweep.what, "refused": refused},
+                )
             log.info(
-                "%s, %s: %d of %d planned for deletion; %d versions deleted",
+                "%s, %s: %d of %d planned for deletion, %d kept under Object Lock; %d versions "
+                "deleted",
                 store.region.name,
                 sweep.what,
                 sweep.doomed,
                 sweep.total,
+                sweep.locked,
                 versions,
             )
             regions[store.region.name].append(
@@ -108,7 +119,9 @@ def collect_garbage(
                     "what": sweep.what,
                     "total": sweep.total,
                     "doomed": sweep.doomed,
+                    "locked": sweep.locked,
                     "deleted_versions": versions,
+                    "refused": refused,
                 }
             )
     if dry_run:
@@ -133,7 +146,9 @@ def _record(
                 "total": sweep.total,
                 "doomed": sweep.doomed,
                 "kept": sweep.total - sweep.doomed,
+                "locked": sweep.locked,
                 "sample": sweep.sample,
+                "locked_sample": sweep.locked_sample,
             }
             for where, sweep in planned
             if where is store

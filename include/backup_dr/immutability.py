@@ -6,6 +6,16 @@ evidence retention. Prune deletes a backup from window + retention on, so it nev
 delete what the lock still holds for longer than the margin, and no lock outlives what the
 policy allows (`Policy._locks_within_promise`). Objects that are rewritten or replaced as they
 are used (leases, the catalogue cache, monitor state, replica listings) are never locked.
+
+Content shared by many snapshots (media blobs) is locked until a *hold* date plus the margin.
+A snapshot needs each blob it lists held until its own expiry (window + retention); when a
+blob's hold falls short, the snapshot extends it to that expiry plus `SHARED_EXTENSION`, the way
+Kopia extends the locks of content a new snapshot reuses. The step means a blob that every
+daily snapshot reuses is extended once a month, not on every snapshot. Each listing entry
+records its blob's hold, so an unchanged snapshot learns it without a request.
+
+A WAL segment is locked until it was archived plus the continuous tier's retention plus the
+margin: the recovery window can reach back to it that long.
 """
 
 from __future__ import annotations
@@ -16,9 +26,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from include.backup_dr.catalogue import BackupId
-from include.backup_dr.policy import Policy, Region
+from include.backup_dr.policy import SHARED_EXTENSION, Policy, Region
 
 EVIDENCE_PREFIX = "evidence/"
+
+
+def expiry(policy: Policy, backup: BackupId) -> datetime:
+    """When prune may first delete `backup`: its window plus its tier's retention."""
+    return backup.window + policy.categories[backup.category].tiers[backup.tier].retention
+
+
+def shared_hold(policy: Policy, backup: BackupId) -> datetime:
+    """The hold a snapshot gives the shared content it stores or extends (see module docstring)."""
+    return expiry(policy, backup) + SHARED_EXTENSION
 
 
 @dataclass(frozen=True)
@@ -53,6 +73,14 @@ class LockRule:
         retention = self.retention.get((backup.category, backup.tier))
         return None if retention is None else backup.window + retention + self.margin
 
+    def held_until(self, hold: datetime) -> datetime:
+        """The retain-until date of shared content held until `hold` (see module docstring)."""
+        return hold + self.margin
+
+    def wal_until(self, archived: datetime, category: str) -> datetime:
+        """The retain-until date of a WAL segment archived at `archived` for `category`."""
+        return archived + self.retention[(category, "continuous")] + self.margin
+
     def until(self, key: str, now: datetime) -> datetime | None:
         """The retain-until date a write of `key` at `now` gets; None: not locked."""
         if key.startswith(EVIDENCE_PREFIX):
@@ -60,9 +88,12 @@ class LockRule:
         parsed = BackupId.from_key(key)
         return None if parsed is None else self.backup_until(parsed[0])
 
-    def write_arguments(self, key: str, now: datetime) -> dict[str, Any]:
-        """The PutObject / CopyObject / CreateMultipartUpload arguments that lock `key`."""
-        until = self.until(key, now)
-        if until is None:
+    def write_arguments(
+        self, key: str, now: datetime, until: datetime | None = None
+    ) -> dict[str, Any]:
+        """The PutObject / CopyObject / CreateMultipartUpload arguments that lock `key`: until
+        `until` if given (shared content, WAL), else as `until(key, now)` says."""
+        until = until or self.until(key, now)
+        if until is None or until <= now:  # past (an old window backfilled): nothing to hold
             return {}
         return {"ObjectLockMode": self.mode, "ObjectLockRetainUntilDate": until}

@@ -124,7 +124,7 @@ def take_snapshot(
     key = backup.key(f"data.{engine.extension}")
     started = _now()
     log.info("Snapshotting %s into %s", backup, primary.where(key))
-    with engine.open_snapshot(policy, target, primary) as snapshot:
+    with engine.open_snapshot(policy, target, primary, backup) as snapshot:
         uploaded = primary.upload_stream(key, snapshot.stream, on_eof=snapshot.finish)
         facts = snapshot.facts()
     finished = _now()

@@ -94,6 +94,10 @@ class _Frozen(BaseModel):
 #: "Data will be retained for your policy length plus 12 months": how long past its tier's
 #: retention a backup may still be stored, at most (what an object lock may hold it for).
 DELETION_PROMISE = timedelta(days=365)
+#: How far past the expiry of the snapshot that needs it a shared media blob's lock is set when
+#: a snapshot extends it (`include.backup_dr.immutability`): once a month for a blob every daily
+#: snapshot reuses, not on every snapshot.
+SHARED_EXTENSION = timedelta(days=30)
 
 
 class ObjectLock(_Frozen):
@@ -449,6 +453,8 @@ class Policy(_Frozen):
             for category_name, category in self.categories.items():
                 for tier_name, tier in category.tiers.items():
                     held = lock.margin + tier.period() + collection
+                    if category.engine == "media":  # blobs: held past the last snapshot's expiry
+                        held += SHARED_EXTENSION
                     if held > DELETION_PROMISE:
                         raise ValueError(
                             f"regions.{role}.object_lock.margin {format_duration(lock.margin)}: "
@@ -456,7 +462,9 @@ class Policy(_Frozen):
                             f"{format_duration(held)} past its "
                             f"{format_duration(tier.retention)} retention (the margin, plus "
                             "the tier's period until prune runs again, plus garbage "
-                            "collection's period and grace); the policy "
+                            "collection's period and grace, plus for media the "
+                            f"{format_duration(SHARED_EXTENSION)} a shared blob's lock is "
+                            "extended by); the policy "
                             "promises deleted data is gone within its policy length plus 12 "
                             f"months ({format_duration(DELETION_PROMISE)})"
                         )

@@ -287,9 +287,12 @@ class ObjectStore:
             return {}
         return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_arn}
 
-    def _locked(self, key: str) -> dict[str, Any]:
-        """The Object Lock arguments of a write of `key` (none when the region locks nothing)."""
-        return {} if self.lock is None else self.lock.write_arguments(key, datetime.now(UTC))
+    def _locked(self, key: str, until: datetime | None = None) -> dict[str, Any]:
+        """The Object Lock arguments of a write of `key`, until `until` if given, else by the
+        key (none when the region locks nothing)."""
+        if self.lock is None:
+            return {}
+        return self.lock.write_arguments(key, datetime.now(UTC), until)
 
     def same_service_as(self, other: ObjectStore) -> bool:
         """True when a server-side copy from `other` is possible (AWS: always; local: same server)."""
@@ -297,7 +300,14 @@ class ObjectStore:
 
     # --- writes -------------------------------------------------------------------------------
 
-    def upload_stream(self, key: str, source: Readable, on_eof: Any = None) -> Uploaded:
+    def upload_stream(
+        self,
+        key: str,
+        source: Readable,
+        on_eof: Any = None,
+        *,
+        lock_until: datetime | None = None,
+    ) -> Uploaded:
         """Stream `source` into `key` as a multipart upload, hashing as it goes.
 
         Memory stays at about UPLOAD_PART_SIZE x UPLOAD_BUFFERED_PARTS whatever the size. If the
@@ -316,12 +326,18 @@ class ObjectStore:
                 reader,
                 self.bucket,
                 key,
-                ExtraArgs={**self._encryption, **self._locked(key), "ChecksumAlgorithm": "SHA256"},
+                ExtraArgs={
+                    **self._encryption,
+                    **self._locked(key, lock_until),
+                    "ChecksumAlgorithm": "SHA256",
+                },
                 Config=config,
             )
         return Uploaded(key, reader.size, reader.sha256)
 
-    def put_bytes(self, key: str, body: bytes, content_type: str) -> None:
+    def put_bytes(
+        self, key: str, body: bytes, content_type: str, *, lock_until: datetime | None = None
+    ) -> None:
         with _translated(f"writing {self.where(key)}"):
             self.client.put_object(
                 Bucket=self.bucket,
@@ -330,7 +346,7 @@ class ObjectStore:
                 ContentType=content_type,
                 ChecksumAlgorithm="SHA256",
                 **self._encryption,
-                **self._locked(key),
+                **self._locked(key, lock_until),
             )
 
     def put_json(self, key: str, document: Any) -> None:
@@ -369,8 +385,10 @@ class ObjectStore:
         dest_key: str | None = None,
         version_id: str | None = None,
         single_copy_limit: int = SINGLE_COPY_LIMIT,
+        lock_until: datetime | None = None,
     ) -> str:
-        """Copy `key` (a version of it) from another store into `dest_key` here, re-encrypted.
+        """Copy `key` (a version of it) from another store into `dest_key` here, re-encrypted,
+        and locked until `lock_until` if given (else as its key says).
 
         Server-side when both stores are one service (as AWS S3 is across regions): CopyObject up
         to `single_copy_limit`, UploadPartCopy above it. Returns how the copy was made.
@@ -383,31 +401,23 @@ class ObjectStore:
             body = source.open(key, version_id)
             try:
                 if size <= UPLOAD_PART_SIZE:  # one request, not a multipart upload of one part
-                    self.put_bytes(dest_key, body.read(), "application/octet-stream")
+                    self.put_bytes(
+                        dest_key, body.read(), "application/octet-stream", lock_until=lock_until
+                    )
                 else:
-                    self.upload_stream(dest_key, body)
+                    self.upload_stream(dest_key, body, lock_until=lock_until)
             finally:
                 body.close()
             return "streamed copy (different S3 services)"
         action = f"server-side copy {source.where(key)} -> {self.where(dest_key)}"
-        extra = {**self._encryption, **self._locked(dest_key), "ChecksumAlgorithm": "SHA256"}
+        locked = self._locked(dest_key, lock_until)
+        extra = {**self._encryption, **locked, "ChecksumAlgorithm": "SHA256"}
         if size <= single_copy_limit:  # one CopyObject: no HEAD for the size, no transfer threads
             with _translated(action):
                 copied = self.client.copy_object(
                     CopySource=copy_source, Bucket=self.bucket, Key=dest_key, **extra
                 )
-                if "ObjectLockMode" in extra:
-                    # AWS applies a CopyObject's lock; SeaweedFS drops it: set it on the new
-                    # version itself (the same date again where the copy already has it).
-                    self.client.put_object_retention(
-                        Bucket=self.bucket,
-                        Key=dest_key,
-                        VersionId=copied["VersionId"],
-                        Retention={
-                            "Mode": extra["ObjectLockMode"],
-                            "RetainUntilDate": extra["ObjectLockRetainUntilDate"],
-                        },
-                    )
+                self._lock_copy(dest_key, locked, copied.get("VersionId"))
             return "server-side copy"
         config = TransferConfig(
             multipart_threshold=single_copy_limit,
@@ -424,8 +434,25 @@ class ObjectStore:
             )
         return "server-side multipart copy"
 
-    def touch(self, key: str) -> None:
-        """Write a fresh version of `key` with the same bytes (server-side copy onto itself)."""
+    def _lock_copy(self, key: str, locked: dict[str, Any], version_id: str | None) -> None:
+        """Set a copy's lock on the version it made (the current one if unnamed). AWS applies a
+        CopyObject's lock; SeaweedFS drops it. The same date again is allowed."""
+        if not locked:
+            return
+        self.client.put_object_retention(
+            Bucket=self.bucket,
+            Key=key,
+            **({"VersionId": version_id} if version_id else {}),
+            Retention={
+                "Mode": locked["ObjectLockMode"],
+                "RetainUntilDate": locked["ObjectLockRetainUntilDate"],
+            },
+        )
+
+    def touch(self, key: str, *, lock_until: datetime | None = None) -> None:
+        """Write a fresh version of `key` with the same bytes (server-side copy onto itself),
+        locked until `lock_until` if given (else as its key says)."""
+        locked = self._locked(key, lock_until)
         config = TransferConfig(
             multipart_threshold=SINGLE_COPY_LIMIT, multipart_chunksize=COPY_PART_SIZE
         )
@@ -436,13 +463,28 @@ class ObjectStore:
                 key,
                 ExtraArgs={
                     **self._encryption,
-                    **self._locked(key),
+                    **locked,
                     "MetadataDirective": "REPLACE",
                     "Metadata": {"refreshed-at": datetime.now(UTC).isoformat()},
                     "ChecksumAlgorithm": "SHA256",
                 },
                 Config=config,
             )
+            self._lock_copy(key, locked, None)
+
+    def extend_lock(self, key: str, until: datetime) -> None:
+        """Lock the current version of `key` until at least `until`. A lock is never shortened:
+        when the store refuses because the version is already locked longer, that is kept."""
+        assert self.lock is not None, "extend_lock in a region that locks nothing"
+        retention = {"Mode": self.lock.mode, "RetainUntilDate": until}
+        try:
+            with _translated(f"locking {self.where(key)}"):
+                self.client.put_object_retention(Bucket=self.bucket, Key=key, Retention=retention)
+        except StoreError:
+            current = self.locked_until(key)
+            if current is None or current < until:
+                raise
+            log.info("%s is already locked until %s; kept.", self.where(key), current)
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -519,10 +561,12 @@ class ObjectStore:
         document = self.get_json(backup.key(MANIFEST_NAME))
         return None if document is None else Manifest.from_json(json.dumps(document))
 
-    def list_objects(self, prefix: str) -> Iterator[StoredObject]:
+    def list_objects(self, prefix: str, start_after: str | None = None) -> Iterator[StoredObject]:
+        """The objects under `prefix` in key order (only those after `start_after` if given)."""
         paginator = self.client.get_paginator("list_objects_v2")
+        after = {"StartAfter": start_after} if start_after else {}
         with _translated(f"listing {self.where(prefix)}"):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **after):
                 for item in page.get("Contents", []):
                     yield StoredObject(
                         item["Key"],
@@ -663,7 +707,7 @@ class ObjectStore:
                     f"the store refused to delete {len(refused)} versions under "
                     f"{self.where(prefix)} (e.g. {refused[0]}): the bucket's Object Lock holds "
                     f"them ({self.lock.mode.lower()} mode). Nothing was retried; they are "
-                    "deleted by the first prune after their lock ends."
+                    "deleted by the first prune or garbage collection after their lock ends."
                 )
             raise StoreError(
                 f"deleting under {self.where(prefix)} failed for {len(response['Errors'])} "

@@ -12,12 +12,14 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg2
 import pytest
 
+from include.backup_dr.catalogue import BackupId
 from include.backup_dr.engines.pg_dump import (
     PgConnectionInfo,
     PgDumpEngine,
@@ -123,8 +125,9 @@ def test_options_and_application_name_reach_psycopg2_sqlalchemy_and_pg_dump(
     observer = _observer()
     dump = tmp_path / "platform_billing.pgdump"
     try:
+        backup = BackupId("platform", "platform_billing", "6h", datetime.now(UTC))
         with PgDumpEngine().open_snapshot(
-            policy, target, Stores.from_policy(policy).primary
+            policy, target, Stores.from_policy(policy).primary, backup
         ) as snap:
             # pg_dump blocks on its full stdout pipe until read: it is on the server right now.
             seen: list[tuple[str, str]] = []

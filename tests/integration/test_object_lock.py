@@ -3,6 +3,7 @@ waits for the lock, and the break-glass bypass with its evidence."""
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -12,7 +13,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from include.backup_dr.break_glass import delete_locked_backup
-from include.backup_dr.catalogue import MANIFEST_NAME, BackupId
+from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.engines.media import blob_key, parse_listing
+from include.backup_dr.gc import collect_garbage
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.pipeline import (
     Stores,
@@ -21,28 +24,44 @@ from include.backup_dr.pipeline import (
     prune,
     take_snapshot,
 )
+from include.backup_dr.policy import SHARED_EXTENSION
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
 
 pytestmark = pytest.mark.integration
 TARGET, TIER = "platform_billing", "daily"
+MEDIA = "media_documents"
 #: The shipped daily retention (7d) plus the margin these tests lock with (1d).
 HELD = timedelta(days=8)
+
+
+def _lock(data) -> None:
+    for role in ("primary", "secondary"):
+        data["regions"][role]["object_lock"] = {
+            "mode": "governance",
+            "margin": "1d",
+            "bypass_conn_id": f"s3_{role}_break_glass",
+        }
 
 
 @pytest.fixture
 def locked(stores, policy_file):
     """The policy with governance locks in both regions; every locked object removed after,
     through the break-glass connections (the only way to)."""
+    yield from _locked_stores(policy_file(_lock))
 
-    def lock(data) -> None:
-        for role in ("primary", "secondary"):
-            data["regions"][role]["object_lock"] = {
-                "mode": "governance",
-                "margin": "1d",
-                "bypass_conn_id": f"s3_{role}_break_glass",
-            }
 
-    policy = policy_file(lock)
+@pytest.fixture
+def locked_short_grace(stores, policy_file):
+    """`locked`, with a 4 s grace: blobs written before a 5 s sleep are old enough to sweep."""
+
+    def mutate(data) -> None:
+        _lock(data)
+        data["prune"]["incomplete_upload_grace"] = "4s"
+
+    yield from _locked_stores(policy_file(mutate))
+
+
+def _locked_stores(policy):
     yield policy, Stores.from_policy(policy)
     for region in policy.iter_regions():
         glass = ObjectStore.for_break_glass(region, LockRule.for_region(policy, region))
@@ -158,3 +177,70 @@ def test_break_glass_deletes_a_locked_backup_through_its_own_connection_on_recor
         assert store.locked_until(record["evidence"]) > datetime.now(UTC) + timedelta(days=399)
         versions = store.client.list_object_versions(Bucket=store.bucket, Prefix=record["evidence"])
         assert [v["IsLatest"] for v in versions["Versions"]].count(False) >= 1  # the request too
+
+
+def _media(policy, stores, tier: str, window: datetime) -> Manifest:
+    ref = take_snapshot(policy, stores, MEDIA, tier, window, {})
+    copy_to_secondary(policy, stores, ref)
+    check_integrity(policy, stores, ref)
+    return stores.primary.manifest(BackupId("media", MEDIA, tier, window))
+
+
+def test_a_snapshot_that_reuses_a_blob_extends_its_lock_in_both_regions(locked) -> None:
+    """Kopia's rule on the real server: a blob is locked as long as the newest snapshot that
+    lists it needs it. The daily's blobs are held for its 7 days plus the 30-day step; a daily
+    the next day needs less than that, so it makes no request; the monthly needs a year, so it
+    extends every blob it reuses, here and in the secondary region."""
+    policy, stores = locked
+    window = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    first = _media(policy, stores, "daily", window)
+    entries = list(parse_listing(stores.primary.iter_chunks(first.artifact.key)))
+    blobs = {blob_key("media", e.sha256) for e in entries}
+    held = window + timedelta(days=7) + SHARED_EXTENSION
+    assert {e.hold for e in entries} == {int(held.timestamp())}
+    for store in stores:
+        for blob in blobs:
+            assert store.locked_until(blob) == held + timedelta(days=1), (store, blob)
+
+    later = _media(policy, stores, "daily", window + timedelta(days=1))
+    assert (later.source["reused"], later.source["extended"]) == (len(entries), 0)
+    assert "0 locks extended" in stores.secondary.manifest(later.backup).copied_from["contents"]
+
+    monthly = _media(policy, stores, "monthly", window)
+    assert monthly.source["reused"] == len(entries)
+    assert monthly.source["extended"] == len(entries)
+    copied = stores.secondary.manifest(monthly.backup).copied_from["contents"]
+    assert f"{len(blobs)} locks extended" in copied
+    year = window + timedelta(days=365) + SHARED_EXTENSION + timedelta(days=1)
+    for store in stores:
+        for blob in blobs:
+            assert store.locked_until(blob) == year, (store, blob)
+
+
+def test_gc_keeps_an_unreferenced_blob_until_its_lock_ends_and_says_so(locked_short_grace):
+    policy, stores = locked_short_grace
+    primary = stores.primary
+    body = f"orphan {datetime.now(UTC).isoformat()}".encode()
+    orphan = blob_key("media", hashlib.sha256(body).hexdigest())
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
+    primary.put_bytes(orphan, body, "application/octet-stream", lock_until=until)
+    time.sleep(5)  # older than the grace
+
+    kept = collect_garbage(policy, stores, "media")
+    [sweep] = kept["regions"][primary.region.name]
+    assert (sweep["doomed"], sweep["locked"], sweep["refused"]) == (0, 1, None)
+    [record] = [primary.get_json(o.key) for o in primary.list_objects("evidence/gc/media/")]
+    assert record["sweeps"][0]["locked_sample"] == [
+        {
+            "key": orphan,
+            "reason": f"referenced by no kept snapshot; but locked until {until.isoformat()} "
+            "(Object Lock): kept until then",
+        }
+    ]
+    assert primary.head(orphan) is not None
+
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 2)
+    gone = collect_garbage(policy, stores, "media")
+    [sweep] = gone["regions"][primary.region.name]
+    assert (sweep["doomed"], sweep["locked"], sweep["deleted_versions"]) == (1, 0, 1)
+    assert primary.head(orphan) is None

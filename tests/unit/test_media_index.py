@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from itertools import count
 
@@ -19,9 +20,12 @@ from include.backup_dr.engines.media import (
     EarlierListing,
     Entry,
     MediaSnapshot,
+    _epoch,
     _ListedAhead,
+    blob_key,
     parse_listing,
 )
+from include.backup_dr.immutability import LockRule
 from include.backup_dr.replication import measure_lag
 from include.backup_dr.store import StoreError
 
@@ -85,10 +89,16 @@ class _Source:
 
 
 class _Store:
-    """A backup region holding no blob yet: every new content is copied into it."""
+    """A backup region holding no blob yet: every new content is copied into it. It locks
+    nothing unless given a rule; then it records each lock extension."""
 
-    def __init__(self) -> None:
+    def __init__(self, lock: LockRule | None = None) -> None:
         self.copied: list[str] = []
+        self.lock = lock
+        self.extended: dict[str, datetime] = {}
+
+    def extend_lock(self, key: str, until: datetime) -> None:
+        self.extended[key] = until
 
     def head(self, key: str, checksums: bool = False) -> None:
         return None
@@ -137,6 +147,52 @@ def test_a_snapshot_lists_in_source_order_whatever_mix_of_changed_and_unchanged(
     assert snapshot.counts["reused"] == len(listed) - new
     assert snapshot.counts["objects"] == len(listed)
     assert snapshot.counts["bytes"] == sum(obj.size for obj in listed)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from([None, "short", "enough"]), max_size=2 * UNCHANGED_RUN))
+def test_a_snapshot_extends_the_lock_of_exactly_the_reused_blobs_held_short_of_its_expiry(holds):
+    """Kopia's rule: a blob a new snapshot reuses stays locked as long as that snapshot needs
+    it. An entry whose hold ends before this snapshot's expiry (or that has none) gets its
+    blob's lock extended to this snapshot's hold plus the margin, and the new hold in its line;
+    every other line goes out as it was, with no request."""
+    expires, hold = NOW + timedelta(days=7), NOW + timedelta(days=37)
+    given_hold = {None: None, "short": NOW + timedelta(days=6), "enough": NOW + timedelta(days=9)}
+    keys = [f"k{n:05d}" for n in range(len(holds))]
+    entries = [
+        Entry(key, "v1", f"etag-{key}", len(key), f"{n:064x}", _epoch(given_hold[h]))
+        if given_hold[h]
+        else Entry(key, "v1", f"etag-{key}", len(key), f"{n:064x}")
+        for n, (key, h) in enumerate(zip(keys, holds, strict=True))
+    ]
+    rule = LockRule("GOVERNANCE", timedelta(days=1), timedelta(days=400), {})
+    store = _Store(rule)
+    listed = [StoredObject(e.key, e.size, NOW, e.etag) for e in entries]
+    previous = EarlierListing([b"".join(e.line() for e in entries)])
+    try:
+        snapshot = MediaSnapshot(
+            _Target,
+            _Source(),
+            store,
+            previous,
+            timedelta(hours=2),
+            listing=listed,
+            holds=(expires, hold),
+        )
+        body = snapshot.stream.read()
+    finally:
+        previous.close()
+    short = {
+        blob_key("media", e.sha256) for e, h in zip(entries, holds, strict=True) if h != "enough"
+    }
+    assert store.extended == dict.fromkeys(short, hold + timedelta(days=1))
+    assert snapshot.counts["extended"] == len(short)
+    assert snapshot.counts["reused"] == len(entries) and not store.copied
+    out = list(parse_listing([body]))
+    for before, after, h in zip(entries, out, holds, strict=True):
+        assert after == (
+            before if h == "enough" else Entry(**{**asdict(before), "hold": _epoch(hold)})
+        )
 
 
 def test_lag_is_the_age_of_the_oldest_missing_change() -> None:

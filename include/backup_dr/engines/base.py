@@ -7,6 +7,7 @@ logical pg_dump today; RDS snapshots and base backups with WAL later, behind the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +19,7 @@ from include.backup_dr.policy import Policy, Target
 from include.backup_dr.store import ObjectStore, Readable
 
 if TYPE_CHECKING:
-    from include.backup_dr.catalogue import Manifest
+    from include.backup_dr.catalogue import BackupId, Manifest
     from include.backup_dr.integrity import Check
 
 
@@ -74,6 +75,30 @@ class Sweep:
     sample: list[dict[str, str]]
     #: Carries the plan out; returns how many object versions went.
     delete: Callable[[], int]
+    #: Unreferenced but still under Object Lock, so kept (not in `doomed`); a few of them, each
+    #: {"key": ..., "reason": "...; but locked until X (Object Lock)"}.
+    locked: int = 0
+    locked_sample: list[dict[str, str]] = field(default_factory=list)
+
+
+#: How many lock reads a sweep makes at once.
+LOCK_READERS = 16
+
+
+def still_locked(store: ObjectStore, keys: Iterable[str], now: datetime) -> dict[str, datetime]:
+    """Of `keys`, those whose current version `store` still locks at `now`, with the date: a
+    sweep keeps them, rather than meet a refused delete. The current version holds the longest
+    lock, as every new version and extension is locked at least as long as the one before."""
+    if store.lock is None:
+        return {}
+    keys = list(keys)
+    with ThreadPoolExecutor(max_workers=LOCK_READERS) as pool:
+        found = zip(keys, pool.map(store.locked_until, keys), strict=True)
+        return {key: until for key, until in found if until is not None and until > now}
+
+
+def locked_reason(reason: str, until: datetime) -> str:
+    return f"{reason}; but locked until {until.isoformat()} (Object Lock): kept until then"
 
 
 class Engine(Protocol):
@@ -85,7 +110,7 @@ class Engine(Protocol):
     contents_keep_arriving: bool
 
     def open_snapshot(
-        self, policy: Policy, target: Target, primary: ObjectStore
+        self, policy: Policy, target: Target, primary: ObjectStore, backup: BackupId
     ) -> AbstractContextManager[Snapshot]:
         """Start a consistent snapshot of `target`; the context cleans up whatever happens."""
         ...

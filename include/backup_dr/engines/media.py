@@ -44,7 +44,10 @@ from include.backup_dr.engines.base import (
     ReadCheck,
     SourceFacts,
     Sweep,
+    locked_reason,
+    still_locked,
 )
+from include.backup_dr.immutability import expiry, shared_hold
 from include.backup_dr.integrity import Check
 from include.backup_dr.policy import Policy, Target, load_policy
 from include.backup_dr.store import ObjectStore, StoreError, utc
@@ -105,9 +108,13 @@ class Entry:
     etag: str
     size: int
     sha256: str
+    #: Object Lock: the blob is locked until this hold (epoch seconds) plus the margin in every
+    #: region that locks (`include.backup_dr.immutability`); absent when no region locks.
+    hold: int | None = None
 
     def line(self) -> bytes:
-        return (json.dumps(asdict(self), separators=(",", ":")) + "\n").encode()
+        fields = {name: value for name, value in asdict(self).items() if value is not None}
+        return (json.dumps(fields, separators=(",", ":")) + "\n").encode()
 
 
 def listing_lines(chunks: Iterable[bytes]) -> Iterator[bytes]:
@@ -221,6 +228,8 @@ class Known(NamedTuple):
     etag: str
     size: int
     line: bytes
+    #: The entry's hold (epoch seconds), if it has one.
+    hold: int | None = None
 
     def entry(self) -> Entry:
         return Entry(**json.loads(self.line))
@@ -238,14 +247,14 @@ class ListingIndex:
         self._db = sqlite3.connect(Path(self._scratch.name) / "index.db", check_same_thread=False)
         self._db.executescript(
             "PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF;"
-            "CREATE TABLE entry (key TEXT PRIMARY KEY, etag TEXT, size INTEGER, line BLOB)"
-            " WITHOUT ROWID;"
+            "CREATE TABLE entry (key TEXT PRIMARY KEY, etag TEXT, size INTEGER, line BLOB,"
+            " hold INTEGER) WITHOUT ROWID;"
         )
         rows = ((key, *known) for key, known in map(_known, lines))
-        self._db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?)", rows)
+        self._db.executemany("INSERT OR REPLACE INTO entry VALUES (?, ?, ?, ?, ?)", rows)
 
     def get(self, key: str) -> Known | None:
-        query = "SELECT etag, size, line FROM entry WHERE key = ?"
+        query = "SELECT etag, size, line, hold FROM entry WHERE key = ?"
         row = self._db.execute(query, (key,)).fetchone()
         return None if row is None else Known(*row)
 
@@ -332,7 +341,7 @@ _LINE_DECODER = json.JSONDecoder()
 
 def _known(line: bytes) -> tuple[str, Known]:
     fields = _LINE_DECODER.raw_decode(line.decode())[0]
-    return fields["key"], Known(fields["etag"], fields["size"], line)
+    return fields["key"], Known(fields["etag"], fields["size"], line, fields.get("hold"))
 
 
 class MediaSnapshot:
@@ -352,6 +361,8 @@ class MediaSnapshot:
         *,
         listing: Iterable[StoredObject] | None = None,
         verify: bool = False,
+        holds: tuple[datetime, datetime] | None = None,
+        reused_from: BackupId | None = None,
     ) -> None:
         assert target.source is not None
         self.target = target
@@ -364,6 +375,11 @@ class MediaSnapshot:
         #: HEAD the blob of every unchanged object before reusing its entry: set when a later
         #: snapshot than `previous` failed its check, so a blob may since have been lost or damaged.
         self.verify = verify
+        #: The snapshot whose listing unchanged objects are reused from (recorded in the facts).
+        self.reused_from = reused_from
+        #: Object Lock (some region locks): (this snapshot's expiry, the hold it gives). An entry
+        #: held short of the expiry has its blob's lock extended to the hold first.
+        self._need, self._hold = (None, None) if holds is None else map(_epoch, holds)
         self.counts = {
             "objects": 0,
             "bytes": 0,
@@ -372,6 +388,7 @@ class MediaSnapshot:
             "copied_bytes": 0,
             "refreshed": 0,
             "healed": 0,
+            "extended": 0,
         }
         self._lock = threading.Lock()
         #: When the oldest content that `store` lacked was written to the source: how far behind
@@ -384,7 +401,7 @@ class MediaSnapshot:
         flight before it goes out as one chunk: the common case costs a lookup per object."""
         pending: deque[Future[Entry | None] | Known] = deque()
         unchanged: list[bytes] = []
-        counts = self.counts
+        counts, need = self.counts, self._need
         with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
             for obj in self.listing:
                 known = self.previous.get(obj.key)
@@ -392,6 +409,8 @@ class MediaSnapshot:
                     pending.append(pool.submit(self._new_entry, obj.key))
                 elif self.verify:
                     pending.append(pool.submit(self._checked_entry, known.entry()))
+                elif need is not None and (known.hold is None or known.hold < need):
+                    pending.append(pool.submit(self._extended_entry, known.entry()))
                 elif not pending:  # unchanged, nothing before it in flight: no request at all
                     unchanged.append(known.line)
                     counts["bytes"] += known.size
@@ -431,9 +450,40 @@ class MediaSnapshot:
         self.counts["bytes"] += entry.size
         return entry.line()
 
+    def _short(self, hold: int | None) -> bool:
+        """Whether an entry held until `hold` is held short of this snapshot's expiry."""
+        return self._need is not None and (hold is None or hold < self._need)
+
+    def _held(self, known: Entry) -> Entry:
+        """`known` as this snapshot lists it: its hold extended if it was short."""
+        if not self._short(known.hold):
+            return _Reused(**asdict(known))
+        return _Reused(**{**asdict(known), "hold": self._hold})
+
+    def _lock_until(self) -> datetime | None:
+        """The retain-until date of what this snapshot stores or extends (None: not locked)."""
+        if self.store.lock is None or self._hold is None:
+            return None
+        return self.store.lock.held_until(datetime.fromtimestamp(self._hold, UTC))
+
+    def _extend(self, blob: str, locked: datetime | None = None) -> None:
+        """Lock `blob` until this snapshot's hold plus the margin, unless `locked` already is."""
+        until = self._lock_until()
+        if until is None or (locked is not None and locked >= until):
+            return
+        self.store.extend_lock(blob, until)
+        with self._lock:
+            self.counts["extended"] += 1
+
+    def _extended_entry(self, known: Entry) -> Entry:
+        """`known`, its blob's lock first extended to this snapshot's hold (Kopia's rule: content
+        a new snapshot reuses is locked as long as the newest snapshot needs it)."""
+        self._extend(blob_key(self.target.category, known.sha256))
+        return self._held(known)
+
     def _checked_entry(self, known: Entry) -> Entry | None:
-        """`known` if its blob is whole in the store (refreshed if old, as `_store_blob` does);
-        else the object is stored again."""
+        """`known` if its blob is whole in the store (refreshed if old, as `_store_blob` does;
+        its lock extended if short); else the object is stored again."""
         blob = blob_key(self.target.category, known.sha256)
         head = self.store.head(blob, checksums=True)
         found = None if head is None else _state(head)
@@ -441,8 +491,10 @@ class MediaSnapshot:
         if action == "copy":
             return self._new_entry(known.key)
         if action == "refresh":
-            self._refresh(blob)
-        return _Reused(*asdict(known).values())
+            self._refresh(blob, _retained(head))
+        elif self._short(known.hold):
+            self._extend(blob, _retained(head))
+        return self._held(known)
 
     def _new_entry(self, key: str) -> Entry | None:
         """Hash new or changed content (S3's own checksum when it has one) and store it once."""
@@ -455,7 +507,7 @@ class MediaSnapshot:
             size = int(head["ContentLength"])
             sha = _full_sha256(head) or self._hash(key, version_arg)
             if self._store_blob(key, version_arg, size, sha, utc(head["LastModified"])):
-                return Entry(key, version, head["ETag"].strip('"'), size, sha)
+                return Entry(key, version, head["ETag"].strip('"'), size, sha, self._hold)
         raise SourceChangingError(
             f"{self.source.where(key)} changed while being copied, {COPY_ATTEMPTS} times; the "
             "bucket has no versions to copy a fixed one from. Retry later, or enable versioning."
@@ -475,10 +527,19 @@ class MediaSnapshot:
         found = None if existing is None else _state(existing)
         action = blob_action(found, sha, size, datetime.now(UTC), self.gc_grace)
         if action == "refresh":
-            self._refresh(blob)
+            self._refresh(blob, _retained(existing))
+        elif action == "keep":
+            self._extend(blob, _retained(existing))
         if action != "copy":
             return True
-        self.store.copy_from(self.source, key, size, dest_key=blob, version_id=version)
+        self.store.copy_from(
+            self.source,
+            key,
+            size,
+            dest_key=blob,
+            version_id=version,
+            lock_until=self._lock_until(),
+        )
         if version is None and not self._holds(blob, sha):
             return False
         with self._lock:
@@ -491,10 +552,13 @@ class MediaSnapshot:
                 self.oldest_missing = written
         return True
 
-    def _refresh(self, blob: str) -> None:
+    def _refresh(self, blob: str, locked: datetime | None = None) -> None:
         """A fresh version of an old blob, so a GC that planned without this snapshot keeps it
-        (see `needs_refresh`)."""
-        self.store.touch(blob)
+        (see `needs_refresh`), locked as long as this snapshot's hold or the old one's lock."""
+        until = self._lock_until()
+        if until is not None and locked is not None:
+            until = max(until, locked)
+        self.store.touch(blob, lock_until=until)
         with self._lock:
             self.counts["refreshed"] += 1
 
@@ -534,6 +598,9 @@ class MediaSnapshot:
                 "bucket": self.target.source.bucket,
                 "prefix": self.target.source.prefix,
                 **self.counts,
+                "reused_from": (
+                    None if self.reused_from is None else self.reused_from.key(MANIFEST_NAME)
+                ),
             },
             tool_versions={"boto3": boto3.__version__},
         )
@@ -588,6 +655,35 @@ class _ListedAhead:
         self._thread.join()
 
 
+def held_there(manifest: Manifest, source: ObjectStore, target: ObjectStore) -> dict[str, int]:
+    """sha256 -> hold in the listing that `manifest`'s snapshot reused, if that snapshot's copy
+    in `target` is complete (its manifest there, written last, vouches for the same listing):
+    its copy then locked every blob it lists at least that long in `target`. Empty otherwise,
+    so every blob's lock there is extended."""
+    reused = manifest.source.get("reused_from")
+    parsed = None if reused is None else BackupId.from_key(reused)
+    if parsed is None:
+        return {}
+    earlier, there = source.manifest(parsed[0]), target.manifest(parsed[0])
+    if earlier is None or there is None or there.artifact.sha256 != earlier.artifact.sha256:
+        return {}
+    holds: dict[str, int] = {}
+    for entry in _listing(source, earlier):
+        if entry.hold is not None:
+            holds[entry.sha256] = max(entry.hold, holds.get(entry.sha256, 0))
+    return holds
+
+
+def _epoch(when: datetime) -> int:
+    return int(when.timestamp())
+
+
+def _retained(head: dict[str, Any] | None) -> datetime | None:
+    """The retain-until date a HEAD reports (None: no lock, or no object)."""
+    until = None if head is None else head.get("ObjectLockRetainUntilDate")
+    return None if until is None else utc(until)
+
+
 def _state(head: dict[str, Any]) -> BlobState:
     return BlobState(int(head["ContentLength"]), utc(head["LastModified"]), _full_sha256(head))
 
@@ -616,9 +712,10 @@ class MediaEngine:
 
     @contextmanager
     def open_snapshot(
-        self, policy: Policy, target: Target, primary: ObjectStore
+        self, policy: Policy, target: Target, primary: ObjectStore, backup: BackupId
     ) -> Iterator[MediaSnapshot]:
         assert target.source is not None
+        locking = any(region.object_lock is not None for region in policy.iter_regions())
         source = ObjectStore.for_bucket(target.source.conn_id, target.source.bucket)
         # The source is listed from now on, while the earlier listing is found and read.
         with _ListedAhead(source.list_objects(target.source.prefix)) as listing:
@@ -634,6 +731,10 @@ class MediaEngine:
                     policy.prune.incomplete_upload_grace,
                     listing=listing,
                     verify=verify,
+                    holds=(expiry(policy, backup), shared_hold(policy, backup))
+                    if locking
+                    else None,
+                    reused_from=None if trusted is None else trusted.backup,
                 )
             finally:
                 previous.close()
@@ -689,11 +790,19 @@ class MediaEngine:
         gc_grace: timedelta | None = None,
     ) -> str:
         """Copy the blobs the other region lacks or holds damaged (one listing there), and
-        refresh the old ones it holds, as a snapshot does, before the listing itself."""
+        refresh the old ones it holds, as a snapshot does, before the listing itself. Where the
+        other region locks, each blob is locked there until its entry's hold plus the margin:
+        copies and refreshes are written so, and a blob held longer than in the listing the
+        snapshot reused (`held_there`) has its lock extended, as the snapshot did here."""
         if gc_grace is None:  # the engine interface carries no policy: the one in force
             gc_grace = load_policy().prune.incomplete_upload_grace
         category = manifest.backup.category
-        wanted = {entry.sha256: entry.size for entry in _listing(source, manifest)}
+        wanted: dict[str, int] = {}
+        holds: dict[str, int] = {}
+        for entry in _listing(source, manifest):
+            wanted[entry.sha256] = entry.size
+            if entry.hold is not None:
+                holds[entry.sha256] = max(entry.hold, holds.get(entry.sha256, 0))
         present = {
             sha: BlobState(size, written)
             for sha, (size, written) in _blobs(target, category).items()
@@ -702,16 +811,43 @@ class MediaEngine:
         missing = [(sha, size) for sha, size in wanted.items() if plan[sha] == "copy"]
         damaged = sum(1 for sha, _ in missing if sha in present)
         stale = [sha for sha in wanted if plan[sha] == "refresh"]
+        short = []
+        if target.lock is not None and holds:
+            earlier = held_there(manifest, source, target)
+            short = [s for s, h in holds.items() if plan[s] == "keep" and earlier.get(s, 0) < h]
+
+        def until(sha: str) -> datetime | None:
+            hold = holds.get(sha)
+            if target.lock is None or hold is None:
+                return None
+            return target.lock.held_until(datetime.fromtimestamp(hold, UTC))
+
         with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
-            for done in [
-                pool.submit(target.copy_from, source, blob_key(category, sha), size)
-                for sha, size in missing
-            ] + [pool.submit(target.touch, blob_key(category, sha)) for sha in stale]:
+            for done in (
+                [
+                    pool.submit(
+                        target.copy_from,
+                        source,
+                        blob_key(category, sha),
+                        size,
+                        lock_until=until(sha),
+                    )
+                    for sha, size in missing
+                ]
+                + [
+                    pool.submit(target.touch, blob_key(category, sha), lock_until=until(sha))
+                    for sha in stale
+                ]
+                + [
+                    pool.submit(target.extend_lock, blob_key(category, sha), until(sha))
+                    for sha in short
+                ]
+            ):
                 done.result()
         copied = sum(size for _, size in missing)
         return (
             f"{len(missing)} of {len(wanted)} blobs copied ({copied} bytes; {damaged} of them "
-            f"were there damaged), {len(stale)} refreshed"
+            f"were there damaged), {len(stale)} refreshed, {len(short)} locks extended"
         )
 
     def check_contents(self, store: ObjectStore, manifest: Manifest, now: datetime) -> list[Check]:
@@ -787,19 +923,27 @@ class MediaEngine:
                 for sha, written in db.execute("SELECT sha256, written FROM blob")
             )
             total = 0
-            sample: list[dict[str, str]] = []
+            reasons: dict[str, str] = {}
             for sha, delete, reason in plan_gc(marked, listed, now, grace):
                 total += 1
                 if delete:
                     doomed.add(blob_key(category, sha))
-                    if len(sample) < SWEEP_SAMPLE:
-                        sample.append({"key": blob_key(category, sha), "reason": reason})
+                    if len(reasons) < SWEEP_SAMPLE:
+                        reasons[blob_key(category, sha)] = reason
+            locks = still_locked(store, doomed, now)
+            for key in locks:
+                doomed.discard(key)
+            sample = [{"key": k, "reason": r} for k, r in reasons.items() if k not in locks]
+            held = [
+                {"key": key, "reason": locked_reason("referenced by no kept snapshot", until)}
+                for key, until in islice(locks.items(), SWEEP_SAMPLE)
+            ]
 
             def delete() -> int:
                 # Only versions older than the grace: a snapshot may have just refreshed a blob.
                 return store.delete_all_versions(blobs, written_before=now - grace, keys=doomed)
 
-            yield [Sweep("media blobs", total, len(doomed), sample, delete)]
+            yield [Sweep("media blobs", total, len(doomed), sample, delete, len(locks), held)]
 
 
 @contextmanager
@@ -830,6 +974,14 @@ class _StoredSet:
         self._db.executemany(
             f"INSERT OR IGNORE INTO {self._table} VALUES (?)", ((v,) for v in values)
         )
+
+    def discard(self, value: str) -> None:
+        self._db.execute(f"DELETE FROM {self._table} WHERE value = ?", (value,))
+
+    def __iter__(self) -> Iterator[str]:
+        """Every value, read out first: the set may change while they are used."""
+        rows = self._db.execute(f"SELECT value FROM {self._table}").fetchall()
+        return iter([value for (value,) in rows])
 
     def __contains__(self, value: object) -> bool:
         query = f"SELECT 1 FROM {self._table} WHERE value = ?"

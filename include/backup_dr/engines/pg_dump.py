@@ -20,11 +20,14 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.backup_dr.engines.base import ReadCheck, SourceFacts, Sweep
 from include.backup_dr.policy import Policy, Target
 from include.backup_dr.store import ObjectStore
+
+if TYPE_CHECKING:
+    from include.backup_dr.catalogue import BackupId
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +353,7 @@ class PgDumpEngine:
 
     @contextmanager
     def open_snapshot(
-        self, policy: Policy, target: Target, primary: ObjectStore
+        self, policy: Policy, target: Target, primary: ObjectStore, backup: BackupId
     ) -> Iterator[PgDumpSnapshot]:
         assert target.server is not None and target.database is not None
         info = PgConnectionInfo.from_airflow(policy.server(target.server).conn_id, target.database)

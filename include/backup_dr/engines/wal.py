@@ -36,7 +36,14 @@ from typing import TYPE_CHECKING, Any
 
 from include.backup_dr import wal
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
-from include.backup_dr.engines.base import SWEEP_SAMPLE, ReadCheck, SourceFacts, Sweep
+from include.backup_dr.engines.base import (
+    SWEEP_SAMPLE,
+    ReadCheck,
+    SourceFacts,
+    Sweep,
+    locked_reason,
+    still_locked,
+)
 from include.backup_dr.engines.pg_dump import (
     PgConnectionInfo,
     SnapshotError,
@@ -179,7 +186,7 @@ class WalEngine:
 
     @contextmanager
     def open_snapshot(
-        self, policy: Policy, target: Target, primary: ObjectStore
+        self, policy: Policy, target: Target, primary: ObjectStore, backup: BackupId
     ) -> Iterator[BaseBackupSnapshot]:
         assert target.server is not None and policy.continuous is not None
         server = policy.server(target.server)
@@ -361,11 +368,13 @@ class WalEngine:
             base = min(manifests, key=lambda m: wal.Segment.parse(m.source["start_wal"], size))
             oldest = wal.Segment.parse(base.source["start_wal"], size)
             files = archive_files(store, server.name, size)
-            doomed = wal.removable(files, oldest)
             reason = (
                 f"before {oldest.name(size)}, where the oldest kept base backup here "
                 f"({base.backup}) starts"
             )
+            removable = wal.removable(files, oldest)
+            locks = still_locked(store, (f.key for f in removable), now)
+            doomed = [f for f in removable if f.key not in locks]
             keys = {f.key for f in doomed}
             sweeps.append(
                 Sweep(
@@ -374,6 +383,11 @@ class WalEngine:
                     len(doomed),
                     [{"key": f.key, "reason": reason} for f in doomed[:SWEEP_SAMPLE]],
                     partial(store.delete_all_versions, prefix, keys=keys),
+                    len(locks),
+                    [
+                        {"key": key, "reason": locked_reason(reason, until)}
+                        for key, until in list(locks.items())[:SWEEP_SAMPLE]
+                    ],
                 )
             )
         yield sweeps

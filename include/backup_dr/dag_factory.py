@@ -801,6 +801,17 @@ the RPO for {monitor.lag_alert_samples} consecutive samples (`lag`), archiving f
 (`archive_failing`), or the standby is gone (`standby_gone`). The task stays red while a
 condition is open; the alert state lives in the primary region's store
 (`state/continuous_monitor/<server>.json`), not in Airflow.
+{_lock_wal_doc(policy)}"""
+
+
+def _lock_wal_doc(policy: Policy) -> str:
+    locking = [r.name for r in policy.iter_regions() if r.object_lock is not None]
+    if not locking:
+        return ""
+    return f"""
+`lock_wal` locks (S3 Object Lock) every WAL file archived since its last run in
+{", ".join(locking)}, until archived + the tier's retention + the margin: the archive_command
+writes without a lock, so a segment is locked within about a minute of arriving.
 """
 
 
@@ -848,6 +859,20 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
             )
         return summary
 
+    @task(retries=0, execution_timeout=timedelta(seconds=50), **LABELLED)
+    def lock_wal() -> list[dict[str, Any]]:
+        """Lock the WAL archived since the last run, in every region that locks."""
+        from include.backup_dr.engines.wal import lock_archive
+
+        policy_now, stores = _runtime()
+        assert policy_now.continuous is not None
+        return [
+            lock_archive(store, server.name, policy_now.continuous.category)
+            for server in policy_now.continuous_servers()
+            for store in stores
+            if store.lock is not None
+        ]
+
     with DAG(
         dag_id=f"{settings.category}_continuous_monitor",
         schedule=monitor.schedule,
@@ -868,6 +893,8 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
         },
     ) as dag:
         measure.expand(server=select_servers())
+        if any(region.object_lock is not None for region in policy.iter_regions()):
+            lock_wal()
     return dag
 
 

@@ -279,6 +279,20 @@ def test_continuous_monitor_runs_every_minute_one_task_per_server(dagbag) -> Non
         assert words in dag.doc_md
 
 
+def test_the_monitor_locks_new_wal_only_where_a_region_locks(tmp_path) -> None:
+    from include.backup_dr.dag_factory import build_continuous_monitor_dag
+
+    unlocked = build_continuous_monitor_dag(POLICY)
+    assert {t.task_id for t in unlocked.tasks} == {"servers", "measure"}
+    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    data["regions"]["secondary"]["object_lock"] = {"mode": "compliance"}
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data))
+    locked = build_continuous_monitor_dag(load_policy(tmp_path / "policy.yaml"))
+    lock_wal = locked.get_task("lock_wal")
+    assert not lock_wal.upstream_task_ids and lock_wal.retries == 0
+    assert lock_wal.execution_timeout < timedelta(minutes=1)  # the next run is a minute away
+
+
 def test_audit_report_runs_yearly_and_writes_the_previous_year(dagbag) -> None:
     from include.backup_dr.audit import run_period
 

@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from include.backup_dr.break_glass import delete_locked_backup
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
 from include.backup_dr.engines.media import blob_key, parse_listing
+from include.backup_dr.engines.wal import lock_archive
 from include.backup_dr.gc import collect_garbage
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.pipeline import (
@@ -26,6 +27,8 @@ from include.backup_dr.pipeline import (
 )
 from include.backup_dr.policy import SHARED_EXTENSION
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
+from include.backup_dr.wal import archive_prefix
+from tests.integration.test_continuous import switch_wal
 
 pytestmark = pytest.mark.integration
 TARGET, TIER = "platform_billing", "daily"
@@ -244,3 +247,27 @@ def test_gc_keeps_an_unreferenced_blob_until_its_lock_ends_and_says_so(locked_sh
     [sweep] = gone["regions"][primary.region.name]
     assert (sweep["doomed"], sweep["locked"], sweep["deleted_versions"]) == (1, 0, 1)
     assert primary.head(orphan) is None
+
+
+def test_wal_archived_since_the_last_run_is_locked_and_only_that(locked) -> None:
+    """barman-cloud archives without a lock; the monitor's `lock_wal` locks what arrived since
+    its last run, until archived + the continuous tier's 7 days + the margin."""
+    _, stores = locked
+    server = "platform_primary"
+    segment = switch_wal()
+    deadline = time.monotonic() + 90
+    for store in stores:
+        while not (
+            found := [o for o in store.list_objects(archive_prefix(server)) if segment in o.key]
+        ):
+            assert time.monotonic() < deadline, f"{segment} never reached {store.region.name}"
+            time.sleep(1)
+        done = lock_archive(store, server, "platform")
+        assert done["locked"] >= 1 and done["last"] >= found[0].key
+        until = store.locked_until(found[0].key)
+        assert abs(until - (found[0].last_modified + timedelta(days=8))) < timedelta(seconds=2)
+        version = store.head(found[0].key)["VersionId"]
+        with _denied():
+            store.client.delete_object(Bucket=store.bucket, Key=found[0].key, VersionId=version)
+        again = lock_archive(store, server, "platform")  # only what arrived in between, if any
+        assert again["locked"] == 0 or again["first"] > done["last"]

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 REQUIRED_MEMBERS = ("PG_VERSION", "global/pg_control", "backup_label", "backup_manifest")
 #: Per region: the newest segment whose header was re-read and passed (so it is not re-read).
 VERIFIED_NAME = "verified.json"
+#: Per region: the last archived WAL file `lock_archive` locked (so it lists only newer ones).
+LOCKED_NAME = "locked.json"
 
 
 def archive_files(store: ObjectStore, server: str, segment_size: int) -> list[wal.ArchivedFile]:
@@ -70,6 +72,34 @@ def archive_files(store: ObjectStore, server: str, segment_size: int) -> list[wa
         wal.classify(obj.key, obj.size, segment_size)
         for obj in store.list_objects(wal.archive_prefix(server))
     ]
+
+
+def lock_archive(store: ObjectStore, server: str, category: str) -> dict[str, Any]:
+    """Lock every WAL file archived in `store` since the last call, each until it was archived
+    plus the continuous tier's retention plus the margin (`LockRule.wal_until`).
+
+    barman-cloud-wal-archive (like most archive_commands) writes without a lock, so the
+    continuous monitor calls this every minute: a segment is locked within about a minute of
+    its arrival. Files `copy_contents` fills in are locked as they are written. Listing starts
+    after the last file locked, so a run costs one short listing.
+    """
+    assert store.lock is not None, f"{store.region.name} locks nothing"
+    marker = f"{wal.ARCHIVE_PREFIX}/{server}/{LOCKED_NAME}"
+    after = (store.get_json(marker) or {}).get("last")
+    locked: list[str] = []
+    for obj in store.list_objects(wal.archive_prefix(server), start_after=after):
+        store.extend_lock(obj.key, store.lock.wal_until(obj.last_modified, category))
+        locked.append(obj.key)
+    if locked:
+        store.put_json(marker, {"last": locked[-1], "at": datetime.now(UTC).isoformat()})
+        log.info("%s: locked %d WAL files, up to %s", store.region.name, len(locked), locked[-1])
+    return {
+        "region": store.region.name,
+        "server": server,
+        "locked": len(locked),
+        "first": locked[0] if locked else None,
+        "last": locked[-1] if locked else after,
+    }
 
 
 class BaseBackupSnapshot:
@@ -251,8 +281,11 @@ class WalEngine:
                 f.kind == "history" or (f.segment is not None and f.segment.number >= first.number)
             )
         ]
+        until = None
+        if target.lock is not None:  # from now: the copy is as old as the secondary's own file
+            until = target.lock.wal_until(datetime.now(UTC), manifest.backup.category)
         for item in wanted:
-            target.copy_from(source, item.key, item.size)
+            target.copy_from(source, item.key, item.size, lock_until=until)
         copied = sum(item.size for item in wanted)
         return (
             f"WAL: {len(wanted)} file(s) ({copied} bytes) copied that {target.region.name} "

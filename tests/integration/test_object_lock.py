@@ -3,6 +3,7 @@ waits for the lock, and the break-glass bypass with its evidence."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterator
@@ -271,3 +272,33 @@ def test_wal_archived_since_the_last_run_is_locked_and_only_that(locked) -> None
             store.client.delete_object(Bucket=store.bucket, Key=found[0].key, VersionId=version)
         again = lock_archive(store, server, "platform")  # only what arrived in between, if any
         assert again["locked"] == 0 or again["first"] > done["last"]
+
+
+def test_a_compliance_lock_holds_even_against_the_break_glass_connection(locked) -> None:
+    """Compliance mode on the real server, with a lock of seconds (SeaweedFS, like AWS, lets
+    nobody remove one): neither the backup credentials nor the bypass delete or shorten it;
+    once it ends, the backup credentials delete it."""
+    policy, _ = locked
+    region = policy.regions.primary
+    rule = dataclasses.replace(LockRule.for_region(policy, region), mode="COMPLIANCE")
+    store = ObjectStore.for_region(region, rule)
+    glass = ObjectStore.for_break_glass(region, rule)
+    key = f"evidence/compliance-probe/{datetime.now(UTC).timestamp()}.json"
+    until = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=10)
+    store.put_bytes(key, b"{}", "application/json", lock_until=until)
+    assert store.head(key)["ObjectLockMode"] == "COMPLIANCE"
+    assert store.locked_until(key) == until
+
+    for who in (store, glass):
+        with pytest.raises(DeleteRefusedError):
+            who.delete_all_versions(key)
+    with _denied():
+        glass.client.put_object_retention(
+            Bucket=glass.bucket,
+            Key=key,
+            Retention={"Mode": "COMPLIANCE", "RetainUntilDate": until - timedelta(seconds=5)},
+            BypassGovernanceRetention=True,
+        )
+    time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 2)
+    assert store.delete_all_versions(key) == 1
+    assert store.head(key) is None

@@ -859,7 +859,7 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
             )
         return summary
 
-    @task(retries=0, execution_timeout=timedelta(seconds=50), **LABELLED)
+    @task(retries=0, execution_timeout=timedelta(seconds=50))
     def lock_wal() -> list[dict[str, Any]]:
         """Lock the WAL archived since the last run, in every region that locks."""
         from include.backup_dr.engines.wal import lock_archive

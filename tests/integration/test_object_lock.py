@@ -30,6 +30,7 @@ from include.backup_dr.policy import SHARED_EXTENSION
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
 from include.backup_dr.wal import archive_prefix
 from tests.integration.test_continuous import switch_wal
+from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
 TARGET, TIER = "platform_billing", "daily"
@@ -252,8 +253,12 @@ def test_gc_keeps_an_unreferenced_blob_until_its_lock_ends_and_says_so(locked_sh
 
 def test_wal_archived_since_the_last_run_is_locked_and_only_that(locked) -> None:
     """barman-cloud archives without a lock; the monitor's `lock_wal` locks what arrived since
-    its last run, until archived + the continuous tier's 7 days + the margin."""
+    its last run, until archived + the continuous tier's 7 days + the margin. First as the
+    monitor DAG runs it, then step by step."""
     _, stores = locked
+    run = run_dag("platform_continuous_monitor", datetime.now(UTC), {"duration_seconds": 1})
+    by_task = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert by_task["lock_wal"] == "success", by_task
     server = "platform_primary"
     segment = switch_wal()
     deadline = time.monotonic() + 90

@@ -12,11 +12,14 @@ Each number is a ratio against a baseline taken on the same machine, database an
   the first), and peak RSS at 10,000 vs 100,000 objects;
 - garbage collection (bench/gc.py): time against a bare listing, and peak RSS at 10,000 vs
   100,000 blobs;
+- Object Lock on media (bench/locks.py): an unchanged snapshot with locks on vs off, and the
+  monthly snapshot and copy that extend every blob's lock against the same without;
 - continuous tier (bench/continuous.py): the base backup task vs bare pg_basebackup (to
   /dev/null, and piped into a bare boto3 upload), PITR vs the bare download + tar + barman-cloud
   restore_command, standby lag under the load generator, and peak RSS of every task.
 
-Usage: python -m bench.run [--size-mb 1100] [--only platform|media|continuous|parse|gc|catalogue]
+Usage: python -m bench.run [--size-mb 1100]
+       [--only platform|media|continuous|parse|gc|catalogue|locks]
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
 (the database and the media buckets are generated once and kept)
 """
@@ -459,7 +462,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1100)
     parser.add_argument(
-        "--only", choices=["platform", "media", "continuous", "parse", "gc", "catalogue"]
+        "--only",
+        choices=["platform", "media", "continuous", "parse", "gc", "catalogue", "locks"],
     )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
     parser.add_argument("--lag-rate", type=float, default=200, help="continuous: commits/s")
@@ -480,7 +484,9 @@ def main() -> None:
         return
     try:
         _prepare(
-            args.size_mb, args.media_objects, database=args.only not in ("media", "gc", "catalogue")
+            args.size_mb,
+            args.media_objects,
+            database=args.only not in ("media", "gc", "catalogue", "locks"),
         )
         if args.only in (None, "platform"):
             rows += bench_snapshot_and_integrity()
@@ -495,6 +501,14 @@ def main() -> None:
             from bench.catalogue import bench_catalogue
 
             rows += bench_catalogue()
+        if args.only in (None, "locks"):
+            from bench.locks import bench_locks
+
+            small = _media_bucket(MEDIA_SMALL_OBJECTS)
+            _prepare_media(MEDIA_SMALL_OBJECTS)
+            rows += bench_locks(
+                Path(os.environ["BACKUP_POLICY_PATH"]), MEDIA_CATEGORY, _media_target(small)
+            )
         if args.only in (None, "gc"):
             from bench.gc import bench_gc
 

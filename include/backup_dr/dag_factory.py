@@ -805,7 +805,7 @@ condition is open; the alert state lives in the primary region's store
 
 
 def _lock_wal_doc(policy: Policy) -> str:
-    locking = [r.name for r in policy.iter_regions() if r.object_lock is not None]
+    locking = [region.name for region in policy.locked_regions()]
     if not locking:
         return ""
     return f"""
@@ -893,7 +893,7 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
         },
     ) as dag:
         measure.expand(server=select_servers())
-        if any(region.object_lock is not None for region in policy.iter_regions()):
+        if policy.locked_regions():
             lock_wal()
     return dag
 

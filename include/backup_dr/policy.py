@@ -560,6 +560,10 @@ class Policy(_Frozen):
         yield self.regions.primary
         yield self.regions.secondary
 
+    def locked_regions(self) -> list[Region]:
+        """The regions with Object Lock on (see `include.backup_dr.immutability`)."""
+        return [region for region in self.iter_regions() if region.object_lock is not None]
+
 
 def _no_duplicates(field: str, names: list[str]) -> None:
     seen: set[str] = set()

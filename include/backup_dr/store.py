@@ -498,9 +498,7 @@ class ObjectStore:
     def locked_until(self, key: str) -> datetime | None:
         """The retain-until date of the current version of `key` (Object Lock), past or not;
         None when it has none or there is no such object."""
-        head = self.head(key)
-        until = None if head is None else head.get("ObjectLockRetainUntilDate")
-        return None if until is None else utc(until)
+        return retained_until(self.head(key))
 
     def open(self, key: str, version_id: str | None = None) -> IO[bytes]:
         extra = {"VersionId": version_id} if version_id else {}
@@ -816,6 +814,12 @@ def _status(exc: ClientError) -> int:
 def _describe(exc: ClientError) -> str:
     error = exc.response.get("Error", {})
     return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
+
+
+def retained_until(head: dict[str, Any] | None) -> datetime | None:
+    """The retain-until date a HEAD reports (None: no lock, or no object)."""
+    until = None if head is None else head.get("ObjectLockRetainUntilDate")
+    return None if until is None else utc(until)
 
 
 def utc(value: datetime) -> datetime:

@@ -50,7 +50,7 @@ from include.backup_dr.engines.base import (
 from include.backup_dr.immutability import expiry, shared_hold
 from include.backup_dr.integrity import Check
 from include.backup_dr.policy import Policy, Target, load_policy
-from include.backup_dr.store import ObjectStore, StoreError, utc
+from include.backup_dr.store import ObjectStore, StoreError, retained_until, utc
 
 log = logging.getLogger(__name__)
 
@@ -401,7 +401,7 @@ class MediaSnapshot:
         flight before it goes out as one chunk: the common case costs a lookup per object."""
         pending: deque[Future[Entry | None] | Known] = deque()
         unchanged: list[bytes] = []
-        counts, need = self.counts, self._need
+        counts = self.counts
         with ThreadPoolExecutor(max_workers=COPY_WORKERS) as pool:
             for obj in self.listing:
                 known = self.previous.get(obj.key)
@@ -409,7 +409,7 @@ class MediaSnapshot:
                     pending.append(pool.submit(self._new_entry, obj.key))
                 elif self.verify:
                     pending.append(pool.submit(self._checked_entry, known.entry()))
-                elif need is not None and (known.hold is None or known.hold < need):
+                elif self._short(known.hold):
                     pending.append(pool.submit(self._extended_entry, known.entry()))
                 elif not pending:  # unchanged, nothing before it in flight: no request at all
                     unchanged.append(known.line)
@@ -491,9 +491,9 @@ class MediaSnapshot:
         if action == "copy":
             return self._new_entry(known.key)
         if action == "refresh":
-            self._refresh(blob, _retained(head))
+            self._refresh(blob, retained_until(head))
         elif self._short(known.hold):
-            self._extend(blob, _retained(head))
+            self._extend(blob, retained_until(head))
         return self._held(known)
 
     def _new_entry(self, key: str) -> Entry | None:
@@ -527,9 +527,9 @@ class MediaSnapshot:
         found = None if existing is None else _state(existing)
         action = blob_action(found, sha, size, datetime.now(UTC), self.gc_grace)
         if action == "refresh":
-            self._refresh(blob, _retained(existing))
+            self._refresh(blob, retained_until(existing))
         elif action == "keep":
-            self._extend(blob, _retained(existing))
+            self._extend(blob, retained_until(existing))
         if action != "copy":
             return True
         self.store.copy_from(
@@ -655,7 +655,7 @@ class _ListedAhead:
         self._thread.join()
 
 
-def held_there(manifest: Manifest, source: ObjectStore, target: ObjectStore) -> dict[str, int]:
+def _held_there(manifest: Manifest, source: ObjectStore, target: ObjectStore) -> dict[str, int]:
     """sha256 -> hold in the listing that `manifest`'s snapshot reused, if that snapshot's copy
     in `target` is complete (its manifest there, written last, vouches for the same listing):
     its copy then locked every blob it lists at least that long in `target`. Empty otherwise,
@@ -667,8 +667,13 @@ def held_there(manifest: Manifest, source: ObjectStore, target: ObjectStore) -> 
     earlier, there = source.manifest(parsed[0]), target.manifest(parsed[0])
     if earlier is None or there is None or there.artifact.sha256 != earlier.artifact.sha256:
         return {}
+    return _longest_holds(_listing(source, earlier))
+
+
+def _longest_holds(entries: Iterable[Entry]) -> dict[str, int]:
+    """sha256 -> the longest hold any entry gives its blob (entries without one: none)."""
     holds: dict[str, int] = {}
-    for entry in _listing(source, earlier):
+    for entry in entries:
         if entry.hold is not None:
             holds[entry.sha256] = max(entry.hold, holds.get(entry.sha256, 0))
     return holds
@@ -676,12 +681,6 @@ def held_there(manifest: Manifest, source: ObjectStore, target: ObjectStore) -> 
 
 def _epoch(when: datetime) -> int:
     return int(when.timestamp())
-
-
-def _retained(head: dict[str, Any] | None) -> datetime | None:
-    """The retain-until date a HEAD reports (None: no lock, or no object)."""
-    until = None if head is None else head.get("ObjectLockRetainUntilDate")
-    return None if until is None else utc(until)
 
 
 def _state(head: dict[str, Any]) -> BlobState:
@@ -715,7 +714,7 @@ class MediaEngine:
         self, policy: Policy, target: Target, primary: ObjectStore, backup: BackupId
     ) -> Iterator[MediaSnapshot]:
         assert target.source is not None
-        locking = any(region.object_lock is not None for region in policy.iter_regions())
+        locking = bool(policy.locked_regions())
         source = ObjectStore.for_bucket(target.source.conn_id, target.source.bucket)
         # The source is listed from now on, while the earlier listing is found and read.
         with _ListedAhead(source.list_objects(target.source.prefix)) as listing:
@@ -793,16 +792,13 @@ class MediaEngine:
         refresh the old ones it holds, as a snapshot does, before the listing itself. Where the
         other region locks, each blob is locked there until its entry's hold plus the margin:
         copies and refreshes are written so, and a blob held longer than in the listing the
-        snapshot reused (`held_there`) has its lock extended, as the snapshot did here."""
+        snapshot reused (`_held_there`) has its lock extended, as the snapshot did here."""
         if gc_grace is None:  # the engine interface carries no policy: the one in force
             gc_grace = load_policy().prune.incomplete_upload_grace
         category = manifest.backup.category
-        wanted: dict[str, int] = {}
-        holds: dict[str, int] = {}
-        for entry in _listing(source, manifest):
-            wanted[entry.sha256] = entry.size
-            if entry.hold is not None:
-                holds[entry.sha256] = max(entry.hold, holds.get(entry.sha256, 0))
+        entries = list(_listing(source, manifest))
+        wanted = {entry.sha256: entry.size for entry in entries}
+        holds = _longest_holds(entries)
         present = {
             sha: BlobState(size, written)
             for sha, (size, written) in _blobs(target, category).items()
@@ -813,7 +809,7 @@ class MediaEngine:
         stale = [sha for sha in wanted if plan[sha] == "refresh"]
         short = []
         if target.lock is not None and holds:
-            earlier = held_there(manifest, source, target)
+            earlier = _held_there(manifest, source, target)
             short = [s for s, h in holds.items() if plan[s] == "keep" and earlier.get(s, 0) < h]
 
         def until(sha: str) -> datetime | None:

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from include.backup_dr import wal
@@ -419,7 +420,7 @@ class WalEngine:
                     len(locks),
                     [
                         {"key": key, "reason": locked_reason(reason, until)}
-                        for key, until in list(locks.items())[:SWEEP_SAMPLE]
+                        for key, until in islice(locks.items(), SWEEP_SAMPLE)
                     ],
                 )
             )

@@ -680,7 +680,10 @@ def _dr_restore_params(policy: Policy) -> dict[str, Param]:
             None,
             type=["null", "string"],
             description="Databases: recover to this second (ISO 8601, or 'latest') from a "
-            "base backup and the WAL archive. Empty: restore the tier's dump",
+            "base backup and the WAL archive. Empty: restore the tier's dump. What each region "
+            "can recover to is a set of intervals, holes named: the recovery_window rows of "
+            "the Backup compliance page (or `python -m include.backup_dr check`). A time in a "
+            "hole is refused, and so is 'latest' when replay would stop at a gap",
         ),
         "bucket_connection": Param(
             "s3_restore_sandbox",
@@ -863,15 +866,23 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
     def lock_wal() -> list[dict[str, Any]]:
         """Lock the WAL archived since the last run, in every region that locks."""
         from include.backup_dr.engines.wal import lock_archive
+        from include.backup_dr.store import StoreError
 
         policy_now, stores = _runtime()
         assert policy_now.continuous is not None
-        return [
-            lock_archive(store, server.name, policy_now.continuous.category)
-            for server in policy_now.continuous_servers()
-            for store in stores
-            if store.lock is not None
-        ]
+        done, failed = [], []
+        for store in stores:  # one region down never stops the other's locking
+            if store.lock is None:
+                continue
+            for server in policy_now.continuous_servers():
+                try:
+                    done.append(lock_archive(store, server.name, policy_now.continuous.category))
+                except StoreError as exc:
+                    log.error("lock_wal in %s for %s: %s", store.region.name, server.name, exc)
+                    failed.append(f"{store.region.name}/{server.name}: {exc}")
+        if failed:
+            raise StoreError("WAL could not be locked in " + "; ".join(failed))
+        return done
 
     with DAG(
         dag_id=f"{settings.category}_continuous_monitor",

@@ -26,7 +26,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from include.backup_dr.catalogue import BackupId
-from include.backup_dr.policy import SHARED_EXTENSION, Policy, Region
+from include.backup_dr.policy import CONTINUOUS, SHARED_EXTENSION, Policy, Region
 
 EVIDENCE_PREFIX = "evidence/"
 
@@ -82,11 +82,25 @@ class LockRule:
         return archived + self.retention[(category, "continuous")] + self.margin
 
     def until(self, key: str, now: datetime) -> datetime | None:
-        """The retain-until date a write of `key` at `now` gets; None: not locked."""
+        """The retain-until date a write of `key` at `now` gets; None: not locked.
+
+        A base backup of the continuous tier is judged by when it was taken, not by its window
+        label (`retention.plan_prune`), so it is locked from the write: a backfilled run's
+        fresh base under an old label is kept, and locked, as long as any other."""
         if key.startswith(EVIDENCE_PREFIX):
             return now + self.evidence_retention
         parsed = BackupId.from_key(key)
-        return None if parsed is None else self.backup_until(parsed[0])
+        if parsed is None:
+            return None
+        backup = parsed[0]
+        if backup.tier == CONTINUOUS:
+            backup = backup._replace(window=max(backup.window, now))
+        return self.backup_until(backup)
+
+    def recovery_until(self, hold_until: datetime) -> datetime:
+        """The retain-until date of a base backup and its WAL that prune keeps until
+        `hold_until` (`retention.RecoveryHold`)."""
+        return hold_until + self.margin
 
     def write_arguments(
         self, key: str, now: datetime, until: datetime | None = None

@@ -27,10 +27,11 @@ from include.backup_dr.catalogue import (
     window_label,
 )
 from include.backup_dr.engines import engine_for
+from include.backup_dr.engines.wal import hold_recovery_window
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.integrity import check_copy, record_key
 from include.backup_dr.policy import CONTINUOUS, Policy
-from include.backup_dr.retention import PrunePlan, hold_locked, plan_prune
+from include.backup_dr.retention import PrunePlan, hold_locked, plan_prune, recovery_holds
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -272,6 +273,40 @@ def plan_for(
     return hold_locked(plan, locks, now, policy.prune.max_delete_fraction)
 
 
+def _hold_recovery_window(
+    policy: Policy, stores: Stores, target: str, tier: str, plan: PrunePlan, now: datetime
+) -> list[dict[str, Any]]:
+    """Extend the locks of the base backups and WAL that prune keeps of a recovery window, in
+    each region that locks (see `retention.RecoveryHold`); other tiers need nothing."""
+    locking = [store for store in stores if store.lock is not None]
+    if tier != CONTINUOUS or not locking:
+        return []
+    category = policy.subject(target, tier).category
+    retention = policy.categories[category].tiers[tier].retention
+    backups, _ = build_catalogue(s.listing(f"{category}/{target}/{tier}/") for s in stores)
+    holds = recovery_holds(backups, retention, now)
+    kept = {(d.backup, d.region) for d in plan.keeps if d.backup is not None}
+    done = []
+    for store in locking:
+        region = store.region.name
+        mine = [
+            hold
+            for key, hold in holds.items()
+            if key in kept and key[1] == region and hold.until > now
+        ]
+        report = hold_recovery_window(store, target, mine, now)
+        log.info(
+            "%s: locks extended to hold the recovery window: %d base backup(s), %d WAL "
+            "range(s) of %d file(s)",
+            region,
+            report["bases"],
+            report["wal_ranges"],
+            report["wal_files"],
+        )
+        done.append(report)
+    return done
+
+
 def prune(
     policy: Policy,
     stores: Stores,
@@ -316,6 +351,7 @@ def prune(
         store.put_json(key, evidence)
     if stopped:
         raise CircuitBreakerTripped(f"target {target}, tier {tier}: {plan.breaker}")
+    held = [] if dry_run else _hold_recovery_window(policy, stores, target, tier, plan, now)
     refused: list[dict[str, str]] = []
     if dry_run:
         log.info("Dry run: %d deletions planned, none made.", len(plan.deletions))
@@ -357,6 +393,7 @@ def prune(
         "deleted": 0 if dry_run else len(plan.deletions) - len(refused),
         "refused": len(refused),
         "planned_deletions": len(plan.deletions),
+        "locks_extended": held,
         "dry_run": dry_run,
         "evidence": key,
     }

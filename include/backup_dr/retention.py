@@ -86,17 +86,26 @@ def _age(delta: timedelta) -> str:
     return f"{hours // 24}d {hours % 24}h" if hours >= 24 else f"{hours}h"
 
 
-def newest_verified(backups: Iterable[Backup]) -> dict[tuple[str, str, str], BackupId]:
-    """(target, tier, region) -> the newest backup whose copy there passed its integrity check."""
-    newest: dict[tuple[str, str, str], BackupId] = {}
+def newest_verified(
+    backups: Iterable[Backup], by_taken: frozenset[str] = frozenset()
+) -> dict[tuple[str, str, str], BackupId]:
+    """(target, tier, region) -> the newest backup whose copy there passed its integrity check.
+
+    Newest by window, or, for the tiers in `by_taken`, by when the backup was really taken."""
+    newest: dict[tuple[str, str, str], Backup] = {}
     for backup in backups:
         for region, copy in backup.copies.items():
             if copy.verification is not Verification.PASSED:
                 continue
             group = (backup.id.target, backup.id.tier, region)
-            if group not in newest or backup.id.window > newest[group].window:
-                newest[group] = backup.id
-    return newest
+            if group not in newest or _when(backup, by_taken) > _when(newest[group], by_taken):
+                newest[group] = backup
+    return {group: backup.id for group, backup in newest.items()}
+
+
+def _when(backup: Backup, by_taken: frozenset[str]) -> datetime:
+    """The time a rule judges a backup by: its window, or when it was taken (see plan_prune)."""
+    return backup.taken_at if backup.id.tier in by_taken else backup.id.window
 
 
 def plan_prune(
@@ -113,7 +122,10 @@ def plan_prune(
 
     For a tier in `recovery_windows` (base backups that WAL replays from), retention is a
     recovery window, not a backup age: the newest verified copy older than the window is kept
-    too, because the window's oldest second can only be reached by replaying from it.
+    too, because the window's oldest second can only be reached by replaying from it. There,
+    every rule judges a base backup by when it was taken (its manifest), never by its window
+    label: a backfilled run takes a fresh base under an old label, and choosing the anchor by
+    label would let that fresh base displace the real one and shrink the window.
     """
     with collector_paused():
         decisions = _plan_copies(list(backups), retention, now, recovery_windows)
@@ -128,12 +140,15 @@ def _plan_copies(
     recovery_windows: frozenset[str],
 ) -> list[Decision]:
     """Rules 1-5 for every region copy (see the module docstring)."""
-    protected = newest_verified(backups)
+    protected = newest_verified(backups, recovery_windows)
     anchors = (
         newest_verified(
-            b
-            for b in backups
-            if b.id.tier in recovery_windows and now - b.id.window > retention[b.id.tier]
+            (
+                b
+                for b in backups
+                if b.id.tier in recovery_windows and now - b.taken_at > retention[b.id.tier]
+            ),
+            recovery_windows,
         )
         if recovery_windows
         else {}
@@ -145,8 +160,9 @@ def _plan_copies(
     for backup in backups:
         bid = backup.id
         keep_for = retention[bid.tier]
-        elapsed = now - bid.window
-        age = _age(elapsed)
+        by_taken = bid.tier in recovery_windows
+        elapsed = now - _when(backup, recovery_windows)
+        age = f"taken {_age(elapsed)} ago" if by_taken else f"window age {_age(elapsed)}"
         planned: list[Decision] = []
         weak: list[str] = []  # regions whose copy is kept although not verified
         for region, copy in sorted(backup.copies.items()):
@@ -155,16 +171,15 @@ def _plan_copies(
             if newest == bid:
                 action = Action.KEEP
                 reason = (
-                    f"newest verified backup of tier {bid.tier} in {region} "
-                    f"(window age {age}); never deleted"
+                    f"newest verified backup of tier {bid.tier} in {region} ({age}); never deleted"
                 )
             elif elapsed <= keep_for:
                 action = Action.KEEP
-                reason = f"within retention: window age {age} <= {keep_label[bid.tier]}"
+                reason = f"within retention: {age} <= {keep_label[bid.tier]}"
             elif anchors.get(group) == bid:
                 action = Action.KEEP
                 reason = (
-                    f"base of the recovery window: window age {age} > "
+                    f"base of the recovery window: {age} > "
                     f"{keep_label[bid.tier]}, but it is the newest verified base backup "
                     f"older than that, so the oldest point of the {keep_label[bid.tier]} "
                     "recovery window replays from it"
@@ -172,13 +187,13 @@ def _plan_copies(
             elif newest is None:
                 action = Action.KEEP
                 reason = (
-                    f"expired (window age {age}), but no copy of tier {bid.tier} in "
+                    f"expired ({age}), but no copy of tier {bid.tier} in "
                     f"{region} has passed an integrity check yet; nothing is deleted until one has"
                 )
             else:
                 action = Action.DELETE
                 reason = (
-                    f"expired: window age {age} > {keep_label[bid.tier]}; "
+                    f"expired: {age} > {keep_label[bid.tier]}; "
                     f"newer verified copy {newest_label[group]} remains"
                 )
             if action is Action.KEEP and copy.verification is not Verification.PASSED:
@@ -186,6 +201,45 @@ def _plan_copies(
             planned.append(Decision(action, region, reason, bid))
         decisions.extend(_guard_twins(backup, planned, weak) if weak else planned)
     return decisions
+
+
+@dataclass(frozen=True)
+class RecoveryHold:
+    """How long prune will keep one region's copy of a base backup, as far as is known now.
+
+    A base is kept until the next verified base in its region was taken `retention` ago: until
+    then it is within retention or the window's anchor. The newest verified base has no next
+    one yet, so it is held from `now` (the next prune extends it). The WAL between this base's
+    start and the next one's is kept exactly as long (GC keeps WAL from the oldest kept base's
+    start on), so Object Lock holds both until `until` plus the margin.
+    """
+
+    backup: BackupId
+    region: str
+    until: datetime
+    #: The next verified base in the region; None for the newest.
+    next_base: BackupId | None
+
+
+def recovery_holds(
+    backups: Iterable[Backup], retention: timedelta, now: datetime
+) -> dict[tuple[BackupId, str], RecoveryHold]:
+    """Every region copy's hold, for one recovery-window tier of one target (see RecoveryHold)."""
+    copies: dict[str, list[Backup]] = defaultdict(list)
+    for backup in backups:
+        for region in backup.copies:
+            copies[region].append(backup)
+    holds: dict[tuple[BackupId, str], RecoveryHold] = {}
+    for region, found in copies.items():
+        following: Backup | None = None  # the next verified base, walking newest first
+        for backup in sorted(found, key=lambda b: b.taken_at, reverse=True):
+            until = (following.taken_at if following else now) + retention
+            holds[(backup.id, region)] = RecoveryHold(
+                backup.id, region, until, following.id if following else None
+            )
+            if backup.copies[region].verification is Verification.PASSED:
+                following = backup
+    return holds
 
 
 def hold_locked(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 #: Prefix of the archive in each region's bucket (barman-cloud's destination path).
@@ -97,17 +97,134 @@ def classify(key: str, size: int, segment_size: int = DEFAULT_SEGMENT_SIZE) -> A
 
 
 @dataclass(frozen=True)
+class TimelineHistory:
+    """A timeline's ancestry, from its history file: each ancestor and the LSN where it ended."""
+
+    timeline: int
+    #: (ancestor timeline, switch LSN), oldest first: the ancestor's WAL counts up to there.
+    ancestors: tuple[tuple[int, int], ...]
+
+
+def parse_history(timeline: int, text: str) -> TimelineHistory:
+    """Read a ``<TLI>.history`` file: one ``parent<TAB>switch LSN<TAB>reason`` line per ancestor."""
+    ancestors = []
+    for line in text.splitlines():
+        fields = line.strip().split(maxsplit=2)
+        if not fields or fields[0].startswith("#"):
+            continue
+        try:
+            ancestors.append((int(fields[0]), parse_lsn(fields[1])))
+        except (IndexError, ValueError):
+            raise ValueError(
+                f"{timeline:08X}.history: {line.strip()!r} is not 'timeline<TAB>LSN<TAB>reason'"
+            ) from None
+    return TimelineHistory(timeline, tuple(ancestors))
+
+
+@dataclass(frozen=True)
+class TimelinePath:
+    """Which timeline owns each WAL position on the way to `timeline`.
+
+    PostgreSQL's rule (``XLogFileReadAnyTLI``): a position is read from the newest timeline of
+    the path that had begun by its segment, so the segment holding a switch point belongs to the
+    new timeline. The old timeline's segments from there on are divergent: they hold writes the
+    new timeline never saw, and they never count.
+    """
+
+    timeline: int
+    #: (timeline, first segment number it owns), oldest first; the first begins at 0.
+    begins: tuple[tuple[int, int], ...]
+
+    def owner(self, number: int) -> int:
+        owner = self.begins[0][0]
+        for timeline, begin in self.begins:
+            if begin <= number:
+                owner = timeline
+        return owner
+
+    def owns(self, segment: Segment) -> bool:
+        return self.owner(segment.number) == segment.timeline
+
+    def forks(self) -> tuple[tuple[int, int], ...]:
+        """(new timeline, first segment number it owns) for each switch on the path."""
+        return self.begins[1:]
+
+
+def timeline_path(
+    timeline: int, histories: Mapping[int, TimelineHistory], segment_size: int
+) -> TimelinePath:
+    """The path from the first timeline to `timeline`, from its history (known or derived)."""
+    history = histories.get(timeline)
+    if history is None or not history.ancestors:
+        return TimelinePath(timeline, ((timeline, 0),))
+    begins = [(history.ancestors[0][0], 0)]
+    for index, (_, switch) in enumerate(history.ancestors):
+        successor = (
+            history.ancestors[index + 1][0] if index + 1 < len(history.ancestors) else timeline
+        )
+        begins.append((successor, switch // segment_size))
+    return TimelinePath(timeline, tuple(begins))
+
+
+def known_histories(
+    files: Iterable[ArchivedFile], read: Mapping[int, TimelineHistory] | None = None
+) -> dict[int, TimelineHistory]:
+    """Each listed timeline's history: as read where given, else derived from the listing.
+
+    Derived, a timeline's parent is the next older timeline listed and it begins at its first
+    segment: what PostgreSQL writes on promotion. Read histories are exact; callers that can
+    read the (tiny) history files do (`engines.wal.read_histories`).
+    """
+    items = list(files)
+    read = dict(read or {})
+    first_of: dict[int, int] = {}
+    for item in items:
+        if item.kind in ("segment", "partial") and item.segment is not None:
+            timeline, number = item.segment.timeline, item.segment.number
+            first_of[timeline] = min(first_of.get(timeline, number), number)
+    listed = sorted({i.history_timeline for i in items if i.history_timeline} | read.keys())
+    histories: dict[int, TimelineHistory] = {}
+    for timeline in listed:
+        if timeline in read:
+            histories[timeline] = read[timeline]
+            continue
+        parents = [t for t in {*first_of, *histories} if t < timeline]
+        if not parents or timeline not in first_of:
+            continue  # nothing to place it by: a history alone restores nothing
+        parent = max(parents)
+        inherited = histories[parent].ancestors if parent in histories else ()
+        switch = first_of[timeline] * DEFAULT_SEGMENT_SIZE
+        histories[timeline] = TimelineHistory(timeline, (*inherited, (parent, switch)))
+    return histories
+
+
+@dataclass(frozen=True)
 class Continuity:
-    """Whether the archive holds every segment from a start to its newest, on one timeline."""
+    """Whether the archive holds every segment from a start to its newest, along one timeline
+    path (a base backup's start, followed through every later switch the history files name)."""
 
     first: Segment
     newest: Segment | None
     missing: tuple[Segment, ...]
     missing_history: tuple[int, ...]
+    #: Segments of the path's timelines written after their timeline ended (never counted).
+    divergent: tuple[Segment, ...] = ()
+    #: The last segment reachable from `first` without a gap (None: not even `first`).
+    reach: Segment | None = None
 
     @property
     def ok(self) -> bool:
         return self.newest is not None and not self.missing and not self.missing_history
+
+    def gaps(self) -> list[tuple[Segment, Segment]]:
+        """The missing segments as (first, last) runs."""
+        runs: list[tuple[Segment, Segment]] = []
+        for segment in self.missing:
+            if runs and runs[-1][1].number + 1 == segment.number:
+                runs[-1] = (runs[-1][0], segment)
+            else:
+                runs.append((segment, segment))
+        return runs
 
     def describe(self, segment_size: int = DEFAULT_SEGMENT_SIZE) -> str:
         if self.newest is None:
@@ -115,54 +232,89 @@ class Continuity:
         span = f"{self.first.name(segment_size)} .. {self.newest.name(segment_size)}"
         problems = []
         if self.missing:
-            shown = ", ".join(s.name(segment_size) for s in self.missing[:5])
-            more = f" and {len(self.missing) - 5} more" if len(self.missing) > 5 else ""
-            problems.append(f"missing segment(s) {shown}{more}")
+            runs = self.gaps()
+            shown = ", ".join(
+                a.name(segment_size)
+                if a == b
+                else f"{a.name(segment_size)}..{b.name(segment_size)}"
+                for a, b in runs[:5]
+            )
+            more = f" and {len(runs) - 5} more gap(s)" if len(runs) > 5 else ""
+            problems.append(f"missing segment(s) {shown}{more} ({len(self.missing)} in all)")
         if self.missing_history:
             problems.append(
                 "missing timeline history "
                 + ", ".join(f"{t:08X}.history" for t in self.missing_history)
             )
+        divergent = (
+            f"; {len(self.divergent)} divergent segment(s) of an ended timeline ignored"
+            if self.divergent
+            else ""
+        )
         count = self.newest.number - self.first.number + 1
         if problems:
-            return f"{span}: " + "; ".join(problems)
-        return f"{span}: all {count} segment(s) present, no gap"
+            return f"{span}: " + "; ".join(problems) + divergent
+        return f"{span}: all {count} segment(s) present, no gap{divergent}"
 
 
-def continuity(files: Iterable[ArchivedFile], first: Segment) -> Continuity:
-    """Check the archive from `first` (a base backup's start) to the newest segment.
+def continuity(
+    files: Iterable[ArchivedFile],
+    first: Segment,
+    histories: Mapping[int, TimelineHistory] | None = None,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> Continuity:
+    """Check the archive from `first` (a base backup's start) to the newest segment it leads to.
 
-    Segments of later timelines continue the chain (after a promotion): a position counts as
-    present on any timeline from the start's onward, and each later timeline needs its history.
+    The path is the newest timeline whose history descends from `first` before its fork; a
+    position counts only on the timeline that owns it there (`TimelinePath`). `histories` are
+    the history files as read; unread ones are derived from the listing (`known_histories`).
     """
-    present: dict[int, int] = {}  # position -> highest timeline holding it
-    histories: set[int] = set()
-    for item in files:
-        if item.kind == "history" and item.history_timeline is not None:
-            histories.add(item.history_timeline)
+    items = list(files)
+    known = known_histories(items, histories)
+    path = _path_from(first, known, segment_size)
+    present: set[Segment] = set()
+    divergent: list[Segment] = []
+    newer_timelines: set[int] = set()
+    for item in items:
         segment = item.segment
-        if (
-            item.kind == "segment"
-            and segment is not None
-            and segment.timeline >= first.timeline
-            and segment.number >= first.number
-        ):
-            present[segment.number] = max(present.get(segment.number, 0), segment.timeline)
-    if not present:
-        return Continuity(first, None, (), ())
-    newest_number = max(present)
-    newest = Segment(present[newest_number], newest_number)
-    missing = []
-    timeline = first.timeline
-    for number in range(first.number, newest_number + 1):
-        if number in present:
-            timeline = present[number]
+        if item.kind != "segment" or segment is None or segment.number < first.number:
+            continue
+        if path.owns(segment):
+            present.add(segment)
+        elif segment.timeline > path.timeline and segment.timeline not in known:
+            newer_timelines.add(segment.timeline)  # a switch whose history is not archived
         else:
-            missing.append(Segment(timeline, number))
-    missing_history = tuple(
-        tli for tli in range(first.timeline + 1, newest.timeline + 1) if tli not in histories
+            divergent.append(segment)  # an ended timeline's, or another branch's
+    if not present:
+        return Continuity(first, None, (), (), tuple(sorted(divergent)))
+    newest = max(present, key=lambda s: s.number)
+    missing = []
+    reach = None
+    for number in range(first.number, newest.number + 1):
+        expected = Segment(path.owner(number), number)
+        if expected not in present:
+            missing.append(expected)
+        elif not missing:
+            reach = expected
+    return Continuity(
+        first,
+        newest,
+        tuple(missing),
+        tuple(sorted(newer_timelines)),
+        tuple(sorted(divergent)),
+        reach,
     )
-    return Continuity(first, newest, tuple(missing), missing_history)
+
+
+def _path_from(
+    first: Segment, histories: Mapping[int, TimelineHistory], segment_size: int
+) -> TimelinePath:
+    """The newest timeline path on which `first` is not divergent."""
+    for timeline in sorted(histories, reverse=True):
+        path = timeline_path(timeline, histories, segment_size)
+        if path.owns(first):
+            return path
+    return TimelinePath(first.timeline, ((first.timeline, 0),))
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from include.backup_dr.monitor.compliance import (
     ReplicationFacts,
     Status,
     StoreFacts,
+    WindowFacts,
     archive_behind,
     backup_age_status,
     backup_subjects,
@@ -34,6 +35,7 @@ from include.backup_dr.monitor.compliance import (
     nagios_exit,
     nagios_line,
     overall,
+    recovery_window_status,
     rehash_coverage,
     rehash_status,
     render_table,
@@ -300,6 +302,12 @@ def green_facts(now: datetime = NOW) -> StoreFacts:
         },
         drills=drills,
         rehash=rehash,
+        windows={
+            ("platform_primary", region): WindowFacts(
+                intervals=((now - 8 * D, now - timedelta(seconds=30)),), since=now - 60 * D
+            )
+            for region in regions
+        },
     )
 
 
@@ -317,6 +325,7 @@ def test_every_check_is_green_when_every_promise_holds() -> None:
         "backup_age",
         "standby_lag",
         "wal_archive",
+        "recovery_window",
         "replication_lag",
         "restore_drill",
         "projected_rto",
@@ -364,6 +373,33 @@ def _breach(name: str):
             facts.monitors["platform_primary"], archive_age_seconds=500.0, ready_files=4
         )
         return _with(facts, monitors={"platform_primary": behind}), "wal_archive:platform_primary"
+    if name == "window_shrunk":
+        key = ("platform_primary", region)
+        shrunk = WindowFacts(intervals=((NOW - 6 * D, NOW),), since=NOW - 60 * D)
+        return (
+            _with(facts, windows={**facts.windows, key: shrunk}),
+            f"recovery_window:platform_primary@{region}",
+        )
+    if name == "window_hole":
+        key = ("platform_primary", region)
+        holed = WindowFacts(
+            intervals=((NOW - 8 * D, NOW - 3 * D), (NOW - 2 * D, NOW)),
+            since=NOW - 60 * D,
+            gaps=("000000010000000000000042",),
+        )
+        return (
+            _with(facts, windows={**facts.windows, key: holed}),
+            f"recovery_window:platform_primary@{region}",
+        )
+    if name == "window_stale":
+        key = ("platform_primary", region)
+        stale = WindowFacts(
+            intervals=((NOW - 8 * D, NOW - 5 * timedelta(minutes=1)),), since=NOW - 60 * D
+        )
+        return (
+            _with(facts, windows={**facts.windows, key: stale}),
+            f"recovery_window:platform_primary@{region}",
+        )
     if name == "replication_stopped":
         old = ReplicationFacts(NOW - 3 * H, 5.0, "state")
         return _with(
@@ -401,6 +437,9 @@ def _breach(name: str):
         ("standby_gone", Status.CRITICAL),
         ("monitor_stopped", Status.CRITICAL),
         ("archive_behind", Status.CRITICAL),
+        ("window_shrunk", Status.CRITICAL),
+        ("window_hole", Status.CRITICAL),
+        ("window_stale", Status.CRITICAL),
         ("replication_stopped", Status.CRITICAL),
         ("drill_failed", Status.CRITICAL),
         ("drill_overdue", Status.CRITICAL),
@@ -494,3 +533,30 @@ def test_table_and_nagios_line() -> None:
     assert line.startswith("BACKUP_DR CRITICAL - 1 critical, 0 unknown, 0 warning")
     assert "backup_age:platform_core/6h@eu-central-1 (9h, limit 6h + 2h grace)" in line
     assert line.endswith(f"| ok={len(checks) - 1} warning=0 critical=1 unknown=0")
+
+
+def test_recovery_window_names_what_breaks_it() -> None:
+    retention, fresh = 7 * D, timedelta(minutes=2)
+    whole = WindowFacts(intervals=((NOW - 8 * D, NOW - timedelta(seconds=20)),), since=NOW - 9 * D)
+    assert recovery_window_status(whole, NOW, retention, fresh) == (Status.OK, [])
+    # A young tier cannot reach back 7 days yet; that is not a shrunk window.
+    young = WindowFacts(intervals=((NOW - 2 * D, NOW),), since=NOW - 2 * D)
+    assert recovery_window_status(young, NOW, retention, fresh)[0] is Status.OK
+    shrunk = dataclasses.replace(young, since=NOW - 9 * D)
+    status, why = recovery_window_status(shrunk, NOW, retention, fresh)
+    assert status is Status.CRITICAL and "the window has shrunk" in why[0]
+    # A hole older than the window no longer matters; one inside it does, and is named.
+    old_hole = WindowFacts(
+        intervals=((NOW - 20 * D, NOW - 10 * D), (NOW - 8 * D, NOW)), since=NOW - 30 * D
+    )
+    assert recovery_window_status(old_hole, NOW, retention, fresh)[0] is Status.OK
+    new_hole = WindowFacts(
+        intervals=((NOW - 8 * D, NOW - 3 * D), (NOW - 3 * D + H, NOW)), since=NOW - 30 * D
+    )
+    status, why = recovery_window_status(new_hole, NOW, retention, fresh)
+    assert status is Status.CRITICAL
+    assert why == [
+        f"hole: no recovery to {NOW - 3 * D:%Y-%m-%d %H:%M:%S} .. {NOW - 3 * D + H:%Y-%m-%d %H:%M:%S}"
+    ]
+    nothing = WindowFacts(since=NOW - 30 * D)
+    assert recovery_window_status(nothing, NOW, retention, fresh)[0] is Status.CRITICAL

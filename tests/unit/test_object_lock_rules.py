@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from include.backup_dr.catalogue import Backup, BackupId, Copy, Verification
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from include.backup_dr.retention import Action, hold_locked, plan_prune
+from include.backup_dr.retention import Action, hold_locked, plan_prune, recovery_holds
 
 NOW = datetime(2026, 12, 2, 12, tzinfo=UTC)
 REGIONS = ("eu-west-1", "eu-central-1")
@@ -122,3 +122,90 @@ def test_the_circuit_breaker_is_judged_on_what_the_locks_leave_to_delete() -> No
     held = hold_locked(planned, locks, NOW, 0.5)
     assert held.breaker is None  # 1 of 5 left to delete per region
     assert len(held.deletions) == 2
+
+
+# --- the recovery window stays locked while prune keeps it -----------------------------------
+
+DAY = timedelta(days=1)
+WINDOW = timedelta(days=7)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    runs=st.lists(
+        st.tuples(
+            st.sampled_from(["ok", "ok", "ok", "failed", "none"]),  # base verified / failed / none
+            st.integers(0, 3),  # days the run's label lies behind (a backfill)
+            st.integers(0, 20),  # minutes the base took
+        ),
+        min_size=3,
+        max_size=40,
+    ),
+    margin_hours=st.integers(1, 48),
+)
+def test_every_base_and_wal_segment_prune_keeps_stays_locked(runs, margin_hours) -> None:
+    """Daily continuous runs over weeks, some failing, some backfilled: at every prune, each
+    base backup and WAL segment that is kept is still under its lock from earlier runs; after
+    the prune's extensions, each is locked past its hold. Prune runs only after a verified base
+    (the DAG's order), at most `retention + margin` apart (compliance pages long before)."""
+    assume_spaced = all(
+        any(kind == "ok" for kind, _, _ in runs[i : i + 7]) for i in range(len(runs) - 6)
+    )
+    if not assume_spaced or runs[0][0] != "ok":
+        return
+    margin = timedelta(hours=margin_hours)
+    rule = LockRule("GOVERNANCE", margin, 400 * DAY, {("platform", "continuous"): WINDOW})
+    start = datetime(2026, 1, 1, 3, tzinfo=UTC)
+    region = REGIONS[0]
+    bases: dict[BackupId, Backup] = {}
+    base_start: dict[BackupId, int] = {}  # the WAL segment (one an hour) each base starts at
+    lock: dict[object, datetime] = {}  # a base's id or a WAL segment's hour -> retain-until
+    wal: set[int] = set()
+    for day, (kind, behind, minutes) in enumerate(runs):
+        taken = start + day * DAY + timedelta(minutes=minutes)
+        hour = int((taken - start) / timedelta(hours=1))
+        for h in range(max(wal, default=-1) + 1, hour + 1):  # WAL archived since, locked
+            wal.add(h)
+            lock[h] = rule.wal_until(start + timedelta(hours=h), "platform")
+        if kind == "none":
+            continue
+        bid = BackupId("platform", "db", "continuous", start + (day - behind) * DAY)
+        if bid in bases:
+            continue  # a window is taken once
+        verdict = Verification.PASSED if kind == "ok" else Verification.FAILED
+        bases[bid] = Backup(bid, {region: Copy(region, verdict, 1)}, taken)
+        base_start[bid] = hour
+        written = rule.until(bid.key("manifest.json"), taken)
+        lock[bid] = written or taken
+        if kind != "ok":
+            continue  # the integrity check failed: no prune in this run
+        now = taken + timedelta(minutes=30)
+        plan = plan_prune(
+            bases.values(),
+            (),
+            {"continuous": WINDOW},
+            now,
+            grace=DAY,
+            max_delete_fraction=1.0,
+            recovery_windows=frozenset({"continuous"}),
+        )
+        kept = {d.backup for d in plan.keeps}
+        oldest = min(base_start[b] for b in kept)
+        for b in kept - {bid}:
+            assert lock[b] > now, f"day {day}: kept base {b.window:%m-%d} is unlocked"
+        for h in wal:
+            if h >= oldest and h < hour:
+                assert lock[h] > now, f"day {day}: kept WAL of hour {h} is unlocked"
+        holds = recovery_holds(bases.values(), WINDOW, now)
+        for b in kept:
+            hold = holds[(b, region)]
+            lock[b] = max(lock[b], rule.recovery_until(hold.until))
+            if hold.next_base is not None:
+                for h in range(base_start[b], base_start[hold.next_base]):
+                    if h in wal:
+                        lock[h] = max(lock[h], rule.recovery_until(hold.until))
+            assert lock[b] > now
+        for decision in plan.deletions:
+            if lock[decision.backup] <= now:
+                del bases[decision.backup]
+        wal -= {h for h in wal if h < min(base_start[b] for b in bases) and lock[h] <= now}

@@ -21,7 +21,7 @@ from include.backup_dr.pitr import (
     summarise_range,
 )
 from include.backup_dr.restore import RestoreRefused
-from include.backup_dr.wal import Segment, classify
+from include.backup_dr.wal import Segment, classify, parse_history
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 REGION = "eu-central-1"
@@ -202,3 +202,57 @@ def test_validations_of_several_databases_merge_and_name_their_database() -> Non
     assert not merged["ok"] and merged["evaluated"] == 2 and merged["failed"] == 1
     assert merged["suites"] == ["business rules (b) [b]", "manifest [a]"]
     assert merged["seconds"] == 3.0
+
+
+def test_a_permanent_gap_leaves_a_hole_and_later_bases_stay_usable() -> None:
+    # Segment 6 is lost for good; a base backup taken after the gap starts at 10.
+    bases = [base(0, 2, 2), base(0, 10, 10)]
+    bases[1] = (bases[1][0], _finished(bases[1][1], T0 + timedelta(minutes=8)))
+    span = span_of(bases, archive([2, 3, 4, 5, 7, 8, 9, 10, 11, 12]))
+    assert [b.usable for b in span.bases] == [True, True]
+    assert span.intervals == (
+        (T0 + timedelta(minutes=1), T0 + timedelta(minutes=3)),  # up to segment 5
+        (T0 + timedelta(minutes=8), T0 + timedelta(minutes=9)),  # from the second base on
+    )
+    assert span.holes == [(T0 + timedelta(minutes=3), T0 + timedelta(minutes=8))]
+    assert not span.wal_ok and "1 hole(s)" in span.wal_detail
+    assert "NOT to" in span.describe() and "a hole" in span.describe()
+    now = T0 + timedelta(hours=1)
+    with pytest.raises(TargetOutOfRange, match="falls in a hole"):
+        check_target(span, T0 + timedelta(minutes=5), now)
+    inside = T0 + timedelta(minutes=2)
+    assert check_target(span, inside, now) == inside
+    assert choose_base(span, inside).start_segment == Segment(1, 2)
+    assert check_target(span, None, now) is None  # the newest base's WAL runs to the end
+    assert choose_base(span, None).start_segment == Segment(1, 10)
+
+
+def test_latest_refuses_to_stop_silently_at_a_gap() -> None:
+    span = span_of([base(0, 2, 2)], archive([2, 3, 4, 6, 7]))
+    with pytest.raises(TargetOutOfRange, match="'latest' would stop at a gap") as refused:
+        check_target(span, None, T0 + timedelta(hours=1))
+    message = str(refused.value)
+    assert seg(5) in message and span.newest.isoformat() in message
+    assert "nothing restored" in message
+
+
+def test_recovery_reaches_both_sides_of_a_failover() -> None:
+    # Promoted at segment 6 (timeline 2); the old primary's 6 and 7 are divergent.
+    files = archive(range(2, 8))
+    files += [
+        (
+            classify(f"wal/{SERVER}/wals/{seg(n, 2)[:16]}/{seg(n, 2)}.gz", 10),
+            T0 + timedelta(minutes=n + 1),
+        )
+        for n in range(6, 10)
+    ]
+    files.append((classify(f"wal/{SERVER}/wals/00000002.history.gz", 10), T0))
+    history = {2: parse_history(2, "1\t0/6000000\tno recovery target specified\n")}
+    bases = [base(0, 2, 2)]
+    span = summarise_range(
+        REGION, SERVER, [(b, Verification.PASSED, m) for b, m in bases], files, history
+    )
+    assert span.wal_ok, span.wal_detail
+    assert span.bases[0].chain_end == seg(9, 2)
+    assert span.covers(T0 + timedelta(minutes=3)) and span.covers(T0 + timedelta(minutes=9))
+    assert span.newest == T0 + timedelta(minutes=10)

@@ -282,3 +282,68 @@ def test_recovery_window_is_never_shortened(ages: list[float], failed: set[int])
         if oldest_before is not None:
             oldest_after = min(kept_verified)
             assert oldest_after <= max(oldest_before, window_start)
+
+
+def base_taken(taken_age: float, label_age: float, **states: Verification) -> Backup:
+    """A base backup labelled with one window but taken at another time (a backfilled run)."""
+    copies = {
+        region: Copy(region, states.get(region.replace("-", "_"), Verification.PASSED), 100)
+        for region in REGIONS
+    }
+    window = NOW - timedelta(days=label_age)
+    return Backup(
+        BackupId("platform", "db", "continuous", window), copies, NOW - timedelta(days=taken_age)
+    )
+
+
+def test_a_backfilled_base_backup_does_not_displace_the_real_anchor() -> None:
+    # Daily bases; the real anchor was taken 7.5 days ago. A backfill an hour ago re-took the
+    # window of 7.2 days ago: fresh data under an old label. The window still needs the anchor.
+    bases = [base_taken(age + 0.5, age + 0.5) for age in range(9)]
+    backfilled = base_taken(1 / 24, 7.2)
+    result = plan_window([*bases, backfilled])
+    anchor = bases[7]
+    assert decision_for(result, anchor).action is Action.KEEP
+    assert "recovery window replays from it" in decision_for(result, anchor).reason
+    assert "taken 7d 12h ago" in decision_for(result, anchor).reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ages=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=30), st.floats(min_value=0, max_value=10)),
+        min_size=1,
+        max_size=25,
+    ),
+    failed=st.sets(st.integers(min_value=0, max_value=24)),
+)
+def test_recovery_window_holds_by_when_bases_were_taken_not_their_labels(
+    ages: list[tuple[float, float]], failed: set[int]
+) -> None:
+    """Labels may be older than the data (backfills): every second of the last 7 days that a
+    verified base backup could reach, by the time it was really taken, still can be."""
+    bases = [
+        base_taken(
+            taken,
+            taken + backfill,
+            eu_west_1=Verification.FAILED if i in failed else Verification.PASSED,
+        )
+        for i, (taken, backfill) in enumerate(ages)
+    ]
+    if len({b.id for b in bases}) < len(bases):
+        return  # two runs of one window: the store keeps one manifest per window
+    result = plan_window(bases)
+    window_start = NOW - CONTINUOUS_RETENTION["continuous"]
+    for region in REGIONS:
+        verified = [b for b in bases if b.copies[region].verification is Verification.PASSED]
+        kept = {
+            d.backup
+            for d in result.decisions
+            if d.region == region and d.action is Action.KEEP and d.backup is not None
+        }
+        kept_taken = [b.taken_at for b in verified if b.id in kept]
+        if any(b.taken_at <= window_start for b in verified):
+            assert any(t <= window_start for t in kept_taken), (region, ages, failed)
+        if verified:
+            oldest_before = min(b.taken_at for b in verified)
+            assert min(kept_taken) <= max(oldest_before, window_start)

@@ -18,6 +18,7 @@ every other tier:
 
 from __future__ import annotations
 
+import gzip
 import importlib.metadata
 import io
 import json
@@ -53,6 +54,7 @@ from include.backup_dr.engines.pg_dump import (
     tool_version,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
+from include.backup_dr.retention import RecoveryHold
 from include.backup_dr.store import ObjectStore
 
 if TYPE_CHECKING:
@@ -75,31 +77,142 @@ def archive_files(store: ObjectStore, server: str, segment_size: int) -> list[wa
     ]
 
 
-def lock_archive(store: ObjectStore, server: str, category: str) -> dict[str, Any]:
-    """Lock every WAL file archived in `store` since the last call, each until it was archived
+def read_histories(
+    store: ObjectStore, files: Iterable[wal.ArchivedFile]
+) -> dict[int, wal.TimelineHistory]:
+    """The archive's timeline history files, read (a few hundred bytes each, one per failover):
+    they say where each timeline forked, which the listing alone cannot."""
+    histories = {}
+    for item in files:
+        if item.kind == "history" and item.history_timeline is not None:
+            data = b"".join(store.iter_chunks(item.key))
+            if data[:2] == b"\x1f\x8b":
+                data = gzip.decompress(data)
+            histories[item.history_timeline] = wal.parse_history(
+                item.history_timeline, data.decode(errors="replace")
+            )
+    return histories
+
+
+def lock_archive(
+    store: ObjectStore,
+    server: str,
+    category: str,
+    *,
+    budget: timedelta = timedelta(seconds=25),
+    batch: int = 200,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Lock the WAL files archived in `store` since the last call, each until it was archived
     plus the continuous tier's retention plus the margin (`LockRule.wal_until`).
 
     barman-cloud-wal-archive (like most archive_commands) writes without a lock, so the
     continuous monitor calls this every minute: a segment is locked within about a minute of
-    its arrival. Files `copy_contents` fills in are locked as they are written. Listing starts
-    after the last file locked, so a run costs one short listing.
+    its arrival. Files `copy_contents` fills in are locked as they are written.
+
+    Bounded and resumable: listing starts after the last file locked, progress is saved every
+    `batch` files, and a call stops after `budget` (the next one goes on), so any archive size
+    is worked through, a batch at most redone after a timeout. A file whose date is already
+    past (an old history file; WAL that GC will remove) gets no lock: S3 refuses a past date.
     """
     assert store.lock is not None, f"{store.region.name} locks nothing"
+    now = now or datetime.now(UTC)
     marker = f"{wal.ARCHIVE_PREFIX}/{server}/{LOCKED_NAME}"
     after = (store.get_json(marker) or {}).get("last")
-    locked: list[str] = []
+    deadline = time.monotonic() + budget.total_seconds()
+    locked = past = 0
+    first = last = None
+    more = False
     for obj in store.list_objects(wal.archive_prefix(server), start_after=after):
-        store.extend_lock(obj.key, store.lock.wal_until(obj.last_modified, category))
-        locked.append(obj.key)
-    if locked:
-        store.put_json(marker, {"last": locked[-1], "at": datetime.now(UTC).isoformat()})
-        log.info("%s: locked %d WAL files, up to %s", store.region.name, len(locked), locked[-1])
+        if time.monotonic() > deadline:
+            more = True
+            break
+        until = store.lock.wal_until(obj.last_modified, category)
+        if until > now:
+            store.extend_lock(obj.key, until)
+            locked += 1
+        else:
+            past += 1
+        first, last = first or obj.key, obj.key
+        if (locked + past) % batch == 0:
+            store.put_json(marker, {"last": last, "at": datetime.now(UTC).isoformat()})
+    if last is not None:
+        store.put_json(marker, {"last": last, "at": datetime.now(UTC).isoformat()})
+        log.info(
+            "%s: locked %d WAL files up to %s (%d past their retention, not locked)%s",
+            store.region.name,
+            locked,
+            last,
+            past,
+            "; more remain for the next run" if more else "",
+        )
     return {
         "region": store.region.name,
         "server": server,
-        "locked": len(locked),
-        "first": locked[0] if locked else None,
-        "last": locked[-1] if locked else after,
+        "locked": locked,
+        "past_retention": past,
+        "more": more,
+        "first": first,
+        "last": last or after,
+    }
+
+
+#: Per region: the WAL ranges `hold_recovery_window` has locked, and until when.
+HELD_NAME = "held.json"
+
+
+def hold_recovery_window(
+    store: ObjectStore, server: str, holds: Iterable[RecoveryHold], now: datetime
+) -> dict[str, Any]:
+    """Lock what prune keeps of the recovery window for as long as it keeps it.
+
+    Each kept base backup is locked until its hold plus the margin (`RecoveryHold`), and so is
+    the WAL from its start to the next verified base's start: GC keeps that WAL exactly as long.
+    Locks are only ever extended. Each WAL range is extended once per hold (remembered in
+    ``wal/<server>/held.json``), so a prune costs a listing only when a new base has arrived.
+    """
+    assert store.lock is not None, f"{store.region.name} locks nothing"
+    marker = f"{wal.ARCHIVE_PREFIX}/{server}/{HELD_NAME}"
+    held: dict[str, str] = {
+        span: until
+        for span, until in ((store.get_json(marker) or {}).get("ranges") or {}).items()
+        if datetime.fromisoformat(until) > now
+    }
+    bases = wal_ranges = segments = 0
+    files: list[wal.ArchivedFile] | None = None
+    for hold in holds:
+        until = store.lock.recovery_until(hold.until)
+        manifest = store.manifest(hold.backup)
+        if manifest is None:
+            continue
+        current = store.locked_until(hold.backup.key(MANIFEST_NAME))
+        if current is None or current < until:
+            for obj in store.list_objects(hold.backup.prefix):
+                store.extend_lock(obj.key, until)
+            bases += 1
+        following = store.manifest(hold.next_base) if hold.next_base else None
+        if following is None:
+            continue  # the newest base: its WAL is locked as it arrives, and held by the next
+        size = int(manifest.source["segment_size"])
+        first = wal.Segment.parse(manifest.source["start_wal"], size).number
+        last = wal.Segment.parse(following.source["start_wal"], size).number
+        span = f"{first:X}-{last:X}"
+        if span in held and datetime.fromisoformat(held[span]) >= until:
+            continue
+        files = files if files is not None else archive_files(store, server, size)
+        for item in files:
+            if item.segment is not None and first <= item.segment.number < last:
+                store.extend_lock(item.key, until)
+                segments += 1
+        held[span] = until.isoformat()
+        wal_ranges += 1
+    if bases or wal_ranges:
+        store.put_json(marker, {"ranges": held, "at": now.isoformat()})
+    return {
+        "region": store.region.name,
+        "bases": bases,
+        "wal_ranges": wal_ranges,
+        "wal_files": segments,
     }
 
 
@@ -301,15 +414,20 @@ class WalEngine:
         start = wal.Segment.parse(facts["start_wal"], size)
         end = wal.Segment.parse(facts["end_wal"], size)
         files = archive_files(store, server, size)
-        oldest = oldest_base_start(store, manifest.backup.category, server, size) or start
-        chain = wal.continuity(files, min(oldest, start))
-        reaches_end = chain.newest is not None and chain.newest.number >= end.number
+        # From this base backup's own start: a gap before it does not make it unrestorable
+        # (the recovery_window check names such a gap). It must reach its own end.
+        chain = wal.continuity(files, start, read_histories(store, files), size)
+        reaches_end = chain.reach is not None and chain.reach.number >= end.number
         checks = [
             Check(
                 "wal_continuity",
-                chain.ok and reaches_end,
+                reaches_end,
                 chain.describe(size)
-                + ("" if reaches_end else f"; the base backup needs up to {end.name(size)}"),
+                + (
+                    f"; the base backup needs up to {end.name(size)}, which it reaches"
+                    if reaches_end
+                    else f"; the base backup needs up to {end.name(size)}"
+                ),
             )
         ]
         checks.append(self._reread(store, server, files, start, chain, facts, size))

@@ -15,6 +15,12 @@ The checks (one row each; ids are stable, so paging state survives between runs)
   evidence (lag p99 over the RPO for the alert run length, the standby gone; archiver failing
   or the last archived WAL older than twice archive_timeout while segments wait), which must
   itself be recent.
+- `recovery_window` per continuous server and region, measured from the store (verified base
+  backups plus WAL continuity across timelines, `pitr.recovery_range`): red when the oldest
+  reachable second is later than now minus the tier's retention (once the tier has run that
+  long), when the newest is older than twice archive_timeout, or when any hole lies inside
+  the window. `wal_archive` alone cannot say this: it reads the server's archiver, which is
+  green at any archive age while nothing waits.
 - `replication_lag` per media target: the lag media_replicate measured at its last run, and
   how far behind the secondary can be now (time since that run began), against the RPO.
 - `restore_drill` per production target and continuous server: the newest drill passed and is
@@ -27,6 +33,7 @@ The checks (one row each; ids are stable, so paging state survives between runs)
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -122,6 +129,20 @@ class MonitorFacts:
 
 
 @dataclass(frozen=True)
+class WindowFacts:
+    """What one region can recover one continuous server to, read from the store."""
+
+    #: (a, b] spans reachable from a verified base backup through whole WAL, oldest first.
+    intervals: tuple[tuple[datetime, datetime], ...] = ()
+    #: When the tier's first prune ran here (its history starts); None: it has not yet.
+    since: datetime | None = None
+    #: The first segment missing after each usable base's reach, where the archive goes on.
+    gaps: tuple[str, ...] = ()
+    detail: str = ""
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class ReplicationFacts:
     """media_replicate's state for one target, as its last run left it in the secondary."""
 
@@ -176,6 +197,7 @@ class StoreFacts:
     replications: Mapping[str, ReplicationFacts]  # media target
     drills: Mapping[str, DrillFacts]  # target or server
     rehash: Mapping[tuple[str, str], RehashFacts]  # (media target, region)
+    windows: Mapping[tuple[str, str], WindowFacts] = field(default_factory=dict)  # server, region
 
 
 # ---- the rules: plain values in, a status out -------------------------------------------------
@@ -336,6 +358,7 @@ def evaluate(policy: Policy, facts: StoreFacts, now: datetime) -> list[CheckResu
     return [
         *_backup_ages(policy, facts, now),
         *_continuous(policy, facts, now),
+        *_recovery_windows(policy, facts, now),
         *_replication(policy, facts, now),
         *_drills(policy, facts, now),
         *_projected_rto(policy, facts),
@@ -447,6 +470,79 @@ def _continuous(policy: Policy, facts: StoreFacts, now: datetime) -> Iterable[Ch
             "; ".join([n for n in notes if n] + [seen]),
             archive_age,
         )
+
+
+def recovery_window_status(
+    window: WindowFacts, now: datetime, retention: timedelta, freshness: timedelta
+) -> tuple[Status, list[str]]:
+    """The recovery window's verdict and every reason it is not OK (pure)."""
+    if not window.intervals:
+        return Status.CRITICAL, ["nothing can be recovered: no verified base backup with its WAL"]
+    start = now - retention
+    oldest, newest = window.intervals[0][0], window.intervals[-1][1]
+    problems = []
+    if oldest > start and window.since is not None and window.since <= start:
+        problems.append(
+            f"the oldest reachable second is {human(now - oldest)} ago, the policy keeps "
+            f"{human(retention)}: the window has shrunk"
+        )
+    if now - newest > freshness:
+        problems.append(f"the newest reachable second is {human(now - newest)} old")
+    for left, right in itertools.pairwise(window.intervals):
+        if right[0] > start:
+            problems.append(
+                f"hole: no recovery to {left[1]:%Y-%m-%d %H:%M:%S} .. {right[0]:%Y-%m-%d %H:%M:%S}"
+            )
+    return (Status.CRITICAL if problems else Status.OK), problems
+
+
+def _recovery_windows(policy: Policy, facts: StoreFacts, now: datetime) -> Iterable[CheckResult]:
+    settings = policy.continuous
+    if settings is None:
+        return
+    retention = policy.categories[settings.category].tiers[CONTINUOUS].retention
+    freshness = 2 * settings.archive_timeout
+    limit = (
+        f"from now - {human(retention)} to now - {human(freshness)} (2 x archive_timeout), no hole"
+    )
+    for server in policy.continuous_servers():
+        for region in policy.iter_regions():
+            check_id = f"recovery_window:{server.name}@{region.name}"
+            found = facts.windows.get((server.name, region.name), WindowFacts())
+            if found.error:
+                yield replace(
+                    _unknown(check_id, "recovery_window", server.name, limit, found.error),
+                    region=region.name,
+                )
+                continue
+            status, problems = recovery_window_status(found, now, retention, freshness)
+            if found.intervals:
+                oldest, newest = found.intervals[0][0], found.intervals[-1][1]
+                measured = (
+                    f"{human(now - oldest)} back to {human(now - newest)} ago, "
+                    f"{len(found.intervals) - 1} hole(s)"
+                )
+                reach: float | None = (now - oldest).total_seconds()
+            else:
+                measured, reach = "nothing reachable", None
+            young = (
+                f"the tier has run here since {found.since:%Y-%m-%d}"
+                if found.since
+                else "the tier has not pruned here yet"
+            )
+            yield CheckResult(
+                check_id,
+                "recovery_window",
+                server.name,
+                status,
+                measured,
+                limit,
+                "; ".join(
+                    [*problems, *(f"WAL missing from {g}" for g in found.gaps), young, found.detail]
+                ),
+                reach,
+                region=region.name,
+            )
 
 
 def _replication(policy: Policy, facts: StoreFacts, now: datetime) -> Iterable[CheckResult]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from include.backup_dr.evidence import read_newest, write_to_regions
 from include.backup_dr.monitor.lag import (
     CONDITIONS,
     SAMPLE_TIMEOUT_MS,
@@ -30,6 +31,7 @@ from include.backup_dr.monitor.lag import (
     standby_gone,
 )
 from include.backup_dr.policy import Policy, Server, format_duration
+from include.backup_dr.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +371,7 @@ def measure(
 
     lags = [s["lag_ms"] for s in samples if s["lag_ms"] is not None]
     rpo_ms = rpo_seconds * 1000
-    state = stores.primary.get_json(state_key(server.name)) or {}
+    state = read_newest(stores, state_key(server.name)) or {}  # one region may be down
     open_conditions: dict[str, Any] = dict(state.get("open", {}))
     archiver = facts["archiver"]
     gone = standby_gone(
@@ -430,7 +432,8 @@ def measure(
             open_conditions, alert, {"since": started_at.isoformat(), "evidence": key}
         )
         doc["alerts"].append({**_alert_doc(alert), "sent": True, "channel": channel})
-    stores.primary.put_json(
+    missing = write_to_regions(
+        stores,
         state_key(server.name),
         {
             "schema": STATE_SCHEMA,
@@ -441,8 +444,7 @@ def measure(
             "last_evidence": key,
         },
     )
-    for store in stores:
-        store.put_json(key, doc)
+    missing += write_to_regions(stores, key, doc)
     log.info(
         "%s: %d samples, p50 %s ms, p99 %s ms, max %s ms (RPO %s s); conditions %s; evidence %s",
         server.name,
@@ -454,6 +456,8 @@ def measure(
         [name for name, on in conditions.items() if on] or "none",
         key,
     )
+    if missing:  # the other region has the record; the task goes red so on-call looks
+        raise StoreError(f"{server.name}: evidence {key} is missing in {sorted(set(missing))}")
     return doc
 
 

@@ -30,6 +30,7 @@ from include.backup_dr.monitor.compliance import (
     RehashFacts,
     ReplicationFacts,
     StoreFacts,
+    WindowFacts,
     backup_subjects,
     drill_subjects,
     media_targets,
@@ -53,6 +54,11 @@ def read_facts(
     monitors = {s.name: _monitor(regions, s.name, now) for s in policy.continuous_servers()}
     replications = {name: _replication(policy, regions, name) for name in media_targets(policy)}
     drills = {name: _drill(policy, regions, name) for name in drill_subjects(policy)}
+    windows = {
+        (server.name, store.region.name): _window(policy, store, server.name)
+        for server in policy.continuous_servers()
+        for store in regions
+    }
     rehash: dict[tuple[str, str], RehashFacts] = {}
     new_cache: dict[str, Any] = {}
     for name in media_targets(policy):
@@ -64,7 +70,7 @@ def read_facts(
             rehash[(name, store.region.name)] = facts
             if entry is not None:
                 new_cache[label] = entry
-    return StoreFacts(backups, monitors, replications, drills, rehash), new_cache
+    return StoreFacts(backups, monitors, replications, drills, rehash, windows), new_cache
 
 
 def _why(exc: BaseException) -> str:
@@ -153,6 +159,28 @@ def _monitor(stores: list[ObjectStore], server: str, now: datetime) -> MonitorFa
             log.warning("Cannot read the monitor evidence of %s in %s: %s", server, store, exc)
             problems.append(f"{store.region.name}: {_why(exc)}")
     return MonitorFacts(error="; ".join(problems))
+
+
+def _window(policy: Policy, store: ObjectStore, server: str) -> WindowFacts:
+    """What `store`'s region can recover `server` to, and since when the tier has run there
+    (its first prune record: the window cannot be older than the tier)."""
+    from include.backup_dr.pitr.window import recovery_range
+
+    try:
+        span = recovery_range(policy, store, server)
+        prunes = (
+            f"evidence/prune/{policy.subject(server, CONTINUOUS).category}/{server}/{CONTINUOUS}/"
+        )
+        first = next(store.list_objects(prunes), None)
+    except Exception as exc:  # this region's window becomes UNKNOWN, the rest go on
+        log.warning("Cannot read the recovery window of %s in %s: %s", server, store, exc)
+        return WindowFacts(error=_why(exc))
+    return WindowFacts(
+        intervals=span.intervals,
+        since=_stamp(first.key, prunes) if first else None,
+        gaps=tuple(b.gap_at for b in span.usable() if b.gap_at),
+        detail=span.wal_detail,
+    )
 
 
 def _replication(policy: Policy, stores: list[ObjectStore], target: str) -> ReplicationFacts:

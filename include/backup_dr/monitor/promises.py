@@ -162,6 +162,7 @@ def _tier_promises(policy: Policy, name: str, category: Category) -> list[Promis
                     f"every WAL segment, in {_regions(policy)}",
                     Verdict.MET if base <= tier.retention else Verdict.NOT_MET,
                     (
+                        Measures(("recovery_window",)),
                         Measures(("backup_age",), tiers=frozenset({CONTINUOUS})),
                         Measures(("wal_archive",)),
                     ),

@@ -159,8 +159,8 @@ def drill(
             f"no heartbeat recorded by the continuous monitor in {span.region} lies inside "
             "the recovery range with its WAL archived: 1-second granularity is not proven"
         )
-        seconds = (span.newest - span.oldest).total_seconds()
-        target = span.oldest + timedelta(seconds=rng.uniform(0, seconds))
+        start, end = rng.choice(span.intervals)  # never inside a hole
+        target = start + (end - start) * rng.uniform(0.001, 1)
     else:
         target = None
     proof = validation = restored = projected = None

@@ -71,7 +71,7 @@ def eligible_samples(
     chosen = []
     for (seq, written), (_, following) in itertools.pairwise(samples):
         target = written + SAMPLE_OFFSET
-        if span.oldest < written and target <= span.newest and following > target:
+        if span.covers(written) and span.covers(target) and following > target:
             chosen.append(HeartbeatSample(seq, written, following, key))
     return chosen
 

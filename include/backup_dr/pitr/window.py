@@ -4,19 +4,24 @@ plus ``recovery_range`` which lists the region)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+import itertools
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from include.backup_dr.catalogue import BackupId, Manifest, Verification, build_catalogue
+from include.backup_dr.engines.wal import read_histories
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.restore import RestoreRefused
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.wal import (
     DEFAULT_SEGMENT_SIZE,
     ArchivedFile,
+    Continuity,
     Segment,
+    TimelineHistory,
     archive_prefix,
     classify,
     continuity,
@@ -38,6 +43,8 @@ class BaseBackup:
     #: LastModified of the newest archived segment reachable from the start without a gap.
     chain_end_at: datetime | None = None
     chain_end: str | None = None
+    #: The first segment missing after `chain_end` when the archive goes on past it (a gap).
+    gap_at: str | None = None
 
     @property
     def finished_at(self) -> datetime:
@@ -65,9 +72,13 @@ class BaseBackup:
         )
 
 
+Interval = tuple[datetime, datetime]
+
+
 @dataclass(frozen=True)
 class RecoveryRange:
-    """The times one region can recover a server to: (oldest, newest], from its usable bases."""
+    """The times one region can recover a server to: a set of intervals (a, b], one per run of
+    usable base backups whose WAL joins up, with the holes between them named."""
 
     region: str
     server: str
@@ -78,23 +89,36 @@ class RecoveryRange:
     newest_segment: str | None
     wal_ok: bool
     wal_detail: str
+    intervals: tuple[Interval, ...] = ()
 
     def usable(self) -> list[BaseBackup]:
         return [b for b in self.bases if b.usable]
 
+    @property
+    def holes(self) -> list[Interval]:
+        """(a, b]: times between two intervals that no base backup and WAL can reach."""
+        return [(left[1], right[0]) for left, right in itertools.pairwise(self.intervals)]
+
+    def covers(self, when: datetime) -> bool:
+        return any(start < when <= end for start, end in self.intervals)
+
     def describe(self) -> str:
         if self.oldest is None or self.newest is None:
             return f"{self.region} can recover {self.server} to no time at all ({self.wal_detail})"
+        holes = "".join(
+            f"; NOT to {start.isoformat()} .. {end.isoformat()} (a hole: WAL missing)"
+            for start, end in self.holes
+        )
         return (
             f"{self.region} can recover {self.server} to any time after "
-            f"{self.oldest.isoformat()} up to {self.newest.isoformat()}"
+            f"{self.oldest.isoformat()} up to {self.newest.isoformat()}{holes}"
         )
 
     def problems(self) -> list[str]:
         """Why this region should not be the one a drill proves (empty: it is fine)."""
         found = []
         if self.bases:
-            newest = max(self.bases, key=lambda b: b.id.window)
+            newest = max(self.bases, key=lambda b: b.finished_at)
             if newest.verification is Verification.FAILED:
                 found.append(
                     f"the newest base backup {newest.id} failed its integrity check in "
@@ -111,6 +135,8 @@ class RecoveryRange:
             "region": self.region,
             "oldest": self.oldest.isoformat() if self.oldest else None,
             "newest": self.newest.isoformat() if self.newest else None,
+            "intervals": [[a.isoformat(), b.isoformat()] for a, b in self.intervals],
+            "holes": [[a.isoformat(), b.isoformat()] for a, b in self.holes],
             "newest_segment": self.newest_segment,
             "wal": self.wal_detail,
             "base_backups": [
@@ -119,6 +145,7 @@ class RecoveryRange:
                     "finished_at": b.finished_at.isoformat(),
                     "verification": b.verification.value,
                     "wal_reaches": b.chain_end,
+                    "gap_at": b.gap_at,
                 }
                 for b in self.bases
             ],
@@ -130,47 +157,78 @@ def summarise_range(
     server: str,
     bases: Iterable[tuple[BackupId, Verification, Manifest]],
     archive: Iterable[tuple[ArchivedFile, datetime]],
+    histories: Mapping[int, TimelineHistory] | None = None,
 ) -> RecoveryRange:
     """The range from committed base backups and the archive listing (pure: no I/O).
 
-    Oldest: the earliest usable base backup's end (its ``finished_at``). Newest: when the
-    newest segment reachable without a gap from a usable base was archived (its LastModified):
-    a commit after that cannot be in this region yet.
+    Each base backup is followed from its own start along its timeline path (`wal.continuity`),
+    so a gap before it never spoils it. It covers (its end, when the last segment it reaches
+    without a gap was archived]: a commit after that cannot be in this region yet. The range is
+    the union of what the usable bases cover; what lies between is a hole.
     """
     files = list(archive)
-    archived: dict[int, datetime] = {}  # segment position -> newest LastModified
-    names: dict[int, str] = {}
-    for item, modified in files:
-        if item.kind == "segment" and item.segment is not None:
-            number = item.segment.number
-            if number not in archived or modified > archived[number]:
-                archived[number] = modified
-                names[number] = item.key.rsplit("/", 1)[-1].split(".")[0]
-    found = []
-    for backup, verification, manifest in sorted(bases, key=lambda b: b[0].window):
+    items = [item for item, _ in files]
+    modified = {item.key: when for item, when in files}
+    key_of = {item.segment: item.key for item in items if item.kind == "segment"}
+    found: list[BaseBackup] = []
+    chains: dict[BackupId, Continuity] = {}
+    for backup, verification, manifest in sorted(bases, key=lambda b: b[2].finished_at):
         base = BaseBackup(backup, region, verification, manifest)
-        end = base.start_segment.number
-        if end not in archived:
+        size = base.segment_size
+        chain = continuity(items, base.start_segment, histories, size)
+        chains[backup] = chain
+        if chain.reach is None:
             found.append(base)
             continue
-        while end + 1 in archived:
-            end += 1
-        found.append(BaseBackup(backup, region, verification, manifest, archived[end], names[end]))
+        gap = chain.missing[0].name(size) if chain.missing else None
+        end_at = modified[key_of[chain.reach]]
+        found.append(
+            dataclasses.replace(
+                base, chain_end_at=end_at, chain_end=chain.reach.name(size), gap_at=gap
+            )
+        )
     usable = [b for b in found if b.usable]
-    oldest = min((b.finished_at for b in usable), default=None)
-    newest = max((b.chain_end_at for b in usable if b.chain_end_at), default=None)
-    newest_segment = names[max(archived)] if archived else None
+    intervals = _union((b.finished_at, b.chain_end_at) for b in usable if b.chain_end_at)
+    segments = [item for item in items if item.kind == "segment" and item.segment]
+    newest_segment = (
+        max(segments, key=lambda i: i.segment).key.rsplit("/", 1)[-1].split(".")[0]  # type: ignore[arg-type,return-value]
+        if segments
+        else None
+    )
     if usable:
-        first = max(usable, key=lambda b: b.finished_at).start_segment
-        check = continuity((item for item, _ in files), first)
-        wal_ok, wal_detail = check.ok, check.describe(usable[0].segment_size)
+        newest_base = max(usable, key=lambda b: b.finished_at)
+        check = chains[newest_base.id]
+        holes = len(intervals) - 1
+        wal_ok = check.ok and holes == 0
+        wal_detail = check.describe(newest_base.segment_size) + (
+            f"; {holes} hole(s) between the base backups' reaches" if holes else ""
+        )
     elif found:
         wal_ok, wal_detail = False, "no verified base backup's WAL is archived up to its end"
     else:
         wal_ok, wal_detail = False, "no base backup of the continuous tier"
     return RecoveryRange(
-        region, server, tuple(found), oldest, newest, newest_segment, wal_ok, wal_detail
+        region,
+        server,
+        tuple(found),
+        intervals[0][0] if intervals else None,
+        intervals[-1][1] if intervals else None,
+        newest_segment,
+        wal_ok,
+        wal_detail,
+        tuple(intervals),
     )
+
+
+def _union(spans: Iterable[Interval]) -> list[Interval]:
+    """Merge (a, b] intervals that overlap or touch."""
+    merged: list[Interval] = []
+    for start, end in sorted(s for s in spans if s[0] < s[1]):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def recovery_range(policy: Policy, store: ObjectStore, server: str) -> RecoveryRange:
@@ -192,7 +250,8 @@ def recovery_range(policy: Policy, store: ObjectStore, server: str) -> RecoveryR
         (classify(obj.key, obj.size, segment_size), obj.last_modified)
         for obj in store.list_objects(archive_prefix(server))
     ]
-    return summarise_range(region, server, bases, archive)
+    histories = read_histories(store, (item for item, _ in archive))
+    return summarise_range(region, server, bases, archive, histories)
 
 
 def parse_target_time(value: str | datetime | None) -> datetime | None:
@@ -216,11 +275,25 @@ def parse_target_time(value: str | datetime | None) -> datetime | None:
 def check_target(
     span: RecoveryRange, target: datetime | None, now: datetime | None = None
 ) -> datetime | None:
-    """Refuse a time the region cannot recover to, naming the range; return the target."""
+    """Refuse a time the region cannot recover to, naming the range; return the target.
+
+    "latest" (None) is refused when replay from the newest base backup would stop at a gap
+    with more WAL archived after it: that is not the end of the archive, and stopping there
+    silently would pass off an older state as the newest. The newest reachable second is named,
+    so on-call can ask for it explicitly and accept the loss.
+    """
     now = now or datetime.now(UTC)
     if span.oldest is None or span.newest is None:
         raise TargetOutOfRange(f"nothing can be recovered: {span.describe()}; nothing restored")
     if target is None:
+        newest = max(span.usable(), key=lambda b: b.finished_at)
+        if newest.gap_at is not None:
+            raise TargetOutOfRange(
+                f"'latest' would stop at a gap: segment {newest.gap_at} is missing after "
+                f"{newest.chain_end}, and later WAL is archived. The newest reachable second "
+                f"is {span.newest.isoformat()}; ask for it as target_time to accept losing what "
+                f"follows. {span.describe()}; nothing restored"
+            )
         return None
     if target > now:
         why = f"{target.isoformat()} is in the future (now {now.isoformat(timespec='seconds')})"
@@ -228,6 +301,8 @@ def check_target(
         why = f"{target.isoformat()} is older than the recovery window"
     elif target > span.newest:
         why = f"{target.isoformat()} is after the newest archived WAL"
+    elif not span.covers(target):
+        why = f"{target.isoformat()} falls in a hole of the recovery window"
     else:
         return target
     raise TargetOutOfRange(f"{why}: {span.describe()}; nothing restored")

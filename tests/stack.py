@@ -37,8 +37,11 @@ TEST_ENV = {
     "BACKUP_CELERY_LOG_PORT": "16793",
     "BACKUP_SAMPLE_MEDIA_SMALL": "300",
 }
+#: A second xdist worker's stack sits 1,000 ports above the first (clear of weed's port + 10,008).
+PORT_OFFSET = 1000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 for _name, _value in TEST_ENV.items():
-    os.environ.setdefault(_name, _value)
+    shifted = _name.endswith("_PORT") and PORT_OFFSET
+    os.environ.setdefault(_name, str(int(_value) + PORT_OFFSET) if shifted else _value)
 os.environ["BACKUP_LOCAL_DIR"] = str(STATE)
 
 

@@ -32,7 +32,7 @@ from include.backup_dr.immutability import LockRule
 from include.backup_dr.integrity import check_copy, record_key
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.retention import PrunePlan, hold_locked, plan_prune, recovery_holds
-from include.backup_dr.store import DeleteRefusedError, ObjectStore
+from include.backup_dr.store import DeleteRefusedError, ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +307,19 @@ def _hold_recovery_window(
     return done
 
 
+def _record_windows(policy: Policy, stores: Stores, server: str) -> None:
+    """The recovery window each region is left with, as evidence (the audit report reads it);
+    one region unreadable never costs the other's record."""
+    from include.backup_dr.pitr.window import record_window
+
+    for store in stores:
+        try:
+            span = record_window(policy, store, server, _now())
+            log.info("Recovery window left: %s", span.describe())
+        except StoreError as exc:
+            log.error("The recovery window in %s could not be recorded: %s", store.region.name, exc)
+
+
 def prune(
     policy: Policy,
     stores: Stores,
@@ -381,6 +394,8 @@ def prune(
                 store.delete_all_versions(decision.debris.key, written_before=listed_from)
         # What the deleted backups referred to (blobs, WAL) goes later, once per category:
         # see include/backup_dr/gc.py.
+        if tier == CONTINUOUS:
+            _record_windows(policy, stores, target)
     if refused:  # what the plan meant to delete and the store kept: evidence too, never retried
         for store in stores:
             store.put_json(

@@ -16,6 +16,7 @@ from include.backup_dr.audit.report import (
     DrillRecord,
     IntegrityRecord,
     PruneRecord,
+    WindowRecord,
     build_report,
     expected_windows,
 )
@@ -333,3 +334,38 @@ def test_every_expected_window_is_backed_up_or_missed_never_both(states) -> None
     for integrity in (r for r in report.integrity if (r.subject, r.tier) == (TARGET, TIER)):
         mine = [c for c in checked if c.region == integrity.region]
         assert (integrity.passed is None) == (not mine)
+
+
+def window_record(at: datetime, region: str, back: timedelta, holes=()) -> WindowRecord:
+    return WindowRecord(
+        key=f"evidence/recovery_window/platform_primary/{region}/{at:%Y%m%dT%H%M%SZ}-x.json",
+        server="platform_primary",
+        region=region,
+        measured_at=at,
+        oldest=at - back,
+        newest=at,
+        holes=holes,
+    )
+
+
+def test_the_recovery_window_is_reported_with_its_shortest_reach_and_holes() -> None:
+    day = timedelta(days=1)
+    at = [datetime(2026, 11, d, 3, 10, tzinfo=UTC) for d in (1, 2, 3)]
+    hole = (at[1] - 2 * day, at[1] - 2 * day + timedelta(minutes=7))
+    records = [
+        window_record(at[0], PRIMARY, 7 * day + timedelta(hours=20)),
+        window_record(at[1], PRIMARY, 7 * day + timedelta(hours=21), holes=(hole,)),
+        window_record(at[2], PRIMARY, 6 * day),  # the window shrank
+        window_record(at[2] + 30 * day, PRIMARY, 1 * day),  # after the period: not counted
+    ]
+    report = build_report(POLICY, records, START, END, NOW)
+    rows = {row.region: row for row in report.recovery}
+    assert len(rows[PRIMARY].records) == 3 and rows[SECONDARY].records == ()
+    assert rows[PRIMARY].shortest == (6 * day, at[2])
+    assert rows[PRIMARY].holes == [(at[1], *hole)]
+    found = [f.text for f in report.exceptions]
+    assert any("reached back only 6d" in t for t in found), found
+    assert any("hole in the recovery window" in t for t in found), found
+    assert f"platform_primary@{SECONDARY}: {NO_EVIDENCE} of the recovery window" in found
+    page = report.markdown()
+    assert "## Recovery window: the continuous tier" in page and "6d" in page

@@ -256,3 +256,15 @@ def test_recovery_reaches_both_sides_of_a_failover() -> None:
     assert span.bases[0].chain_end == seg(9, 2)
     assert span.covers(T0 + timedelta(minutes=3)) and span.covers(T0 + timedelta(minutes=9))
     assert span.newest == T0 + timedelta(minutes=10)
+
+
+def test_a_base_whose_wal_so_far_ends_before_it_committed_still_recovers_to_its_end() -> None:
+    # The snapshot commits once its end segment is archived: that segment is older than the
+    # manifest. Until more WAL arrives, the base recovers to its own end, and 'latest' works.
+    fresh = base(0, 5, 5)
+    fresh = (fresh[0], _finished(fresh[1], T0 + timedelta(minutes=30)))
+    span = span_of([fresh], archive([5], T0 + timedelta(minutes=29)))
+    assert span.oldest == span.newest == T0 + timedelta(minutes=29)
+    assert span.holes == [] and span.wal_ok
+    assert check_target(span, None, T0 + timedelta(hours=1)) is None
+    assert choose_base(span, None).start_segment == Segment(1, 5)

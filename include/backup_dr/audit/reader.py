@@ -24,6 +24,7 @@ from include.backup_dr.audit.report import (
     IntegrityRecord,
     PruneRecord,
     Record,
+    WindowRecord,
     build_report,
     period_bounds,
 )
@@ -35,6 +36,7 @@ from include.backup_dr.catalogue import (
     window_label,
 )
 from include.backup_dr.monitor.compliance import backup_subjects, drill_subjects
+from include.backup_dr.pitr.window import WINDOW_EVIDENCE
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.store import ObjectStore
 
@@ -72,6 +74,11 @@ def read_records(
         prefix = f"evidence/prune/{item.category}/{item.subject}/{item.tier}/"
         for key, store in _stamped_once(stores, prefix, begin, stop):
             yield _prune(key, store.get_json(key) or {})
+    for server in policy.continuous_servers():
+        for store in stores:  # per region: each region's window is its own
+            prefix = f"{WINDOW_EVIDENCE}/{server.name}/{store.region.name}/"
+            for key, found in _stamped_once([store], prefix, begin, stop):
+                yield _window(key, found.get_json(key) or {})
     for subject in drill_subjects(policy):
         prefix = f"evidence/restore_verification/{subject}/"
         for key, store in _stamped_once(stores, prefix, begin, stop, suffix="/report.json"):
@@ -168,6 +175,23 @@ def _prune(key: str, doc: dict[str, Any]) -> PruneRecord:
         kept=sum(1 for d in decisions if d["action"] == "keep"),
         deletions=tuple(
             Deletion(d["subject"], d["reason"]) for d in decisions if d["action"] == "delete"
+        ),
+    )
+
+
+def _window(key: str, doc: dict[str, Any]) -> WindowRecord:
+    def at(value: str | None) -> datetime | None:
+        return datetime.fromisoformat(value) if value else None
+
+    return WindowRecord(
+        key=key,
+        server=doc["server"],
+        region=doc["region"],
+        measured_at=datetime.fromisoformat(doc["measured_at"]),
+        oldest=at(doc.get("oldest")),
+        newest=at(doc.get("newest")),
+        holes=tuple(
+            (datetime.fromisoformat(a), datetime.fromisoformat(b)) for a, b in doc["holes"]
         ),
     )
 

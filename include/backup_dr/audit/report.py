@@ -109,7 +109,21 @@ class DrillRecord:
     rpo_measure: str
 
 
-Record = BackupRecord | IntegrityRecord | PruneRecord | DrillRecord
+@dataclass(frozen=True)
+class WindowRecord:
+    """The continuous tier's recovery window in one region as its prune left it
+    (evidence/recovery_window/...): how far back it reached, and its holes."""
+
+    key: str
+    server: str
+    region: str
+    measured_at: datetime
+    oldest: datetime | None
+    newest: datetime | None
+    holes: tuple[tuple[datetime, datetime], ...] = ()
+
+
+Record = BackupRecord | IntegrityRecord | PruneRecord | DrillRecord | WindowRecord
 
 
 # ---- the report model ------------------------------------------------------------------------
@@ -200,6 +214,34 @@ class DrillRow:
 
 
 @dataclass(frozen=True)
+class RecoveryRow:
+    """One continuous server's recovery window in one region over the period."""
+
+    server: str
+    region: str
+    retention: timedelta
+    records: tuple[WindowRecord, ...]
+
+    @property
+    def shortest(self) -> tuple[timedelta, datetime] | None:
+        """The shortest reach back (now minus the oldest reachable second), and when."""
+        reaches = [
+            (r.measured_at - r.oldest, r.measured_at) for r in self.records if r.oldest is not None
+        ]
+        return min(reaches, default=None)
+
+    @property
+    def holes(self) -> list[tuple[datetime, datetime, datetime]]:
+        """(measured at, hole start, hole end) for each hole inside the retention, deduplicated."""
+        seen: dict[tuple[datetime, datetime], datetime] = {}
+        for record in self.records:
+            for start, end in record.holes:
+                if end > record.measured_at - self.retention:
+                    seen.setdefault((start, end), record.measured_at)
+        return [(at, start, end) for (start, end), at in sorted(seen.items())]
+
+
+@dataclass(frozen=True)
 class Finding:
     control: str
     text: str
@@ -216,6 +258,7 @@ class AuditReport:
     prune: tuple[PruneRow, ...]
     drills: tuple[DrillRow, ...]
     exceptions: tuple[Finding, ...] = field(default=())
+    recovery: tuple[RecoveryRow, ...] = field(default=())
 
     def markdown(self) -> str:
         return render_markdown(blocks(self))
@@ -278,6 +321,7 @@ def build_report(
     counted: dict[tuple[str, str, str], list[IntegrityRecord]] = defaultdict(list)
     plans: dict[tuple[str, str], list[PruneRecord]] = defaultdict(list)
     drills: dict[str, list[DrillRecord]] = defaultdict(list)
+    measured: dict[tuple[str, str], list[WindowRecord]] = defaultdict(list)
     for record in records:
         match record:
             case BackupRecord():
@@ -292,6 +336,9 @@ def build_report(
             case DrillRecord():
                 if begin <= record.recorded_at < stop:
                     drills[record.subject].append(record)
+            case WindowRecord():
+                if begin <= record.measured_at < stop:
+                    measured[(record.server, record.region)].append(record)
     grace = policy.compliance.grace
     windows, integrity, prune = [], [], []
     for item in backup_subjects(policy):
@@ -323,8 +370,31 @@ def build_report(
         drill_rows.append(
             DrillRow(subject, newest, policy.objectives.rto, drill_rpo(policy, category, tier))
         )
+    retention = (
+        policy.categories[policy.continuous.category].tiers[CONTINUOUS].retention
+        if policy.continuous is not None
+        else timedelta(0)
+    )
+    recovery = tuple(
+        RecoveryRow(
+            server.name,
+            region,
+            retention,
+            tuple(sorted(measured.get((server.name, region), []), key=lambda r: r.measured_at)),
+        )
+        for server in policy.continuous_servers()
+        for region in regions
+    )
     report = AuditReport(
-        start, end, now, regions, tuple(windows), tuple(integrity), tuple(prune), tuple(drill_rows)
+        start,
+        end,
+        now,
+        regions,
+        tuple(windows),
+        tuple(integrity),
+        tuple(prune),
+        tuple(drill_rows),
+        recovery=recovery,
     )
     return AuditReport(**{**report.__dict__, "exceptions": tuple(findings(report))})
 
@@ -509,6 +579,23 @@ def findings(report: AuditReport) -> Iterator[Finding]:
                 BACKUP_CONTROL,
                 f"{row.subject}/{row.tier}: prune stopped by the circuit breaker at "
                 f"{_when(at)}: {why}",
+            )
+    for row in report.recovery:
+        name = f"{row.server}@{row.region}"
+        shortest = row.shortest
+        if not row.records:
+            yield Finding(BACKUP_CONTROL, f"{name}: {NO_EVIDENCE} of the recovery window")
+        elif shortest is not None and shortest[0] < row.retention:
+            yield Finding(
+                BACKUP_CONTROL,
+                f"{name}: the recovery window reached back only {human(shortest[0])} at "
+                f"{_when(shortest[1])}; the policy keeps {format_duration(row.retention)}",
+            )
+        for at, start, end in row.holes:
+            yield Finding(
+                BACKUP_CONTROL,
+                f"{name}: hole in the recovery window, no recovery to {_when(start)} .. "
+                f"{_when(end)} (seen {_when(at)})",
             )
     for row in report.drills:
         drill = row.drill
@@ -710,6 +797,34 @@ def blocks(report: AuditReport) -> list[Block]:
             Table(
                 ("planned", "copy", "reason"),
                 tuple((_when(d.planned_at), d.subject, d.reason) for _, d in deletions),
+            ),
+        ]
+    if report.recovery:
+        out += [
+            Heading(2, "Recovery window: the continuous tier"),
+            Para(
+                f"Control: {BACKUP_CONTROL}. What each region could recover each server to, as "
+                "measured from the store after every prune of the continuous tier: verified "
+                "base backups plus WAL continuity across timelines. Shortest reach: the least "
+                "time back the window reached in the period; holes inside the retention are "
+                "listed as exceptions."
+            ),
+            Table(
+                ("server", "region", "records", "shortest reach back", "holes"),
+                tuple(
+                    (
+                        row.server,
+                        row.region,
+                        str(len(row.records)),
+                        (
+                            f"{human(row.shortest[0])} ({_when(row.shortest[1])})"
+                            if row.shortest
+                            else NO_EVIDENCE
+                        ),
+                        str(len(row.holes)),
+                    )
+                    for row in report.recovery
+                ),
             ),
         ]
     out += [

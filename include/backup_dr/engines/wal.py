@@ -9,9 +9,10 @@ every other tier:
   committed only once the WAL segment holding its end point is in the archive, so every
   committed base backup can be made consistent;
 - copy_contents: every WAL file the secondary lacks, from the base backup's start on;
-- check_contents: the WAL chain is whole from the oldest kept base backup to the newest
-  segment (names), and every segment not re-read before decompresses and carries the header
-  its name promises (timeline, position, cluster);
+- check_contents: the WAL chain is whole from this base backup's own start to the newest
+  segment, position by position on the timeline that owns it (history files), and every
+  segment not re-read before decompresses and carries the header its name promises
+  (timeline, position, cluster);
 - plan_garbage (the `backup_collect_garbage` DAG, once a day): WAL older than the oldest kept
   base backup's start goes.
 """
@@ -414,20 +415,17 @@ class WalEngine:
         start = wal.Segment.parse(facts["start_wal"], size)
         end = wal.Segment.parse(facts["end_wal"], size)
         files = archive_files(store, server, size)
-        # From this base backup's own start: a gap before it does not make it unrestorable
-        # (the recovery_window check names such a gap). It must reach its own end.
+        # From this base backup's own start, never an older base's: a permanent gap before it
+        # does not fail it (the recovery_window check names such a gap). From there the chain
+        # must be whole to the newest segment, along the timelines the history files name.
         chain = wal.continuity(files, start, read_histories(store, files), size)
         reaches_end = chain.reach is not None and chain.reach.number >= end.number
         checks = [
             Check(
                 "wal_continuity",
-                reaches_end,
+                chain.ok and reaches_end,
                 chain.describe(size)
-                + (
-                    f"; the base backup needs up to {end.name(size)}, which it reaches"
-                    if reaches_end
-                    else f"; the base backup needs up to {end.name(size)}"
-                ),
+                + ("" if reaches_end else f"; the base backup needs up to {end.name(size)}"),
             )
         ]
         checks.append(self._reread(store, server, files, start, chain, facts, size))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +27,26 @@ from include.backup_dr.wal import (
     classify,
     continuity,
 )
+
+#: Where each prune of the continuous tier records the window it left, per server and region.
+WINDOW_EVIDENCE = "evidence/recovery_window"
+
+
+def record_window(policy: Policy, store: ObjectStore, server: str, now: datetime) -> RecoveryRange:
+    """Measure what `store`'s region can recover `server` to and keep it as evidence there (the
+    audit report's recovery-window table); the range."""
+    span = recovery_range(policy, store, server)
+    stamp = f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    key = f"{WINDOW_EVIDENCE}/{server}/{store.region.name}/{stamp}.json"
+    document = {
+        "schema": "backup-dr/recovery-window/v1",
+        "server": server,
+        "region": store.region.name,
+        "measured_at": now.isoformat(),
+        **span.to_document(),
+    }
+    store.put_json(key, document)
+    return span
 
 
 class TargetOutOfRange(RestoreRefused):
@@ -100,7 +121,7 @@ class RecoveryRange:
         return [(left[1], right[0]) for left, right in itertools.pairwise(self.intervals)]
 
     def covers(self, when: datetime) -> bool:
-        return any(start < when <= end for start, end in self.intervals)
+        return any(start < when <= end or when == start == end for start, end in self.intervals)
 
     def describe(self) -> str:
         if self.oldest is None or self.newest is None:
@@ -188,7 +209,11 @@ def summarise_range(
             )
         )
     usable = [b for b in found if b.usable]
-    intervals = _union((b.finished_at, b.chain_end_at) for b in usable if b.chain_end_at)
+    # A base whose WAL so far ends before its manifest was written (its end segment is archived
+    # before the snapshot commits) still recovers to the end of that WAL: a point, not nothing.
+    intervals = _union(
+        (min(b.finished_at, b.chain_end_at), b.chain_end_at) for b in usable if b.chain_end_at
+    )
     segments = [item for item in items if item.kind == "segment" and item.segment]
     newest_segment = (
         max(segments, key=lambda i: i.segment).key.rsplit("/", 1)[-1].split(".")[0]  # type: ignore[arg-type,return-value]
@@ -198,7 +223,7 @@ def summarise_range(
     if usable:
         newest_base = max(usable, key=lambda b: b.finished_at)
         check = chains[newest_base.id]
-        holes = len(intervals) - 1
+        holes = max(len(intervals) - 1, 0)
         wal_ok = check.ok and holes == 0
         wal_detail = check.describe(newest_base.segment_size) + (
             f"; {holes} hole(s) between the base backups' reaches" if holes else ""
@@ -221,9 +246,9 @@ def summarise_range(
 
 
 def _union(spans: Iterable[Interval]) -> list[Interval]:
-    """Merge (a, b] intervals that overlap or touch."""
+    """Merge (a, b] intervals that overlap or touch (a point, a == b, is kept)."""
     merged: list[Interval] = []
-    for start, end in sorted(s for s in spans if s[0] < s[1]):
+    for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:

@@ -1,11 +1,12 @@
 """Celery mode of the local Airflow (`make up EXECUTOR=celery`): Redis as the broker, the
 PostgreSQL metadata database `airflow` on the platform server (SQLite cannot serve Celery),
-and Airflow's parts as separate processes: api-server, scheduler, dag-processor and two
-Celery workers, one per queue, so any run of a backup DAG uses both.
+and Airflow's parts as separate processes: api-server, scheduler, dag-processor, triggerer and
+two Celery workers, one per queue, so any run of a backup DAG uses both.
 
-No triggerer: no task of this project defers. Each worker serves its task logs on a port of
-its own (BACKUP_CELERY_LOG_PORT and the next one), never standalone's fixed 8793/8794, so the
-two modes' log servers never meet on one machine.
+A triggerer runs too: `dr_failover`'s approval (a Human-in-the-loop operator) defers. Each
+worker serves its task logs on a port of its own (BACKUP_CELERY_LOG_PORT and the next one),
+and the triggerer on the one after, never standalone's fixed 8793/8794, so the two modes' log
+servers never meet on one machine.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def celery_env(ports: Ports | None = None) -> dict[str, str]:
             "AIRFLOW__CELERY__BROKER_URL": f"redis://{HOST}:{ports.redis}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": f"db+{metadata_db_url(ports)}",
             "AIRFLOW__API__WORKERS": "1",  # 4 by default: too many for 2 cores
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(ports.celery_logs + len(WORKERS)),
         }
     )
     return env

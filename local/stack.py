@@ -267,7 +267,7 @@ class AirflowPart(Service):
     """One Airflow component run on its own in celery mode, probed through the API's health
     endpoint (`port` is the api-server's; only the api-server itself listens on it)."""
 
-    command: str  # api-server, scheduler or dag-processor
+    command: str  # api-server, scheduler, dag-processor or triggerer
     health: str  # its entry in /api/v2/monitor/health
     ready_timeout: float = 300.0
 
@@ -286,6 +286,8 @@ class AirflowPart(Service):
         airflow_stack.probe(self.port, (self.health,))
 
     def ports(self) -> list[int]:
+        if self.command == "triggerer":  # its log server
+            return [int(self.env()["AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT"])]
         return [self.port] if self.command == "api-server" else []
 
     def after_ready(self) -> None:
@@ -335,6 +337,13 @@ def _airflow_parts(ports: Ports, mode: str) -> list[Service]:
             with_previous=True,
             command="dag-processor",
             health="dag_processor",
+        ),
+        AirflowPart(
+            "airflow-triggerer",
+            api,
+            with_previous=True,
+            command="triggerer",
+            health="triggerer",
         ),
         *(
             CeleryWorker(w.name, w.log_port(ports), with_previous=True, worker=w, broker=ports)

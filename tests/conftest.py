@@ -6,12 +6,18 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-#: Under pytest-xdist (`make test` runs two workers) each worker has a stack of its own: its own
-#: state directory here, and its own ports (tests/stack.py). "gw0" keeps the plain names.
+TEST_HOME = REPO / ".local" / "test"
+#: Under pytest-xdist (`make test` runs two workers) each worker has a stack of its own: worker
+#: N > 0 moves the state directory it inherited from the controller (`test` -> `testN`) and
+#: its ports (tests/stack.py). Worker gw0, and a run without xdist, keep the plain ones.
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
-TEST_HOME = REPO / ".local" / ("test" if WORKER == 0 else f"test{WORKER}")
 
 os.environ.setdefault("AIRFLOW_HOME", str(TEST_HOME / "airflow"))
+if WORKER:
+    _home = Path(os.environ["AIRFLOW_HOME"])
+    os.environ["AIRFLOW_HOME"] = str(
+        _home.parent.with_name(f"{_home.parent.name}{WORKER}") / _home.name
+    )
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
@@ -23,13 +29,13 @@ pytest_plugins = ["tests.stack", "tests.browser"]
 
 def pytest_collection_modifyitems(items: list) -> None:
     """Keep each file on one worker (its module fixtures run once), and every test that runs
-    Airflow as a service on the same worker: standalone's log server ports are fixed, so two
-    cannot run at once, and the session's standalone is then started once."""
+    Airflow standalone on the same worker: its log server ports are fixed, so two cannot run
+    at once, and the session's standalone is then started once. (The Celery test's Airflow
+    serves logs on ports of its own: it runs beside it.)"""
     import pytest
 
     for item in items:
-        serves_airflow = {"airflow_scheduler", "ui_page"} & set(item.fixturenames)
-        if serves_airflow or item.path.name == "test_celery.py":
+        if {"airflow_scheduler", "ui_page"} & set(item.fixturenames):
             item.add_marker(pytest.mark.xdist_group("airflow"))
         else:
             item.add_marker(pytest.mark.xdist_group(item.path.name))

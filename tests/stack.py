@@ -37,11 +37,14 @@ TEST_ENV = {
     "BACKUP_CELERY_LOG_PORT": "16793",
     "BACKUP_SAMPLE_MEDIA_SMALL": "300",
 }
-#: A second xdist worker's stack sits 1,000 ports above the first (clear of weed's port + 10,008).
-PORT_OFFSET = 1000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 for _name, _value in TEST_ENV.items():
-    shifted = _name.endswith("_PORT") and PORT_OFFSET
-    os.environ.setdefault(_name, str(int(_value) + PORT_OFFSET) if shifted else _value)
+    os.environ.setdefault(_name, _value)
+#: xdist worker N's stack sits N x 1,000 ports above the ports it inherited from the controller
+#: (clear of weed's port + 10,008), so two workers' stacks never meet.
+PORT_OFFSET = 1000 * int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+for _name in TEST_ENV:
+    if _name.endswith("_PORT") and PORT_OFFSET:
+        os.environ[_name] = str(int(os.environ[_name]) + PORT_OFFSET)
 os.environ["BACKUP_LOCAL_DIR"] = str(STATE)
 
 

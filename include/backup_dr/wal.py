@@ -145,10 +145,6 @@ class TimelinePath:
     def owns(self, segment: Segment) -> bool:
         return self.owner(segment.number) == segment.timeline
 
-    def forks(self) -> tuple[tuple[int, int], ...]:
-        """(new timeline, first segment number it owns) for each switch on the path."""
-        return self.begins[1:]
-
 
 def timeline_path(
     timeline: int, histories: Mapping[int, TimelineHistory], segment_size: int
@@ -166,8 +162,22 @@ def timeline_path(
     return TimelinePath(timeline, tuple(begins))
 
 
+def fork_parent(
+    segment: Segment, histories: Mapping[int, TimelineHistory], segment_size: int
+) -> int | None:
+    """The parent timeline when `segment` is its timeline's first (the one holding the switch
+    point, which begins with the parent's pages); None for any other segment."""
+    history = histories.get(segment.timeline)
+    if history is None or not history.ancestors:
+        return None
+    parent, switch = history.ancestors[-1]
+    return parent if switch // segment_size == segment.number else None
+
+
 def known_histories(
-    files: Iterable[ArchivedFile], read: Mapping[int, TimelineHistory] | None = None
+    files: Iterable[ArchivedFile],
+    read: Mapping[int, TimelineHistory] | None = None,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> dict[int, TimelineHistory]:
     """Each listed timeline's history: as read where given, else derived from the listing.
 
@@ -193,7 +203,7 @@ def known_histories(
             continue  # nothing to place it by: a history alone restores nothing
         parent = max(parents)
         inherited = histories[parent].ancestors if parent in histories else ()
-        switch = first_of[timeline] * DEFAULT_SEGMENT_SIZE
+        switch = first_of[timeline] * segment_size
         histories[timeline] = TimelineHistory(timeline, (*inherited, (parent, switch)))
     return histories
 
@@ -270,7 +280,7 @@ def continuity(
     the history files as read; unread ones are derived from the listing (`known_histories`).
     """
     items = list(files)
-    known = known_histories(items, histories)
+    known = known_histories(items, histories, segment_size)
     path = _path_from(first, known, segment_size)
     present: set[Segment] = set()
     divergent: list[Segment] = []
@@ -330,11 +340,14 @@ def check_segment(
     system_identifier: int | None,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
     major_version: int = 16,
+    parent: int | None = None,
 ) -> HeaderCheck:
     """Decompress one archived segment and check its long page header against its name.
 
     A segment passes when it decompresses (gzip CRC), is exactly one segment long, and its
-    first page says it is this segment of this timeline of this cluster.
+    first page says it is this segment of this timeline of this cluster. The first segment of
+    a timeline (the one holding the switch point) begins with a copy of the `parent`
+    timeline's pages, so there the parent's timeline is accepted too.
     """
     try:
         raw = zlib.decompress(data, wbits=47) if data[:2] == b"\x1f\x8b" else data
@@ -347,7 +360,7 @@ def check_segment(
         return HeaderCheck(False, f"page magic {magic:#06x} is not PostgreSQL {major_version}'s")
     if not info & XLP_LONG_HEADER:
         return HeaderCheck(False, "first page has no long header")
-    if timeline != expected.timeline or pageaddr != expected.start_lsn(segment_size):
+    if timeline not in (expected.timeline, parent) or pageaddr != expected.start_lsn(segment_size):
         return HeaderCheck(
             False,
             f"header says timeline {timeline} at {format_lsn(pageaddr)}, the name says "

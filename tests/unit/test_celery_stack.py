@@ -22,13 +22,14 @@ def test_celery_mode_runs_each_part_alone_and_never_binds_standalone_log_ports(
         "airflow-api-server",
         "airflow-scheduler",
         "airflow-dag-processor",
+        "airflow-triggerer",
         "celery-default",
         "celery-backup-io",
     ]
     listening = [port for svc in parts for port in svc.ports()]
     assert sorted(listening) == sorted({*listening})  # one owner each
     assert not set(listening) & set(LOG_SERVER_PORTS)
-    assert {16379, 18793, 18794} <= set(listening)
+    assert {16379, 18793, 18794, 18795} <= set(listening)  # the triggerer's logs: the third
     workers = [svc for svc in parts if isinstance(svc, stack.CeleryWorker)]
     assert [w.worker.queue for w in workers] == [DEFAULT_QUEUE, IO_QUEUE]
     for worker in workers:
@@ -46,7 +47,7 @@ def test_down_knows_the_parts_of_both_modes_and_up_only_the_chosen_one(
 ) -> None:
     monkeypatch.delenv("BACKUP_AIRFLOW_EXECUTOR", raising=False)
     assert [svc.name for svc in stack.services(["airflow"])] == ["airflow"]
-    assert len(stack.services(["airflow"], "celery")) == 6
+    assert len(stack.services(["airflow"], "celery")) == 7
     monkeypatch.setenv("BACKUP_AIRFLOW_EXECUTOR", "kubernetes")
     with pytest.raises(StackError, match="choose one of standalone, celery"):
         celery_stack.mode()

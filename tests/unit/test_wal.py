@@ -203,3 +203,15 @@ def test_only_the_owning_timeline_counts_at_every_position(
     if lost:
         assert chain.missing == (Segment(1 if dropped < fork else 2, dropped),)
     assert all(s.timeline == 1 and s.number >= fork for s in chain.divergent)
+
+
+def test_a_new_timelines_first_segment_may_carry_its_parents_pages() -> None:
+    # On promotion PostgreSQL starts timeline 2 with a copy of timeline 1's segment up to the
+    # switch point: its first page header still says timeline 1.
+    data = wal_segment(Segment(1, 6))
+    assert not check_segment(data, Segment(2, 6), system_identifier=SYSTEM_IDENTIFIER).ok
+    forked = check_segment(data, Segment(2, 6), system_identifier=SYSTEM_IDENTIFIER, parent=1)
+    assert forked.ok, forked.detail
+    # Only the parent: any other timeline is still a segment under the wrong name.
+    other = wal_segment(Segment(3, 6))
+    assert not check_segment(other, Segment(2, 6), system_identifier=SYSTEM_IDENTIFIER, parent=1).ok

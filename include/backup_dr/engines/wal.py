@@ -418,7 +418,8 @@ class WalEngine:
         # From this base backup's own start, never an older base's: a permanent gap before it
         # does not fail it (the recovery_window check names such a gap). From there the chain
         # must be whole to the newest segment, along the timelines the history files name.
-        chain = wal.continuity(files, start, read_histories(store, files), size)
+        histories = read_histories(store, files)
+        chain = wal.continuity(files, start, histories, size)
         reaches_end = chain.reach is not None and chain.reach.number >= end.number
         checks = [
             Check(
@@ -428,7 +429,9 @@ class WalEngine:
                 + ("" if reaches_end else f"; the base backup needs up to {end.name(size)}"),
             )
         ]
-        checks.append(self._reread(store, server, files, start, chain, facts, size))
+        checks.append(
+            self._reread(store, server, files, start, chain, facts, size, forks=histories)
+        )
         return checks
 
     def _reread(
@@ -440,6 +443,8 @@ class WalEngine:
         chain: wal.Continuity,
         facts: dict[str, Any],
         size: int,
+        *,
+        forks: dict[int, wal.TimelineHistory],
     ) -> Check:
         """Re-read every segment not verified before (from this base backup's start at the
         latest), and remember how far the archive is verified in this region."""
@@ -468,6 +473,7 @@ class WalEngine:
                 system_identifier=int(facts["system_identifier"]),
                 segment_size=size,
                 major_version=int(str(facts["server_version"]).split(".")[0]),
+                parent=wal.fork_parent(item.segment, forks, size),
             )
             if not result.ok:
                 bad.append(f"{item.segment.name(size)} ({result.detail})")

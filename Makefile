@@ -21,11 +21,11 @@ venv: $(STAMP)  ## create the virtual environment from the pinned lock files
 demo: $(STAMP)  ## run every platform tier on the embedded local stack and print a summary
 	$(PY) -m local.demo
 
-# Two workers, each with a local stack of its own (tests/conftest.py groups the tests).
+# Two workers, each with a local stack of its own (tests/conftest.py); a file stays on one.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)  ## every test: unit, DAG and integration (starts its own local stack per worker)
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 unit: $(STAMP)  ## fast tests only (no services)
 	$(PY) -m pytest tests/unit tests/dags

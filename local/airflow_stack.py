@@ -13,8 +13,12 @@ from local.config import AIRFLOW_HOME, HOST, REPO_ROOT, VENV_BIN, Ports
 from local.pg import OS_USER, pg_bin
 from local.proc import StackError, log_file, log_tail
 
-# Standalone's log servers: fixed ports, bound to all interfaces by Airflow itself.
-LOG_SERVER_PORTS = (8793, 8794)
+
+def log_server_ports(ports: Ports | None = None) -> tuple[int, int]:
+    """Standalone's log servers (the scheduler's task logs, the triggerer's), bound to all
+    interfaces by Airflow itself: Airflow's 8793/8794 unless BACKUP_AIRFLOW_LOG_PORT moves them."""
+    first = (ports or Ports.from_env()).airflow_logs
+    return first, first + 1
 
 
 def airflow_env(ports: Ports | None = None) -> dict[str, str]:
@@ -25,7 +29,9 @@ def airflow_env(ports: Ports | None = None) -> dict[str, str]:
     and ``import local``. API URLs use 127.0.0.1, not ``localhost``, which may resolve
     to ::1 where nothing listens.
     """
-    port = (ports or Ports.from_env()).airflow
+    ports = ports or Ports.from_env()
+    port = ports.airflow
+    worker_logs, trigger_logs = log_server_ports(ports)
     env = dict(os.environ)
     pythonpath = [str(REPO_ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
@@ -38,6 +44,8 @@ def airflow_env(ports: Ports | None = None) -> dict[str, str]:
             "AIRFLOW__API__PORT": str(port),
             "AIRFLOW__API__BASE_URL": f"http://{HOST}:{port}",
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://{HOST}:{port}/execution/",
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(worker_logs),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(trigger_logs),
             # New or edited DAG files show up within 30 s instead of 5 min.
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
             # LocalExecutor starts one worker process per slot: 32 by default, too many for 2 cores.

@@ -5,7 +5,7 @@ two Celery workers, one per queue, so any run of a backup DAG uses both.
 
 A triggerer runs too: `dr_failover`'s approval (a Human-in-the-loop operator) defers. Each
 worker serves its task logs on a port of its own (BACKUP_CELERY_LOG_PORT and the next one),
-and the triggerer on the one after, never standalone's fixed 8793/8794, so the two modes' log
+and the triggerer on the one after, never standalone's (8793/8794 by default), so the two modes' log
 servers never meet on one machine.
 """
 

@@ -47,6 +47,9 @@ DEFAULT_PORTS = {
     "BACKUP_AIRFLOW_PORT": 8080,
     "BACKUP_REDIS_PORT": 15379,  # celery mode's broker
     "BACKUP_CELERY_LOG_PORT": 15793,  # celery mode's worker log servers: this one and the next
+    # Standalone's log servers (scheduler's task logs, triggerer's: this one and the next),
+    # Airflow's own defaults; tests move them so two standalones can run at once.
+    "BACKUP_AIRFLOW_LOG_PORT": 8793,
 }
 
 
@@ -74,6 +77,7 @@ class Ports:
     airflow: int
     redis: int
     celery_logs: int
+    airflow_logs: int
 
     @classmethod
     def from_env(cls) -> Ports:
@@ -88,6 +92,7 @@ class Ports:
             airflow=_port("BACKUP_AIRFLOW_PORT"),
             redis=_port("BACKUP_REDIS_PORT"),
             celery_logs=_port("BACKUP_CELERY_LOG_PORT"),
+            airflow_logs=_port("BACKUP_AIRFLOW_LOG_PORT"),
         )
 
     def retarget(self) -> dict[int, int]:
@@ -103,6 +108,7 @@ class Ports:
             "BACKUP_AIRFLOW_PORT": self.airflow,
             "BACKUP_REDIS_PORT": self.redis,
             "BACKUP_CELERY_LOG_PORT": self.celery_logs,
+            "BACKUP_AIRFLOW_LOG_PORT": self.airflow_logs,
         }
         return {DEFAULT_PORTS[var]: port for var, port in current.items()}
 

@@ -233,7 +233,7 @@ class Airflow(Service):
         airflow_stack.probe(self.port)
 
     def ports(self) -> list[int]:
-        return [self.port, *airflow_stack.LOG_SERVER_PORTS]
+        return [self.port, *airflow_stack.log_server_ports()]
 
     def after_ready(self) -> None:
         print(f"  Airflow UI/API: {self.detail()}")

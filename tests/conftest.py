@@ -25,17 +25,3 @@ Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
 #: The local stack's fixtures (tests/integration and tests/faults share one stack per session).
 pytest_plugins = ["tests.stack", "tests.browser"]
-
-
-def pytest_collection_modifyitems(items: list) -> None:
-    """Keep each file on one worker (its module fixtures run once), and every test that runs
-    Airflow standalone on the same worker: its log server ports are fixed, so two cannot run
-    at once, and the session's standalone is then started once. (The Celery test's Airflow
-    serves logs on ports of its own: it runs beside it.)"""
-    import pytest
-
-    for item in items:
-        if {"airflow_scheduler", "ui_page"} & set(item.fixturenames):
-            item.add_marker(pytest.mark.xdist_group("airflow"))
-        else:
-            item.add_marker(pytest.mark.xdist_group(item.path.name))

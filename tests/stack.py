@@ -35,6 +35,7 @@ TEST_ENV = {
     "BACKUP_AIRFLOW_PORT": "18080",  # standalone; the Celery test's api-server takes the next
     "BACKUP_REDIS_PORT": "16379",
     "BACKUP_CELERY_LOG_PORT": "16793",
+    "BACKUP_AIRFLOW_LOG_PORT": "18793",  # standalone's log servers, off Airflow's 8793/8794
     "BACKUP_SAMPLE_MEDIA_SMALL": "300",
 }
 for _name, _value in TEST_ENV.items():

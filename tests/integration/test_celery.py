@@ -5,7 +5,7 @@ on a file or a process another task left on its machine.
 
 The Celery Airflow has its own state directory, metadata DB (`airflow` on the platform server)
 and api-server port (the standalone's plus one); its log servers are not standalone's
-8793/8794, so it may run beside the session's standalone.
+8793/8794 or their test ports, so it may run beside the session's standalone.
 """
 
 from __future__ import annotations

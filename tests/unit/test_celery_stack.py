@@ -6,7 +6,7 @@ import pytest
 
 from include.backup_dr.deployment import DEFAULT_QUEUE, IO_QUEUE
 from local import celery_stack, stack
-from local.airflow_stack import LOG_SERVER_PORTS
+from local.airflow_stack import log_server_ports
 from local.proc import StackError
 
 
@@ -16,6 +16,7 @@ def test_celery_mode_runs_each_part_alone_and_never_binds_standalone_log_ports(
     monkeypatch.setenv("BACKUP_AIRFLOW_EXECUTOR", "celery")
     monkeypatch.setenv("BACKUP_REDIS_PORT", "16379")
     monkeypatch.setenv("BACKUP_CELERY_LOG_PORT", "18793")
+    monkeypatch.setenv("BACKUP_AIRFLOW_LOG_PORT", "8793")  # standalone's, Airflow's defaults
     parts = stack.services(["airflow"])
     assert [svc.name for svc in parts] == [
         "redis",
@@ -28,7 +29,7 @@ def test_celery_mode_runs_each_part_alone_and_never_binds_standalone_log_ports(
     ]
     listening = [port for svc in parts for port in svc.ports()]
     assert sorted(listening) == sorted({*listening})  # one owner each
-    assert not set(listening) & set(LOG_SERVER_PORTS)
+    assert not set(listening) & set(log_server_ports())
     assert {16379, 18793, 18794, 18795} <= set(listening)  # the triggerer's logs: the third
     workers = [svc for svc in parts if isinstance(svc, stack.CeleryWorker)]
     assert [w.worker.queue for w in workers] == [DEFAULT_QUEUE, IO_QUEUE]

@@ -1,0 +1,198 @@
+"""Kill -9 the primary under the load generator, then fail over with `dr_failover`, approved
+through Airflow's REST API.
+
+A throwaway primary + standby of its own (never the stack's platform server), archiving to both
+test regions under a server name of its own. The load generator records every acknowledged
+commit. After the failover: the acknowledged commits missing on the new primary are no more
+than those acknowledged within the lag measured at the kill (none when synchronous); the new
+timeline's history is in both regions; the store names the new primary; the old primary,
+started again, takes no writes and archives nothing; the evidence is in both regions, with the
+approver's name. Asynchronous: a standby is rebuilt and the monitor follows the new pair.
+Synchronous: the policy has no rebuild command, so the run says so and the monitor's
+`standby_gone` stays open.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from include.backup_dr.wal import archive_prefix
+from local.failover import Pair
+from tests.faults.failover_pair import (
+    PRIMARY_CONN,
+    STANDBY_CONN,
+    Approver,
+    add_server,
+    api_server,
+    connection_env,
+    load_until_kill,
+    missing_on,
+)
+from tests.stack import REPO
+
+pytestmark = pytest.mark.integration
+
+#: Ports below the kernel's ephemeral range that the stack does not use (FACTS): the pair of
+#: the asynchronous case takes base..base+2, the synchronous one base+10..base+12.
+BASE_PORT = int(os.environ.get("BACKUP_FAILOVER_TEST_PORT", "16710"))
+RATE = 200  # commits/s, as the issue measures
+#: How long the load runs before the kill, and how long each of dr_failover's waits may take.
+SETTLE_S = float(os.environ.get("BACKUP_FAILOVER_SETTLE", "3"))
+WAIT_S = int(os.environ.get("BACKUP_FAILOVER_WAIT", "120"))
+#: How long the restarted old primary is watched for archiving.
+FENCE_WATCH_S = float(os.environ.get("BACKUP_FAILOVER_FENCE_WATCH", "3"))
+
+
+def _run_failover(policy, server: str, base: str, token: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    # dag.test() writes every DAG of the folder to the metadata DB: the base backup it
+    # triggers exists there, as under a scheduler.
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    approver = Approver(base, token, "dr_failover", timeout=WAIT_S * 2)
+    approver.start()
+    run = bag.dags["dr_failover"].test(
+        logical_date=datetime.now(UTC),
+        run_conf={"server": server, "planned": False, "wait_seconds": WAIT_S},
+    )
+    approver.join(timeout=10)
+    assert approver.error is None, approver.error
+    return run, approver
+
+
+def _segments(store, server: str, timeline: int) -> set[str]:
+    prefix = f"{archive_prefix(server)}{timeline:08X}"
+    return {o.key for o in store.list_objects(prefix) if ".history" not in o.key}
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_kill_primary_fail_over_approved_through_the_api(
+    mode, stores, policy_file, monkeypatch, tmp_path
+):
+    from include.backup_dr.monitor import continuous
+    from include.backup_dr.roles import current_roles
+
+    base_port = BASE_PORT + (0 if mode == "async" else 10)
+    synchronous = mode == "sync"
+    pair = Pair(f"failover_{mode}", base_port, base_port + 1, synchronous=synchronous)
+    try:
+        pair.start()
+        policy = policy_file(lambda d: add_server(d, pair, rebuild=not synchronous))
+        for name, value in connection_env(pair).items():
+            monkeypatch.setenv(name, value)
+        server = pair.server
+        run_info = {"dag_id": "test", "run_id": f"before_kill_{mode}"}
+
+        # Under load: one short monitor run (heartbeats, evidence), then the kill.
+        from local.loadgen import LoadGenerator
+
+        with LoadGenerator(
+            rate=RATE, conninfo=pair.conninfo(pair.primary_port), database="postgres"
+        ):
+            continuous.measure(policy, stores, server, 2, run_info)
+        kill = load_until_kill(pair, RATE, SETTLE_S)
+        assert len(kill.acks) > RATE * SETTLE_S * 0.5, "the load generator barely ran"
+
+        port = int(os.environ["BACKUP_AIRFLOW_PORT"]) + 2
+        with api_server(dict(os.environ), port, tmp_path) as (base, token):
+            run, approver = _run_failover(policy, server, base, token)
+        states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+
+        # The approval went through the REST API, by `oncall`.
+        assert approver.response["responded_by"]["name"] == "oncall"
+        assert approver.response["chosen_options"] == ["Approve"]
+        assert run.state == ("failed" if synchronous else "success")  # sync: nothing rebuilt
+        for step in (
+            "preflight",
+            "approve",
+            "fence",
+            "promote",
+            "follow",
+            "archive_timeline",
+            "base_backup",
+        ):
+            assert states[step] == "success", states
+        # Recorded either way; red when something is left to do (sync: no standby rebuilt).
+        assert states["evidence"] == ("failed" if synchronous else "success"), states
+
+        # Loss: what was acknowledged and is not on the new primary.
+        missing = missing_on(pair, pair.standby_port, kill.acks)
+        print(
+            f"{mode}: {len(kill.acks)} acked, {len(missing)} missing, lag at kill "
+            f"{kill.lag_seconds * 1000:.1f} ms ({kill.within_lag()} acked within it)"
+        )
+        if synchronous:
+            assert missing == []
+        else:
+            assert len(missing) <= kill.within_lag()
+
+        # The store follows the new primary; the history file is in both regions.
+        roles = current_roles(policy, stores, server)
+        assert roles.primary_conn_id == STANDBY_CONN and roles.timeline == 2
+        for store in stores:
+            history = list(store.list_objects(f"{archive_prefix(server)}00000002.history"))
+            assert history, f"no 00000002.history in {store.region.name}"
+
+        # Evidence in both regions, with the approver and the loss.
+        records = []
+        for store in stores:
+            keys = [o.key for o in store.list_objects(f"evidence/failover/{server}/")]
+            assert len(keys) == 1, (store.region.name, keys)
+            records.append(store.get_json(keys[0]))
+        record = records[0]
+        assert record == records[1]
+        assert record["approved_by"] == "oncall" and record["timeline"] == 2
+        assert record["controls"] == ["A.5.29", "A.5.30"]
+        assert record["approval_to_writable_seconds"] is not None
+        assert record["loss"]["seconds"] >= 0
+
+        if synchronous:
+            # No rebuild command: said so, and the monitor's standby_gone stays open.
+            assert states["rebuild_standby"] == "failed"
+            assert roles.standby_conn_id is None
+            doc = continuous.measure(
+                policy, stores, server, 1, {"dag_id": "test", "run_id": "after"}
+            )
+            assert doc["conditions"]["standby_gone"] is True
+        else:
+            assert states["rebuild_standby"] == "success"
+            assert roles.standby_conn_id == PRIMARY_CONN and roles.slot == "backup_dr_standby_tl2"
+            doc = continuous.measure(
+                policy, stores, server, 2, {"dag_id": "test", "run_id": "after"}
+            )
+            assert doc["conditions"]["standby_gone"] is False, doc["standby"]
+
+        # The old primary, started again, takes no writes and archives nothing. (What the new
+        # primary archived of timeline 1 at the fork is its .partial last segment, only.)
+        old = pair.primary.data_dir
+        from local.failover import start
+
+        before = {s.region.name: _segments(s, server, 1) for s in stores}
+        fork = max(key for keys in before.values() for key in keys if key.endswith(".partial.gz"))
+        fork_segment = fork.rsplit("/", 1)[-1][:24]
+        for keys in before.values():
+            assert all(k.rsplit("/", 1)[-1][:24] < fork_segment or ".partial" in k for k in keys), (
+                keys
+            )
+        start(old, base_port + 2, pair.root / "old.log")
+        try:
+            with psycopg.connect(pair.conninfo(base_port + 2), autocommit=True) as conn:
+                assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0] is True
+                assert conn.execute("SHOW archive_mode").fetchone()[0] == "off"
+                with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                    conn.execute("INSERT INTO loadgen_orders (amount) VALUES (1)")
+            time.sleep(FENCE_WATCH_S)
+            after = {s.region.name: _segments(s, server, 1) for s in stores}
+            assert after == before
+        finally:
+            pair.stop()
+    finally:
+        pair.remove()
+        sys.stdout.flush()

@@ -23,12 +23,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import psycopg
 
 from local import wal
 from local.config import HOST, PG_PASSWORD, PG_USER
+from local.loadgen import Ack, LoadGenerator
 from local.pg import OS_USER, Server, StandbyServer, pg_bin
 from local.proc import StackError
 
@@ -176,6 +181,49 @@ class Pair:
             self.standby_port,
         )
 
+    @property
+    def primary_conn(self) -> str:
+        return f"pg_{self.server}_primary"
+
+    @property
+    def standby_conn(self) -> str:
+        return f"pg_{self.server}_standby"
+
+    def policy_entries(self, *, rebuild: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The pair as a policy server (continuous, with the local fence and, if asked, rebuild
+        commands) and one production database target on it. The rebuilt standby takes the old
+        primary's port, so the old primary's connection reaches it (the README's contract)."""
+        local = [sys.executable, "-m", "local.failover"]
+        server: dict[str, Any] = {
+            "name": self.server,
+            "conn_id": self.primary_conn,
+            "dump_pool": "default_pool",
+            "standby": {"conn_id": self.standby_conn, "slot": "backup_dr_standby"},
+            "fence_command": [*local, "fence", "--data-dir", str(self.primary.data_dir)],
+        }
+        if rebuild:
+            server["rebuild_command"] = [
+                *local, "rebuild", "--data-dir", str(self.root / "r"),
+                "--primary-port", str(self.standby_port), "--port", str(self.primary_port),
+                "--slot", "{slot}",
+            ]  # fmt: skip
+        target = {
+            "name": f"{self.server}_db",
+            "category": "platform",
+            "environment": "production",
+            "server": self.server,
+            "database": "postgres",
+            "priority": 8,
+        }
+        return server, target
+
+    def connection_env(self) -> dict[str, str]:
+        """Airflow connections to both servers, as environment variables."""
+        return {
+            f"AIRFLOW_CONN_{self.primary_conn.upper()}": self.airflow_uri(self.primary_port),
+            f"AIRFLOW_CONN_{self.standby_conn.upper()}": self.airflow_uri(self.standby_port),
+        }
+
     def conninfo(self, port: int, dbname: str = "postgres") -> str:
         return f"host={HOST} port={port} user={PG_USER} password={PG_PASSWORD} dbname={dbname}"
 
@@ -214,6 +262,76 @@ class Pair:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+#: How often the lag probe looks at the standby.
+PROBE_POLL_S = 0.001
+
+
+def lag_now(pair: Pair, probes: int = 3) -> float:
+    """Commit-to-visible lag on the standby, the worst of a few probes (seconds)."""
+    worst = 0.0
+    with (
+        psycopg.connect(pair.conninfo(pair.primary_port), autocommit=True) as primary,
+        psycopg.connect(pair.conninfo(pair.standby_port), autocommit=True) as standby,
+    ):
+        primary.execute("CREATE TABLE IF NOT EXISTS lag_probe (id bigserial PRIMARY KEY)")
+        time.sleep(0.2)  # the table reaches the standby
+        for _ in range(probes):
+            row = primary.execute("INSERT INTO lag_probe DEFAULT VALUES RETURNING id").fetchone()
+            committed = time.monotonic()
+            while True:
+                with suppress(psycopg.errors.UndefinedTable):
+                    seen = standby.execute("SELECT 1 FROM lag_probe WHERE id = %s", row)
+                    if seen.fetchone():
+                        break
+                time.sleep(PROBE_POLL_S)
+            worst = max(worst, time.monotonic() - committed)
+    return worst
+
+
+@dataclass
+class Kill:
+    """What a kill -9 under load left: every acknowledged commit, when, and the lag measured
+    just before."""
+
+    acks: list[Ack]
+    killed_at: float
+    lag_seconds: float
+    rate: float
+
+    def within_lag(self) -> int:
+        """Acknowledged commits inside the lag before the kill: what may be lost."""
+        return sum(1 for a in self.acks if a.at >= self.killed_at - self.lag_seconds)
+
+
+def load_until_kill(pair: Pair, rate: float, settle: float) -> Kill:
+    """Write `rate` commits/s for `settle` s, measure the lag, kill -9 the primary."""
+    load = LoadGenerator(
+        rate=rate,
+        conninfo=pair.conninfo(pair.primary_port),
+        database="postgres",
+        record=True,
+        expect_loss=True,
+    )
+    with load:
+        time.sleep(settle)
+        lag = lag_now(pair)
+        pair.kill_primary()
+        killed_at = time.time()
+    return Kill(list(load.acks), killed_at, lag, load.achieved_rate)
+
+
+def missing_on(pair: Pair, port: int, acks: list[Ack]) -> list[Ack]:
+    """The acknowledged commits the server on `port` does not have."""
+    with psycopg.connect(pair.conninfo(port), autocommit=True) as conn:
+        present = {
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM loadgen_orders WHERE id = ANY(%s)", ([a.id for a in acks],)
+            )
+        }
+    return [a for a in acks if a.id not in present]
 
 
 def main(argv: list[str] | None = None) -> int:

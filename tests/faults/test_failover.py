@@ -23,17 +23,8 @@ import psycopg
 import pytest
 
 from include.backup_dr.wal import archive_prefix
-from local.failover import Pair
-from tests.faults.failover_pair import (
-    PRIMARY_CONN,
-    STANDBY_CONN,
-    Approver,
-    add_server,
-    api_server,
-    connection_env,
-    load_until_kill,
-    missing_on,
-)
+from local.failover import Pair, load_until_kill, missing_on
+from tests.faults.airflow_api import Approver, api_server
 from tests.stack import REPO
 
 pytestmark = pytest.mark.integration
@@ -84,8 +75,14 @@ def test_kill_primary_fail_over_approved_through_the_api(
     pair = Pair(f"failover_{mode}", base_port, base_port + 1, synchronous=synchronous)
     try:
         pair.start()
-        policy = policy_file(lambda d: add_server(d, pair, rebuild=not synchronous))
-        for name, value in connection_env(pair).items():
+        server_entry, target_entry = pair.policy_entries(rebuild=not synchronous)
+
+        def add_pair(data: dict) -> None:
+            data["servers"].append(server_entry)
+            data["targets"].append(target_entry)
+
+        policy = policy_file(add_pair)
+        for name, value in pair.connection_env().items():
             monkeypatch.setenv(name, value)
         server = pair.server
         run_info = {"dag_id": "test", "run_id": f"before_kill_{mode}"}
@@ -135,7 +132,7 @@ def test_kill_primary_fail_over_approved_through_the_api(
 
         # The store follows the new primary; the history file is in both regions.
         roles = current_roles(policy, stores, server)
-        assert roles.primary_conn_id == STANDBY_CONN and roles.timeline == 2
+        assert roles.primary_conn_id == pair.standby_conn and roles.timeline == 2
         for store in stores:
             history = list(store.list_objects(f"{archive_prefix(server)}00000002.history"))
             assert history, f"no 00000002.history in {store.region.name}"
@@ -163,7 +160,9 @@ def test_kill_primary_fail_over_approved_through_the_api(
             assert doc["conditions"]["standby_gone"] is True
         else:
             assert states["rebuild_standby"] == "success"
-            assert roles.standby_conn_id == PRIMARY_CONN and roles.slot == "backup_dr_standby_tl2"
+            assert (
+                roles.standby_conn_id == pair.primary_conn and roles.slot == "backup_dr_standby_tl2"
+            )
             doc = continuous.measure(
                 policy, stores, server, 2, {"dag_id": "test", "run_id": "after"}
             )

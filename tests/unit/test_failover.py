@@ -215,3 +215,37 @@ def test_the_record_says_approval_to_writable_and_names_its_controls() -> None:
     assert document["approval_to_writable_seconds"] == 2.5
     assert document["controls"] == ["A.5.29", "A.5.30"]
     assert Loss(**estimate_loss(None, []).__dict__).seconds == 0
+
+
+def test_a_failover_is_an_a529_a530_record_in_the_audit_report() -> None:
+    from include.backup_dr.audit.report import CONTINUITY_CONTROL, build_report
+    from include.backup_dr.audit.report import FailoverRecord as AuditFailover
+
+    policy = load_policy(DEFAULT_POLICY_PATH)
+    event = AuditFailover(
+        server="platform_primary",
+        key="evidence/failover/platform_primary/20261102T030000Z-run.json",
+        recorded_at=datetime(2026, 11, 2, 3, tzinfo=UTC),
+        planned=False,
+        approved_by="oncall",
+        approval_to_writable_seconds=1.6,
+        loss_seconds=0.012,
+        lost_heartbeats=1,
+        timeline=2,
+        old_primary="pg_platform: fenced",
+        problems=("rebuild_standby: failed",),
+    )
+    outside = AuditFailover(**{**event.__dict__, "recorded_at": datetime(2026, 10, 1, tzinfo=UTC)})
+    report = build_report(
+        policy,
+        [event, outside],
+        datetime(2026, 11, 1).date(),
+        datetime(2026, 11, 3).date(),
+        datetime(2026, 11, 10, tzinfo=UTC),
+    )
+    assert report.failovers == (event,)
+    finding = next(f for f in report.exceptions if "failover on" in f.text)
+    assert finding.control == CONTINUITY_CONTROL
+    assert "approved by oncall" in finding.text and "rebuild_standby: failed" in finding.text
+    page = report.markdown()
+    assert "## Failovers" in page and "oncall" in page and "0.012s, 1 heartbeat(s)" in page

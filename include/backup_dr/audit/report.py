@@ -109,7 +109,24 @@ class DrillRecord:
     rpo_measure: str
 
 
-Record = BackupRecord | IntegrityRecord | PruneRecord | DrillRecord
+@dataclass(frozen=True)
+class FailoverRecord:
+    """One failover (evidence/failover/...): who approved it, what it lost, what is left."""
+
+    server: str
+    key: str
+    recorded_at: datetime  # when the server took writes again (else the preflight)
+    planned: bool
+    approved_by: str | None
+    approval_to_writable_seconds: float | None
+    loss_seconds: float | None
+    lost_heartbeats: int | None
+    timeline: int | None
+    old_primary: str
+    problems: tuple[str, ...]
+
+
+Record = BackupRecord | IntegrityRecord | PruneRecord | DrillRecord | FailoverRecord
 
 
 # ---- the report model ------------------------------------------------------------------------
@@ -216,6 +233,7 @@ class AuditReport:
     prune: tuple[PruneRow, ...]
     drills: tuple[DrillRow, ...]
     exceptions: tuple[Finding, ...] = field(default=())
+    failovers: tuple[FailoverRecord, ...] = field(default=())
 
     def markdown(self) -> str:
         return render_markdown(blocks(self))
@@ -278,8 +296,12 @@ def build_report(
     counted: dict[tuple[str, str, str], list[IntegrityRecord]] = defaultdict(list)
     plans: dict[tuple[str, str], list[PruneRecord]] = defaultdict(list)
     drills: dict[str, list[DrillRecord]] = defaultdict(list)
+    failovers: list[FailoverRecord] = []
     for record in records:
         match record:
+            case FailoverRecord():
+                if begin <= record.recorded_at < stop:
+                    failovers.append(record)
             case BackupRecord():
                 backups[(record.target, record.tier, record.window)][record.region] = record
             case IntegrityRecord():
@@ -324,7 +346,15 @@ def build_report(
             DrillRow(subject, newest, policy.objectives.rto, drill_rpo(policy, category, tier))
         )
     report = AuditReport(
-        start, end, now, regions, tuple(windows), tuple(integrity), tuple(prune), tuple(drill_rows)
+        start,
+        end,
+        now,
+        regions,
+        tuple(windows),
+        tuple(integrity),
+        tuple(prune),
+        tuple(drill_rows),
+        failovers=tuple(sorted(failovers, key=lambda f: f.recorded_at)),
     )
     return AuditReport(**{**report.__dict__, "exceptions": tuple(findings(report))})
 
@@ -510,6 +540,14 @@ def findings(report: AuditReport) -> Iterator[Finding]:
                 f"{row.subject}/{row.tier}: prune stopped by the circuit breaker at "
                 f"{_when(at)}: {why}",
             )
+    for failover in report.failovers:  # a disruption is always worth an auditor's eye
+        yield Finding(
+            CONTINUITY_CONTROL,
+            f"{failover.server}: {'switchover' if failover.planned else 'failover'} on "
+            f"{_when(failover.recorded_at)}, approved by {failover.approved_by or NO_EVIDENCE}, "
+            f"loss {_seconds(failover.loss_seconds)}"
+            + (f"; left to do: {'; '.join(failover.problems)}" if failover.problems else ""),
+        )
     for row in report.drills:
         drill = row.drill
         if drill is None:
@@ -733,7 +771,43 @@ def blocks(report: AuditReport) -> list[Block]:
             ),
             tuple(_drill_cells(row) for row in report.drills),
         ),
+        Heading(2, "Failovers"),
+        Para(
+            f"Controls: {CONTINUITY_CONTROL}. Every dr_failover of the period: who approved "
+            "it, how long from the approval until the new primary took writes, the loss "
+            "measured before the approval, and what became of the old primary."
+            + ("" if report.failovers else " None in the period.")
+        ),
     ]
+    if report.failovers:
+        out.append(
+            Table(
+                (
+                    "server",
+                    "writable at",
+                    "approved by",
+                    "approval to writable",
+                    "loss",
+                    "timeline",
+                    "old primary",
+                    "left to do",
+                ),
+                tuple(
+                    (
+                        f.server + (" (planned)" if f.planned else ""),
+                        _when(f.recorded_at),
+                        f.approved_by or NO_EVIDENCE,
+                        _seconds(f.approval_to_writable_seconds),
+                        _seconds(f.loss_seconds)
+                        + (f", {f.lost_heartbeats} heartbeat(s)" if f.lost_heartbeats else ""),
+                        str(f.timeline or "-"),
+                        f.old_primary,
+                        "; ".join(f.problems) or "nothing",
+                    )
+                    for f in report.failovers
+                ),
+            )
+        )
     return out
 
 

@@ -1,5 +1,5 @@
-"""What the failover fault test and the bench share: a throwaway primary + standby in a policy
-of their own, the load at the kill, and an approval given through Airflow's REST API."""
+"""Airflow's REST API beside dag.test(): an api-server on the session's metadata DB, and on-call
+approving a pending Human-in-the-loop action through it."""
 
 from __future__ import annotations
 
@@ -12,123 +12,8 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import psycopg
-
-from local.failover import Pair
-from local.loadgen import Ack, LoadGenerator
-
-PRIMARY_CONN = "pg_failover_test_primary"
-STANDBY_CONN = "pg_failover_test_standby"
-#: How often the lag probe looks at the standby.
-PROBE_POLL_S = 0.001
-
-
-def add_server(data: dict[str, Any], pair: Pair, *, rebuild: bool) -> None:
-    """Policy edit: the pair as a continuous server with one production database, and the
-    local fence (and rebuild) commands. The rebuilt standby takes the old primary's port, so
-    the old primary's connection reaches it (the README's rebuild contract)."""
-    server: dict[str, Any] = {
-        "name": pair.server,
-        "conn_id": PRIMARY_CONN,
-        "dump_pool": "default_pool",
-        "standby": {"conn_id": STANDBY_CONN, "slot": "backup_dr_standby"},
-        "fence_command": [
-            sys.executable,
-            "-m",
-            "local.failover",
-            "fence",
-            "--data-dir",
-            str(pair.primary.data_dir),
-        ],
-    }
-    if rebuild:
-        server["rebuild_command"] = [
-            sys.executable,
-            "-m",
-            "local.failover",
-            "rebuild",
-            "--data-dir",
-            str(pair.root / "r"),
-            "--primary-port",
-            str(pair.standby_port),
-            "--port",
-            str(pair.primary_port),
-            "--slot",
-            "{slot}",
-        ]
-    data["servers"].append(server)
-    data["targets"].append(
-        {
-            "name": f"{pair.server}_db",
-            "category": "platform",
-            "environment": "production",
-            "server": pair.server,
-            "database": "postgres",
-            "priority": 8,
-        }
-    )
-
-
-def connection_env(pair: Pair) -> dict[str, str]:
-    return {
-        f"AIRFLOW_CONN_{PRIMARY_CONN.upper()}": pair.airflow_uri(pair.primary_port),
-        f"AIRFLOW_CONN_{STANDBY_CONN.upper()}": pair.airflow_uri(pair.standby_port),
-    }
-
-
-def lag_now(pair: Pair, probes: int = 3) -> float:
-    """Commit-to-visible lag on the standby, the worst of a few probes (seconds)."""
-    worst = 0.0
-    with (
-        psycopg.connect(pair.conninfo(pair.primary_port), autocommit=True) as primary,
-        psycopg.connect(pair.conninfo(pair.standby_port), autocommit=True) as standby,
-    ):
-        primary.execute("CREATE TABLE IF NOT EXISTS lag_probe (id bigserial PRIMARY KEY)")
-        time.sleep(0.2)
-        for _ in range(probes):
-            (probe,) = primary.execute(
-                "INSERT INTO lag_probe DEFAULT VALUES RETURNING id"
-            ).fetchone()
-            committed = time.monotonic()
-            while True:
-                try:
-                    if standby.execute(
-                        "SELECT 1 FROM lag_probe WHERE id = %s", (probe,)
-                    ).fetchone():
-                        break
-                except psycopg.errors.UndefinedTable:
-                    pass
-                time.sleep(PROBE_POLL_S)
-            worst = max(worst, time.monotonic() - committed)
-    return worst
-
-
-@dataclass
-class Kill:
-    """What the kill left: every acknowledged commit, when, and the lag just before."""
-
-    acks: list[Ack]
-    killed_at: float
-    lag_seconds: float
-    rate: float
-
-    def within_lag(self) -> int:
-        return sum(1 for a in self.acks if a.at >= self.killed_at - self.lag_seconds)
-
-
-def missing_on(pair: Pair, port: int, acks: list[Ack]) -> list[int]:
-    with psycopg.connect(pair.conninfo(port), autocommit=True) as conn:
-        present = {
-            row[0]
-            for row in conn.execute(
-                "SELECT id FROM loadgen_orders WHERE id = ANY(%s)", ([a.id for a in acks],)
-            )
-        }
-    return sorted(a.id for a in acks if a.id not in present)
 
 
 @contextmanager
@@ -248,20 +133,3 @@ class Approver(threading.Thread):
             raise TimeoutError("no pending approval appeared")
         except BaseException as exc:
             self.error = exc
-
-
-def load_until_kill(pair: Pair, rate: float, settle: float) -> Kill:
-    """Write `rate` commits/s for `settle` s, measure the lag, kill -9 the primary."""
-    load = LoadGenerator(
-        rate=rate,
-        conninfo=pair.conninfo(pair.primary_port),
-        database="postgres",
-        record=True,
-        expect_loss=True,
-    )
-    with load:
-        time.sleep(settle)
-        lag = lag_now(pair)
-        pair.kill_primary()
-        killed_at = time.time()
-    return Kill(list(load.acks), killed_at, lag, load.achieved_rate)

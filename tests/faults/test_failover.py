@@ -195,3 +195,91 @@ def test_kill_primary_fail_over_approved_through_the_api(
     finally:
         pair.remove()
         sys.stdout.flush()
+
+
+def _sample(doc: dict, key: str):
+    """A heartbeat of a monitor run with the next one after it (what the drill aims at)."""
+    from include.backup_dr.pitr.heartbeat import HeartbeatSample
+
+    beats = [s for s in doc["samples"] if s.get("seq") is not None]
+    this, following = beats[len(beats) // 2 - 1], beats[len(beats) // 2]
+    return HeartbeatSample(
+        int(this["seq"]),
+        datetime.fromisoformat(this["written_at"]),
+        datetime.fromisoformat(following["written_at"]),
+        key,
+    )
+
+
+def _archived_everywhere(stores, server: str, segment: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        found = [
+            any(segment in o.key for o in store.list_objects(archive_prefix(server)))
+            for store in stores
+        ]
+        if all(found):
+            return
+        assert time.monotonic() < deadline, f"{segment} not archived in both regions"
+        time.sleep(0.5)
+
+
+def test_pitr_to_a_second_before_and_after_the_fork(stores, policy_file, monkeypatch):
+    """A base backup on timeline 1, heartbeats before the kill, the failover's own steps, and
+    heartbeats on timeline 2: recovery from the secondary region to half a second after a
+    heartbeat on each side of the fork finds that heartbeat and none after T."""
+    from include.backup_dr.dr import failover_steps
+    from include.backup_dr.monitor import continuous
+    from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
+    from include.backup_dr.pitr.heartbeat import heartbeat_proof
+    from include.backup_dr.pitr.server import recover
+    from include.backup_dr.pitr.window import recovery_range
+    from include.backup_dr.roles import current_roles
+
+    pair = Pair("failover_pitr", BASE_PORT + 20, BASE_PORT + 21)
+    try:
+        pair.start()
+        server_entry, target_entry = pair.policy_entries(rebuild=False)
+
+        def add_pair(data: dict) -> None:
+            data["servers"].append(server_entry)
+            data["targets"].append(target_entry)
+
+        policy = policy_file(add_pair)
+        for name, value in pair.connection_env().items():
+            monkeypatch.setenv(name, value)
+        server, run = pair.server, {"dag_id": "test", "run_id": "pitr_fork"}
+        ref = take_snapshot(policy, stores, server, "continuous", datetime.now(UTC), run)
+        check_integrity(policy, stores, copy_to_secondary(policy, stores, ref))
+        before = continuous.measure(policy, stores, server, 4, run)
+        load_until_kill(pair, RATE, 1)
+        failover_steps.fence(
+            policy, list(stores), server, "pitr", planned=False, wait_seconds=WAIT_S
+        )
+        promoted = failover_steps.promote(policy, list(stores), server, wait_seconds=WAIT_S)
+        roles = current_roles(policy, stores, server)
+        failover_steps.follow(list(stores), roles, promoted, "pitr")
+        failover_steps.archive_timeline(list(stores), server, 2, wait_seconds=WAIT_S)
+        after = continuous.measure(policy, stores, server, 4, run)
+        with psycopg.connect(pair.conninfo(pair.standby_port), autocommit=True) as conn:
+            (segment,) = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+        _archived_everywhere(stores, server, segment)
+
+        span = recovery_range(policy, stores.secondary, server)
+        proofs = {}
+        for side, doc in (("before", before), ("after", after)):
+            sample = _sample(doc, doc["key"])
+            scratch = pair.root / side[0]  # short: the throwaway server's socket lives there
+            scratch.mkdir()
+            with recover(
+                policy, stores, server, span.region, sample.target_time, scratch, span=span
+            ) as recovered:
+                connection = recovered.connect("postgres")
+                try:
+                    proofs[side] = heartbeat_proof(connection, sample, sample.target_time)
+                finally:
+                    connection.close()
+        assert proofs["before"]["ok"], proofs
+        assert proofs["after"]["ok"], proofs
+    finally:
+        pair.remove()

@@ -7,7 +7,8 @@ The per-target chain is a mapped task group over the production targets found at
 adding a database or a bucket is a policy edit. Each database server gets its own group, whose
 snapshot task runs in that server's pool; media targets are grouped by source bucket. Media
 also gets `media_replicate` (hourly copy to the secondary region, for the RPO). Restores:
-`restore_verification` (the yearly drill) and `dr_restore` (manual). Parsing reads only the
+`restore_verification` (the yearly drill) and `dr_restore` (manual). Failover: `dr_failover`
+(manual, approved by a human under Required Actions). Parsing reads only the
 local policy file: no network, no database. The steps that move a backup's bytes run on the
 `backup-io` queue, with their pod under the KubernetesExecutor (deployment.py).
 """
@@ -1161,7 +1162,7 @@ def build_failover_dag(policy: Policy) -> DAG:
         _, server, _ = _server_and_wait()
         policy_now, stores = _runtime()
         roles = current_roles(policy_now, list(stores), server)
-        return failover_steps.follow(
+        return failover_steps.record_new_primary(
             list(stores), roles, promoted, checked["failover_id"]
         ).to_document()
 

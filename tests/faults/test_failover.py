@@ -258,7 +258,7 @@ def test_pitr_to_a_second_before_and_after_the_fork(stores, policy_file, monkeyp
         )
         promoted = failover_steps.promote(policy, list(stores), server, wait_seconds=WAIT_S)
         roles = current_roles(policy, stores, server)
-        failover_steps.follow(list(stores), roles, promoted, "pitr")
+        failover_steps.record_new_primary(list(stores), roles, promoted, "pitr")
         failover_steps.archive_timeline(list(stores), server, 2, wait_seconds=WAIT_S)
         after = continuous.measure(policy, stores, server, 4, run)
         with psycopg.connect(pair.conninfo(pair.standby_port), autocommit=True) as conn:
@@ -281,5 +281,51 @@ def test_pitr_to_a_second_before_and_after_the_fork(stores, policy_file, monkeyp
                     connection.close()
         assert proofs["before"]["ok"], proofs
         assert proofs["after"]["ok"], proofs
+    finally:
+        pair.remove()
+
+
+def test_planned_switchover_refuses_without_planned_and_loses_nothing(
+    stores, policy_file, monkeypatch
+):
+    """A primary that answers: preflight refuses unless planned. Planned, under load: the fence
+    stops it cleanly, the standby replays all it flushed, and no acknowledged commit is lost."""
+    from include.backup_dr.dr import failover, failover_steps
+    from local.loadgen import LoadGenerator
+
+    pair = Pair("failover_planned", BASE_PORT + 30, BASE_PORT + 31)
+    try:
+        pair.start()
+        server_entry, target_entry = pair.policy_entries(rebuild=False)
+
+        def add_pair(data: dict) -> None:
+            data["servers"].append(server_entry)
+            data["targets"].append(target_entry)
+
+        policy = policy_file(add_pair)
+        for name, value in pair.connection_env().items():
+            monkeypatch.setenv(name, value)
+        server, both = pair.server, list(stores)
+        unplanned = failover_steps.preflight(policy, both, server, planned=False)
+        assert unplanned.primary_answers and unplanned.primary_flush_lsn
+        assert "still answers" in (failover.refusal(unplanned) or "")
+        planned = failover_steps.preflight(policy, both, server, planned=True)
+        assert failover.refusal(planned) is None
+        load = LoadGenerator(
+            rate=RATE,
+            conninfo=pair.conninfo(pair.primary_port),
+            database="postgres",
+            record=True,
+            expect_loss=True,
+        )
+        with load:
+            time.sleep(1)
+            fenced = failover_steps.fence(
+                policy, both, server, "planned", planned=True, wait_seconds=WAIT_S
+            )
+        assert fenced["standby_replayed_lsn"] is not None
+        failover_steps.promote(policy, both, server, wait_seconds=WAIT_S)
+        assert len(load.acks) > RATE * 0.5
+        assert missing_on(pair, pair.standby_port, load.acks) == []
     finally:
         pair.remove()

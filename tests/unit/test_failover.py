@@ -100,11 +100,6 @@ def test_preflight_refuses_a_split_brain_and_a_missing_standby(changes, reason) 
     assert (said is None) if reason is None else (reason in (said or ""))
 
 
-def test_preflight_survives_its_trip_through_xcom() -> None:
-    checked = _preflight()
-    assert Preflight.from_document(checked.to_document()) == checked
-
-
 def test_the_plan_names_server_standby_loss_and_the_old_primarys_fate() -> None:
     policy = load_policy(DEFAULT_POLICY_PATH)
     text = plan_text(policy, _preflight())

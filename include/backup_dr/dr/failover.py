@@ -124,10 +124,6 @@ class Preflight:
     def to_document(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_document(cls, document: dict[str, Any]) -> Preflight:
-        return cls(**{**document, "loss": Loss(**document["loss"])})
-
 
 def refusal(preflight: Preflight) -> str | None:
     """Why the failover must not go ahead, or None. A live primary is refused unless the run

@@ -346,7 +346,7 @@ def archive_timeline(
     }
 
 
-def follow(
+def record_new_primary(
     stores: Sequence[ObjectStore], roles: ServerRoles, promoted: dict[str, Any], failover_id: str
 ) -> ServerRoles:
     """Record the new primary (no standby yet) in both regions: everything that connects to

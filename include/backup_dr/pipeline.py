@@ -125,7 +125,7 @@ def take_snapshot(
 
     engine = engine_for(policy.engine_name(target.category, tier))
     if target.server is not None:
-        policy = follow(policy, stores)
+        policy = follow(policy, stores, [target.server])
     key = backup.key(f"data.{engine.extension}")
     started = _now()
     log.info("Snapshotting %s into %s", backup, primary.where(key))

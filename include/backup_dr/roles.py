@@ -88,12 +88,19 @@ def record_roles(stores: Iterable[ObjectStore], roles: ServerRoles) -> list[str]
     return write_everywhere(stores, state_key(roles.server), roles.to_document())
 
 
-def follow(policy: Policy, stores: Iterable[ObjectStore]) -> Policy:
-    """The policy with each server's connections as `current_roles` says (standby None while
-    none has been rebuilt). What the backup steps use, so they follow a failover."""
+def follow(
+    policy: Policy, stores: Iterable[ObjectStore], only: Iterable[str] | None = None
+) -> Policy:
+    """The policy with each server's connections (or those of the servers named in `only`) as
+    `current_roles` says, standby None while none has been rebuilt. What the backup steps and
+    the drill use, so they follow a failover."""
     stores = list(stores)
+    wanted = None if only is None else set(only)
     servers = []
     for server in policy.servers:
+        if wanted is not None and server.name not in wanted:
+            servers.append(server)
+            continue
         roles = current_roles(policy, stores, server.name)
         standby = (
             Standby(conn_id=roles.standby_conn_id, slot=roles.slot or "backup_dr_standby")

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, Param, get_current_context, task, task_group
+from airflow.sdk import DAG, BaseNotifier, Param, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
@@ -1086,6 +1086,24 @@ archived, new standby streaming).
 """
 
 
+class FailoverApprovalNotifier(BaseNotifier):
+    """Tells on-call that a failover waits for them: the plan, and where to answer it."""
+
+    def notify(self, context: Any) -> None:
+        from include.backup_dr.alerts import send_message
+
+        ti = context["ti"]
+        plan = (ti.xcom_pull(task_ids="preflight") or {}).get("plan", "")
+        server = context["params"]["server"]
+        send_message(
+            f"[backup] dr_failover: approval needed to fail {server} over",
+            f"{plan}\n\nApprove or reject under Browse > Required Actions "
+            f"({getattr(ti, 'log_url', '') or 'dr_failover'}).\n",
+            context,
+            source="dr_failover",
+        )
+
+
 def _failover_servers(policy: Policy) -> list[str]:
     from include.backup_dr.dr.failover import failover_servers
 
@@ -1292,6 +1310,7 @@ def build_failover_dag(policy: Policy) -> DAG:
             subject="Fail {{ params.server }} over to its standby?",
             body="{{ ti.xcom_pull(task_ids='preflight')['plan'] }}",
             response_timeout=FAILOVER_APPROVAL_TIMEOUT,
+            notifiers=[FailoverApprovalNotifier()],
             fail_on_reject=False,
             ignore_downstream_trigger_rules=True,
             retries=0,

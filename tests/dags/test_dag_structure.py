@@ -322,6 +322,7 @@ def test_dr_failover_is_manual_asks_a_human_and_fences_before_promoting(dagbag) 
     approve = dag.get_task("approve")
     assert isinstance(approve, ApprovalOperator)
     assert approve.response_timeout is not None and not approve.fail_on_reject
+    assert [type(n).__name__ for n in approve.notifiers] == ["FailoverApprovalNotifier"]
     # Nothing changes before the approval: fence, then promote, only after it.
     assert dag.get_task("fence").upstream_task_ids >= {"approve", "preflight"}
     assert dag.get_task("promote").upstream_task_ids == {"fence"}

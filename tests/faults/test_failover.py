@@ -25,7 +25,7 @@ import pytest
 from include.backup_dr.wal import archive_prefix
 from local.failover import Pair, load_until_kill, missing_on
 from tests.faults.airflow_api import Approver, api_server
-from tests.stack import REPO
+from tests.stack import REPO, mail_text, wait_for_mail
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +65,7 @@ def _segments(store, server: str, timeline: int) -> set[str]:
 
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_kill_primary_fail_over_approved_through_the_api(
-    mode, stores, policy_file, monkeypatch, tmp_path
+    mode, stores, policy_file, monkeypatch, tmp_path, smtp_sink
 ):
     from include.backup_dr.monitor import continuous
     from include.backup_dr.roles import current_roles
@@ -102,7 +102,9 @@ def test_kill_primary_fail_over_approved_through_the_api(
             run, approver = _run_failover(policy, server, base, token)
         states = {ti.task_id: ti.state for ti in run.get_task_instances()}
 
-        # The approval went through the REST API, by `oncall`.
+        # On-call was told the plan waits for them; the approval went through the REST API.
+        asked = [m for m in wait_for_mail(smtp_sink) if "approval needed" in m["Subject"]]
+        assert asked and server in mail_text(asked[0]), [m["Subject"] for m in asked]
         assert approver.response["responded_by"]["name"] == "oncall"
         assert approver.response["chosen_options"] == ["Approve"]
         assert run.state == ("failed" if synchronous else "success")  # sync: nothing rebuilt

@@ -16,10 +16,12 @@ Each number is a ratio against a baseline taken on the same machine, database an
   monthly snapshot and copy that extend every blob's lock against the same without;
 - continuous tier (bench/continuous.py): the base backup task vs bare pg_basebackup (to
   /dev/null, and piped into a bare boto3 upload), PITR vs the bare download + tar + barman-cloud
-  restore_command, standby lag under the load generator, and peak RSS of every task.
+  restore_command, standby lag under the load generator, and peak RSS of every task;
+- failover (bench/failover.py): approval to writable and the acknowledged commits lost at a
+  kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio.
 
 Usage: python -m bench.run [--size-mb 1100]
-       [--only platform|media|continuous|parse|gc|catalogue|locks]
+       [--only platform|media|continuous|parse|gc|catalogue|locks|failover]
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
 (the database and the media buckets are generated once and kept)
 """
@@ -463,7 +465,16 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=1100)
     parser.add_argument(
         "--only",
-        choices=["platform", "media", "continuous", "parse", "gc", "catalogue", "locks"],
+        choices=[
+            "platform",
+            "media",
+            "continuous",
+            "parse",
+            "gc",
+            "catalogue",
+            "locks",
+            "failover",
+        ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
     parser.add_argument("--lag-rate", type=float, default=200, help="continuous: commits/s")
@@ -486,7 +497,7 @@ def main() -> None:
         _prepare(
             args.size_mb,
             args.media_objects,
-            database=args.only not in ("media", "gc", "catalogue", "locks"),
+            database=args.only not in ("media", "gc", "catalogue", "locks", "failover"),
         )
         if args.only in (None, "platform"):
             rows += bench_snapshot_and_integrity()
@@ -513,6 +524,10 @@ def main() -> None:
             from bench.gc import bench_gc
 
             rows += bench_gc()
+        if args.only in (None, "failover"):
+            from bench.failover import bench_failover
+
+            rows += bench_failover(Path(os.environ["BACKUP_POLICY_PATH"]), rounds=args.rounds)
         if args.only in (None, "continuous"):
             from bench.continuous import bench_continuous
 

@@ -102,11 +102,12 @@ def _chown(path: Path, os_user: str | None, mode: int) -> None:
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
-def archive_command(server: str, os_user: str | None) -> str:
-    """Write the archive script (and its private env file); return the archive_command."""
+def archive_command(server: str, os_user: str | None, directory: Path = WAL_DIR) -> str:
+    """Write the archive script (and its private env file) into `directory` (one per server:
+    the script names the server); return the archive_command."""
     bin_dir = tools_bin()
-    WAL_DIR.mkdir(parents=True, exist_ok=True)
-    env_file = WAL_DIR / "archive.env"
+    directory.mkdir(parents=True, exist_ok=True)
+    env_file = directory / "archive.env"
     env = {
         "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
@@ -128,26 +129,35 @@ def archive_command(server: str, os_user: str | None) -> str:
             f" --endpoint-url {site.endpoint} -e aws:kms --sse-kms-key-id {site.kms_key}"
             f' --gzip s3://{site.bucket}/{ARCHIVE_PREFIX} {server} "$1"'
         )
-    script = WAL_DIR / "archive-wal.sh"
+    script = directory / "archive-wal.sh"
     script.write_text("\n".join(lines) + "\n")
     _chown(script, os_user, 0o700)
     return f"{script} %p"
 
 
-def primary_conf(server: str, os_user: str | None) -> str:
-    """postgresql.conf lines of the archiving primary (the policy's continuous settings)."""
+def primary_conf(
+    server: str,
+    os_user: str | None,
+    directory: Path = WAL_DIR,
+    *,
+    synchronous: bool | None = None,
+) -> str:
+    """postgresql.conf lines of the archiving primary (the policy's continuous settings;
+    `synchronous` overrides the policy's, for a throwaway pair)."""
     from include.backup_dr.policy import load_policy
 
     settings = load_policy().continuous
     timeout = settings.archive_timeout if settings else timedelta(seconds=60)
-    synchronous = "'*'" if settings and settings.synchronous else "''"
+    if synchronous is None:
+        synchronous = bool(settings and settings.synchronous)
+    names = "'*'" if synchronous else "''"
     return (
         "# Written by local.stack at every start: the continuous tier's primary settings.\n"
         "wal_level = replica\n"
         "archive_mode = on\n"
-        f"archive_command = '{archive_command(server, os_user)}'\n"
+        f"archive_command = '{archive_command(server, os_user, directory)}'\n"
         f"archive_timeout = {int(timeout.total_seconds())}\n"
         "max_wal_senders = 10\n"
         "max_replication_slots = 10\n"
-        f"synchronous_standby_names = {synchronous}\n"
+        f"synchronous_standby_names = {names}\n"
     )

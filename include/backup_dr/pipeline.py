@@ -102,7 +102,10 @@ def take_snapshot(
     window: datetime,
     run: dict[str, str],
 ) -> dict[str, Any]:
-    """Stream a consistent snapshot of one target into the primary region; manifest last."""
+    """Stream a consistent snapshot of one target into the primary region; manifest last.
+    Database servers are reached through their current primary (`roles.follow`)."""
+    from include.backup_dr.roles import follow
+
     target = policy.subject(target_name, tier)
     if reason := target.skip_reason():
         raise NotBackedUp(reason)
@@ -122,6 +125,8 @@ def take_snapshot(
         log.warning("The backup of %s failed its integrity check; taking it again.", backup)
 
     engine = engine_for(policy.engine_name(target.category, tier))
+    if target.server is not None:
+        policy = follow(policy, stores, [target.server])
     key = backup.key(f"data.{engine.extension}")
     started = _now()
     log.info("Snapshotting %s into %s", backup, primary.where(key))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import string
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -243,6 +244,33 @@ class Standby(_Frozen):
     slot: Name = "backup_dr_standby"  # the replication slot on the primary that feeds it
 
 
+#: What `dr_failover` may put into a fence or rebuild command (Python format fields).
+COMMAND_FIELDS = frozenset(
+    {"server", "failover_id", "old_primary_conn_id", "new_primary_conn_id", "slot"}
+)
+
+
+def _command(value: list[str]) -> list[str]:
+    """An argv (no shell): a non-empty program and only the known `{fields}`, so a typo fails
+    when the policy loads, not at 3 a.m. in the middle of a failover."""
+    if not value or not value[0].strip():
+        raise ValueError("must be a non-empty list: the program, then its arguments")
+    for argument in value:
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(argument) if name}
+        except ValueError as exc:
+            raise ValueError(f"argument {argument!r}: {exc}") from None
+        if unknown := fields - COMMAND_FIELDS:
+            raise ValueError(
+                f"argument {argument!r} uses {', '.join(sorted(unknown))}; "
+                f"known fields: {', '.join(sorted(COMMAND_FIELDS))}"
+            )
+    return value
+
+
+Command = Annotated[list[str], AfterValidator(_command)]
+
+
 class Server(_Frozen):
     """A database server; its pool bounds concurrent dumps against it."""
 
@@ -251,6 +279,12 @@ class Server(_Frozen):
     dump_pool: str
     #: Required when the server's category has a continuous tier.
     standby: Standby | None = None
+    #: `dr_failover`: stops the old primary for good (exit 0 = fenced: it takes no writes and
+    #: archives nothing, even if started again). Runs on the worker; see the README's contract.
+    fence_command: Command | None = None
+    #: `dr_failover`'s rebuild_standby: makes a new streaming standby from the new primary with
+    #: the slot `{slot}`, reachable afterwards through the old primary's connection (exit 0).
+    rebuild_command: Command | None = None
 
 
 class Monitor(_Frozen):

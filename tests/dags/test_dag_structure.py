@@ -37,7 +37,7 @@ def test_every_dag_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
     others = {"media_replicate", "restore_verification", "dr_restore", "platform_backup_continuous"}
     others |= {"platform_continuous_monitor", "backup_collect_garbage"}
-    others |= {"backup_compliance", "backup_audit_report"}
+    others |= {"backup_compliance", "backup_audit_report", "dr_failover"}
     assert set(TIER_DAGS) | set(MEDIA_DAGS) | others == set(dagbag.dag_ids)
     assert MEDIA_DAGS == [
         "media_backup_6h",
@@ -305,3 +305,32 @@ def test_audit_report_runs_yearly_and_writes_the_previous_year(dagbag) -> None:
     assert run_period(on, {"from": None, "to": None}) == (date(2026, 1, 1), date(2026, 12, 31))
     chosen = {"from": "2026-03-01", "to": "2026-03-31"}
     assert run_period(on, chosen) == (date(2026, 3, 1), date(2026, 3, 31))
+
+
+def test_dr_failover_is_manual_asks_a_human_and_fences_before_promoting(dagbag) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["dr_failover"]
+    assert dag.schedule is None and dag.max_active_runs == 1
+    assert dag.doc_md and "Required Actions" in dag.doc_md
+    schema = {name: dag.params.get_param(name).schema for name in dag.params}
+    with_standby = [s.name for s in POLICY.servers if s.standby is not None]
+    assert schema["server"]["enum"] == with_standby and dag.params["server"] == with_standby[0]
+    assert dag.params["planned"] is False
+    assert all(spec.description for spec in map(dag.params.get_param, dag.params))
+    dag.params.validate()
+    approve = dag.get_task("approve")
+    assert isinstance(approve, ApprovalOperator)
+    assert approve.response_timeout is not None and not approve.fail_on_reject
+    assert [type(n).__name__ for n in approve.notifiers] == ["FailoverApprovalNotifier"]
+    # Nothing changes before the approval: fence, then promote, only after it.
+    assert dag.get_task("fence").upstream_task_ids >= {"approve", "preflight"}
+    assert dag.get_task("promote").upstream_task_ids == {"fence"}
+    assert "approve" in dag.get_task("preflight").downstream_task_ids
+    assert dag.get_task("base_backup").trigger_dag_id == "platform_backup_continuous"
+    assert dag.get_task("evidence").trigger_rule == "all_done"
+    for task in dag.tasks:
+        assert task.retries == 0, task.task_id  # a failover step is never repeated blindly
+        callbacks = task.on_failure_callback
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        assert any(isinstance(cb, OnCallNotifier) for cb in callbacks), task.task_id

@@ -21,6 +21,7 @@ from include.backup_dr.audit.report import (
     BackupRecord,
     Deletion,
     DrillRecord,
+    FailoverRecord,
     IntegrityRecord,
     PruneRecord,
     Record,
@@ -83,6 +84,30 @@ def read_records(
         prefix = f"evidence/restore_verification/{subject}/"
         for key, store in _stamped_once(stores, prefix, begin, stop, suffix="/report.json"):
             yield _drill(policy, key, store.get_json(key) or {})
+    for server in policy.servers:
+        prefix = f"evidence/failover/{server.name}/"
+        for key, store in _stamped_once(stores, prefix, begin, stop):
+            yield _failover(key, store.get_json(key) or {})
+
+
+def _failover(key: str, doc: dict[str, Any]) -> FailoverRecord:
+    loss = doc.get("loss") or {}
+    when = doc.get("writable_at") or doc.get("preflight_at")
+    return FailoverRecord(
+        server=str(doc.get("server")),
+        key=key,
+        recorded_at=datetime.fromisoformat(when)
+        if when
+        else parse_window(key.rsplit("/", 1)[-1][:16]),
+        planned=bool(doc.get("planned")),
+        approved_by=doc.get("approved_by"),
+        approval_to_writable_seconds=doc.get("approval_to_writable_seconds"),
+        loss_seconds=loss.get("seconds"),
+        lost_heartbeats=loss.get("heartbeats"),
+        timeline=doc.get("timeline"),
+        old_primary=str(doc.get("old_primary") or "no evidence"),
+        problems=tuple(doc.get("problems") or ()),
+    )
 
 
 def _backups(

@@ -123,7 +123,24 @@ class WindowRecord:
     holes: tuple[tuple[datetime, datetime], ...] = ()
 
 
-Record = BackupRecord | IntegrityRecord | PruneRecord | DrillRecord | WindowRecord
+@dataclass(frozen=True)
+class FailoverRecord:
+    """One failover (evidence/failover/...): who approved it, what it lost, what is left."""
+
+    server: str
+    key: str
+    recorded_at: datetime  # when the server took writes again (else the preflight)
+    planned: bool
+    approved_by: str | None
+    approval_to_writable_seconds: float | None
+    loss_seconds: float | None
+    lost_heartbeats: int | None
+    timeline: int | None
+    old_primary: str
+    problems: tuple[str, ...]
+
+
+Record = BackupRecord | IntegrityRecord | PruneRecord | DrillRecord | FailoverRecord | WindowRecord
 
 
 # ---- the report model ------------------------------------------------------------------------
@@ -259,6 +276,7 @@ class AuditReport:
     drills: tuple[DrillRow, ...]
     exceptions: tuple[Finding, ...] = field(default=())
     recovery: tuple[RecoveryRow, ...] = field(default=())
+    failovers: tuple[FailoverRecord, ...] = field(default=())
 
     def markdown(self) -> str:
         return render_markdown(blocks(self))
@@ -322,8 +340,12 @@ def build_report(
     plans: dict[tuple[str, str], list[PruneRecord]] = defaultdict(list)
     drills: dict[str, list[DrillRecord]] = defaultdict(list)
     measured: dict[tuple[str, str], list[WindowRecord]] = defaultdict(list)
+    failovers: list[FailoverRecord] = []
     for record in records:
         match record:
+            case FailoverRecord():
+                if begin <= record.recorded_at < stop:
+                    failovers.append(record)
             case BackupRecord():
                 backups[(record.target, record.tier, record.window)][record.region] = record
             case IntegrityRecord():
@@ -395,6 +417,7 @@ def build_report(
         tuple(prune),
         tuple(drill_rows),
         recovery=recovery,
+        failovers=tuple(sorted(failovers, key=lambda f: f.recorded_at)),
     )
     return AuditReport(**{**report.__dict__, "exceptions": tuple(findings(report))})
 
@@ -597,6 +620,14 @@ def findings(report: AuditReport) -> Iterator[Finding]:
                 f"{name}: hole in the recovery window, no recovery to {_when(start)} .. "
                 f"{_when(end)} (seen {_when(at)})",
             )
+    for failover in report.failovers:  # a disruption is always worth an auditor's eye
+        yield Finding(
+            CONTINUITY_CONTROL,
+            f"{failover.server}: {'switchover' if failover.planned else 'failover'} on "
+            f"{_when(failover.recorded_at)}, approved by {failover.approved_by or NO_EVIDENCE}, "
+            f"loss {_seconds(failover.loss_seconds)}"
+            + (f"; left to do: {'; '.join(failover.problems)}" if failover.problems else ""),
+        )
     for row in report.drills:
         drill = row.drill
         if drill is None:
@@ -848,7 +879,43 @@ def blocks(report: AuditReport) -> list[Block]:
             ),
             tuple(_drill_cells(row) for row in report.drills),
         ),
+        Heading(2, "Failovers"),
+        Para(
+            f"Controls: {CONTINUITY_CONTROL}. Every dr_failover of the period: who approved "
+            "it, how long from the approval until the new primary took writes, the loss "
+            "measured before the approval, and what became of the old primary."
+            + ("" if report.failovers else " None in the period.")
+        ),
     ]
+    if report.failovers:
+        out.append(
+            Table(
+                (
+                    "server",
+                    "writable at",
+                    "approved by",
+                    "approval to writable",
+                    "loss",
+                    "timeline",
+                    "old primary",
+                    "left to do",
+                ),
+                tuple(
+                    (
+                        f.server + (" (planned)" if f.planned else ""),
+                        _when(f.recorded_at),
+                        f.approved_by or NO_EVIDENCE,
+                        _seconds(f.approval_to_writable_seconds),
+                        _seconds(f.loss_seconds)
+                        + (f", {f.lost_heartbeats} heartbeat(s)" if f.lost_heartbeats else ""),
+                        str(f.timeline or "-"),
+                        f.old_primary,
+                        "; ".join(f.problems) or "nothing",
+                    )
+                    for f in report.failovers
+                ),
+            )
+        )
     return out
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.backup_dr.evidence import read_newest, write_to_regions
+from include.backup_dr.evidence import read_newest, write_everywhere
 from include.backup_dr.monitor.lag import (
     CONDITIONS,
     SAMPLE_TIMEOUT_MS,
@@ -117,9 +117,12 @@ class _Standby:
     unreachable for the rest of the run instead of stopping the measurement (its absence is a
     finding, not a crash)."""
 
-    def __init__(self, conn_id: str, database: str) -> None:
+    def __init__(self, conn_id: str | None, database: str) -> None:
         self.error: str | None = None
         self.conn: Any = None
+        if conn_id is None:  # promoted by dr_failover, none rebuilt yet
+            self.error = "no standby: none has been rebuilt since the last failover"
+            return
         try:
             self.conn = _connect(conn_id, database, readonly=True)
         except Exception as exc:  # unreachable, refused, auth: all mean "standby gone"
@@ -290,7 +293,7 @@ def _message(
         ),
         "archive_failing": "WAL archiving is failing (pg_stat_archiver failed_count is growing)",
         "standby_gone": (
-            f"the streaming standby ({server.standby.conn_id if server.standby else '?'}) is "
+            f"the streaming standby ({doc['standby']['conn_id'] or 'none since the failover'}) is "
             f"gone; until it is back, losing the primary loses up to archive_timeout ({timeout})"
         ),
     }[alert.condition]
@@ -342,23 +345,28 @@ def measure(
 
     settings = policy.continuous
     assert settings is not None, "the policy has no continuous section"
+    from include.backup_dr.roles import current_roles
+
     server = policy.server(server_name)
     assert server.standby is not None, f"server {server_name} has no standby in the policy"
+    # The primary and standby now: the policy's, or what the last dr_failover recorded.
+    roles = current_roles(policy, stores, server_name)
+    slot = roles.slot or server.standby.slot
     rpo_seconds = policy.categories[settings.category].rpo.total_seconds()
     samples_needed = settings.monitor.lag_alert_samples
-    database = heartbeat_database(server.conn_id)
+    database = heartbeat_database(roles.primary_conn_id)
     keep_heartbeats = policy.categories[settings.category].tiers["continuous"].retention
     keep_heartbeats += timedelta(days=1)
     started_at = datetime.now(UTC)
     key = evidence_key(server.name, started_at)
 
-    primary = _connect(server.conn_id, database, readonly=False)
-    standby = _Standby(server.standby.conn_id, database)
+    primary = _connect(roles.primary_conn_id, database, readonly=False)
+    standby = _Standby(roles.standby_conn_id, database)
     try:
         with primary.cursor() as cur:
             cur.execute(_SETUP_SQL)
         samples = _heartbeats(primary, standby, duration, str(run.get("run_id", "")))
-        facts = _primary_facts(primary, server.standby.slot)
+        facts = _primary_facts(primary, slot)
         with primary.cursor() as cur:
             cur.execute(_TRIM_SQL, (keep_heartbeats,))
             trimmed = cur.rowcount
@@ -409,7 +417,7 @@ def measure(
         },
         "unmeasured": sum(1 for s in samples if s["lag_ms"] is None),
         "standby": {
-            "conn_id": server.standby.conn_id,
+            "conn_id": roles.standby_conn_id,
             "reachable": standby.reachable,
             "error": standby.error,
         },
@@ -432,7 +440,8 @@ def measure(
             open_conditions, alert, {"since": started_at.isoformat(), "evidence": key}
         )
         doc["alerts"].append({**_alert_doc(alert), "sent": True, "channel": channel})
-    missing = write_to_regions(
+    regions = [store.region.name for store in stores]
+    written = write_everywhere(
         stores,
         state_key(server.name),
         {
@@ -444,7 +453,8 @@ def measure(
             "last_evidence": key,
         },
     )
-    missing += write_to_regions(stores, key, doc)
+    written += write_everywhere(stores, key, doc)
+    missing = [region for region in regions if written.count(region) < 2]
     log.info(
         "%s: %d samples, p50 %s ms, p99 %s ms, max %s ms (RPO %s s); conditions %s; evidence %s",
         server.name,
@@ -457,7 +467,7 @@ def measure(
         key,
     )
     if missing:  # the other region has the record; the task goes red so on-call looks
-        raise StoreError(f"{server.name}: evidence {key} is missing in {sorted(set(missing))}")
+        raise StoreError(f"{server.name}: evidence {key} is missing in {missing}")
     return doc
 
 

@@ -137,7 +137,11 @@ def drill(
     rng: random.Random | None = None,
     scratch_dir: Path | str | None = None,
 ) -> dict[str, Any]:
-    """Recover `server` to a random recorded heartbeat + 0.5 s, prove it, validate, report."""
+    """Recover `server` to a random recorded heartbeat + 0.5 s, prove it, validate, report.
+    The servers' primaries are the ones the store names now (`roles.follow`)."""
+    from include.backup_dr.roles import follow
+
+    policy = follow(policy, stores)
     settings = policy.restore_verification
     assert settings is not None
     rng = rng or random.SystemRandom()

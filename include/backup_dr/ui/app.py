@@ -75,9 +75,15 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def page(live: Live = False) -> HTMLResponse:
+        from include.backup_dr.pipeline import Stores
         from include.backup_dr.policy import load_policy
         from include.backup_dr.ui import page as html
-        from include.backup_dr.ui.view import other_checks, policy_report, target_rows
+        from include.backup_dr.ui.view import (
+            newest_failovers,
+            other_checks,
+            policy_report,
+            target_rows,
+        )
 
         now = datetime.now(UTC)
         try:
@@ -95,6 +101,7 @@ def create_app() -> FastAPI:
             policy_report(policy, snapshot.checks),
             now=now,
             ui=ui_base(),
+            failovers=newest_failovers(policy, list(Stores.from_policy(policy))),
         )
         return HTMLResponse(body)
 

@@ -37,6 +37,7 @@ def render(
     now: datetime,
     ui: str,
     error: str | None = None,
+    failovers: Sequence[dict[str, Any]] = (),
 ) -> str:
     """The whole page. `ui` is the Airflow UI's base path, for links to DAG runs."""
     parts = [
@@ -51,6 +52,8 @@ def render(
             _targets(rows, ui),
             "<h2>Continuous, replication and re-hash checks</h2>",
             _others(others, ui),
+            "<h2>Failovers (ISO 27001 A.5.29 / A.5.30)</h2>",
+            _failovers(failovers, ui),
         ]
     parts += ["<h2>Policy report</h2>", _report(report), _audit_form(now)]
     parts.append("</body></html>")
@@ -158,6 +161,37 @@ def _others(checks: Sequence[dict[str, Any]], ui: str) -> str:
         )
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def _failovers(rows: Sequence[dict[str, Any]], ui: str) -> str:
+    """The newest dr_failover per server: when, who approved, the loss, what is left."""
+    lines = [
+        "<table id='failovers'><tr><th>server</th><th>primary / standby now</th>"
+        "<th>newest failover</th><th>approved by</th><th>approval to writable</th>"
+        "<th>loss measured</th><th>left to do</th><th>runs</th></tr>"
+    ]
+    for row in rows:
+        record = row["failover"] or {}
+        loss = record.get("loss") or {}
+        writable = record.get("approval_to_writable_seconds")
+        lines.append(
+            f"<tr data-server='{escape(row['server'])}'><td>{escape(row['server'])}</td>"
+            f"<td>{escape(row['primary'])} / {escape(row['standby'] or 'none')}"
+            f"{' (timeline ' + str(row['timeline']) + ')' if row['timeline'] else ''}</td>"
+            f"<td class='small'>{escape(record.get('writable_at') or 'none on record')}</td>"
+            f"<td>{escape(record.get('approved_by') or '-')}</td>"
+            f"<td>{'-' if writable is None else f'{writable:.1f} s'}</td>"
+            f"<td>{'-' if not loss else escape(_loss(loss))}</td>"
+            f"<td class='small'>{escape('; '.join(record.get('problems') or []) or '-')}</td>"
+            f"<td>{_link(f'{ui}dags/dr_failover/runs', 'dr_failover')}</td></tr>"
+        )
+    lines.append("</table>")
+    return "\n".join(lines)
+
+
+def _loss(loss: dict[str, Any]) -> str:
+    beats = loss.get("heartbeats")
+    return f"{loss.get('seconds', 0):.3f} s" + (f", {beats} heartbeat(s)" if beats else "")
 
 
 def _report(report: Sequence[dict[str, str]]) -> str:

@@ -177,3 +177,28 @@ def policy_report(policy: Policy, checks: Sequence[CheckResult] | None) -> list[
 
 def record_age(snapshot: Snapshot, now: datetime) -> str:
     return human(max(now - snapshot.evaluated_at, timedelta(0)))
+
+
+def newest_failovers(policy: Policy, stores: Sequence[ObjectStore]) -> list[dict[str, Any]]:
+    """Per server with a standby: its newest dr_failover record (ISO 27001 A.5.29 / A.5.30),
+    or None, beside the roles the store gives it now."""
+    from include.backup_dr.dr.failover import failover_servers
+    from include.backup_dr.evidence import newest
+    from include.backup_dr.roles import current_roles
+
+    rows = []
+    for server in failover_servers(policy):
+        found = newest(stores, f"evidence/failover/{server}/")
+        record = found[1] if found and isinstance(found[1], dict) else None
+        roles = current_roles(policy, stores, server)
+        rows.append(
+            {
+                "server": server,
+                "primary": roles.primary_conn_id,
+                "standby": roles.standby_conn_id,
+                "timeline": roles.timeline,
+                "evidence": found[0] if found else None,
+                "failover": record,
+            }
+        )
+    return rows

@@ -1,0 +1,1 @@
+"""Disaster-recovery verbs: `failover` (promote the standby when a primary is lost)."""

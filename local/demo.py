@@ -4,7 +4,8 @@ Starts what is not running (PostgreSQL with its standby, two S3 regions, SMTP si
 tier's DAG with `dag.test()` for its latest scheduled window (the continuous tier's base backups
 too), prints what each region now holds, replicates media, measures the standby's lag under load
 against the 1 s RPO, runs the restore drill (databases, media, and point-in-time recovery to a
-random second), and stops what it started. A second run reuses the windows' verified backups
+random second), fails a throwaway primary over with `dr_failover` (approved on the user's
+behalf) and recovers it on both sides of the fork, and stops what it started. A second run reuses the windows' verified backups
 instead of storing duplicates.
 """
 

@@ -9,7 +9,7 @@ neither takes writes nor archives into the server's WAL prefix. `rebuild` makes 
 of the new primary (`pg_basebackup -R` on a new slot) and starts it. Both exit 0 on success,
 as the policy's command contract says (README: "Fence and rebuild commands").
 
-`Pair` (tests and the bench) runs a primary archiving to both local S3 regions under a server
+`Pair` (the fault test, the bench and `make demo`) runs a primary archiving to both local S3 regions under a server
 name of its own, and its streaming standby, in a short directory of their own (a Unix socket
 path must stay under 107 bytes), on ports the stack does not use.
 """

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from datetime import UTC, datetime
 from typing import Any
 
@@ -476,6 +477,11 @@ def _run_failover() -> dict[str, Any]:
             ),
         }
         return result
+    except Exception as exc:  # the demo goes on to its summary and stops what it started
+        traceback.print_exc()
+        print(f"  failover step FAILED: {type(exc).__name__}: {exc}")
+        result["line"] = f"failover: FAILED ({type(exc).__name__}: {exc})"
+        return result
     finally:
         pair.remove()
         removed = forget(stores, server) if stores is not None else 0
@@ -499,7 +505,7 @@ def _drop_triggered_base_backup(policy: Any, run_id: str) -> None:
     runs none, and the pair it was for is gone: drop it so a later `make up` does not run it."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
-    from sqlalchemy import select
+    from sqlalchemy import delete, select
 
     from include.backup_dr.dag_factory import dag_id_for
     from include.backup_dr.policy import CONTINUOUS
@@ -507,17 +513,15 @@ def _drop_triggered_base_backup(policy: Any, run_id: str) -> None:
     if policy.continuous is None:
         return
     dag_id = dag_id_for(policy.continuous.category, CONTINUOUS)
+    where = (DagRun.dag_id == dag_id, DagRun.run_id == f"after_failover__{run_id}")
     with create_session() as session:
-        for queued in session.scalars(
-            select(DagRun).where(
-                DagRun.dag_id == dag_id, DagRun.run_id == f"after_failover__{run_id}"
-            )
-        ):
+        for queued_id, state in session.execute(select(DagRun.run_id, DagRun.state).where(*where)):
             print(
-                f"  {dag_id} run {queued.run_id} (the base backup on the new timeline that "
-                f"dr_failover triggered, {queued.state}) is not run by the demo: dropped"
+                f"  {dag_id} run {queued_id} (the base backup on the new timeline that "
+                f"dr_failover triggered, {state}) is not run by the demo: dropped"
             )
-            session.delete(queued)
+        # A bulk delete: the database cascades to its task instances.
+        session.execute(delete(DagRun).where(*where).execution_options(synchronize_session=False))
 
 
 def _summarise(results: list[dict[str, Any]]) -> bool:

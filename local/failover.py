@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -430,7 +431,10 @@ class HandlerApprover(threading.Thread):
     def run(self) -> None:
         from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
         from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
-        from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+
+        with warnings.catch_warnings():  # the API's models warn of a pydantic alias at import
+            warnings.simplefilter("ignore")
+            from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
         from airflow.models.hitl import HITLDetail
         from airflow.models.taskinstance import TaskInstance
         from airflow.utils.session import create_session

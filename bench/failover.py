@@ -23,8 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 Row = tuple[str, str, str]
 RATE = 200.0
 #: Seconds of load whose commit latencies are compared, and before the kill.
@@ -39,30 +37,17 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _clean(stores: Any, server: str) -> None:
-    for store in stores:
-        for prefix in (f"wal/{server}/", f"evidence/continuous_monitor/{server}/"):
-            store.delete_all_versions(prefix)
-        store.delete_all_versions(f"state/servers/{server}.json")
-        store.delete_all_versions(f"state/continuous_monitor/{server}.json")
-
-
 def one_round(mode: str, plain_policy: Path) -> dict[str, Any]:
     from include.backup_dr.dr import failover_steps
     from include.backup_dr.monitor import continuous
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
-    from local.failover import Pair, load_until_kill, missing_on
+    from local.failover import Pair, forget, load_until_kill, missing_on, write_policy
     from local.loadgen import LoadGenerator
 
     synchronous = mode == "sync"
     pair = Pair(f"bench_failover_{mode}", BASE_PORT, BASE_PORT + 1, synchronous=synchronous)
-    data = yaml.safe_load(plain_policy.read_text())
-    server_entry, target_entry = pair.policy_entries(rebuild=False)
-    data["servers"].append(server_entry)
-    data["targets"].append(target_entry)
-    policy_path = pair.root / "policy.yaml"
-    policy_path.write_text(yaml.safe_dump(data))
+    policy_path = write_policy(pair, plain_policy, rebuild=False)
     saved = {k: os.environ.get(k) for k in [*pair.connection_env(), "BACKUP_POLICY_PATH"]}
     os.environ.update({**pair.connection_env(), "BACKUP_POLICY_PATH": str(policy_path)})
     policy = load_policy(policy_path)
@@ -94,8 +79,7 @@ def one_round(mode: str, plain_policy: Path) -> dict[str, Any]:
             "approval_to_writable_s": (writable - approved).total_seconds(),
             "acked": len(kill.acks),
             "lost": len(missing),
-            # The span of lost time: from the oldest lost commit to the newest acknowledged one.
-            "lost_ms": (kill.acks[-1].at - min(a.at for a in missing)) * 1000 if missing else 0.0,
+            "lost_ms": kill.lost_ms(missing),
             "within_lag": kill.within_lag(),
             "lag_at_kill_ms": kill.lag_seconds * 1000,
             "estimated_loss_s": checked.loss.seconds,
@@ -103,7 +87,7 @@ def one_round(mode: str, plain_policy: Path) -> dict[str, Any]:
         }
     finally:
         pair.remove()
-        _clean(stores, pair.server)
+        forget(stores, pair.server)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -9,7 +9,7 @@ neither takes writes nor archives into the server's WAL prefix. `rebuild` makes 
 of the new primary (`pg_basebackup -R` on a new slot) and starts it. Both exit 0 on success,
 as the policy's command contract says (README: "Fence and rebuild commands").
 
-`Pair` (tests and the bench) runs a primary archiving to both local S3 regions under a server
+`Pair` (the fault test, the bench and `make demo`) runs a primary archiving to both local S3 regions under a server
 name of its own, and its streaming standby, in a short directory of their own (a Unix socket
 path must stay under 107 bytes), on ports the stack does not use.
 """
@@ -23,13 +23,17 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import warnings
 from contextlib import suppress
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import yaml
 
 from local import wal
 from local.config import HOST, PG_PASSWORD, PG_USER
@@ -304,6 +308,12 @@ class Kill:
         """Acknowledged commits inside the lag before the kill: what may be lost."""
         return sum(1 for a in self.acks if a.at >= self.killed_at - self.lag_seconds)
 
+    def lost_ms(self, missing: list[Ack]) -> float:
+        """The span of lost time: from the oldest lost commit to the newest acknowledged one."""
+        if not missing:
+            return 0.0
+        return (self.acks[-1].at - min(a.at for a in missing)) * 1000
+
 
 def load_until_kill(pair: Pair, rate: float, settle: float) -> Kill:
     """Write `rate` commits/s for `settle` s, measure the lag, kill -9 the primary."""
@@ -332,6 +342,155 @@ def missing_on(pair: Pair, port: int, acks: list[Ack]) -> list[Ack]:
             )
         }
     return [a for a in acks if a.id not in present]
+
+
+def write_policy(pair: Pair, source: Path, *, rebuild: bool) -> Path:
+    """`source` (a policy file) with the pair added as a server and a target, written into the
+    pair's directory; returns its path (point BACKUP_POLICY_PATH at it)."""
+    data = yaml.safe_load(source.read_text())
+    server_entry, target_entry = pair.policy_entries(rebuild=rebuild)
+    data["servers"].append(server_entry)
+    data["targets"].append(target_entry)
+    path = pair.root / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def forget(stores: Any, server: str) -> int:
+    """Delete every object version a throwaway pair left under `server` in each region: its
+    WAL archive, base backups, monitor and failover evidence, and its state records."""
+    deleted = 0
+    for store in stores:
+        for prefix in (
+            f"wal/{server}/",
+            f"platform/{server}/",
+            f"evidence/continuous_monitor/{server}/",
+            f"evidence/failover/{server}/",
+            f"state/servers/{server}.json",
+            f"state/continuous_monitor/{server}.json",
+        ):
+            deleted += store.delete_all_versions(prefix)
+    return deleted
+
+
+def heartbeat_sample(
+    doc: dict[str, Any], index: int | None = None, following: dict[str, Any] | None = None
+) -> Any:
+    """The monitor run's heartbeat at `index` (default: the middle one) of `doc` (a monitor
+    evidence document) as a PITR sample: T is half a second after it. The next heartbeat is
+    the run's next one, or, for its last, the first of `following` (a later run)."""
+    from include.backup_dr.pitr.heartbeat import HeartbeatSample
+
+    beats = [s for s in doc["samples"] if s.get("seq") is not None]
+    later = [s for s in (following or {}).get("samples", []) if s.get("seq") is not None]
+    position = (len(beats) // 2 - 1 if index is None else index) % len(beats)
+    this = beats[position]
+    after = beats[position + 1] if position + 1 < len(beats) else later[0]
+    return HeartbeatSample(
+        int(this["seq"]),
+        datetime.fromisoformat(this["written_at"]),
+        datetime.fromisoformat(after["written_at"]),
+        doc["key"],
+    )
+
+
+def switch_and_archive(pair: Pair, port: int, stores: Any, wait_seconds: float) -> str:
+    """Close the current WAL segment of the server on `port` and wait until every region's
+    archive holds it (what a recovery to a recent second needs); returns the segment."""
+    from include.backup_dr.wal import archive_prefix
+
+    with psycopg.connect(pair.conninfo(port), autocommit=True) as conn:
+        (segment,) = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
+    deadline = time.monotonic() + wait_seconds
+    while not all(
+        any(segment in o.key for o in store.list_objects(archive_prefix(pair.server)))
+        for store in stores
+    ):
+        if time.monotonic() > deadline:
+            raise StackError(f"{segment} of {pair.server} not archived in every region")
+        time.sleep(0.5)
+    return segment
+
+
+class HandlerApprover(threading.Thread):
+    """Answers the first pending Human-in-the-loop action of `dag_id` as user `name`, by
+    calling the handler of Airflow's REST API (`PATCH .../taskInstances/{task}/{map}/
+    hitlDetails`) in this process: the same function and the same rows as a click under
+    Required Actions, without an api-server. For a demo that runs no Airflow services; the
+    fault test approves through a real api-server (tests/faults/airflow_api.py)."""
+
+    def __init__(
+        self, dag_id: str, name: str, choice: str = "Approve", timeout: float = 300
+    ) -> None:
+        super().__init__(name="approver", daemon=True)
+        self.dag_id, self.user_name, self.choice, self.timeout = dag_id, name, choice, timeout
+        self.pending: dict[str, Any] | None = None
+        self.response: dict[str, Any] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+        from airflow.api_fastapi.core_api.datamodels.hitl import UpdateHITLDetailPayload
+
+        with warnings.catch_warnings():  # the API's models warn of a pydantic alias at import
+            warnings.simplefilter("ignore")
+            from airflow.api_fastapi.core_api.routes.public.hitl import update_hitl_detail
+        from airflow.models.hitl import HITLDetail
+        from airflow.models.taskinstance import TaskInstance
+        from airflow.utils.session import create_session
+        from airflow.utils.state import TaskInstanceState
+        from sqlalchemy import select, update
+
+        try:
+            deadline = time.monotonic() + self.timeout
+            while time.monotonic() < deadline:
+                with create_session() as session:
+                    found = session.execute(
+                        select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index)
+                        .add_columns(HITLDetail.subject, HITLDetail.body, HITLDetail.options)
+                        .join(HITLDetail, HITLDetail.ti_id == TaskInstance.id)
+                        .where(
+                            TaskInstance.dag_id == self.dag_id,
+                            TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                            HITLDetail.responded_at.is_(None),
+                        )
+                    ).first()
+                    if found is not None:
+                        run_id, task_id, map_index, subject, body, options = found
+                        self.pending = {
+                            "run_id": run_id,
+                            "task_id": task_id,
+                            "subject": subject,
+                            "body": body,
+                            "options": list(options or []),
+                        }
+                        response = update_hitl_detail(
+                            dag_id=self.dag_id,
+                            dag_run_id=run_id,
+                            task_id=task_id,
+                            update_hitl_detail_payload=UpdateHITLDetailPayload(
+                                chosen_options=[self.choice]
+                            ),
+                            user=SimpleAuthManagerUser(username=self.user_name, role="admin"),
+                            session=session,
+                            map_index=map_index,
+                        )
+                        self.response = response.model_dump(mode="json")
+                        return
+                time.sleep(0.5)
+            raise TimeoutError(f"no pending approval of {self.dag_id} appeared")
+        except BaseException as exc:
+            self.error = exc
+            # dag.test() waits for an answer for ever: fail what waits, so the run ends.
+            with create_session() as session:
+                session.execute(
+                    update(TaskInstance)
+                    .where(
+                        TaskInstance.dag_id == self.dag_id,
+                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                    )
+                    .values(state=TaskInstanceState.FAILED)
+                )
 
 
 def main(argv: list[str] | None = None) -> int:

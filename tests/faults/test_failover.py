@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from include.backup_dr.wal import archive_prefix
-from local.failover import Pair, load_until_kill, missing_on
+from local.failover import Pair, heartbeat_sample, load_until_kill, missing_on, switch_and_archive
 from tests.faults.airflow_api import Approver, api_server
 from tests.stack import REPO, mail_text, wait_for_mail
 
@@ -199,33 +199,6 @@ def test_kill_primary_fail_over_approved_through_the_api(
         sys.stdout.flush()
 
 
-def _sample(doc: dict, key: str):
-    """A heartbeat of a monitor run with the next one after it (what the drill aims at)."""
-    from include.backup_dr.pitr.heartbeat import HeartbeatSample
-
-    beats = [s for s in doc["samples"] if s.get("seq") is not None]
-    this, following = beats[len(beats) // 2 - 1], beats[len(beats) // 2]
-    return HeartbeatSample(
-        int(this["seq"]),
-        datetime.fromisoformat(this["written_at"]),
-        datetime.fromisoformat(following["written_at"]),
-        key,
-    )
-
-
-def _archived_everywhere(stores, server: str, segment: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        found = [
-            any(segment in o.key for o in store.list_objects(archive_prefix(server)))
-            for store in stores
-        ]
-        if all(found):
-            return
-        assert time.monotonic() < deadline, f"{segment} not archived in both regions"
-        time.sleep(0.5)
-
-
 def test_backups_follow_the_new_primary_and_pitr_works_across_the_fork(
     stores, policy_file, monkeypatch
 ):
@@ -271,14 +244,12 @@ def test_backups_follow_the_new_primary_and_pitr_works_across_the_fork(
         failover_steps.record_new_primary(list(stores), roles, promoted, "pitr")
         failover_steps.archive_timeline(list(stores), server, 2, wait_seconds=WAIT_S)
         after = continuous.measure(policy, stores, server, 4, run)
-        with psycopg.connect(pair.conninfo(pair.standby_port), autocommit=True) as conn:
-            (segment,) = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()
-        _archived_everywhere(stores, server, segment)
+        switch_and_archive(pair, pair.standby_port, stores, WAIT_S)
 
         span = recovery_range(policy, stores.secondary, server)
         proofs = {}
         for side, doc in (("before", before), ("after", after)):
-            sample = _sample(doc, doc["key"])
+            sample = heartbeat_sample(doc)
             scratch = pair.root / side[0]  # short: the throwaway server's socket lives there
             scratch.mkdir()
             with recover(

@@ -272,7 +272,7 @@ class Pair:
 PROBE_POLL_S = 0.001
 
 
-def lag_now(pair: Pair, probes: int = 3) -> float:
+def lag_now(pair: Pair, probes: int = 5) -> float:
     """Commit-to-visible lag on the standby, the worst of a few probes (seconds)."""
     worst = 0.0
     with (

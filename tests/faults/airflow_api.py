@@ -114,8 +114,13 @@ class Approver(threading.Thread):
                     f"/api/v2/dags/{self.dag_id}/dagRuns/~/hitlDetails",
                     token=self.token,
                 )
+                # As a person would: answer once the task is parked waiting for the answer
+                # (an answer racing the park is recorded but never resumes the task).
                 waiting = [
-                    d for d in found.get("hitl_details", []) if not d.get("response_received")
+                    d
+                    for d in found.get("hitl_details", [])
+                    if not d.get("response_received")
+                    and d["task_instance"].get("state") == "awaiting_input"
                 ]
                 if waiting:
                     self.pending = waiting[0]

@@ -27,7 +27,8 @@ from local.failover import Pair, heartbeat_sample, load_until_kill, missing_on, 
 from tests.faults.airflow_api import Approver, api_server
 from tests.stack import REPO, mail_text, wait_for_mail
 
-pytestmark = pytest.mark.integration
+#: A failover that never finishes (an approval never delivered) fails the test, never CI.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 #: Ports below the kernel's ephemeral range that the stack does not use (FACTS): the pair of
 #: the asynchronous case takes base..base+2, the synchronous one base+10..base+12.

@@ -344,13 +344,18 @@ def missing_on(pair: Pair, port: int, acks: list[Ack]) -> list[Ack]:
     return [a for a in acks if a.id not in present]
 
 
+def add_to_policy(pair: Pair, data: dict[str, Any], *, rebuild: bool) -> None:
+    """Add the pair to a policy document (parsed YAML) as a server and a target."""
+    server_entry, target_entry = pair.policy_entries(rebuild=rebuild)
+    data["servers"].append(server_entry)
+    data["targets"].append(target_entry)
+
+
 def write_policy(pair: Pair, source: Path, *, rebuild: bool) -> Path:
     """`source` (a policy file) with the pair added as a server and a target, written into the
     pair's directory; returns its path (point BACKUP_POLICY_PATH at it)."""
     data = yaml.safe_load(source.read_text())
-    server_entry, target_entry = pair.policy_entries(rebuild=rebuild)
-    data["servers"].append(server_entry)
-    data["targets"].append(target_entry)
+    add_to_policy(pair, data, rebuild=rebuild)
     path = pair.root / "policy.yaml"
     path.write_text(yaml.safe_dump(data))
     return path

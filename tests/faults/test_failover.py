@@ -23,7 +23,14 @@ import psycopg
 import pytest
 
 from include.backup_dr.wal import archive_prefix
-from local.failover import Pair, heartbeat_sample, load_until_kill, missing_on, switch_and_archive
+from local.failover import (
+    Pair,
+    add_to_policy,
+    heartbeat_sample,
+    load_until_kill,
+    missing_on,
+    switch_and_archive,
+)
 from tests.faults.airflow_api import Approver, api_server
 from tests.stack import REPO, mail_text, wait_for_mail
 
@@ -64,6 +71,14 @@ def _segments(store, server: str, timeline: int) -> set[str]:
     return {o.key for o in store.list_objects(prefix) if ".history" not in o.key}
 
 
+def _with_pair(pair: Pair, policy_file, monkeypatch, *, rebuild: bool):
+    """The policy in force with the pair added, and its connections in the environment."""
+    policy = policy_file(lambda data: add_to_policy(pair, data, rebuild=rebuild))
+    for name, value in pair.connection_env().items():
+        monkeypatch.setenv(name, value)
+    return policy
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_kill_primary_fail_over_approved_through_the_api(
     mode, stores, policy_file, monkeypatch, tmp_path, smtp_sink
@@ -76,15 +91,7 @@ def test_kill_primary_fail_over_approved_through_the_api(
     pair = Pair(f"failover_{mode}", base_port, base_port + 1, synchronous=synchronous)
     try:
         pair.start()
-        server_entry, target_entry = pair.policy_entries(rebuild=not synchronous)
-
-        def add_pair(data: dict) -> None:
-            data["servers"].append(server_entry)
-            data["targets"].append(target_entry)
-
-        policy = policy_file(add_pair)
-        for name, value in pair.connection_env().items():
-            monkeypatch.setenv(name, value)
+        policy = _with_pair(pair, policy_file, monkeypatch, rebuild=not synchronous)
         server = pair.server
         run_info = {"dag_id": "test", "run_id": f"before_kill_{mode}"}
 
@@ -223,15 +230,7 @@ def test_backups_follow_the_new_primary_and_pitr_works_across_the_fork(
     pair = Pair("failover_pitr", BASE_PORT + 20, BASE_PORT + 21)
     try:
         pair.start()
-        server_entry, target_entry = pair.policy_entries(rebuild=False)
-
-        def add_pair(data: dict) -> None:
-            data["servers"].append(server_entry)
-            data["targets"].append(target_entry)
-
-        policy = policy_file(add_pair)
-        for name, value in pair.connection_env().items():
-            monkeypatch.setenv(name, value)
+        policy = _with_pair(pair, policy_file, monkeypatch, rebuild=False)
         server, run = pair.server, {"dag_id": "test", "run_id": "pitr_fork"}
         ref = take_snapshot(policy, stores, server, "continuous", datetime.now(UTC), run)
         check_integrity(policy, stores, copy_to_secondary(policy, stores, ref))
@@ -289,15 +288,7 @@ def test_planned_switchover_refuses_without_planned_and_loses_nothing(
     pair = Pair("failover_planned", BASE_PORT + 30, BASE_PORT + 31)
     try:
         pair.start()
-        server_entry, target_entry = pair.policy_entries(rebuild=False)
-
-        def add_pair(data: dict) -> None:
-            data["servers"].append(server_entry)
-            data["targets"].append(target_entry)
-
-        policy = policy_file(add_pair)
-        for name, value in pair.connection_env().items():
-            monkeypatch.setenv(name, value)
+        policy = _with_pair(pair, policy_file, monkeypatch, rebuild=False)
         server, both = pair.server, list(stores)
         unplanned = failover_steps.preflight(policy, both, server, planned=False)
         assert unplanned.primary_answers and unplanned.primary_flush_lsn

@@ -459,6 +459,7 @@ def bare_recover(ctx: Context, manifest: Any, target: datetime) -> dict[str, Any
 def bench_pitr(ctx: Context, target: datetime, rounds: int) -> dict[str, Any]:
     """`rounds` x (bare, task), alternating, to the same T from the secondary region."""
     from include.backup_dr import pitr
+    from include.backup_dr.drill import pitr as pitr_drill
 
     span = pitr.recovery_range(ctx.policy, ctx.stores.secondary, SERVER)
     base = pitr.choose_base(span, pitr.check_target(span, target))
@@ -472,7 +473,7 @@ def bench_pitr(ctx: Context, target: datetime, rounds: int) -> dict[str, Any]:
             bare.append(bare_recover(ctx, base.manifest, target))
     restored = task[-1]["result"]["restored_bytes"]
     task_seconds = statistics.median(sum(t["result"]["timings"].values()) for t in task)
-    projection = pitr.projection(ctx.policy, restored, task_seconds)
+    projection = pitr_drill.projection(ctx.policy, restored, task_seconds)
     return {"bare": bare, "task": task, "base": str(base.id), "projection": projection}
 
 

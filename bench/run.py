@@ -66,8 +66,8 @@ if step == "snapshot":
 elif step == "integrity":
     result = check_integrity(policy, stores, ref)
 else:
-    from include.backup_dr import drill
-    from include.backup_dr.restore import Selection
+    from include.backup_dr.drill import dumps as drill
+    from include.backup_dr.restore.select import Selection
     selection = Selection.from_ref({**ref, "region": "eu-west-1", "reason": "bench"})
     if step == "restore":
         result = drill.restore_into(policy, stores, selection, "pg_sandbox", sys.argv[4], 2)

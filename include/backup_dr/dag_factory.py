@@ -466,14 +466,14 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
     @task
     def select() -> list[dict[str, str]]:
-        from include.backup_dr import drill as drills
+        from include.backup_dr.drill import dumps as drills
 
         policy_now, stores = _runtime()
         return drills.select(policy_now, stores, dict(get_current_context()["params"]))
 
     @task(multiple_outputs=False, **LABELLED, **quiet, execution_timeout=timedelta(minutes=10))
     def provision_sandbox(ref: dict[str, str]) -> dict[str, str]:
-        from include.backup_dr import drill as drills
+        from include.backup_dr.drill import dumps as drills
 
         context = _label(ref["target"])
         return drills.provision(load_policy(), ref, context["run_id"])
@@ -486,8 +486,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         **placement("restore"),
     )
     def restore(ref: dict[str, str]) -> dict[str, Any]:
-        from include.backup_dr import drill as drills
-        from include.backup_dr.restore import Selection
+        from include.backup_dr.drill import dumps as drills
+        from include.backup_dr.restore.select import Selection
 
         _label(ref["target"])
         policy_now, stores = _runtime()
@@ -495,8 +495,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
     @task(multiple_outputs=False, **LABELLED, **quiet, execution_timeout=timedelta(hours=1))
     def validate(ref: dict[str, str]) -> dict[str, Any]:
-        from include.backup_dr import drill as drills
-        from include.backup_dr.restore import Selection
+        from include.backup_dr.drill import dumps as drills
+        from include.backup_dr.restore.select import Selection
 
         context = _label(ref["target"])
         policy_now, stores = _runtime()
@@ -521,7 +521,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         execution_timeout=timedelta(minutes=10),
     )
     def report(ref: dict[str, str]) -> dict[str, Any]:
-        from include.backup_dr import drill as drills
+        from include.backup_dr.restore import record
+        from include.backup_dr.restore.errors import DrillFailed
 
         context = _label(ref["target"])
         ti = context["ti"]
@@ -532,7 +533,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         )
         policy_now, stores = _runtime()
         selection = ti.xcom_pull(task_ids=f"{group}.provision_sandbox", map_indexes=ti.map_index)
-        document = drills.report(
+        document = record.report(
             policy_now,
             stores,
             selection or ref,
@@ -541,14 +542,14 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             {"dag_id": ti.dag_id, "run_id": context["run_id"]},
         )
         if document["outcome"] != "passed":
-            raise drills.DrillFailed(
+            raise DrillFailed(
                 f"Restore test of target {ref['target']} failed: " + "; ".join(document["problems"])
             )
         return document
 
     @task(**LABELLED, execution_timeout=timedelta(minutes=10))
     def drop_sandbox(ref: dict[str, str]) -> bool:
-        from include.backup_dr import drill as drills
+        from include.backup_dr.drill import dumps as drills
 
         context = _label(ref["target"])
         return drills.teardown(load_policy(), ref, context["run_id"])
@@ -564,7 +565,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
     @task(task_id="continuous_servers")
     def pitr_servers() -> list[str]:
-        from include.backup_dr import pitr as pitrs
+        from include.backup_dr.drill import pitr as pitrs
 
         return pitrs.drill_servers(load_policy(), dict(get_current_context()["params"]))
 
@@ -579,8 +580,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         """Recover the server to a recorded second, prove it, validate; pages when it fails."""
         from airflow.sdk.exceptions import AirflowSkipException
 
-        from include.backup_dr import drill as drills
-        from include.backup_dr import pitr as pitrs
+        from include.backup_dr.drill import pitr as pitrs
+        from include.backup_dr.restore.errors import DrillFailed
 
         context = _label(server)
         policy_now, stores = _runtime()
@@ -592,7 +593,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         document = pitrs.drill(policy_now, stores, server, dict(context["params"]), run)
         if document["outcome"] != "passed":
-            raise drills.DrillFailed(
+            raise DrillFailed(
                 f"Point-in-time recovery drill of {server} failed: "
                 + "; ".join(document["problems"])
             )
@@ -715,7 +716,7 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
 
     @task(**placement("restore_in_priority_order"))
     def restore_in_priority_order() -> list[dict[str, Any]]:
-        from include.backup_dr import drill as drills
+        from include.backup_dr.drill import dumps as drills
 
         context = get_current_context()
         policy_now, stores = _runtime()

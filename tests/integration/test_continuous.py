@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.backup_dr import pipeline, pitr, wal
+from include.backup_dr import pipeline, wal
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
+from include.backup_dr.drill import pitr as pitr_drill
 from include.backup_dr.engines.wal import archive_files
 from include.backup_dr.pipeline import IntegrityError
 from include.backup_dr.policy import load_policy
@@ -192,7 +193,7 @@ def test_damaged_wal_segment_in_one_region_is_named_and_pages(stores, smtp_sink)
     # The PITR drill prefers the secondary (the DR path) but uses the region whose WAL is whole.
     monitor_once(stores)
     wait_archived(stores.primary, switch_wal())
-    drilled = pitr.drill(load_policy(), stores, SERVER, {}, RUN)
+    drilled = pitr_drill.drill(load_policy(), stores, SERVER, {}, RUN)
     assert drilled["outcome"] == "passed", drilled["problems"]
     assert drilled["backup"]["region"] == "eu-west-1"
     assert drilled["selection_reason"].startswith("eu-west-1 instead of eu-central-1")

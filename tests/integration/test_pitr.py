@@ -137,7 +137,7 @@ def test_pitr_drill_recovers_a_random_second_and_proves_it_from_the_secondary(
 
 
 def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores, pitr_env) -> None:
-    from include.backup_dr import drill
+    from include.backup_dr.dr import dumps as drill
     from include.backup_dr.pitr import (
         TargetOutOfRange,
     )
@@ -208,7 +208,8 @@ def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores,
 
 def test_sandbox_guard_refuses_any_production_host_or_port(stack, monkeypatch) -> None:
     from include.backup_dr.policy import load_policy
-    from include.backup_dr.restore import RestoreRefused, guard_sandbox
+    from include.backup_dr.restore.database import guard_sandbox
+    from include.backup_dr.restore.errors import RestoreRefused
 
     policy = load_policy()
     for conn_id in ("pg_platform", "pg_platform_standby"):
@@ -228,7 +229,7 @@ def test_tampered_base_backup_is_refused_and_no_server_starts(stores, pitr_env) 
     server starts, names the region, and leaves no throwaway server behind."""
     from include.backup_dr import pipeline, pitr
     from include.backup_dr.policy import load_policy
-    from include.backup_dr.restore import TamperedBackup
+    from include.backup_dr.restore.errors import TamperedBackup
 
     ref = _base_backup(stores)
     _heartbeats(stores, 2)

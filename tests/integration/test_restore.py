@@ -11,7 +11,9 @@ import pytest
 
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
-from include.backup_dr.restore import RestoreRefused, Selection, TamperedBackup, guard_sandbox
+from include.backup_dr.restore.database import guard_sandbox
+from include.backup_dr.restore.errors import RestoreRefused, TamperedBackup
+from include.backup_dr.restore.select import Selection
 from tests.stack import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
@@ -77,7 +79,7 @@ def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores) -
 
 
 def test_tampered_backup_is_caught_by_the_checksum_before_restore(backed_up, stores) -> None:
-    from include.backup_dr import drill
+    from include.backup_dr.drill import dumps as drill
     from include.backup_dr.pipeline import Stores
 
     policy = load_policy()
@@ -187,8 +189,8 @@ def test_validation_connects_with_a_password_full_of_url_characters(
     backed_up, stores, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A password with @ : / % must reach Great Expectations intact (it is URL syntax)."""
-    from include.backup_dr import drill
-    from include.backup_dr.restore import select_backup
+    from include.backup_dr.drill import dumps as drill
+    from include.backup_dr.restore.select import select_backup
     from local.config import HOST, Ports
 
     password = "p@ss:w/rd%40#?"
@@ -333,13 +335,13 @@ def test_evidence_written_in_the_same_second_is_never_overwritten(backed_up, sto
     """Two records for one target within one second keep both (keys had 1-second resolution)."""
     import time
 
-    from include.backup_dr import drill
+    from include.backup_dr.restore import record
 
     policy = load_policy()
     ref = {**Selection(BackupId("platform", "platform_core", "daily", WINDOW), "x", "t").to_ref()}
     time.sleep(1 - datetime.now(UTC).microsecond / 1e6)  # both land early in one second
     for attempt in ("a", "b"):
-        drill.report(policy, stores, ref, None, None, {"run_id": attempt}, kind="dr_restore")
+        record.report(policy, stores, ref, None, None, {"run_id": attempt}, kind="dr_restore")
     for store in stores:
         keys = sorted(o.key for o in store.list_objects("evidence/dr_restore/platform_core/"))
         assert len(keys) == 4, keys  # report.json + report.md, twice

@@ -19,7 +19,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from include.backup_dr.validation import (
+from include.backup_dr.restore.validation import (
     EXPECTATIONS_DIR,
     ValidationReport,
     load_business_rules,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.backup_dr.catalogue import Artifact, BackupId, Manifest, Verification
+from include.backup_dr.drill.pitr import merge_validations
 from include.backup_dr.pitr import (
     RecoveryRange,
     TargetOutOfRange,
@@ -16,11 +17,10 @@ from include.backup_dr.pitr import (
     choose_base,
     choose_region,
     eligible_samples,
-    merge_validations,
     parse_target_time,
     summarise_range,
 )
-from include.backup_dr.restore import RestoreRefused
+from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.wal import Segment, classify, parse_history
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)

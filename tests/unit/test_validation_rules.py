@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from include.backup_dr.validation import (
+from include.backup_dr.restore.validation import (
     EXPECTATIONS_DIR,
     ExpectationResult,
     ValidationReport,

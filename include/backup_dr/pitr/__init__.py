@@ -11,19 +11,12 @@ region. Together they recover the cluster to any second of the retention. In flo
   monitor recorded; after recovery that heartbeat is there and none written after T is;
 * ``server``: the cluster recovered into a throwaway server (``recover``): private scratch
   directory, Unix socket only, never archiving; always stopped and deleted afterwards;
-* ``drills``: the restore_verification drill (``drill``): recover, prove, validate, evidence;
-* ``recovery``: restore chosen databases at T for disaster recovery (``recover_targets``).
+
+Its users: the yearly drill (``include.backup_dr.drill.pitr``) and disaster recovery at a point in
+time (``include.backup_dr.dr.pitr``).
 """
 
-from include.backup_dr.pitr.drills import (
-    drill,
-    drill_servers,
-    has_base_backup,
-    merge_validations,
-    projection,
-)
 from include.backup_dr.pitr.heartbeat import HeartbeatSample, eligible_samples
-from include.backup_dr.pitr.recovery import recover_targets
 from include.backup_dr.pitr.server import (
     RECOVERY_ENDED,
     RecoveredServer,
@@ -53,15 +46,9 @@ __all__ = [
     "check_target",
     "choose_base",
     "choose_region",
-    "drill",
-    "drill_servers",
     "eligible_samples",
-    "has_base_backup",
-    "merge_validations",
     "parse_target_time",
-    "projection",
     "recover",
-    "recover_targets",
     "recovery_range",
     "summarise_range",
 ]

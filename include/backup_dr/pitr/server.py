@@ -34,7 +34,7 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import Policy
-from include.backup_dr.restore import fetch, prove_bytes
+from include.backup_dr.restore.download import fetch, prove_bytes
 from include.backup_dr.store import READ_CHUNK, ObjectStore
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from typing import Any
 from include.backup_dr.catalogue import BackupId, Manifest, Verification, build_catalogue
 from include.backup_dr.engines.wal import read_histories
 from include.backup_dr.policy import CONTINUOUS, Policy
-from include.backup_dr.restore import RestoreRefused
+from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.wal import (
     DEFAULT_SEGMENT_SIZE,

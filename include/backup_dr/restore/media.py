@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 from include.backup_dr.catalogue import Manifest
 from include.backup_dr.engines.media import COPY_WORKERS, Entry, blob_key, parse_listing
-from include.backup_dr.restore import RestoreRefused
+from include.backup_dr.restore.errors import RestoreRefused
+from include.backup_dr.restore.validation import ExpectationResult, ValidationReport
 from include.backup_dr.store import ObjectStore
-from include.backup_dr.validation import ExpectationResult, ValidationReport
 
 log = logging.getLogger(__name__)
 

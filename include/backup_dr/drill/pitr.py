@@ -25,7 +25,8 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
-from include.backup_dr.restore import RestoreRefused, select_backup
+from include.backup_dr.restore.errors import RestoreRefused
+from include.backup_dr.restore.select import select_backup
 from include.backup_dr.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def validate_recovered(
     policy: Policy, store: ObjectStore, recovered: RecoveredServer, tier: str
 ) -> dict[str, Any]:
     """Business rules and key checks on every production database of the recovered server."""
-    from include.backup_dr.validation import validate_database
+    from include.backup_dr.restore.validation import validate_database
 
     reports = {}
     for target in production_targets(policy, recovered.server):
@@ -286,7 +287,7 @@ def _document(
 
 def write_evidence(stores: Any, document: dict[str, Any]) -> dict[str, Any]:
     """report.json + report.md under a unique prefix, in both regions."""
-    from include.backup_dr.drill import render_markdown
+    from include.backup_dr.restore.record import render_markdown
 
     stamp = window_label(datetime.now(UTC))
     prefix = f"evidence/{document['kind']}/{document['target']}/{stamp}-{uuid.uuid4().hex[:8]}"

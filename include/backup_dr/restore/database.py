@@ -1,9 +1,6 @@
-"""Restoring a backup: choose it, prove its bytes, and rebuild it in a PostgreSQL database.
-
-Used by the yearly restore drill (into a sandbox) and by on-demand disaster recovery. The bytes
-are re-hashed while they download and compared with the manifest *before* pg_restore sees them,
-so a tampered or rotten backup is never restored.
-"""
+"""A restore's PostgreSQL side: the sandbox guard, staging databases, pg_restore, and the
+swap that puts a validated restore in place of a database (which is renamed aside, never
+dropped). Used by the yearly drill (into a sandbox) and by disaster recovery."""
 
 from __future__ import annotations
 
@@ -14,87 +11,18 @@ import re
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
-
-from include.backup_dr.catalogue import BackupId, Manifest, Verification, build_catalogue
 from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
 from include.backup_dr.policy import Policy
-from include.backup_dr.store import READ_CHUNK, ObjectStore
+from include.backup_dr.restore.errors import RestoreFailed, RestoreRefused, SwapFailed
+from include.backup_dr.restore.validation import ValidationReport
 
 log = logging.getLogger(__name__)
-
-
-class RestoreRefused(AirflowFailException):
-    """A restore that would be unsafe was refused; nothing was changed."""
-
-
-class TamperedBackup(AirflowFailException):
-    """The downloaded bytes do not match the manifest; the backup was not restored."""
-
-
-class RestoreFailed(AirflowFailException):
-    """pg_restore failed; the message carries its error output."""
-
-
-@dataclass(frozen=True)
-class Selection:
-    """The backup chosen for a restore, where it is read from, and why it was chosen."""
-
-    backup: BackupId
-    region: str
-    reason: str
-
-    def to_ref(self) -> dict[str, str]:
-        return {
-            "category": self.backup.category,
-            "target": self.backup.target,
-            "tier": self.backup.tier,
-            "window": self.backup.window.isoformat(),
-            "region": self.region,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_ref(cls, ref: dict[str, str]) -> Selection:
-        backup = BackupId(
-            ref["category"], ref["target"], ref["tier"], datetime.fromisoformat(ref["window"])
-        )
-        return cls(backup, ref["region"], ref["reason"])
-
-
-def select_backup(
-    policy: Policy,
-    store: ObjectStore,
-    target: str,
-    tier: str,
-    window: datetime | None = None,
-) -> Selection:
-    """The chosen window, or else the newest backup whose copy in `store`'s region passed."""
-    category = policy.target(target).category
-    backups, _ = build_catalogue([store.listing(f"{category}/{target}/{tier}/")])
-    region = store.region.name
-    if window is not None:
-        chosen = next((b for b in backups if b.id.window == window), None)
-        if chosen is None:
-            raise RestoreRefused(f"no backup of {target}/{tier} for window {window} in {region}")
-        state = chosen.copies[region].verification.value
-        return Selection(chosen.id, region, f"window {window.isoformat()} requested ({state})")
-    verified = [b for b in backups if b.copies[region].verification is Verification.PASSED]
-    if not verified:
-        raise RestoreRefused(
-            f"no verified backup of {target}/{tier} in {region} ({len(backups)} unverified)"
-        )
-    newest = max(verified, key=lambda b: b.id.window)
-    return Selection(
-        newest.id,
-        region,
-        f"newest of {len(verified)} verified backups of {target}/{tier} in {region} "
-        f"(window {newest.id.window.isoformat()})",
-    )
 
 
 def server_info(conn_id: str, database: str = "postgres") -> PgConnectionInfo:
@@ -188,10 +116,6 @@ def database_size(server: PgConnectionInfo, name: str) -> int:
 def _check_name(name: str) -> None:
     if not _SAFE_NAME.match(name):
         raise RestoreRefused(f"{name!r} is not a safe database name")
-
-
-class SwapFailed(AirflowFailException):
-    """Swapping a restored database in failed; the message says where each database is."""
 
 
 def staging_name(database: str, run_id: str) -> str:
@@ -291,65 +215,6 @@ def swap_in(server: PgConnectionInfo, staging: str, database: str, stamp: dateti
     return previous
 
 
-@dataclass(frozen=True)
-class Download:
-    path: Path
-    size: int
-    seconds: float
-
-
-def fetch(store: ObjectStore, manifest: Manifest, dest: Path) -> None:
-    """Download the artifact with parallel ranged GETs, after checking its size; unverified:
-    callers prove the bytes with `prove_bytes` before anything uses them."""
-    expected = manifest.artifact
-    head = store.head(expected.key)
-    if head is None:
-        raise RestoreRefused(f"{manifest.backup}: {store.where(expected.key)} does not exist")
-    if int(head["ContentLength"]) != expected.size:
-        raise TamperedBackup(
-            f"{manifest.backup} in {store.region.name}: the object has {head['ContentLength']} "
-            f"bytes, the manifest says {expected.size}; not restored"
-        )
-    store.download(expected.key, dest, expected.size)
-
-
-def prove_bytes(manifest: Manifest, region: str, digest: str, size: int) -> None:
-    """Refuse bytes whose size or SHA-256 differ from what the manifest vouches for."""
-    expected = manifest.artifact
-    if size != expected.size or digest != expected.sha256:
-        raise TamperedBackup(
-            f"{manifest.backup} in {region}: downloaded {size} bytes with sha256 "
-            f"{digest[:16]}..., the manifest says {expected.size} bytes with sha256 "
-            f"{expected.sha256[:16]}...; not restored"
-        )
-
-
-def download_verified(store: ObjectStore, manifest: Manifest, dest: Path) -> Download:
-    """Download the artifact, then re-hash it; refuse it unless size and SHA-256 match.
-
-    The hash reads the file back from the page cache. Nothing reaches pg_restore before the
-    bytes are proven.
-    """
-    started = time.monotonic()
-    fetch(store, manifest, dest)
-    digest = hashlib.sha256()
-    size = 0
-    with dest.open("rb") as archive:
-        for chunk in iter(lambda: archive.read(READ_CHUNK), b""):
-            digest.update(chunk)
-            size += len(chunk)
-    seconds = time.monotonic() - started
-    try:
-        prove_bytes(manifest, store.region.name, digest.hexdigest(), size)
-    except TamperedBackup:
-        dest.unlink(missing_ok=True)
-        raise
-    log.info(
-        "Downloaded and verified %s (%d bytes) in %.1f s", manifest.artifact.key, size, seconds
-    )
-    return Download(dest, size, seconds)
-
-
 def pg_restore(archive: Path, server: PgConnectionInfo, database: str, jobs: int) -> float:
     """Restore a custom-format archive into an existing empty database; returns seconds."""
     target = PgConnectionInfo(server.host, server.port, server.user, database, server.env)
@@ -374,3 +239,62 @@ def pg_restore(archive: Path, server: PgConnectionInfo, database: str, jobs: int
             f"pg_restore into {target} exited with {done.returncode}: {done.stderr[-2000:].strip()}"
         )
     return time.monotonic() - started
+
+
+@dataclass
+class Replaced:
+    """How a database restore went: built and validated aside, then swapped in (or not)."""
+
+    staging: str
+    restore_seconds: float
+    restored_bytes: int
+    validation: ValidationReport
+    previous_database: str | None = None
+    swapped: bool = False
+    problems: list[str] = field(default_factory=list)
+
+    def steps(self) -> dict[str, Any]:
+        return {
+            "restored_bytes": self.restored_bytes,
+            "staged_in": self.staging,
+            "swapped_in": self.swapped,
+            "previous_database": self.previous_database,
+        }
+
+
+def replace_database(
+    server: PgConnectionInfo,
+    database: str,
+    staging: str,
+    restore: Callable[[str], float],
+    check: Callable[[str], ValidationReport],
+    *,
+    overwrite: bool,
+    stamp: datetime,
+) -> Replaced:
+    """Restore into the new database `staging`, validate it there, and only then swap it in.
+    Until the swap `database` is untouched; at the swap it is renamed aside, never dropped.
+    The caller has proven the backup's bytes before calling: nothing here needs the store."""
+    drop_database(server, staging)  # only this run's own staging database: the name says so
+    create_database(server, staging)
+    try:
+        seconds = restore(staging)
+    except Exception:
+        drop_database(server, staging)  # a half-restored copy is of no use to anyone
+        raise
+    result = Replaced(staging, seconds, database_size(server, staging), check(staging))
+    keep = f"{database} was not touched; the restore is kept in {staging} for inspection"
+    if not result.validation.ok:
+        result.problems.append(f"the restore failed validation; {keep}")
+    elif (
+        not overwrite
+        and database_exists(server, database)
+        and not database_is_empty(server, database)
+    ):
+        result.problems.append(
+            f"{database} gained tables during the restore (overwrite=false); {keep}"
+        )
+    else:
+        result.previous_database = swap_in(server, staging, database, stamp)
+        result.swapped = True
+    return result

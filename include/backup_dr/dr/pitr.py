@@ -22,7 +22,7 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
-from include.backup_dr.restore import pg_restore, staging_name
+from include.backup_dr.restore.database import pg_restore, staging_name
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def recover_targets(
     server; per target, validate it at T, copy it into a new database at `connection`,
     validate that and swap it in (the caller has checked confirm and overwrite). One evidence
     record per target; a target that fails does not stop the next one."""
-    from include.backup_dr.drill import describe_failure, failure_ref, report
+    from include.backup_dr.restore.record import describe_failure, failure_ref, report
 
     store = stores.role(params.get("region") or "secondary")
     when = params["target_time"]
@@ -133,8 +133,9 @@ def _recover_one(
 ) -> dict[str, Any]:
     """One database at T: validated in the recovered server, then `replace_database` at the
     destination; returns its evidence record."""
-    from include.backup_dr.drill import replace_database, report
-    from include.backup_dr.validation import validate_database
+    from include.backup_dr.restore.database import replace_database
+    from include.backup_dr.restore.record import report
+    from include.backup_dr.restore.validation import validate_database
 
     assert target.database is not None
     when = params["target_time"]

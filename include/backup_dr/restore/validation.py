@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from great_expectations.core import ExpectationValidationResult
     from great_expectations.expectations import Expectation
 
-EXPECTATIONS_DIR = Path(__file__).resolve().parent.parent / "expectations"
+EXPECTATIONS_DIR = Path(__file__).resolve().parents[2] / "expectations"
 
 MANIFEST_SUITE = "manifest"
 UNEXPECTED_ROWS = "unexpected_rows_expectation"

@@ -1,6 +1,6 @@
 """Disaster-recovery restore as an Airflow DAG (manual trigger only, needs confirmation).
 
-Structure only; see include/backup_dr/dag_factory.py and include/backup_dr/drill.py.
+Structure only; see include/backup_dr/dag_factory.py and include/backup_dr/dr/.
 """
 
 from include.backup_dr.dag_factory import build_dr_restore_dag

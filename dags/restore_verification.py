@@ -1,6 +1,6 @@
 """Yearly restore drill as an Airflow DAG: restore, validate with Great Expectations, time it.
 
-Structure only; see include/backup_dr/dag_factory.py and include/backup_dr/drill.py.
+Structure only; see include/backup_dr/dag_factory.py and include/backup_dr/drill/.
 """
 
 from include.backup_dr.dag_factory import build_restore_verification_dag

@@ -716,7 +716,7 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
 
     @task(**placement("restore_in_priority_order"))
     def restore_in_priority_order() -> list[dict[str, Any]]:
-        from include.backup_dr.drill import dumps as drills
+        from include.backup_dr.dr import dumps as drills
 
         context = get_current_context()
         policy_now, stores = _runtime()

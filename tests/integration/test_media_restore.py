@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from include.backup_dr.media_restore import selected
+from include.backup_dr.restore.media import selected
 
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.engines.media import blob_key

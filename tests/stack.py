@@ -9,8 +9,10 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -168,11 +170,14 @@ def run_dag(
     conf: dict[str, Any] | None = None,
     *,
     retry_delay: timedelta | None = None,
+    approve: bool | None = None,
 ):
     """Run one DAG for real with dag.test(); returns the finished DagRun.
 
     `retry_delay` compresses the DAG's retry delays (minutes in production) so a fault test
     sees every retry of a failing task, and the alert after the last one, within seconds.
+    `approve` answers the DAG's Human-in-the-loop approval (True: approve, False: reject), as
+    on-call does under Required Actions; None leaves it unanswered.
     """
     from airflow.dag_processing.dagbag import DagBag
 
@@ -188,7 +193,10 @@ def run_dag(
     if retry_delay is not None:
         for task in dag.tasks:
             task.retry_delay = retry_delay
-    return dag.test(logical_date=logical_date, run_conf=conf)
+    if approve is None:
+        return dag.test(logical_date=logical_date, run_conf=conf)
+    with answering_approvals(dag_id, approve=approve):
+        return dag.test(logical_date=logical_date, run_conf=conf)
 
 
 # --- Airflow standalone: a real scheduler, started at most once per session ------------------
@@ -307,3 +315,59 @@ def wait_for_runs(
             return
         time.sleep(1)
     raise AssertionError(f"runs for {sorted(wanted)} did not finish: {dag_runs(env, dag_id)}")
+
+
+# --- Human-in-the-loop: answer an approval as the Required Actions page does ------------------
+
+
+@contextmanager
+def answering_approvals(
+    dag_id: str, *, approve: bool = True, user: str = "oncall-test"
+) -> Iterator[list[str]]:
+    """While the block runs (typically `run_dag`), answer every approval of `dag_id` that is
+    waiting for input, with the same writes the API's Required Actions endpoint makes: the
+    response, then the parked task's resume. Yields the task ids answered."""
+    from airflow.models.hitl import HITLDetail, HITLUser
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.models.trigger import handle_event_submit
+    from airflow.triggers.base import TriggerEvent
+    from airflow.utils import timezone
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
+
+    answered: list[str] = []
+    stop = threading.Event()
+    option = "Approve" if approve else "Reject"
+
+    def answer() -> None:
+        while not stop.wait(0.5):
+            with create_session() as session:
+                waiting = session.scalars(
+                    select(TaskInstance).where(
+                        TaskInstance.dag_id == dag_id,
+                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
+                    )
+                ).all()
+                for ti in waiting:
+                    detail = session.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
+                    if detail is None or detail.response_received:
+                        continue
+                    detail.responded_by = HITLUser(id=user, name=user)
+                    detail.responded_at = timezone.utcnow()
+                    detail.chosen_options = [option]
+                    detail.params_input = {}
+                    handle_event_submit(
+                        TriggerEvent(detail.as_resume_event_payload()),
+                        task_instance=ti,
+                        session=session,
+                    )
+                    answered.append(ti.task_id)
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        yield answered
+    finally:
+        stop.set()
+        thread.join(timeout=10)

@@ -20,7 +20,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, BaseNotifier, Param, get_current_context, task, task_group
+from airflow.sdk import DAG, BaseNotifier, Param, TaskGroup, get_current_context, task, task_group
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
@@ -623,7 +623,9 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
 def _dr_restore_params(policy: Policy) -> dict[str, Param]:
     """The trigger form of dr_restore. In a disaster it must submit with only what a database
-    restore needs (targets, confirm): every other param has a default or may stay empty."""
+    restore needs (targets): every other param has a default or may stay empty. Nothing runs
+    before a human approves the plan (Required Actions)."""
+    destinations = [d.conn_id for d in policy.recovery().destinations]
     production = sorted((t for t in policy.targets if t.is_production), key=lambda t: t.priority)
     in_use = {t.category for t in production}
     tiers = [
@@ -637,24 +639,20 @@ def _dr_restore_params(policy: Policy) -> dict[str, Param]:
             type="array",
             examples=[t.name for t in production],
             items={"type": "string", "enum": [t.name for t in production]},
-            description="Production targets to restore; they run highest priority first, "
-            "one after another",
-        ),
-        "confirm": Param(
-            "no",
-            enum=["no", "restore"],
-            values_display={
-                "no": "no: refuse to run (nothing is restored)",
-                "restore": "restore: replace the targets at the destination with the backup",
-            },
-            description="The run refuses unless this is 'restore'. A replaced database is "
-            "renamed to <db>__before_<run start> and kept, never dropped",
+            description="Production targets to restore; they start highest priority first, "
+            "in parallel within the policy's limits",
         ),
         "connection": Param(
-            "pg_sandbox",
-            type="string",
-            description="Airflow connection of the PostgreSQL server the databases are "
-            "restored into",
+            destinations[0],
+            enum=destinations,
+            description="The PostgreSQL server the databases are restored into (the policy's "
+            "disaster_recovery.destinations; each has a pool bounding restores into it)",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            description="Plan only: check the request and show what would be restored, from "
+            "which backup, and how long it would take; nothing is approved or restored",
         ),
         "overwrite": Param(
             False,
@@ -711,25 +709,171 @@ def _dr_restore_params(policy: Policy) -> dict[str, Param]:
     }
 
 
-def build_dr_restore_dag(policy: Policy) -> DAG:
-    """Manual disaster recovery: restore named targets, in priority order, into a connection."""
+class RestoreApprovalNotifier(BaseNotifier):
+    """Tells on-call that a dr_restore plan waits for them, and where to answer it."""
 
-    @task(**placement("restore_in_priority_order"))
-    def restore_in_priority_order() -> list[dict[str, Any]]:
-        from include.backup_dr.dr import dumps as drills
+    def notify(self, context: Any) -> None:
+        from include.backup_dr.alerts import send_message
+
+        ti = context["ti"]
+        plan = (ti.xcom_pull(task_ids="plan") or {}).get("markdown", "")
+        send_message(
+            "[backup] dr_restore: approval needed before anything is restored",
+            f"{plan}\n\nApprove or reject under Browse > Required Actions "
+            f"({getattr(ti, 'log_url', '') or 'dr_restore'}).\n",
+            context,
+            source="dr_restore",
+        )
+
+
+#: Restores go ahead of routine backups and checks when they share workers and pools.
+DR_PRIORITY_WEIGHT = 100
+
+
+def _restore_lanes(policy: Policy) -> list[tuple[str, str]]:
+    """(lane, pool) per restore task of dr_restore: one per destination server, and media."""
+    from include.backup_dr.dr.request import MEDIA_POOL
+
+    return [(d.conn_id, d.pool) for d in policy.recovery().destinations] + [("media", MEDIA_POOL)]
+
+
+def _dr_restore_doc(policy: Policy) -> str:
+    recovery = policy.recovery()
+    lanes = ", ".join(
+        f"`{d.conn_id}` (pool `{d.pool}`, {d.slots} at once)" for d in recovery.destinations
+    )
+    return f"""### Disaster recovery restore (manual)
+
+Restores the named `targets` into a `connection` (databases) or a `bucket` (media), from the
+newest verified backup of `tier` (or the `backup` window, or a point in time `target_time`) in
+`region`. Destinations: {lanes}.
+
+1. `plan` checks the whole request before anything is touched (a non-empty destination without
+   `overwrite`, a time outside what the region can recover to, a missing bucket...), chooses
+   each target's backup, and projects each restore's duration from its newest drill's rate.
+   `dry_run` stops here: the plan is in this task's log and XCom.
+2. `approve`: **Browse > Required Actions** shows the plan: each target, the backup or time it
+   comes from and the region, what is set aside at the destination, and the projected wall time
+   against the RTO. Reject, or no answer within {format_duration(recovery.approval_timeout)},
+   touches nothing (a timeout pages). The approver's name goes into every evidence record.
+3. `<destination>.restore` (and `media.restore`): one mapped task per target (per server for a point in time: the cluster is
+   recovered once into a throwaway server, then each database copied out), started highest
+   priority first; at most {recovery.concurrency} at once in total, and each destination's pool
+   bounds the restores writing into it. One target's failure never stops the others.
+4. `record`: one record for the whole run in `evidence/estate/dr_restore/`: each target's time
+   and outcome, and the estate's wall time against the RTO.
+
+A database is never dropped: the backup is downloaded and its SHA-256 proven first, restored
+into `<db>__restoring_<id>` with the server's roles, owners and grants, validated there, and only
+then swapped in. The database it replaces is renamed to `<db>__before_<approval time>` (its
+sessions are terminated at that moment, and the log says so) and kept: drop it yourself once the
+restore is confirmed. Per-target evidence goes to `evidence/dr_restore/<target>/`."""
+
+
+def build_dr_restore_dag(policy: Policy) -> DAG:
+    """`dr_restore`: plan -> (dry run stops) -> approve -> restore per target, in parallel by
+    priority within pools -> one record for the run."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    recovery = policy.recovery()
+    lanes = _restore_lanes(policy)
+
+    @task(task_id="plan")
+    def plan() -> dict[str, Any]:
+        from include.backup_dr.dr.request import DrRequest, make_plan
 
         context = get_current_context()
         policy_now, stores = _runtime()
-        records = drills.restore_for_recovery(
+        request = DrRequest.from_params(policy_now, dict(context["params"]))
+        made = make_plan(policy_now, stores, request, datetime.now(UTC))
+        log.info(
+            "The plan%s:\n%s", " (dry run: nothing is restored)" * request.dry_run, made.markdown()
+        )
+        return made.to_document()
+
+    @task.short_circuit(task_id="live", ignore_downstream_trigger_rules=True)
+    def live(planned: dict[str, Any]) -> bool:
+        """A dry run ends with the plan; nothing is approved or restored."""
+        return not planned["request"]["dry_run"]
+
+    def units(planned: dict[str, Any], lane: str) -> list[dict[str, Any]]:
+        """The plan's units for one lane (media, or the destination server), in priority
+        order: Airflow starts a mapped task's instances in map-index order among equal
+        priority weights."""
+        connection = planned["request"]["connection"]
+        return [
+            u
+            for u in planned["units"]
+            if (u["kind"] == "media") == (lane == "media") and lane in ("media", connection)
+        ]
+
+    def restore(unit: dict[str, Any]) -> list[dict[str, Any]]:
+        from include.backup_dr.dr.dumps import raise_for, restore_unit
+        from include.backup_dr.dr.request import DrRequest, Unit
+
+        context = _label(unit["name"])
+        ti = context["ti"]
+        planned = ti.xcom_pull(task_ids="plan")
+        approval = ti.xcom_pull(task_ids="approve") or {}
+        approver = approval.get("responded_by_user") or {}
+        began = _began(approval, planned)
+        run = {
+            "dag_id": context["dag"].dag_id,
+            "run_id": context["run_id"],
+            "approved_by": approver.get("name") or approver.get("id") or "-",
+            "approved_at": began.isoformat(),
+        }
+        policy_now, stores = _runtime()
+        records = restore_unit(
             policy_now,
             stores,
-            dict(context["params"]),
-            {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+            DrRequest.from_document(planned["request"]),
+            Unit.from_document(unit),
+            run,
+            began,
         )
-        return [
-            {"target": r["target"], "outcome": r["outcome"], "evidence": r["evidence_prefix"]}
-            for r in records
+        # Pushed before failing, so `record` sees a failed target's evidence too.
+        ti.xcom_push(key="records", value=[_brief(r) for r in records])
+        raise_for(records)
+        return [_brief(r) for r in records]
+
+    @task(task_id="record", trigger_rule="all_done", retries=0)
+    def record() -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.backup_dr.restore.errors import DrillFailed
+        from include.backup_dr.restore.record import record_estate
+
+        context = get_current_context()
+        ti = context["ti"]
+        planned = ti.xcom_pull(task_ids="plan")
+        approval = ti.xcom_pull(task_ids="approve") or {}
+        records = [
+            r
+            for lane, _ in lanes
+            for found in _all_mapped(ti, f"{lane}.restore")
+            for r in found or []
         ]
+        if not records:
+            raise AirflowSkipException("nothing was restored: nothing to record")
+        policy_now, stores = _runtime()
+        approver = approval.get("responded_by_user") or {}
+        document = record_estate(
+            policy_now,
+            stores,
+            "dr_restore",
+            {
+                "dag_id": context["dag"].dag_id,
+                "run_id": context["run_id"],
+                "approved_by": approver.get("name") or approver.get("id") or "-",
+            },
+            records,
+            _began(approval, planned),
+            planned["estate"],
+        )
+        if document["outcome"] != "passed":
+            raise DrillFailed("dr_restore: " + "; ".join(document["problems"]))
+        return {k: document[k] for k in ("wall_seconds", "rto_seconds", "within_rto", "evidence")}
 
     with DAG(
         dag_id="dr_restore",
@@ -737,34 +881,62 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
+        max_active_tasks=recovery.concurrency,
         default_args={**_default_args(), "retries": 0},
         tags=["restore", "disaster-recovery"],
-        doc_md="""### Disaster recovery restore (manual)
-
-Restores the named `targets`, highest priority first (live client instances first, as the
-policy says), from the newest verified backup (or the `backup` window) in `region`: databases
-into the PostgreSQL `connection`, media into `bucket` (through `bucket_connection`), only the
-keys under `prefix` if given, each key written under `dest_prefix`. Refuses unless `confirm` is
-`restore`, and refuses a non-empty database or destination unless `overwrite` is true. Each
-restore is validated (databases with Great Expectations, media by re-hashing every object) and
-leaves evidence in `evidence/dr_restore/` in both regions.
-
-A database is never dropped: the backup is downloaded and its SHA-256 proven first, restored
-into a new database `<db>__restoring_<id>`, validated there, and only then swapped in. The
-database it replaces is renamed to `<db>__before_<run start>` (its sessions are terminated at
-that moment, and the log says so) and kept: drop it yourself once the restore is confirmed. A
-target that fails gets its own evidence record and does not stop the next one; the run fails
-at the end if any target failed.
-
-`target_time` (an ISO 8601 time, or `latest`) restores databases as they were at that second:
-the whole server's cluster is recovered from a base backup and the WAL archive of `region` into
-a throwaway server (private Unix socket, no TCP port) and validated before anything at the
-destination is touched; then each target is copied from it with pg_dump / pg_restore. A time
-outside what the region can recover is refused with the available range.""",
+        doc_md=_dr_restore_doc(policy),
         params=_dr_restore_params(policy),
     ) as dag:
-        restore_in_priority_order()
+        planned = plan()
+        approve = ApprovalOperator(
+            task_id="approve",
+            subject="Restore {{ params.targets | join(', ') }} into {{ params.connection }}?",
+            body="{{ ti.xcom_pull(task_ids='plan')['markdown'] }}",
+            response_timeout=recovery.approval_timeout,
+            notifiers=[RestoreApprovalNotifier()],
+            fail_on_reject=False,
+            ignore_downstream_trigger_rules=True,
+            retries=0,
+        )
+        live(planned) >> approve
+        restores = []
+        for lane, pool in lanes:
+            with TaskGroup(group_id=lane):
+                chosen = task(units, task_id="units")(planned, lane)
+                approve >> chosen
+                restores.append(
+                    task(
+                        restore,
+                        task_id="restore",
+                        pool=pool,
+                        priority_weight=DR_PRIORITY_WEIGHT,
+                        weight_rule="absolute",
+                        execution_timeout=TIMEOUTS["snapshot"],
+                        **LABELLED,
+                        **placement("restore"),
+                    ).expand(unit=chosen)
+                )
+        restores >> record()
     return dag
+
+
+def _began(approval: dict[str, Any], planned: dict[str, Any]) -> datetime:
+    """When the restores were allowed to start: the approval (else the plan, for the record)."""
+    at = approval.get("responded_at") or planned["planned_at"]
+    return at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
+
+
+def _brief(record: dict[str, Any]) -> dict[str, Any]:
+    keys = ("target", "outcome", "problems", "recorded_at", "steps", "evidence_prefix")
+    return {k: record.get(k) for k in keys}
+
+
+def _all_mapped(ti: Any, task_id: str) -> list[Any]:
+    """Every map index's `records` of a mapped task (a failed one pushed them before failing)."""
+    found = ti.xcom_pull(task_ids=task_id, key="records", map_indexes=None)
+    if found is None:
+        return []
+    return list(found) if not isinstance(found, dict) else [found]
 
 
 class _MonitorFailureNotifier(OnCallNotifier):

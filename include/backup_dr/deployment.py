@@ -57,9 +57,6 @@ HEAVY: dict[str, PodResources] = {
     "pitr": PodResources(
         ("2", "2"), ("2Gi", "4Gi"), "a throwaway PostgreSQL replays WAL on the worker; 235 MB"
     ),
-    "restore_in_priority_order": PodResources(
-        ("2", "2"), ("2Gi", "4Gi"), "dr_restore: the drill's restore or recovery, per target"
-    ),
 }
 
 

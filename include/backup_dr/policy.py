@@ -396,6 +396,26 @@ class RestoreSettings(_Frozen):
     jobs: int = Field(default=2, ge=1)
 
 
+class RestoreDestination(_Frozen):
+    """A PostgreSQL server restores may write into, and the Airflow pool that bounds how many
+    restores write into it at once (`slots`: create the pool with that many slots)."""
+
+    conn_id: str
+    pool: str
+    slots: int = Field(default=2, ge=1)
+
+
+class DisasterRecovery(_Frozen):
+    """`dr_restore` and the estate rehearsal: restores run in parallel, highest priority first,
+    at most `concurrency` at once in total and a destination's `slots` into each server."""
+
+    concurrency: int = Field(default=4, ge=1)
+    #: How long on-call has to approve the plan before the run fails (and pages).
+    approval_timeout: Duration = timedelta(hours=1)
+    #: The first is the default destination, and the one the RTO projection plans for.
+    destinations: list[RestoreDestination] = Field(min_length=1)
+
+
 class ComplianceSettings(_Frozen):
     """`backup_compliance` (and `python -m include.backup_dr check`): is every promise kept,
     read from the store."""
@@ -420,6 +440,7 @@ class Policy(_Frozen):
     targets: list[Target] = Field(default_factory=list)
     prune: PruneSettings = PruneSettings()
     restore_verification: RestoreSettings | None = None
+    disaster_recovery: DisasterRecovery | None = None
     continuous: ContinuousSettings | None = None
     compliance: ComplianceSettings = ComplianceSettings()
 
@@ -447,6 +468,7 @@ class Policy(_Frozen):
                 )
         self._continuous_references()
         self._locks_within_promise()
+        self._restore_destinations()
         drill = self.restore_verification
         if drill is not None:
             if drill.sandbox_conn_id in {s.conn_id for s in self.servers}:
@@ -474,6 +496,30 @@ class Policy(_Frozen):
                     f"restore_verification.tier {drill.tier!r} is not a scheduled tier"
                 )
         return self
+
+    def _restore_destinations(self) -> None:
+        recovery = self.disaster_recovery
+        if recovery is None:
+            return
+        _no_duplicates("disaster_recovery.destinations", [d.conn_id for d in recovery.destinations])
+        drill = self.restore_verification
+        if drill is not None and drill.sandbox_conn_id not in {
+            d.conn_id for d in recovery.destinations
+        }:
+            raise ValueError(
+                f"disaster_recovery.destinations must include the sandbox "
+                f"{drill.sandbox_conn_id!r}: the estate rehearsal restores there as dr_restore would"
+            )
+
+    def recovery(self) -> DisasterRecovery:
+        """The configured restore concurrency, or one restore at a time into the sandbox."""
+        if self.disaster_recovery is not None:
+            return self.disaster_recovery
+        sandbox = self.restore_verification.sandbox_conn_id if self.restore_verification else None
+        return DisasterRecovery(
+            concurrency=1,
+            destinations=[RestoreDestination(conn_id=sandbox or "pg_sandbox", pool="default_pool")],
+        )
 
     def _locks_within_promise(self) -> None:
         """Refuse a lock that would keep data past its retention + 12 months. A backup is

@@ -236,14 +236,31 @@ def test_compliance_runs_every_15_minutes_and_pages_only_from_its_own_state(dagb
     assert "python -m include.backup_dr check" in dag.doc_md
 
 
-def test_dr_restore_is_manual_and_needs_confirmation(dagbag) -> None:
+def test_dr_restore_is_manual_approved_and_parallel_by_priority(dagbag) -> None:
     dag = dagbag.dags["dr_restore"]
     assert dag.schedule is None
-    assert dag.params["confirm"] == "no"
+    assert "confirm" not in dag.params and dag.params["dry_run"] is False
     assert dag.params["overwrite"] is False
     schema = {name: dag.params.get_param(name).schema for name in dag.params}
-    assert schema["confirm"]["enum"] == ["no", "restore"]
-    # The trigger form submits with only targets and confirm: nothing else is required.
+    recovery = POLICY.recovery()
+    assert schema["connection"]["enum"] == [d.conn_id for d in recovery.destinations]
+    # Nothing is restored before a human approves the plan (Required Actions).
+    approve = dag.get_task("approve")
+    assert type(approve).__name__ == "ApprovalOperator"
+    assert approve.upstream_task_ids == {"live"} and dag.get_task("live").upstream_task_ids == {
+        "plan"
+    }
+    assert approve.response_timeout == recovery.approval_timeout
+    # One mapped restore task per destination server (its pool) and one for media, all
+    # behind the approval, at most `concurrency` at once, ahead of routine work.
+    assert dag.max_active_tasks == recovery.concurrency
+    for destination in recovery.destinations:
+        restore = dag.get_task(f"{destination.conn_id}.restore")
+        assert restore.pool == destination.pool
+        assert restore.priority_weight > 1 and restore.map_index_template
+        assert dag.get_task(f"{destination.conn_id}.units").upstream_task_ids >= {"approve"}
+    assert dag.get_task("record").trigger_rule == "all_done"
+    # The trigger form submits with only targets: nothing else is required.
     production = [
         t.name for t in sorted(POLICY.targets, key=lambda t: t.priority) if t.is_production
     ]

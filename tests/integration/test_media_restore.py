@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from include.backup_dr.restore.media import selected
 
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.engines.media import blob_key
+from include.backup_dr.restore.media import selected
 from tests.integration.test_media import TARGET, _source
 from tests.integration.test_restore import _evidence
 from tests.stack import run_dag
@@ -60,12 +60,11 @@ def test_dr_restore_brings_back_one_tenant_to_a_bucket(backed_up, stores) -> Non
     assert 0 < len(wanted) < everything
     conf = {
         "targets": [TARGET],
-        "confirm": "restore",
         "bucket": "restore-sandbox",
         "prefix": prefix,
         "dest_prefix": "recovered/",
     }
-    assert run_dag("dr_restore", WINDOW, conf).state == "success"
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
 
     sandbox = _sandbox()
     restored = {o.key for o in sandbox.list_objects("")}
@@ -81,5 +80,5 @@ def test_dr_restore_brings_back_one_tenant_to_a_bucket(backed_up, stores) -> Non
     assert record["steps"]["timings"]["copy"] > 0
 
     # Again, without overwrite: refused, and nothing changes.
-    assert run_dag("dr_restore", WINDOW, conf).state == "failed"
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
     assert {o.key for o in sandbox.list_objects("")} == restored

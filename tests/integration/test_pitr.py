@@ -137,7 +137,7 @@ def test_pitr_drill_recovers_a_random_second_and_proves_it_from_the_secondary(
 
 
 def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores, pitr_env) -> None:
-    from include.backup_dr.dr import dumps as drill
+    from include.backup_dr.dr.request import DrRequest, make_plan
     from include.backup_dr.pitr import (
         TargetOutOfRange,
     )
@@ -159,19 +159,16 @@ def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores,
         conf = {
             "targets": ["platform_core"],
             "connection": "pg_sandbox",
-            "confirm": "restore",
             "region": "secondary",
         }
-        run = {"dag_id": "dr_restore", "run_id": "pitr-test"}
         window_start = datetime.fromisoformat(ref["window"])
         for when, why in (
             (datetime.now(UTC) + timedelta(hours=1), "is in the future"),
             (window_start - timedelta(days=3), "older than the recovery window"),
         ):
             with pytest.raises(TargetOutOfRange, match=why) as refused:
-                drill.restore_for_recovery(
-                    policy, stores, {**conf, "target_time": when.isoformat()}, run
-                )
+                request = DrRequest.from_params(policy, {**conf, "target_time": when.isoformat()})
+                make_plan(policy, stores, request, datetime.now(UTC))
             assert "eu-central-1 can recover platform_primary to any time after" in str(
                 refused.value
             )
@@ -184,7 +181,10 @@ def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores,
         ) == [(0,)]
 
         result = run_dag(
-            "dr_restore", datetime.now(UTC), {**conf, "target_time": target.isoformat()}
+            "dr_restore",
+            datetime.now(UTC),
+            {**conf, "target_time": target.isoformat()},
+            approve=True,
         )
         assert result.state == "success"
         restored = _sql(
@@ -259,7 +259,6 @@ def test_dr_restore_at_t_swaps_in_keeps_the_old_database_and_survives_a_bad_base
     conf = {
         "targets": ["platform_core"],
         "connection": "pg_sandbox",
-        "confirm": "restore",
         "overwrite": True,
         "region": "secondary",
         "target_time": "latest",
@@ -268,7 +267,7 @@ def test_dr_restore_at_t_swaps_in_keeps_the_old_database_and_survives_a_bad_base
         _sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
         _sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
         _sql("platform_core", "INSERT INTO precious VALUES (42)", server="sandbox")
-        assert run_dag("dr_restore", datetime.now(UTC), conf).state == "success"
+        assert run_dag("dr_restore", datetime.now(UTC), conf, approve=True).state == "success"
         tenants = _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
         assert tenants == _sql("platform_core", "SELECT count(*) FROM tenants")
         names = [
@@ -288,7 +287,7 @@ def test_dr_restore_at_t_swaps_in_keeps_the_old_database_and_survives_a_bad_base
         body = bytearray(stores.secondary.open(manifest.artifact.key).read())
         body[len(body) // 2] ^= 0xFF
         stores.secondary.put_bytes(manifest.artifact.key, bytes(body), "application/octet-stream")
-        assert run_dag("dr_restore", datetime.now(UTC), conf).state == "failed"
+        assert run_dag("dr_restore", datetime.now(UTC), conf, approve=True).state == "failed"
         assert _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox") == tenants
         records = _evidence(stores.secondary, "dr_restore", "platform_core")
         assert [r["outcome"] for r in records] == ["passed", "failed"]

@@ -137,17 +137,40 @@ def test_failing_business_rule_fails_the_run_alerts_and_drops_the_sandbox(
     assert _sandbox_databases() == []
 
 
-def test_dr_restore_refuses_without_confirmation(backed_up) -> None:
-    run = run_dag("dr_restore", WINDOW, {"targets": ["platform_core"], "connection": "pg_sandbox"})
-    assert run.state == "failed"
+def test_dr_restore_rejected_touches_nothing(backed_up, stores) -> None:
+    """On-call rejects the plan under Required Actions: nothing is restored or recorded."""
+    conf = {"targets": ["platform_core"], "connection": "pg_sandbox"}
+    run = run_dag("dr_restore", WINDOW, conf, approve=False)
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["approve"] == "success" and states["pg_sandbox.restore"] == "skipped"
+    assert _sandbox_databases() == []
+    assert _evidence(stores.primary, "dr_restore", "platform_core") == []
+
+
+def test_dr_restore_dry_run_shows_the_plan_and_restores_nothing(backed_up) -> None:
+    """dry_run: the plan (each target, its backup and region, what is set aside, the projected
+    time against the RTO) and nothing else: no approval is asked, nothing restored."""
+    conf = {"targets": ["platform_billing", "platform_core"], "dry_run": True}
+    run = run_dag("dr_restore", WINDOW, conf)
+    assert run.state == "success"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["plan"] == "success" and states["approve"] == "skipped"
+    plan = next(ti for ti in run.get_task_instances() if ti.task_id == "plan").xcom_pull(
+        task_ids="plan"
+    )
+    assert [u["name"] for u in plan["units"]] == ["platform_core", "platform_billing"]
+    core = plan["units"][0]
+    assert core["source"].startswith("platform_core/daily ") and "eu-central-1" in core["source"]
+    assert core["set_aside"] == ["creates platform_core"]
+    assert "against the RTO of 4h" in plan["markdown"]
     assert _sandbox_databases() == []
 
 
 def test_dr_restore_refuses_a_non_empty_target(backed_up) -> None:
     _sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
     _sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
-    conf = {"targets": ["platform_core"], "connection": "pg_sandbox", "confirm": "restore"}
-    assert run_dag("dr_restore", WINDOW, conf).state == "failed"
+    conf = {"targets": ["platform_core"], "connection": "pg_sandbox"}
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
     assert _sql(
         "platform_core",
         "SELECT count(*) FROM pg_tables WHERE tablename = 'precious'",
@@ -159,13 +182,19 @@ def test_dr_restore_restores_two_targets_in_priority_order(backed_up, stores) ->
     conf = {
         "targets": ["platform_billing", "platform_core"],
         "connection": "pg_sandbox",
-        "confirm": "restore",
     }
-    assert run_dag("dr_restore", WINDOW, conf).state == "success"
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
     core = _evidence(stores.primary, "dr_restore", "platform_core")[0]
     billing = _evidence(stores.primary, "dr_restore", "platform_billing")[0]
-    assert (core["steps"]["order"], billing["steps"]["order"]) == (1, 2)
     assert core["steps"]["started_at"] < billing["steps"]["started_at"]
+    assert core["run"]["approved_by"] == billing["run"]["approved_by"] == "oncall-test"
+    (estate,) = [
+        stores.secondary.get_json(o.key)
+        for o in stores.secondary.list_objects("evidence/estate/dr_restore/")
+    ]
+    assert [t["target"] for t in estate["targets"]] == ["platform_core", "platform_billing"]
+    assert estate["outcome"] == "passed" and estate["within_rto"] is True
+    assert estate["run"]["approved_by"] == "oncall-test"
     assert core["outcome"] == billing["outcome"] == "passed"
     restored = _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
     assert restored == _sql("platform_core", "SELECT count(*) FROM tenants")
@@ -254,10 +283,9 @@ def test_dr_restore_overwrite_with_a_bad_backup_leaves_the_destination_untouched
     conf = {
         "targets": ["platform_core"],
         "connection": "pg_sandbox",
-        "confirm": "restore",
         "overwrite": True,
     }
-    assert run_dag("dr_restore", WINDOW, conf).state == "failed"
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
     assert _precious_rows() == [(42,)]
     assert _sandbox_databases() == ["platform_core"]  # no half-restored database left behind
     (record,) = _evidence(stores.primary, "dr_restore", "platform_core")
@@ -272,10 +300,9 @@ def test_dr_restore_swaps_in_and_keeps_the_old_database_aside(backed_up, stores)
     conf = {
         "targets": ["platform_core"],
         "connection": "pg_sandbox",
-        "confirm": "restore",
         "overwrite": True,
     }
-    assert run_dag("dr_restore", WINDOW, conf).state == "success"
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
     restored = _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
     assert restored == _sql("platform_core", "SELECT count(*) FROM tenants")
     (aside,) = [d for d in _sandbox_databases() if d.startswith("platform_core__before_")]
@@ -293,9 +320,8 @@ def test_dr_restore_one_target_failing_does_not_stop_the_next(backed_up, stores)
     conf = {
         "targets": ["platform_billing", "platform_core"],
         "connection": "pg_sandbox",
-        "confirm": "restore",
     }
-    assert run_dag("dr_restore", WINDOW, conf).state == "failed"
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
     (core,) = _evidence(stores.primary, "dr_restore", "platform_core")
     (billing,) = _evidence(stores.primary, "dr_restore", "platform_billing")
     assert core["outcome"] == "failed" and "sha256" in " ".join(core["problems"])
@@ -311,8 +337,8 @@ def test_dr_restore_evidence_needs_no_production_server(
     """In a disaster production is gone: the restore and its evidence must not reach for it."""
     production = json.loads(os.environ["AIRFLOW_CONN_PG_PLATFORM"])
     monkeypatch.setenv("AIRFLOW_CONN_PG_PLATFORM", json.dumps({**production, "port": 1}))
-    conf = {"targets": ["platform_core"], "connection": "pg_sandbox", "confirm": "restore"}
-    assert run_dag("dr_restore", WINDOW, conf).state == "success"
+    conf = {"targets": ["platform_core"], "connection": "pg_sandbox"}
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
     (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
     assert record["outcome"] == "passed", record["problems"]
     assert record["projection"]["within_rto"] is True

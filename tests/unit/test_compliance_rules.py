@@ -461,10 +461,11 @@ def test_each_breach_turns_exactly_its_check_red(breach: str, status: Status) ->
         assert others == {}
 
 
-def test_projected_rto_adds_targets_up_as_dr_restore_restores_them() -> None:
+def test_projected_rto_plans_the_estate_as_dr_restore_runs_it() -> None:
     facts = green_facts()
     # Each target alone: 2 GB at 1 GB / 3,000 s = 6,000 s (1h40m), within 4 h; three of them
-    # one after another: 5 h, over it.
+    # one after another: 5 h, over it; in parallel (the policy's 4 at once, 3 into the
+    # sandbox): 1h40m.
     drills = {
         name: dataclasses.replace(drill, seconds=3000.0) for name, drill in facts.drills.items()
     }
@@ -472,8 +473,12 @@ def test_projected_rto_adds_targets_up_as_dr_restore_restores_them() -> None:
     assert checks["projected_rto:platform_core"].status is Status.OK
     assert checks["projected_rto:platform_core"].value == pytest.approx(6000)
     total = checks["projected_rto:all targets"]
+    assert total.status is Status.OK and total.value == pytest.approx(6000)
+    assert "3 target(s) in parallel" in total.detail and "it would take 5h" in total.detail
+    serial = POLICY.model_copy(update={"disaster_recovery": None})  # one restore at a time
+    one_by_one = {c.id: c for c in evaluate(serial, _with(facts, drills=drills), NOW)}
+    total = one_by_one["projected_rto:all targets"]
     assert total.status is Status.CRITICAL and total.value == pytest.approx(18000)
-    assert "3 target(s) one after another" in total.detail
 
 
 def test_projection_uses_the_newest_backup_size_not_the_drilled_one() -> None:

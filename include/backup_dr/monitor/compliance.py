@@ -41,6 +41,7 @@ from enum import IntEnum
 
 from include.backup_dr.engines.media import SAMPLE_BUCKETS, rehash_bucket
 from include.backup_dr.policy import CONTINUOUS, Policy, cron_period, format_duration
+from include.backup_dr.restore.record import RestoreJob, plan_estate
 
 #: "Within a year": 366 days, so a yearly job on the same date is never late in a leap year.
 YEAR = timedelta(days=366)
@@ -619,18 +620,24 @@ def _drills(policy: Policy, facts: StoreFacts, now: datetime) -> Iterable[CheckR
 
 def _projected_rto(policy: Policy, facts: StoreFacts) -> Iterable[CheckResult]:
     """The drill's measured rate (bytes restored / seconds of all its steps) applied to the
-    newest verified backup of the same tier and region now: restores grow with the data."""
+    newest verified backup of the same tier and region now: restores grow with the data. The
+    whole estate is planned as dr_restore runs it: in parallel, highest priority first, within
+    the configured concurrency and the default destination's pool."""
     rto = policy.objectives.rto
     limit = f"RTO {format_duration(rto)}"
     servers = {s.name for s in policy.continuous_servers()}
-    total, unprojected = timedelta(0), []
+    recovery = policy.recovery()
+    destination = recovery.destinations[0]
+    jobs, unprojected = [], []
     for subject in drill_subjects(policy):
         projected, detail = _project(facts, subject)
-        if subject not in servers:  # dr_restore restores targets one after another
+        if subject not in servers:  # dr_restore's units; a server is the PITR alternative
             if projected is None:
                 unprojected.append(subject)
             else:
-                total += projected
+                target = policy.target(subject)
+                pool = "media" if target.server is None else destination.pool
+                jobs.append(RestoreJob(subject, target.priority, pool, projected.total_seconds()))
         yield CheckResult(
             f"projected_rto:{subject}",
             "projected_rto",
@@ -642,6 +649,8 @@ def _projected_rto(policy: Policy, facts: StoreFacts) -> Iterable[CheckResult]:
             projected.total_seconds() if projected is not None else None,
         )
     targets = [s for s in drill_subjects(policy) if s not in servers]
+    estate = plan_estate(jobs, {destination.pool: destination.slots}, recovery.concurrency)
+    total = timedelta(seconds=estate.wall_seconds)
     status = rto_status(total, rto)
     if unprojected and status is Status.OK:
         status = Status.WARNING
@@ -654,7 +663,10 @@ def _projected_rto(policy: Policy, facts: StoreFacts) -> Iterable[CheckResult]:
         if len(unprojected) == len(targets)
         else human(total) + (" + unknown" if unprojected else ""),
         limit,
-        f"dr_restore restores {len(targets)} target(s) one after another, highest priority first"
+        f"dr_restore restores {len(targets)} target(s) in parallel, highest priority first: "
+        f"{recovery.concurrency} at once, {destination.slots} into {destination.conn_id} "
+        f"(pool {destination.pool}); one after another it would take "
+        f"{human(timedelta(seconds=estate.serial_seconds))}"
         + (f"; no drill rate for {', '.join(unprojected)}" if unprojected else ""),
         total.total_seconds(),
     )

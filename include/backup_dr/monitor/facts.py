@@ -36,6 +36,7 @@ from include.backup_dr.monitor.compliance import (
     media_targets,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy
+from include.backup_dr.restore.record import measured_restore
 from include.backup_dr.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -223,12 +224,8 @@ def _drill(policy: Policy, stores: list[ObjectStore], subject: str) -> DrillFact
     try:
         doc = found[key].get_json(key) or {}
         backup = doc.get("backup", {})
-        steps = doc.get("steps") or {}
         media = policy.categories[backup["category"]].engine == "media"
-        measured = (
-            "restored_bytes" if media or backup.get("tier") == CONTINUOUS else "archive_bytes"
-        )
-        seconds = sum(float(v) for v in (steps.get("timings") or {}).values())
+        restored, seconds = measured_restore(doc, media)
         return DrillFacts(
             evidence=key.removesuffix("/report.json"),
             recorded_at=datetime.fromisoformat(doc["recorded_at"]),
@@ -236,8 +233,8 @@ def _drill(policy: Policy, stores: list[ObjectStore], subject: str) -> DrillFact
             problems=tuple(doc.get("problems", [])),
             tier=backup.get("tier"),
             region=backup.get("region"),
-            restored_bytes=int(steps[measured]) if steps.get(measured) is not None else None,
-            seconds=seconds or None,
+            restored_bytes=restored,
+            seconds=seconds,
         )
     except Exception as exc:
         return DrillFacts(error=f"{key}: {_why(exc)}")

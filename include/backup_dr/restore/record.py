@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup_dr.catalogue import Manifest, build_catalogue
 from include.backup_dr.pipeline import Stores
-from include.backup_dr.policy import Policy, Target, format_duration
+from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
 from include.backup_dr.restore.errors import DrillFailed, SwapFailed
 from include.backup_dr.restore.select import is_media
 from include.backup_dr.store import ObjectStore
@@ -257,3 +259,197 @@ def _newest_manifest(store: ObjectStore, target: Target) -> Manifest | None:
     if not backups:
         return None
     return store.manifest(max(backups, key=lambda b: b.id.window).id)
+
+
+# ---- the one RTO projection ------------------------------------------------------------------
+
+
+def measured_restore(document: dict[str, Any], media: bool) -> tuple[int | None, float | None]:
+    """What a restore evidence record measured: the bytes it restored, in the unit the store
+    sizes backups in (listed bytes for media and whole clusters, the dump archive otherwise),
+    and the seconds of all its steps."""
+    backup = document.get("backup") or {}
+    steps = document.get("steps") or {}
+    unit = "restored_bytes" if media or backup.get("tier") == CONTINUOUS else "archive_bytes"
+    seconds = sum(float(v) for v in (steps.get("timings") or {}).values())
+    size = steps.get(unit)
+    return (int(size) if size is not None else None), (seconds or None)
+
+
+def projected_seconds(size_bytes: float, rate: float | None) -> float:
+    """Restoring `size_bytes` at a measured `rate` (bytes a second); unknown rate: infinite."""
+    return size_bytes / rate if rate else float("inf")
+
+
+@dataclass(frozen=True)
+class RestoreJob:
+    """One restore of an estate plan: a target (or a server's cluster), where it writes (its
+    destination's pool) and how long it is projected (or was measured) to take."""
+
+    name: str
+    priority: int
+    pool: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    job: RestoreJob
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class EstatePlan:
+    """When each restore starts and ends when they run as Airflow runs dr_restore."""
+
+    scheduled: tuple[Scheduled, ...]
+    concurrency: int
+
+    @property
+    def wall_seconds(self) -> float:
+        return max((s.end for s in self.scheduled), default=0.0)
+
+    @property
+    def serial_seconds(self) -> float:
+        return sum(s.job.seconds for s in self.scheduled)
+
+    def to_document(self, rto: timedelta) -> dict[str, Any]:
+        wall = self.wall_seconds
+        return {
+            "concurrency": self.concurrency,
+            "wall_seconds": round(wall, 1),
+            "serial_seconds": round(self.serial_seconds, 1),
+            "rto_seconds": rto.total_seconds(),
+            "within_rto": wall <= rto.total_seconds(),
+            "order": [
+                {
+                    "name": s.job.name,
+                    "pool": s.job.pool,
+                    "start": round(s.start, 1),
+                    "end": round(s.end, 1),
+                }
+                for s in self.scheduled
+            ],
+        }
+
+
+def plan_estate(
+    jobs: Iterable[RestoreJob], slots: Mapping[str, int], concurrency: int
+) -> EstatePlan:
+    """Simulate Airflow running the restores: highest priority (lowest number) first, each as
+    soon as fewer than `concurrency` run in total and its pool has a free slot (a pool missing
+    from `slots` has one). A job whose pool is full does not hold back a later one whose pool is
+    free, as Airflow's scheduler does not."""
+    pending = sorted(jobs, key=lambda j: (j.priority, j.name))
+    running: list[Scheduled] = []
+    scheduled: list[Scheduled] = []
+    now = 0.0
+    while pending:
+        for job in list(pending):
+            if len(running) >= concurrency:
+                break
+            if sum(1 for r in running if r.job.pool == job.pool) < slots.get(job.pool, 1):
+                placed = Scheduled(job, now, now + job.seconds)
+                running.append(placed)
+                scheduled.append(placed)
+                pending.remove(job)
+        if pending:
+            now = min(r.end for r in running)
+            running = [r for r in running if r.end > now]
+    return EstatePlan(tuple(scheduled), concurrency)
+
+
+def workers_needed(jobs: list[RestoreJob], rto: timedelta, *, most: int = 1024) -> int | None:
+    """The fewest restores at once (each pool as wide as that) that bring the estate back
+    within the RTO; None when no number can (one restore alone is longer than the RTO)."""
+    if any(j.seconds > rto.total_seconds() for j in jobs):
+        return None
+    pools = {j.pool for j in jobs}
+    for width in range(1, most + 1):
+        if (
+            plan_estate(jobs, dict.fromkeys(pools, width), width).wall_seconds
+            <= rto.total_seconds()
+        ):
+            return width
+    return None
+
+
+def record_estate(
+    policy: Policy,
+    stores: Stores,
+    kind: str,
+    run: dict[str, str],
+    records: list[dict[str, Any]],
+    began: datetime,
+    projected: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One record for a whole restore run (`dr_restore`, or the drill's estate rehearsal):
+    each target's outcome and time, and the estate's wall time from `began` to the last
+    record, against the RTO. Written to `evidence/estate/<kind>/` in both regions."""
+    from include.backup_dr import evidence
+
+    rto = policy.objectives.rto
+    rows = []
+    for document in sorted(records, key=lambda d: str(d.get("recorded_at"))):
+        steps = document.get("steps") or {}
+        started = steps.get("started_at")
+        finished = document.get("recorded_at")
+        rows.append(
+            {
+                "target": document.get("target"),
+                "outcome": document.get("outcome"),
+                "started_at": started,
+                "finished_at": finished,
+                "seconds": round(
+                    (
+                        datetime.fromisoformat(finished) - datetime.fromisoformat(started)
+                    ).total_seconds(),
+                    1,
+                )
+                if started and finished
+                else None,
+                "restore_seconds": round(sum((steps.get("timings") or {}).values()), 1),
+                "evidence": document.get("evidence_prefix"),
+            }
+        )
+    ends = [datetime.fromisoformat(r["finished_at"]) for r in rows if r["finished_at"]]
+    wall = (max(ends) - began).total_seconds() if ends else None
+    serial = sum(r["restore_seconds"] for r in rows)
+    failed = [r["target"] for r in rows if r["outcome"] != "passed"]
+    problems = [f"{', '.join(failed)} failed"] if failed else []
+    if wall is not None and wall > rto.total_seconds():
+        problems.append(
+            f"the estate took {format_duration(timedelta(seconds=round(wall)))}, "
+            f"over the RTO of {format_duration(rto)}"
+        )
+    document = {
+        "schema": f"backup-dr/estate/{kind}/v1",
+        "kind": kind,
+        "run": run,
+        "began_at": began.isoformat(),
+        "recorded_at": datetime.now(UTC).isoformat(),
+        "targets": rows,
+        "wall_seconds": round(wall, 1) if wall is not None else None,
+        "serial_seconds": round(serial, 1),
+        "rto_seconds": rto.total_seconds(),
+        "within_rto": wall is not None and wall <= rto.total_seconds(),
+        "projected": projected,
+        "outcome": "failed" if problems or not rows else "passed",
+        "problems": problems or ([] if rows else ["no target was restored"]),
+    }
+    key = evidence.evidence_key("estate", kind, began, run.get("run_id", "manual"))
+    document["evidence_missing_in"] = sorted(
+        {s.region.name for s in stores} - set(evidence.write_everywhere(stores, key, document))
+    )
+    document["evidence"] = key
+    log.info(
+        "Estate %s: %d target(s), wall %s s against the RTO of %s s (serial %s s); evidence %s",
+        kind,
+        len(rows),
+        document["wall_seconds"],
+        document["rto_seconds"],
+        document["serial_seconds"],
+        key,
+    )
+    return document

@@ -478,11 +478,22 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         context = _label(ref["target"])
         return drills.provision(load_policy(), ref, context["run_id"])
 
+    # The estate rehearsal: restores run as dr_restore runs them, in parallel by priority
+    # within the sandbox's pool and the configured concurrency.
+    recovery = policy.recovery()
+    sandbox_pool = next(
+        (d.pool for d in recovery.destinations if d.conn_id == drill.sandbox_conn_id),
+        "default_pool",
+    )
+
     @task(
         multiple_outputs=False,
         **LABELLED,
         **quiet,
         execution_timeout=TIMEOUTS["snapshot"],
+        pool=sandbox_pool,
+        priority_weight=DR_PRIORITY_WEIGHT,
+        weight_rule="absolute",
         **placement("restore"),
     )
     def restore(ref: dict[str, str]) -> dict[str, Any]:
@@ -563,6 +574,38 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         checked >> reported
         reported >> drop_sandbox(ref).as_teardown(setups=provisioned)
 
+    @task(trigger_rule="all_done", retries=0, execution_timeout=timedelta(minutes=10))
+    def estate() -> dict[str, Any]:
+        """The whole estate restored in parallel, as dr_restore would: its wall time from the
+        first restore's start to the last record, against the RTO (evidence/estate/...)."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from include.backup_dr.restore.record import record_estate
+
+        context = get_current_context()
+        ti = context["ti"]
+        found = ti.xcom_pull(task_ids="drill.report", map_indexes=None) or []
+        records = [r for r in ([found] if isinstance(found, dict) else found) if r]
+        starts = [
+            datetime.fromisoformat(r["steps"]["started_at"])
+            for r in records
+            if (r.get("steps") or {}).get("started_at")
+        ]
+        if not records or not starts:
+            raise AirflowSkipException("no database or media target was restored")
+        policy_now, stores = _runtime()
+        document = record_estate(
+            policy_now,
+            stores,
+            "restore_verification",
+            {"dag_id": ti.dag_id, "run_id": context["run_id"]},
+            records,
+            min(starts),
+        )
+        return {
+            k: document[k] for k in ("wall_seconds", "serial_seconds", "within_rto", "evidence")
+        }
+
     @task(task_id="continuous_servers")
     def pitr_servers() -> list[str]:
         from include.backup_dr.drill import pitr as pitrs
@@ -606,6 +649,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         start_date=START_DATE,
         catchup=False,
         max_active_runs=1,
+        max_active_tasks=recovery.concurrency,
         default_args=_default_args(),
         tags=["restore", "drill", "iso27001"],
         doc_md=_drill_doc(policy),
@@ -616,7 +660,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             "backup": Param(None, type=["null", "string"], description="window, ISO 8601"),
         },
     ) as dag:
-        per_target.expand(ref=select())
+        reports = per_target.expand(ref=select())
+        reports >> estate()
         pitr.expand(server=pitr_servers())
     return dag
 

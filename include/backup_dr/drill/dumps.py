@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import tempfile
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,9 @@ def provision(policy: Policy, ref: dict[str, str], run_id: str) -> dict[str, str
 def restore_sandbox(
     policy: Policy, stores: Stores, selection: Selection, sandbox: str
 ) -> dict[str, Any]:
-    """Restore the selected backup into the sandbox that `provision` made."""
+    """Restore the selected backup into the sandbox that `provision` made; the record says
+    when it started (the estate rehearsal's clock)."""
+    started = {"started_at": datetime.now(UTC).isoformat()}
     drill = policy.restore_verification
     assert drill is not None
     if is_media(policy, selection.backup.category):
@@ -107,8 +109,9 @@ def restore_sandbox(
         restored = media_restore.restore_snapshot(
             store, manifest, sandbox_bucket(policy), dest_prefix=sandbox
         )
-        return {**restored, **provenance(manifest)}
-    return restore_into(policy, stores, selection, drill.sandbox_conn_id, sandbox, drill.jobs)
+        return {**restored, **provenance(manifest), **started}
+    restored = restore_into(policy, stores, selection, drill.sandbox_conn_id, sandbox, drill.jobs)
+    return {**restored, **started}
 
 
 def validate_sandbox(

@@ -432,6 +432,12 @@ class HandlerApprover(threading.Thread):
         self.pending: dict[str, Any] | None = None
         self.response: dict[str, Any] | None = None
         self.error: BaseException | None = None
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        """Stop waiting (the run ended without asking): answer nothing, fail nothing."""
+        self._stopped.set()
+        self.join(timeout=10)
 
     def run(self) -> None:
         from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
@@ -449,6 +455,8 @@ class HandlerApprover(threading.Thread):
         try:
             deadline = time.monotonic() + self.timeout
             while time.monotonic() < deadline:
+                if self._stopped.is_set():
+                    return
                 with create_session() as session:
                     found = session.execute(
                         select(TaskInstance.run_id, TaskInstance.task_id, TaskInstance.map_index)

@@ -9,10 +9,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -164,6 +162,10 @@ def mail_text(message: email.message.Message) -> str:
 _DAG_FILES: dict[str, str] = {}
 
 
+#: Who answers the approvals `run_dag(..., approve=...)` answers, through Airflow's own handler.
+APPROVER = "oncall-test"
+
+
 def run_dag(
     dag_id: str,
     logical_date: datetime,
@@ -195,8 +197,14 @@ def run_dag(
             task.retry_delay = retry_delay
     if approve is None:
         return dag.test(logical_date=logical_date, run_conf=conf)
-    with answering_approvals(dag_id, approve=approve):
+    from local.failover import HandlerApprover
+
+    approver = HandlerApprover(dag_id, APPROVER, "Approve" if approve else "Reject")
+    approver.start()
+    try:
         return dag.test(logical_date=logical_date, run_conf=conf)
+    finally:
+        approver.stop()
 
 
 # --- Airflow standalone: a real scheduler, started at most once per session ------------------
@@ -315,59 +323,3 @@ def wait_for_runs(
             return
         time.sleep(1)
     raise AssertionError(f"runs for {sorted(wanted)} did not finish: {dag_runs(env, dag_id)}")
-
-
-# --- Human-in-the-loop: answer an approval as the Required Actions page does ------------------
-
-
-@contextmanager
-def answering_approvals(
-    dag_id: str, *, approve: bool = True, user: str = "oncall-test"
-) -> Iterator[list[str]]:
-    """While the block runs (typically `run_dag`), answer every approval of `dag_id` that is
-    waiting for input, with the same writes the API's Required Actions endpoint makes: the
-    response, then the parked task's resume. Yields the task ids answered."""
-    from airflow.models.hitl import HITLDetail, HITLUser
-    from airflow.models.taskinstance import TaskInstance
-    from airflow.models.trigger import handle_event_submit
-    from airflow.triggers.base import TriggerEvent
-    from airflow.utils import timezone
-    from airflow.utils.session import create_session
-    from airflow.utils.state import TaskInstanceState
-    from sqlalchemy import select
-
-    answered: list[str] = []
-    stop = threading.Event()
-    option = "Approve" if approve else "Reject"
-
-    def answer() -> None:
-        while not stop.wait(0.5):
-            with create_session() as session:
-                waiting = session.scalars(
-                    select(TaskInstance).where(
-                        TaskInstance.dag_id == dag_id,
-                        TaskInstance.state == TaskInstanceState.AWAITING_INPUT,
-                    )
-                ).all()
-                for ti in waiting:
-                    detail = session.scalar(select(HITLDetail).where(HITLDetail.ti_id == ti.id))
-                    if detail is None or detail.response_received:
-                        continue
-                    detail.responded_by = HITLUser(id=user, name=user)
-                    detail.responded_at = timezone.utcnow()
-                    detail.chosen_options = [option]
-                    detail.params_input = {}
-                    handle_event_submit(
-                        TriggerEvent(detail.as_resume_event_payload()),
-                        task_instance=ti,
-                        session=session,
-                    )
-                    answered.append(ti.task_id)
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
-    try:
-        yield answered
-    finally:
-        stop.set()
-        thread.join(timeout=10)

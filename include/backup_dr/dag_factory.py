@@ -899,6 +899,8 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
             for found in _all_mapped(ti, f"{lane}.restore")
             for r in found or []
         ]
+        if planned is None:  # the request was refused: the run must not end green
+            raise DrillFailed("dr_restore was refused before anything was touched (see `plan`)")
         if not records:
             raise AirflowSkipException("nothing was restored: nothing to record")
         policy_now, stores = _runtime()

@@ -143,9 +143,12 @@ def _sandbox_databases() -> list[str]:
     return sorted(name for (name,) in rows if name != "postgres")
 
 
-def test_dr_restore_form_submits_with_only_a_database_restore(
+def test_dr_restore_form_submits_with_only_a_database_restore_and_is_approved_in_the_ui(
     ui_page, airflow_scheduler, stores
 ) -> None:
+    """The trigger form needs only the targets; the plan then waits under Required Actions,
+    where on-call reads it (target, backup and region, what is set aside, projected time
+    against the RTO) and approves it; only then is anything restored."""
     window = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     _backup(stores, "daily", window)
     base = airflow_scheduler["AIRFLOW__API__BASE_URL"]
@@ -155,19 +158,28 @@ def test_dr_restore_form_submits_with_only_a_database_restore(
     dialog = page.get_by_role("dialog")
     submit = dialog.get_by_test_id("trigger-dag-submit")
     submit.wait_for(timeout=60_000)
-    # What a database restore needs, and nothing else: the target, and the confirmation.
+    # What a database restore needs, and nothing else: the target.
     dialog.locator("input[name=element_targets]").locator("xpath=..").click()
     page.keyboard.type("platform_core")
     page.keyboard.press("Enter")
-    dialog.locator("input[name=element_confirm]").locator("xpath=..").click()
-    page.get_by_text("restore: replace the targets", exact=False).click()
-    assert dialog.locator("input[name=element_confirm]").input_value() == "restore"
     page.screenshot(path=str(ARTIFACTS / "dr_restore_form.png"), full_page=True)
     assert submit.is_enabled()
     before = set(dag_runs(airflow_scheduler, "dr_restore"))
     submit.click()
     try:
         deadline = time.monotonic() + 300
+        page.goto(base + "/required_actions")
+        subject = page.get_by_text("Restore platform_core into pg_sandbox?").first
+        while not subject.is_visible():
+            assert time.monotonic() < deadline, dag_runs(airflow_scheduler, "dr_restore")
+            assert _sandbox_databases() == []  # nothing before the approval
+            time.sleep(3)
+            page.reload()
+        subject.click()
+        page.get_by_text("against the RTO of 4h").first.wait_for(timeout=60_000)
+        assert page.get_by_text("creates platform_core").first.is_visible()
+        page.screenshot(path=str(ARTIFACTS / "dr_restore_approval.png"), full_page=True)
+        page.get_by_role("button", name="Approve").first.click()
         while True:
             runs = dag_runs(airflow_scheduler, "dr_restore")
             new = [r for d, r in runs.items() if d not in before]
@@ -178,6 +190,12 @@ def test_dr_restore_form_submits_with_only_a_database_restore(
         [run] = new
         assert run["state"] == "success", run
         assert "platform_core" in _sandbox_databases()
+        (record,) = [
+            stores.secondary.get_json(o.key)
+            for o in stores.secondary.list_objects("evidence/dr_restore/platform_core/")
+            if o.key.endswith("report.json")
+        ][-1:]
+        assert record["run"]["approved_by"] not in (None, "-")
     finally:
         airflow_cli(airflow_scheduler, "dags", "pause", "dr_restore")
         from local.pg import connect

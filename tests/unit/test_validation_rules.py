@@ -214,7 +214,7 @@ def test_report_document_counts_and_verdict() -> None:
 #: imported before, and pytest's process may already hold them.
 _IMPORT_PROBE = """
 import inspect, json, sys
-from include.backup_dr import validation
+from include.backup_dr.restore import validation
 
 validation._gx()
 inspect.stack()  # scans sys.modules, as Airflow's AWS hook does at every client creation

@@ -3,6 +3,8 @@
 Each number is a ratio against a baseline taken on the same machine, database and bytes:
 - snapshot task wall time vs `pg_dump -Fc` of the same database to /dev/null;
 - peak RSS of the snapshot and integrity tasks, on a small and on the large database;
+- the restore task vs bare pg_restore, and the GX validation of the restored database: its
+  verdict and its peak RSS against the restore task's (`--only validation`: just these);
 - integrity re-hash throughput vs `sha256sum` of the same bytes (and vs a bare download);
 - catalogue builds and prune planning at 10,000 and 100,000 backups in the S3 server: cold,
   warm and warm + plan against a bare LIST of the same prefix (bench/catalogue.py);
@@ -21,7 +23,7 @@ Each number is a ratio against a baseline taken on the same machine, database an
   kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio.
 
 Usage: python -m bench.run [--size-mb 1100]
-       [--only platform|media|continuous|parse|gc|catalogue|locks|failover]
+       [--only platform|media|continuous|parse|gc|catalogue|locks|failover|validation]
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
 (the database and the media buckets are generated once and kept)
 """
@@ -408,6 +410,22 @@ def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
     return rows
 
 
+def _fresh_sandbox_db(name: str) -> None:
+    from local.pg import connect
+
+    with connect(server="sandbox") as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+
+
+def _drop_sandbox_dbs(*names: str) -> None:
+    from local.pg import connect
+
+    with connect(server="sandbox") as conn:
+        for name in names:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 def bench_restore_and_validation(stores, window: datetime, reference) -> list[tuple[str, str, str]]:
     """Restore task (download + SHA-256 check + pg_restore -j 2) vs bare pg_restore -j 2.
 
@@ -415,15 +433,10 @@ def bench_restore_and_validation(stores, window: datetime, reference) -> list[tu
     alternating, each into a fresh database, and the medians compared.
     """
     from include.backup_dr.engines.pg_dump import pg_tool
-    from local.pg import connect, conninfo
-
-    def fresh(name: str) -> None:
-        with connect(server="sandbox") as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            conn.execute(f"CREATE DATABASE {name}")
+    from local.pg import conninfo
 
     bare_db, task_db = "bench_restore_bare", "bench_restore_task"
-    bare_times, task_times = [], []
+    bare_times, task_runs = [], []
     try:
         with tempfile.NamedTemporaryFile(dir=REPO / ".local", suffix=".pgdump") as archive:
             for chunk in stores.primary.iter_chunks(reference.artifact.key):
@@ -434,28 +447,56 @@ def bench_restore_and_validation(stores, window: datetime, reference) -> list[tu
                 "-d", conninfo(bare_db, server="sandbox"), archive.name,
             ]  # fmt: skip
             for _ in range(3):
-                fresh(bare_db)
+                _fresh_sandbox_db(bare_db)
                 env = {**os.environ, "PGPASSWORD": "postgres"}
                 bare_times.append(_timed(restore_bare, env=env))
-                fresh(task_db)
-                task_times.append(_run_step("restore", BENCH_DB, window, task_db)["seconds"])
+                _fresh_sandbox_db(task_db)
+                task_runs.append(_run_step("restore", BENCH_DB, window, task_db))
         validated = _run_step("validate", BENCH_DB, window, task_db)
     finally:
-        with connect(server="sandbox") as conn:
-            for name in (bare_db, task_db):
-                conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    bare, restored = statistics.median(bare_times), statistics.median(task_times)
-    checks = validated["result"]
+        _drop_sandbox_dbs(bare_db, task_db)
+    bare = statistics.median(bare_times)
+    restored = statistics.median(run["seconds"] for run in task_runs)
     return [
         (
             "restore task (download + sha256 + pg_restore -j 2) vs bare pg_restore -j 2, median of 3",
             f"{restored:.1f} s vs {bare:.1f} s",
             f"{restored / bare:.2f}x (goal <= 1.15x)",
         ),
+        *_validation_rows(validated, task_runs[-1]),
+    ]
+
+
+def bench_validation() -> list[tuple[str, str, str]]:
+    """`--only validation`: one snapshot and one restore of the large database, then its GX
+    validation, the step whose peak RSS the 300 MB limit is about."""
+    window = datetime.now(UTC).replace(microsecond=0)
+    task_db = "bench_restore_task"
+    _run_step("snapshot", BENCH_DB, window)
+    try:
+        _fresh_sandbox_db(task_db)
+        restored = _run_step("restore", BENCH_DB, window, task_db)
+        validated = _run_step("validate", BENCH_DB, window, task_db)
+    finally:
+        _drop_sandbox_dbs(task_db)
+    return _validation_rows(validated, restored)
+
+
+def _validation_rows(validated: dict, restored: dict) -> list[tuple[str, str, str]]:
+    """The validation step's verdict and time, and its peak RSS against the restore step's
+    (same process shape: policy, stores, the manifest; no Great Expectations)."""
+    checks = validated["result"]
+    db_mb = _database_bytes(BENCH_DB) / 1e6
+    return [
         (
-            f"GX validation of the restored database ({checks['evaluated']} expectations)",
-            f"{validated['seconds']:.1f} s, peak RSS {validated['rss_mb']:.0f} MB",
+            f"GX validation of the restored {db_mb:,.0f} MB database ({checks['evaluated']} expectations)",
+            f"{validated['seconds']:.1f} s",
             "all passed" if checks["ok"] else f"{checks['failed']} failed",
+        ),
+        (
+            "GX validation peak RSS vs restore task peak RSS (same database)",
+            f"{validated['rss_mb']:.0f} MB vs {restored['rss_mb']:.0f} MB",
+            f"{validated['rss_mb'] / restored['rss_mb']:.2f}x (goal < 300 MB)",
         ),
     ]
 
@@ -474,6 +515,7 @@ def main() -> None:
             "catalogue",
             "locks",
             "failover",
+            "validation",
         ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
@@ -501,6 +543,8 @@ def main() -> None:
         )
         if args.only in (None, "platform"):
             rows += bench_snapshot_and_integrity()
+        if args.only == "validation":  # also part of platform
+            rows += bench_validation()
         if args.only in (None, "media"):
             _prepare_media(args.media_objects)
             rows += bench_media(args.media_objects)

@@ -40,6 +40,9 @@ DEFAULT_PORTS = {
     "BACKUP_PG_PORT": 15432,
     "BACKUP_PG_SANDBOX_PORT": 15532,
     "BACKUP_PG_STANDBY_PORT": 15632,
+    # The estate's second production server and its standby (`python -m local.estate up`).
+    "BACKUP_PG_TENANTS_PORT": 15832,
+    "BACKUP_PG_TENANTS_STANDBY_PORT": 15932,
     "BACKUP_S3_PRIMARY_PORT": 18333,
     "BACKUP_S3_SECONDARY_PORT": 18433,
     "BACKUP_KMS_PORT": 18533,
@@ -70,6 +73,8 @@ class Ports:
     pg: int  # the platform (production) PostgreSQL server
     pg_sandbox: int  # the restore sandbox: restore tests run here, never on pg
     pg_standby: int  # the platform server's streaming standby (continuous tier)
+    pg_tenants: int  # the estate's second production server (tenant databases), on demand
+    pg_tenants_standby: int  # its streaming standby
     s3_primary: int
     s3_secondary: int
     kms: int
@@ -85,6 +90,8 @@ class Ports:
             pg=_port("BACKUP_PG_PORT"),
             pg_sandbox=_port("BACKUP_PG_SANDBOX_PORT"),
             pg_standby=_port("BACKUP_PG_STANDBY_PORT"),
+            pg_tenants=_port("BACKUP_PG_TENANTS_PORT"),
+            pg_tenants_standby=_port("BACKUP_PG_TENANTS_STANDBY_PORT"),
             s3_primary=_port("BACKUP_S3_PRIMARY_PORT"),
             s3_secondary=_port("BACKUP_S3_SECONDARY_PORT"),
             kms=_port("BACKUP_KMS_PORT"),
@@ -101,6 +108,8 @@ class Ports:
             "BACKUP_PG_PORT": self.pg,
             "BACKUP_PG_SANDBOX_PORT": self.pg_sandbox,
             "BACKUP_PG_STANDBY_PORT": self.pg_standby,
+            "BACKUP_PG_TENANTS_PORT": self.pg_tenants,
+            "BACKUP_PG_TENANTS_STANDBY_PORT": self.pg_tenants_standby,
             "BACKUP_S3_PRIMARY_PORT": self.s3_primary,
             "BACKUP_S3_SECONDARY_PORT": self.s3_secondary,
             "BACKUP_KMS_PORT": self.kms,

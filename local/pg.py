@@ -12,6 +12,10 @@ directory, port, PID file and log (see ``Server``):
   the platform server's physical streaming replica (the continuous tier), made with
   ``pg_basebackup -R`` from a replication slot. The platform server archives every WAL
   segment to both S3 regions (see ``local.wal``).
+* ``tenants`` (stack part ``pg-tenants``, ``$BACKUP_PG_TENANTS_PORT``) and its standby
+  ``tenants_standby`` (``pg-tenants-standby``, ``$BACKUP_PG_TENANTS_STANDBY_PORT``): the
+  estate's second production server (``local.estate``), started only when the estate is asked
+  for. It archives its WAL as policy server ``platform_tenants``, as the platform one does.
 
 pgserver's own API only offers a Unix socket, so we drive its bundled initdb/pg_ctl
 directly. PostgreSQL refuses to run as root; as root, like pgserver, we run it as the
@@ -47,7 +51,10 @@ with warnings.catch_warnings():
 PG_BIN = Path(pgserver.__file__).parent / "pginstall" / "bin"
 OS_USER = "pgserver" if os.geteuid() == 0 else None
 
-ServerName = Literal["platform", "sandbox", "standby"]
+ServerName = Literal["platform", "sandbox", "standby", "tenants", "tenants_standby"]
+
+#: The primaries, by the policy server name their WAL is archived under (``wal/<name>/``).
+ARCHIVES_AS: dict[str, str] = {"platform": "platform_primary", "tenants": "platform_tenants"}
 
 # Appended to postgresql.conf: fewer forced checkpoints while loading 1 GB+ sample data.
 _CONF = """
@@ -155,13 +162,15 @@ class Server:
         return pid if alive(pid) else None
 
     def _write_role_conf(self) -> None:
-        """The platform server archives WAL and feeds the standby; settings rewritten each start."""
-        if self.name != "platform":
+        """A primary archives WAL and feeds its standby; settings rewritten each start."""
+        archives_as = ARCHIVES_AS.get(self.name)
+        if archives_as is None:
             return
         from local import wal
 
         included = self.data_dir / "backup_dr.conf"
-        included.write_text(wal.primary_conf("platform_primary", OS_USER))
+        directory = wal.WAL_DIR if self.name == "platform" else STATE_DIR / f"wal-{self.name}"
+        included.write_text(wal.primary_conf(archives_as, OS_USER, directory))
         conf = self.data_dir / "postgresql.conf"
         line = "include_if_exists = 'backup_dr.conf'\n"
         if line not in conf.read_text():
@@ -240,12 +249,22 @@ class StandbyServer(Server):
 PLATFORM = Server("platform", "pg", STATE_DIR / "pg", "pg")
 SANDBOX = Server("sandbox", "pg-sandbox", STATE_DIR / "pg-sandbox", "pg_sandbox")
 STANDBY = StandbyServer("standby", "pg-standby", STATE_DIR / "pg-standby", "pg_standby", PLATFORM)
-SERVERS: dict[str, Server] = {s.name: s for s in (PLATFORM, SANDBOX, STANDBY)}
+TENANTS = Server("tenants", "pg-tenants", STATE_DIR / "pg-tenants", "pg_tenants")
+TENANTS_STANDBY = StandbyServer(
+    "tenants_standby",
+    "pg-tenants-standby",
+    STATE_DIR / "pg-tenants-standby",
+    "pg_tenants_standby",
+    TENANTS,
+)
+SERVERS: dict[str, Server] = {
+    s.name: s for s in (PLATFORM, SANDBOX, STANDBY, TENANTS, TENANTS_STANDBY)
+}
 DATA_DIR = PLATFORM.data_dir  # the platform server's, as before there were two
 
 
 def get_server(server: ServerName | Server = "platform") -> Server:
-    """The ``Server`` called ``server`` ("platform" or "sandbox")."""
+    """The ``Server`` called ``server`` ("platform", "sandbox", "tenants", ...)."""
     if isinstance(server, Server):
         return server
     try:
@@ -266,5 +285,5 @@ def conninfo(
 def connect(
     dbname: str = "postgres", *, server: ServerName = "platform", autocommit: bool = True
 ) -> psycopg.Connection:
-    """Superuser connection to a local server: ``server="platform"`` (default) or ``"sandbox"``."""
+    """Superuser connection to a local server: ``server="platform"`` (default), ``"sandbox"``..."""
     return get_server(server).connect(dbname, autocommit=autocommit)

@@ -10,7 +10,8 @@ Size means table + index + TOAST data; pg_database_size adds ~7.5 MB of catalogs
 A database is built under a temporary name and renamed at the end, so an interrupted
 build never leaves a half-filled database under the real name.
 
-Run: ``python -m local.sampledb --size-mb N [--db NAME] [--kind platform|billing]``
+Run: ``python -m local.sampledb --size-mb N [--db NAME] [--kind platform|billing]
+[--server platform|tenants]``
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from local.pg import connect
+from local.pg import ServerName, connect
 
 # Deterministic pseudo-random integer in [0, 4294967291) from a row number.
 _H = "(({x})::bigint * 2654435761 % 4294967291)"
@@ -277,8 +278,8 @@ CREATE TABLE payments (
 SCHEMAS = {"platform": PLATFORM, "billing": BILLING}
 
 
-def _run_group(dbname: str, statements: Sequence[str], units: int) -> None:
-    with connect(dbname) as conn:
+def _run_group(dbname: str, statements: Sequence[str], units: int, server: ServerName) -> None:
+    with connect(dbname, server=server) as conn:
         conn.execute("SET synchronous_commit = off")
         for statement in statements:
             conn.execute(statement.replace("{units}", str(units)))
@@ -289,24 +290,26 @@ def create(
     size_mb: float,
     kind: str = "platform",
     log: Callable[[str], None] = print,
+    *,
+    server: ServerName = "platform",
 ) -> None:
-    """Drop ``dbname`` if it exists and build it with about ``size_mb`` MB of data."""
+    """Drop ``dbname`` on ``server`` if it exists and build it with about ``size_mb`` MB of data."""
     schema = SCHEMAS[kind]
     units = max(1, round(size_mb * 1024 * 1024 / schema.bytes_per_unit))
     building = f"{dbname}__building"
     started = time.monotonic()
-    with connect() as admin:
+    with connect(server=server) as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(building))
         )
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(building)))
-    with connect(building) as conn:
+    with connect(building, server=server) as conn:
         conn.execute(schema.tables)
     # Independent groups (e.g. documents and audit events) load on separate connections.
     with ThreadPoolExecutor(max_workers=2) as pool:
-        for future in [pool.submit(_run_group, building, g, units) for g in schema.fills]:
+        for future in [pool.submit(_run_group, building, g, units, server) for g in schema.fills]:
             future.result()
-    with connect(building) as conn:
+    with connect(building, server=server) as conn:
         conn.execute("SET maintenance_work_mem = '256MB'")
         for statement in schema.constraints:
             conn.execute(statement)
@@ -315,19 +318,19 @@ def create(
             "SELECT sum(pg_total_relation_size(oid)) FROM pg_class "
             "WHERE relkind = 'r' AND relnamespace = 'public'::regnamespace"
         ).fetchone()[0]
-    _replace_database(building, dbname)
+    _replace_database(building, dbname, server)
     log(
         f"{dbname}: {kind} schema, {units} units, {data_bytes / 2**20:.1f} MB of data "
         f"in {time.monotonic() - started:.1f}s"
     )
 
 
-def _replace_database(building: str, dbname: str) -> None:
+def _replace_database(building: str, dbname: str, server: ServerName) -> None:
     """Swap the finished build in; autovacuum may be visiting it, so evict and retry."""
     rename = sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
         sql.Identifier(building), sql.Identifier(dbname)
     )
-    with connect() as admin:
+    with connect(server=server) as admin:
         admin.execute(
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname))
         )
@@ -344,8 +347,8 @@ def _replace_database(building: str, dbname: str) -> None:
         admin.execute(rename)
 
 
-def exists(dbname: str) -> bool:
-    with connect() as conn:
+def exists(dbname: str, *, server: ServerName = "platform") -> bool:
+    with connect(server=server) as conn:
         row = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
     return row is not None
 
@@ -369,8 +372,9 @@ def main() -> None:
     parser.add_argument("--size-mb", type=float, default=30, help="approximate data size (30)")
     parser.add_argument("--db", default="platform_core", help="database name (platform_core)")
     parser.add_argument("--kind", choices=sorted(SCHEMAS), default="platform")
+    parser.add_argument("--server", choices=["platform", "tenants"], default="platform")
     args = parser.parse_args()
-    create(args.db, args.size_mb, args.kind)
+    create(args.db, args.size_mb, args.kind, server=args.server)
 
 
 if __name__ == "__main__":

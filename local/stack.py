@@ -1,16 +1,19 @@
 """Start, stop and inspect the local stack.
 
-    python -m local.stack up     [--only pg,s3,smtp,airflow | --all]
-    python -m local.stack down   [--only pg,s3,smtp,airflow | --all]
-    python -m local.stack status [--only pg,s3,smtp,airflow]
+    python -m local.stack up     [--only pg,s3,smtp,estate,airflow | --all]
+    python -m local.stack down   [--only pg,s3,smtp,estate,airflow | --all]
+    python -m local.stack status [--only pg,s3,smtp,estate,airflow]
 
 The pg group is three PostgreSQL servers: the platform one (with the sample databases; it
 archives WAL to both S3 regions), its streaming standby, and the restore sandbox (restore
 tests run there, never on the platform server). Start order matters: the s3 group comes
 first, because the platform server's archive_command writes there.
 
-Without --only, up and down handle pg, s3 and smtp; Airflow only when asked (it takes
-~1 GB and half a minute). ``up`` is idempotent: running parts are left alone, stale PID
+The estate group is a second production server (tenant databases) and its standby, for DR
+rehearsals at scale; ``python -m local.estate up`` starts it and fills it.
+
+Without --only, up and down handle pg, s3 and smtp; the estate and Airflow only when asked
+(Airflow takes ~1 GB and half a minute). ``up`` is idempotent: running parts are left alone, stale PID
 files replaced, and each part must answer a real request before ``up`` moves on.
 
 The airflow group is `airflow standalone`, or with BACKUP_AIRFLOW_EXECUTOR=celery Redis, the
@@ -54,7 +57,7 @@ from local.proc import (
     write_pid,
 )
 
-GROUPS = ("s3", "pg", "smtp", "airflow")
+GROUPS = ("s3", "pg", "smtp", "estate", "airflow")
 DEFAULT_GROUPS = ("s3", "pg", "smtp")
 
 
@@ -378,6 +381,10 @@ def services(groups: list[str], mode: str | None = None) -> list[Service]:
             ),
         ],
         "smtp": [SmtpSink("smtp", ports.smtp, ready_timeout=15)],
+        "estate": [
+            Postgres(pg.TENANTS.part, ports.pg_tenants, server=pg.TENANTS),
+            Postgres(pg.TENANTS_STANDBY.part, ports.pg_tenants_standby, server=pg.TENANTS_STANDBY),
+        ],
         "airflow": _airflow_parts(ports, mode or celery_stack.mode()),
     }
     owners: dict[int, str] = {}

@@ -28,6 +28,8 @@ TEST_ENV = {
     "BACKUP_PG_PORT": "16432",
     "BACKUP_PG_SANDBOX_PORT": "16532",
     "BACKUP_PG_STANDBY_PORT": "16632",
+    "BACKUP_PG_TENANTS_PORT": "16832",  # the estate's servers: started only by tests that ask
+    "BACKUP_PG_TENANTS_STANDBY_PORT": "16932",
     "BACKUP_S3_PRIMARY_PORT": "19333",
     "BACKUP_S3_SECONDARY_PORT": "19433",
     "BACKUP_KMS_PORT": "19533",

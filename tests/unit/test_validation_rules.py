@@ -6,6 +6,8 @@ No database: the GX calls are exercised by tests/integration/test_validation.py.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ from include.backup_dr.restore.validation import (
     load_business_rules,
     manifest_expectations,
 )
+
+REPO = Path(__file__).resolve().parents[2]
 
 TABLES = {
     "public.users": {
@@ -204,3 +208,45 @@ def test_report_document_counts_and_verdict() -> None:
     assert document["results"][0]["observed"] == "1 rows"
     assert ValidationReport([result(True)]).ok
     assert not ValidationReport([]).ok  # nothing checked is not a pass
+
+
+#: Run in a fresh interpreter: whether GX's import loads a library depends on what the process
+#: imported before, and pytest's process may already hold them.
+_IMPORT_PROBE = """
+import inspect, json, sys
+from include.backup_dr.restore import validation
+
+validation._gx()
+inspect.stack()  # scans sys.modules, as Airflow's AWS hook does at every client creation
+loaded = {name: type(sys.modules[name]) is type(sys) for name in validation.DEFERRED_IMPORTS}
+from great_expectations.expectations.core import expect_column_kl_divergence_to_be_less_than as kl
+
+entropy = float(kl.stats.entropy([0.5, 0.5], [0.9, 0.1]))
+chart = kl.alt.Chart.__name__
+print(json.dumps({
+    "loaded_before_use": loaded,
+    "kl_rule_known": "expect_column_kl_divergence_to_be_less_than" in validation._expectation_classes(),
+    "entropy": entropy,
+    "chart": chart,
+    "loaded_after_use": [type(sys.modules[n]) is type(sys) for n in validation.DEFERRED_IMPORTS],
+}))
+"""
+
+
+def test_gx_defers_statistics_and_charts_until_an_expectation_uses_them() -> None:
+    """scipy.stats and altair (~95 MB, over the 300 MB task limit) stay unloaded through GX's
+    import and a scan of sys.modules, and work for real once an expectation uses them."""
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORT_PROBE],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe["loaded_before_use"] == {"scipy.stats": False, "altair": False}
+    assert probe["kl_rule_known"]
+    assert probe["entropy"] == pytest.approx(0.5108, abs=1e-4)  # KL(0.5,0.5 || 0.9,0.1)
+    assert probe["chart"] == "Chart"
+    assert probe["loaded_after_use"] == [True, True]

@@ -4,7 +4,9 @@ Starts what is not running (PostgreSQL with its standby, two S3 regions, SMTP si
 tier's DAG with `dag.test()` for its latest scheduled window (the continuous tier's base backups
 too), prints what each region now holds, replicates media, measures the standby's lag under load
 against the 1 s RPO, runs the restore drill (databases, media, and point-in-time recovery to a
-random second), fails a throwaway primary over with `dr_failover` (approved on the user's
+random second), backs up an estate of 12 databases on two servers and restores it with
+`dr_restore` under a real scheduler (approved on the user's behalf, in parallel by priority,
+an application role then reading its tables), fails a throwaway primary over with `dr_failover` (approved on the user's
 behalf) and recovers it on both sides of the fork, and stops what it started. A second run reuses the windows' verified backups
 instead of storing duplicates.
 """
@@ -265,6 +267,135 @@ def _run_restore_drill() -> bool:
         )
         print(f"    evidence: {keys[-1]} (+ report.md) in both regions")
     return ok
+
+
+#: How long the estate's backup and its DR restore may each take under the demo's scheduler.
+ESTATE_WAIT_S = int(os.environ.get("BACKUP_DEMO_ESTATE_WAIT", "900"))
+
+
+def _scheduler_run(dag_id: str, conf: dict[str, Any], approver: Any = None) -> Any:
+    """Trigger `dag_id` on the running scheduler and wait for the run to end; the DagRun."""
+    import json
+
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    airflow = str(VENV_BIN / "airflow")
+    run_id = f"demo__{dag_id}__{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    env = airflow_env()
+    for argv in (
+        [airflow, "dags", "unpause", dag_id],
+        [airflow, "dags", "trigger", dag_id, "-r", run_id, "-c", json.dumps(conf)],
+    ):
+        subprocess.run(argv, env=env, check=True, capture_output=True, timeout=300)
+    if approver is not None:
+        approver.start()
+    deadline = time.monotonic() + ESTATE_WAIT_S
+    try:
+        while time.monotonic() < deadline:
+            with create_session() as session:
+                run = session.query(DagRun).filter_by(dag_id=dag_id, run_id=run_id).one_or_none()
+                if run is not None and str(run.state) in ("success", "failed"):
+                    return run
+            time.sleep(3)
+        raise TimeoutError(f"{dag_id} run {run_id} did not end within {ESTATE_WAIT_S} s")
+    finally:
+        subprocess.run(
+            [airflow, "dags", "pause", dag_id], env=env, capture_output=True, check=False
+        )
+        if approver is not None:
+            approver.stop()
+
+
+def _run_estate_restore() -> bool:
+    """The whole estate (12 databases on two servers) backed up and then restored by
+    `dr_restore` into the sandbox under Airflow's real scheduler: approved on the user's behalf,
+    in parallel within the sandbox's pool, highest priority first; then an application role
+    reads its tables in the restored database."""
+    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.policy import load_policy
+    from local.estate import ensure_estate
+    from local.failover import HandlerApprover
+
+    print("\n==> the estate: 12 databases on two servers, restored by dr_restore", flush=True)
+    saved = os.environ.get("BACKUP_POLICY_PATH")
+    started_airflow = "airflow" not in stack.running_groups()
+    if not started_airflow:
+        print(
+            "  Airflow is already running (make up): the estate step needs the demo's own "
+            "scheduler with the estate's policy. Run `make down` first."
+        )
+        return False
+    try:
+        os.environ["BACKUP_POLICY_PATH"] = str(ensure_estate())
+        load_into_airflow()
+        policy = load_policy()
+        databases = [t.name for t in policy.targets if t.is_production and t.database]
+        stack.up(["airflow"])  # a real scheduler: pools, priority weights, parallel tasks
+        backed_up = _scheduler_run("platform_backup_daily", {})
+        print(f"  platform_backup_daily (all {len(databases)} databases): {backed_up.state}")
+        approver = HandlerApprover("dr_restore", DEMO_APPROVER, timeout=ESTATE_WAIT_S)
+        run = _scheduler_run(
+            "dr_restore",
+            {"targets": databases, "connection": "pg_sandbox", "overwrite": True},
+            approver,
+        )
+        print(f"  dr_restore: {run.state}")
+        if approver.response is not None:
+            print(
+                f"    approval: the demo APPROVED THE PLAN ON YOUR BEHALF as "
+                f"{approver.response['responded_by']['name']!r} (Browse > Required Actions "
+                "shows it; its body is the plan)"
+            )
+        stores = Stores.from_policy(policy)
+        keys = sorted(o.key for o in stores.secondary.list_objects("evidence/estate/dr_restore/"))
+        if not keys:
+            print("  no estate record")
+            return False
+        estate = stores.secondary.get_json(keys[-1])
+        began = datetime.fromisoformat(estate["began_at"])
+        for row in sorted(estate["targets"], key=lambda r: r["started_at"] or ""):
+            start = (datetime.fromisoformat(row["started_at"]) - began).total_seconds()
+            end = (datetime.fromisoformat(row["finished_at"]) - began).total_seconds()
+            priority = policy.target(row["target"]).priority
+            print(
+                f"    {row['target']:<17} priority {priority}: {row['outcome']:<6} "
+                f"+{start:5.1f} s .. +{end:5.1f} s"
+            )
+        print(
+            f"    estate: wall {estate['wall_seconds']} s for {len(estate['targets'])} "
+            f"databases ({estate['serial_seconds']} s of restores one after another) against "
+            f"the RTO of {estate['rto_seconds']:.0f} s: "
+            f"{'WITHIN' if estate['within_rto'] else 'OVER'}; evidence {keys[-1]}"
+        )
+        reads = _application_reads()
+        print(f"    {reads}")
+        return (
+            str(backed_up.state) == "success"
+            and str(run.state) == "success"
+            and estate["outcome"] == "passed"
+            and "permission denied" not in reads
+        )
+    finally:
+        if started_airflow:
+            stack.down(["airflow"])
+        if saved is None:
+            os.environ.pop("BACKUP_POLICY_PATH", None)
+        else:
+            os.environ["BACKUP_POLICY_PATH"] = saved
+
+
+def _application_reads() -> str:
+    """The application's own role, with its own password, reads the restored database."""
+    from local.pg import connect_as
+    from local.sampledb import APP_PASSWORD, APP_ROLE
+
+    try:
+        with connect_as(APP_ROLE, APP_PASSWORD, "platform_core", server="sandbox") as conn:
+            (tenants,) = conn.execute("SELECT count(*) FROM tenants").fetchone()
+        return f"application role {APP_ROLE} reads platform_core in the sandbox: {tenants} tenants"
+    except Exception as exc:  # shown, and it fails the demo
+        return f"application role {APP_ROLE} cannot read the restored platform_core: {exc}"
 
 
 #: The throwaway pair of the failover step: ports below the ephemeral range that neither the
@@ -593,11 +724,12 @@ def main() -> None:
         ok = _run_continuous_monitor() and ok
         _close_wal_segment()
         ok = _run_restore_drill() and ok
+        ok = _run_estate_restore() and ok
         failover = _run_failover()
         ok = failover["ok"] and ok
         print(f"\nSummary: {failover['line']} ({failover['seconds']:.0f} s)")
     finally:
-        started = [group for group in stack.DEFAULT_GROUPS if group not in already]
+        started = [group for group in (*stack.DEFAULT_GROUPS, "estate") if group not in already]
         if started:
             stack.down(started)
     if not ok:

@@ -893,14 +893,14 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
         ti = context["ti"]
         planned = ti.xcom_pull(task_ids="plan")
         approval = ti.xcom_pull(task_ids="approve") or {}
+        if planned is None:  # the request was refused: the run must not end green
+            raise DrillFailed("dr_restore was refused before anything was touched (see `plan`)")
         records = [
             r
             for lane, _ in lanes
-            for found in _all_mapped(ti, f"{lane}.restore")
+            for found in _all_mapped(ti, f"{lane}.restore", len(units(planned, lane)))
             for r in found or []
         ]
-        if planned is None:  # the request was refused: the run must not end green
-            raise DrillFailed("dr_restore was refused before anything was touched (see `plan`)")
         if not records:
             raise AirflowSkipException("nothing was restored: nothing to record")
         policy_now, stores = _runtime()
@@ -978,12 +978,12 @@ def _brief(record: dict[str, Any]) -> dict[str, Any]:
     return {k: record.get(k) for k in keys}
 
 
-def _all_mapped(ti: Any, task_id: str) -> list[Any]:
+def _all_mapped(ti: Any, task_id: str, count: int) -> list[Any]:
     """Every map index's `records` of a mapped task (a failed one pushed them before failing)."""
-    found = ti.xcom_pull(task_ids=task_id, key="records", map_indexes=None)
-    if found is None:
+    if not count:
         return []
-    return list(found) if not isinstance(found, dict) else [found]
+    found = ti.xcom_pull(task_ids=task_id, key="records", map_indexes=list(range(count)))
+    return list(found or [])
 
 
 class _MonitorFailureNotifier(OnCallNotifier):

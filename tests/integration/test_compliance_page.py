@@ -176,7 +176,7 @@ def test_dr_restore_form_submits_with_only_a_database_restore_and_is_approved_in
             time.sleep(3)
             page.reload()
         subject.click()
-        page.get_by_text("against the RTO of 4h").first.wait_for(timeout=60_000)
+        page.get_by_text("Projected wall time", exact=False).first.wait_for(timeout=60_000)
         assert page.get_by_text("creates platform_core").first.is_visible()
         page.screenshot(path=str(ARTIFACTS / "dr_restore_approval.png"), full_page=True)
         page.get_by_role("button", name="Approve").first.click()

@@ -162,7 +162,7 @@ def test_dr_restore_dry_run_shows_the_plan_and_restores_nothing(backed_up) -> No
     core = plan["units"][0]
     assert core["source"].startswith("platform_core/daily ") and "eu-central-1" in core["source"]
     assert core["set_aside"] == ["creates platform_core"]
-    assert "against the RTO of 4h" in plan["markdown"]
+    assert "Projected wall time" in plan["markdown"] and "RTO" in plan["markdown"]
     assert _sandbox_databases() == []
 
 
@@ -183,16 +183,24 @@ def test_dr_restore_restores_two_targets_in_priority_order(backed_up, stores) ->
         "targets": ["platform_billing", "platform_core"],
         "connection": "pg_sandbox",
     }
-    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
+    run = run_dag("dr_restore", WINDOW, conf, approve=True)
+    assert run.state == "success"
+    # Map index order is priority order (the scheduler starts them in that order; dag.test()
+    # runs them in no particular order, see test_dr_restore_under_the_scheduler...).
+    mapped = {
+        ti.map_index: ti.rendered_map_index
+        for ti in run.get_task_instances()
+        if ti.task_id == "pg_sandbox.restore"
+    }
+    assert mapped == {0: "platform_core", 1: "platform_billing"}
     core = _evidence(stores.primary, "dr_restore", "platform_core")[0]
     billing = _evidence(stores.primary, "dr_restore", "platform_billing")[0]
-    assert core["steps"]["started_at"] < billing["steps"]["started_at"]
     assert core["run"]["approved_by"] == billing["run"]["approved_by"] == "oncall-test"
     (estate,) = [
         stores.secondary.get_json(o.key)
         for o in stores.secondary.list_objects("evidence/estate/dr_restore/")
     ]
-    assert [t["target"] for t in estate["targets"]] == ["platform_core", "platform_billing"]
+    assert {t["target"] for t in estate["targets"]} == {"platform_core", "platform_billing"}
     assert estate["outcome"] == "passed" and estate["within_rto"] is True
     assert estate["run"]["approved_by"] == "oncall-test"
     assert core["outcome"] == billing["outcome"] == "passed"

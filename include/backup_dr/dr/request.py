@@ -203,12 +203,22 @@ class Plan:
         estate = self.estate
         unknown = [u.name for u in self.units if u.projected_seconds is None]
         wall = format_duration(timedelta(seconds=round(estate.wall_seconds)))
+        if len(unknown) == len(self.units):
+            projection = (
+                f"Projected wall time: **unknown**: no drill has measured a restore rate for "
+                f"these targets (the RTO is {format_duration(self.rto)})."
+            )
+        else:
+            within = estate.wall_seconds <= self.rto.total_seconds()
+            projection = (
+                f"Projected wall time: **{wall}** ({estate.concurrency} at once"
+                + (f"; not counting {', '.join(unknown)}" if unknown else "")
+                + f") against the RTO of {format_duration(self.rto)}: "
+                + ("within it." if within else "**OVER IT**.")
+            )
         lines += [
             "",
-            f"Projected wall time: **{wall}** ({estate.concurrency} at once"
-            + (f"; not counting {', '.join(unknown)}" if unknown else "")
-            + f") against the RTO of {format_duration(self.rto)}: "
-            + ("within it." if estate.wall_seconds <= self.rto.total_seconds() else "**OVER IT**."),
+            projection,
             "",
             "Nothing is dropped: a database that is replaced is renamed aside and kept. "
             "Reject (or let the approval time out) and nothing is touched.",

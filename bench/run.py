@@ -516,6 +516,7 @@ def main() -> None:
             "locks",
             "failover",
             "validation",
+            "estate",
         ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
@@ -539,12 +540,16 @@ def main() -> None:
         _prepare(
             args.size_mb,
             args.media_objects,
-            database=args.only not in ("media", "gc", "catalogue", "locks", "failover"),
+            database=args.only not in ("media", "gc", "catalogue", "locks", "failover", "estate"),
         )
         if args.only in (None, "platform"):
             rows += bench_snapshot_and_integrity()
         if args.only == "validation":  # also part of platform
             rows += bench_validation()
+        if args.only in (None, "estate"):
+            from bench.estate import bench_estate
+
+            rows += bench_estate()
         if args.only in (None, "media"):
             _prepare_media(args.media_objects)
             rows += bench_media(args.media_objects)

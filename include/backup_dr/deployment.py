@@ -52,7 +52,10 @@ HEAVY: dict[str, PodResources] = {
         ("500m", "1"), ("512Mi", "1Gi"), "16 threads hash and copy new media objects"
     ),
     "restore": PodResources(
-        ("2", "2"), ("1Gi", "2Gi"), "download + SHA-256, then pg_restore -j 2 from local disk"
+        ("2", "2"),
+        ("2Gi", "4Gi"),
+        "download + SHA-256, then pg_restore -j 2 from local disk; in dr_restore also a "
+        "point-in-time recovery's throwaway PostgreSQL",
     ),
     "pitr": PodResources(
         ("2", "2"), ("2Gi", "4Gi"), "a throwaway PostgreSQL replays WAL on the worker; 235 MB"

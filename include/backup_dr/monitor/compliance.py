@@ -25,8 +25,9 @@ The checks (one row each; ids are stable, so paging state survives between runs)
   how far behind the secondary can be now (time since that run began), against the RPO.
 - `restore_drill` per production target and continuous server: the newest drill passed and is
   at most a year old (366 days, so a drill on the same date every year always passes).
-- `projected_rto` per drilled target, and for all targets restored one after another as
-  `dr_restore` does: the drill's measured restore rate applied to the newest backup's size.
+- `projected_rto` per drilled target, and for all targets restored as `dr_restore` runs them
+  (in parallel by priority, within the configured concurrency and pool): the drill's measured
+  restore rate applied to the newest backup's size.
 - `rehash_coverage` per media target and region: the share of the target's blobs whose
   rolling re-hash (one day-of-year bucket a day, see engines/media.py) passed within a year.
 """

@@ -269,7 +269,7 @@ def _rto_promise(policy: Policy) -> Promise:
     drill = policy.restore_verification
     how = (
         f"restore_verification `{drill.schedule}` restores every production target from the "
-        f"{drill.region} region and times it; dr_restore restores targets one after another, "
+        f"{drill.region} region and times it; dr_restore restores targets in parallel, "
         "highest priority first"
         if drill
         else "no restore_verification section: nothing measures it"

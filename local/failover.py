@@ -417,6 +417,10 @@ def switch_and_archive(pair: Pair, port: int, stores: Any, wait_seconds: float) 
     return segment
 
 
+#: How long HandlerApprover waits after the task parks before answering.
+SETTLE_S = 3.0
+
+
 class HandlerApprover(threading.Thread):
     """Answers the first pending Human-in-the-loop action of `dag_id` as user `name`, by
     calling the handler of Airflow's REST API (`PATCH .../taskInstances/{task}/{map}/
@@ -469,6 +473,9 @@ class HandlerApprover(threading.Thread):
                         )
                     ).first()
                     if found is not None:
+                        # As a person: not within a second of the park, which races the
+                        # executor's report of the parked worker (the scheduler then fails it).
+                        time.sleep(SETTLE_S)
                         run_id, task_id, map_index, subject, body, options = found
                         self.pending = {
                             "run_id": run_id,

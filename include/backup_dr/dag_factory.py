@@ -895,6 +895,8 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
         approval = ti.xcom_pull(task_ids="approve") or {}
         if planned is None:  # the request was refused: the run must not end green
             raise DrillFailed("dr_restore was refused before anything was touched (see `plan`)")
+        if not approval:  # a timeout or a broken approval: nothing ran, and it must show red
+            raise DrillFailed("dr_restore was not approved (timed out or failed): nothing restored")
         records = [
             r
             for lane, _ in lanes

@@ -85,6 +85,10 @@ def _call(base: str, method: str, path: str, body: Any = None, token: str | None
         return json.loads(response.read() or b"null")
 
 
+#: How long an approver waits after the task parks before answering (see Approver.run).
+SETTLE_S = 3.0
+
+
 class Approver(threading.Thread):
     """Waits for the dr_failover approval to be pending, then answers it through the REST
     API, as on-call would from Required Actions; keeps the response."""
@@ -123,6 +127,9 @@ class Approver(threading.Thread):
                     and d["task_instance"].get("state") == "awaiting_input"
                 ]
                 if waiting:
+                    # A person reads first; an answer within a second of the park races the
+                    # executor's report of the parked worker, and the scheduler fails the task.
+                    time.sleep(SETTLE_S)
                     self.pending = waiting[0]
                     ti = self.pending["task_instance"]
                     self.response = _call(

@@ -21,7 +21,7 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.backup_dr import media_restore
+from include.backup_dr import media_restore, pg_globals
 from include.backup_dr.catalogue import Manifest, build_catalogue
 from include.backup_dr.engines.pg_dump import PgConnectionInfo
 from include.backup_dr.pipeline import Stores
@@ -170,7 +170,13 @@ def restore_into(
     server = server_info(conn_id)
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
-        restore_seconds = pg_restore(download.path, server, database, jobs)
+        restore_seconds = pg_globals.restore_with_globals(
+            pg_globals.read_verified(store, manifest),
+            server,
+            database,
+            lambda owners: pg_restore(download.path, server, database, jobs, owners=owners),
+            passwords=False,  # a sandbox: no production password works outside production
+        )
     return {
         "archive_bytes": download.size,
         "restored_bytes": database_size(server, database),
@@ -629,11 +635,18 @@ def _replace_from_dump(
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         # Downloaded and re-hashed before anything on the destination server changes.
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
+        kept = pg_globals.read_verified(store, manifest)
         replaced = replace_database(
             server,
             database,
             staging,
-            lambda into: pg_restore(download.path, server, into, 2),
+            lambda into: pg_globals.restore_with_globals(
+                kept,
+                server,
+                into,
+                lambda owners: pg_restore(download.path, server, into, 2, owners=owners),
+                passwords=True,
+            ),
             lambda into: validate(policy, stores, selection, conn_id, into),
             overwrite=overwrite,
             stamp=began,

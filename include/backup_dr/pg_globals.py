@@ -279,13 +279,18 @@ class RolePlan:
 
     def summary(self) -> str:
         return (
-            f"{len(self.created)} role(s) created ({', '.join(self.created) or '-'}); "
-            f"{len(self.existing)} already there, kept as they are "
-            f"({', '.join(self.existing) or '-'}); "
-            f"never changed: {', '.join(self.protected) or '-'}; "
+            f"{len(self.created)} role(s) created ({_some(self.created)}); "
+            f"{len(self.existing)} already there, kept as they are ({_some(self.existing)}); "
+            f"never changed: {_some(self.protected)}; "
             f"{self.memberships} membership(s) and {self.settings} setting(s) added; "
             f"{self.passwords_stripped} password(s) left out"
         )
+
+
+def _some(names: tuple[str, ...], shown: int = 10) -> str:
+    """A few names for a log line (a server may have thousands of roles)."""
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return (", ".join(names[:shown]) or "-") + more
 
 
 def plan_roles(sql: str, destination: Destination, *, passwords: bool) -> RolePlan:
@@ -542,7 +547,7 @@ def capture(info: PgConnectionInfo) -> Globals:
             f"{done.stderr[-2000:].strip()}"
         )
     try:
-        parse_globals(done.stdout)
+        statements = parse_globals(done.stdout)
     except ValueError as exc:
         raise SnapshotError(f"the globals of {info} cannot be restored: {exc}") from None
     connection = info.connect()
@@ -558,6 +563,14 @@ def capture(info: PgConnectionInfo) -> Globals:
         tuple(settings),
         tuple((role, config) for role, config in role_settings),
     )
+    log.info(
+        "Captured %d role(s) of %s:%s and the owner, ACL and settings of %s; passwords %s",
+        sum(1 for s in statements if s.kind is Kind.CREATE),
+        info.host,
+        info.port,
+        info.database,
+        passwords,
+    )
     return Globals(info.database, done.stdout, passwords, facts, datetime.now(UTC).isoformat())
 
 
@@ -568,14 +581,7 @@ def keep_beside(store: ObjectStore, backup: BackupId, info: PgConnectionInfo) ->
     body = kept.to_bytes()
     key = backup.key(OBJECT_NAME)
     store.put_bytes(key, body, "application/json")
-    roles = sum(1 for s in parse_globals(kept.roles_sql) if s.kind is Kind.CREATE)
-    log.info(
-        "Kept %d role(s) and the owner, ACL and settings of %s in %s; passwords %s",
-        roles,
-        info.database,
-        store.where(key),
-        kept.passwords,
-    )
+    log.info("Kept the globals beside the backup: %s (%d bytes)", store.where(key), len(body))
     return {
         "key": key,
         "size": len(body),

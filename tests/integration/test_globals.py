@@ -279,3 +279,63 @@ def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_i
         for key in keys:
             if key.endswith(GLOBALS):
                 assert key.replace(GLOBALS, MANIFEST_NAME) in keys, f"orphan {key}"
+
+
+@pytest.fixture
+def reader_login(stack) -> Iterator[Any]:
+    """A backup user that is not a superuser (as on a managed service): no pg_authid."""
+    from include.backup_dr.engines.pg_dump import PgConnectionInfo
+    from local.config import HOST
+    from local.pg import get_server
+
+    _sql("postgres", "DROP ROLE IF EXISTS globals_reader")
+    _sql("postgres", "CREATE ROLE globals_reader LOGIN PASSWORD 'reader-pw'")
+    _sql("postgres", f"GRANT CONNECT ON DATABASE {APP_DATABASE} TO globals_reader")
+    port = get_server("platform").port
+    yield PgConnectionInfo(HOST, port, "globals_reader", APP_DATABASE, {"PGPASSWORD": "reader-pw"})
+    _sql("postgres", f"REVOKE CONNECT ON DATABASE {APP_DATABASE} FROM globals_reader")
+    _sql("postgres", "DROP ROLE globals_reader")
+
+
+def test_without_pg_authid_the_roles_are_kept_without_passwords_and_it_says_so(
+    reader_login, caplog
+) -> None:
+    from include.backup_dr import pg_globals
+
+    kept = pg_globals.capture(reader_login)
+    assert kept.passwords == pg_globals.PASSWORDS_UNREADABLE
+    assert "PASSWORD" not in kept.roles_sql and f"CREATE ROLE {APP_ROLE};" in kept.roles_sql
+    assert kept.facts.owner == "postgres"
+    assert ("platform_app", 'search_path=public, "$user"') in kept.facts.role_settings
+    assert "kept WITHOUT their passwords" in caplog.text
+
+
+def test_a_statement_that_fails_applies_none_of_them_and_never_shows_the_password(
+    sandbox, caplog
+) -> None:
+    from include.backup_dr import pg_globals
+    from include.backup_dr.restore import server_info
+
+    secret = "SCRAM-SHA-256$4096:c2VjcmV0$c2VjcmV0:c2VjcmV0"
+    roles_sql = (
+        f"CREATE ROLE {READERS_ROLE};\n"
+        f"ALTER ROLE {READERS_ROLE} WITH NOLOGIN;\n"
+        f"CREATE ROLE {APP_ROLE};\n"
+        # A destination that refuses it (the limit is out of range): the whole step fails.
+        f"ALTER ROLE {APP_ROLE} WITH LOGIN PASSWORD '{secret}' CONNECTION LIMIT -7;\n"
+    )
+    facts = pg_globals.DatabaseFacts("postgres", None, (), ())
+    kept = pg_globals.Globals(APP_DATABASE, roles_sql, pg_globals.PASSWORDS_KEPT, facts)
+    with pytest.raises(pg_globals.GlobalsFailed, match=r"none of .* was applied") as failed:
+        pg_globals.apply_roles(kept, server_info("pg_sandbox"), passwords=True)
+    assert secret not in str(failed.value) and "PASSWORD '***'" in str(failed.value)
+    assert failed.value.__suppress_context__  # the driver's text is not chained in
+    assert secret not in caplog.text
+    assert (
+        _sql(
+            "postgres",
+            f"SELECT rolname FROM pg_roles WHERE rolname IN ('{APP_ROLE}', '{READERS_ROLE}')",
+            server="sandbox",
+        )
+        == []
+    )

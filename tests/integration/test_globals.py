@@ -266,6 +266,7 @@ def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_i
     failed = stores.secondary.get_json(lost.key(INTEGRITY_NAME))
     assert [c["name"] for c in failed["checks"] if not c["ok"]] == ["globals"]
 
+    time.sleep(2)  # prune spares versions S3 stamped in (or just before) its listing's second
     pipeline.prune(policy, stores, "platform_billing", "daily")
     # The secondary keeps its last good backup, whole (archive and globals), and restores it.
     assert stores.secondary.manifest(good) is not None
@@ -273,6 +274,8 @@ def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_i
     assert selection.backup == good
     kept = pg_globals.read_verified(stores.secondary, stores.secondary.manifest(good))
     assert kept is not None and kept.database == "platform_billing"
+    # The primary's copy of it expired with a newer verified one there: deleted, globals too.
+    assert list(stores.primary.list_objects(good.prefix)) == []
     # Whatever prune deleted went with its globals: none is left without its backup.
     for store in stores:
         keys = {o.key for o in store.list_objects("platform/platform_billing/daily/")}

@@ -19,11 +19,13 @@ Each number is a ratio against a baseline taken on the same machine, database an
 - continuous tier (bench/continuous.py): the base backup task vs bare pg_basebackup (to
   /dev/null, and piped into a bare boto3 upload), PITR vs the bare download + tar + barman-cloud
   restore_command, standby lag under the load generator, and peak RSS of every task;
+- roles and grants kept with each dump (bench/globals.py): capture vs bare pg_dumpall, apply
+  vs bare psql, with 1,000 extra roles;
 - failover (bench/failover.py): approval to writable and the acknowledged commits lost at a
   kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio.
 
 Usage: python -m bench.run [--size-mb 1100]
-       [--only platform|media|continuous|parse|gc|catalogue|locks|failover|validation]
+       [--only platform|media|continuous|parse|gc|catalogue|locks|failover|validation|estate|globals]
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
 (the database and the media buckets are generated once and kept)
 """
@@ -517,6 +519,7 @@ def main() -> None:
             "failover",
             "validation",
             "estate",
+            "globals",
         ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
@@ -540,7 +543,8 @@ def main() -> None:
         _prepare(
             args.size_mb,
             args.media_objects,
-            database=args.only not in ("media", "gc", "catalogue", "locks", "failover", "estate"),
+            database=args.only
+            not in ("media", "gc", "catalogue", "locks", "failover", "estate", "globals"),
         )
         if args.only in (None, "platform"):
             rows += bench_snapshot_and_integrity()
@@ -573,6 +577,10 @@ def main() -> None:
             from bench.gc import bench_gc
 
             rows += bench_gc()
+        if args.only in (None, "globals"):
+            from bench.globals import bench_globals
+
+            rows += bench_globals()
         if args.only in (None, "failover"):
             from bench.failover import bench_failover
 

@@ -361,10 +361,55 @@ DEFAULT_DATABASES = (
 )
 
 
+#: The application's roles in production, on platform_core: restore tests connect as APP_ROLE
+#: after a restore and read what it owns, what it was granted, and what READERS_ROLE grants it.
+APP_DATABASE = "platform_core"
+APP_ROLE = "platform_app"
+APP_PASSWORD = "platform-app-local"  # noqa: S105 (throw-away local stack)
+READERS_ROLE = "platform_readers"
+APP_OWNS = ("documents", "audit_events")
+APP_GRANTED = ("users",)  # SELECT, to the role itself
+READERS_GRANTED = ("tenants", "projects")  # SELECT, through membership of READERS_ROLE
+
+
+def ensure_app_roles() -> None:
+    """Roles, grants, owners and settings as a real application has them (a LOGIN role with a
+    password, a group role, CONNECT only for the application, database and role settings),
+    none of which pg_dump keeps. Idempotent: each `stack up` brings them up to date."""
+    role, readers = sql.Identifier(APP_ROLE), sql.Identifier(READERS_ROLE)
+    database = sql.Identifier(APP_DATABASE)
+    with connect() as admin:
+        for name, login in ((READERS_ROLE, "NOLOGIN"), (APP_ROLE, "LOGIN")):
+            if admin.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+                continue
+            admin.execute(sql.SQL("CREATE ROLE {} " + login).format(sql.Identifier(name)))
+        statements = (
+            sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(APP_PASSWORD)),
+            sql.SQL("ALTER ROLE {} SET statement_timeout = '5min'").format(role),
+            sql.SQL("GRANT {} TO {}").format(readers, role),
+            sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(database),
+            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role),
+            sql.SQL("ALTER DATABASE {} SET backup_dr.environment = 'production'").format(database),
+            sql.SQL('ALTER ROLE {} IN DATABASE {} SET search_path = public, "$user"').format(
+                role, database
+            ),
+        )
+        for statement in statements:
+            admin.execute(statement)
+    with connect(APP_DATABASE) as conn:
+        for table in APP_OWNS:
+            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(table), role))
+        for table in APP_GRANTED:
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), role))
+        for table in READERS_GRANTED:
+            conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), readers))
+
+
 def ensure_defaults(log: Callable[[str], None] = print) -> None:
     for dbname, size_mb, kind in DEFAULT_DATABASES:
         if not exists(dbname):
             create(dbname, size_mb, kind, log)
+    ensure_app_roles()
 
 
 def main() -> None:

@@ -574,7 +574,12 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         checked >> reported
         reported >> drop_sandbox(ref).as_teardown(setups=provisioned)
 
-    @task(trigger_rule="all_done", retries=0, execution_timeout=timedelta(minutes=10))
+    @task(
+        multiple_outputs=False,
+        trigger_rule="all_done",
+        retries=0,
+        execution_timeout=timedelta(minutes=10),
+    )
     def estate() -> dict[str, Any]:
         """The whole estate restored in parallel, as dr_restore would: its wall time from the
         first restore's start to the last record, against the RTO (evidence/estate/...)."""
@@ -823,7 +828,7 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
     recovery = policy.recovery()
     lanes = _restore_lanes(policy)
 
-    @task(task_id="plan")
+    @task(task_id="plan", multiple_outputs=False)
     def plan() -> dict[str, Any]:
         from include.backup_dr.dr.request import DrRequest, make_plan
 
@@ -882,7 +887,7 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
         raise_for(records)
         return [_brief(r) for r in records]
 
-    @task(task_id="record", trigger_rule="all_done", retries=0)
+    @task(task_id="record", multiple_outputs=False, trigger_rule="all_done", retries=0)
     def record() -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowSkipException
 

@@ -139,7 +139,7 @@ def check_copy(store: ObjectStore, reference: Manifest, engine: Engine) -> CopyR
             f"{size} bytes, manifest says {reference.artifact.size}",
         )
     )
-    report.checks.append(_encryption_check(store, head))
+    report.checks.append(encryption_check(store, head))
 
     stream = _HashingChunks(store.iter_chunks(key))
     readable = engine.check_readable(stream)
@@ -161,7 +161,7 @@ def check_copy(store: ObjectStore, reference: Manifest, engine: Engine) -> CopyR
     return report
 
 
-def _encryption_check(store: ObjectStore, head: dict[str, Any]) -> Check:
+def encryption_check(store: ObjectStore, head: dict[str, Any]) -> Check:
     """SSE-KMS under the region's key, compared by exact key ARN.
 
     S3 reports the key ARN whatever the write named (id, alias or ARN), so the policy's key is

@@ -75,6 +75,8 @@ def test_full_run_backs_up_verifies_and_prunes_every_production_target(
                 "encrypted",
                 "sha256",
                 "readable",
+                "globals",
+                "globals encrypted",
             }
             assert list(store.list_objects(f"evidence/prune/platform/{target}/{tier}/"))
 

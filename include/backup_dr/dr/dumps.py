@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from include.backup_dr import pg_globals
 from include.backup_dr.dr.request import DrRequest, Unit
 from include.backup_dr.drill.dumps import validate
 from include.backup_dr.pipeline import Stores
@@ -145,11 +146,18 @@ def _replace_from_dump(
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         # Downloaded and re-hashed before anything on the destination server changes.
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
+        kept = pg_globals.read_verified(store, manifest)
         replaced = replace_database(
             server,
             database,
             staging,
-            lambda into: pg_restore(download.path, server, into, 2),
+            lambda into: pg_globals.restore_with_globals(
+                kept,
+                server,
+                into,
+                lambda owners: pg_restore(download.path, server, into, 2, owners=owners),
+                passwords=True,
+            ),
             lambda into: validate(policy, stores, selection, conn_id, into),
             overwrite=overwrite,
             stamp=began,

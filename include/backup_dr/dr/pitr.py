@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from include.backup_dr import pg_globals
 from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool, read_keys, read_row_counts
 from include.backup_dr.pitr.server import RecoveredServer, RecoveryFailed, recover
 from include.backup_dr.pitr.window import (
@@ -165,6 +166,7 @@ def _recover_one(
     dumped = recovered.data_dir.parent / f"{target.database}.pgdump"
     clock = time.monotonic()
     _pg_dump(recovered.info(target.database), dumped)
+    kept = pg_globals.capture(recovered.info(target.database))  # the cluster's roles at T
     dump_seconds = time.monotonic() - clock
     destination = PgConnectionInfo.from_airflow(conn_id, "postgres")
     try:
@@ -172,7 +174,13 @@ def _recover_one(
             destination,
             target.database,
             staging_name(target.database, run.get("run_id", began.isoformat())),
-            lambda into: pg_restore(dumped, destination, into, 2),
+            lambda into: pg_globals.restore_with_globals(
+                kept,
+                destination,
+                into,
+                lambda owners: pg_restore(dumped, destination, into, 2, owners=owners),
+                passwords=True,
+            ),
             lambda into: validate_database(destination.sqlalchemy_url(into), target.name, at_t),
             overwrite=bool(params.get("overwrite")),
             stamp=began,

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from include.backup_dr import pg_globals
 from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.restore import media as media_restore
@@ -137,7 +138,13 @@ def restore_into(
     server = server_info(conn_id)
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
-        restore_seconds = pg_restore(download.path, server, database, jobs)
+        restore_seconds = pg_globals.restore_with_globals(
+            pg_globals.read_verified(store, manifest),
+            server,
+            database,
+            lambda owners: pg_restore(download.path, server, database, jobs, owners=owners),
+            passwords=False,  # a sandbox: no production password works outside production
+        )
     return {
         "archive_bytes": download.size,
         "restored_bytes": database_size(server, database),

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -281,9 +281,18 @@ class PgConnectionInfo:
 class PgDumpSnapshot:
     """A running pg_dump bound to an exported snapshot, with the row counts of that snapshot."""
 
-    def __init__(self, info: PgConnectionInfo, exporter: Any, snapshot_id: str) -> None:
+    def __init__(
+        self,
+        info: PgConnectionInfo,
+        exporter: Any,
+        snapshot_id: str,
+        keep_beside: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self.info = info
         self._exporter = exporter
+        #: Stores what belongs beside the archive (the server's globals) once pg_dump succeeded.
+        self._keep_beside = keep_beside
+        self._beside: dict[str, Any] | None = None
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in close())
         self._process = subprocess.Popen(
             [pg_tool("pg_dump"), "-Fc", f"--snapshot={snapshot_id}", *info.args()],
@@ -317,6 +326,8 @@ class PgDumpSnapshot:
             raise SnapshotError(f"pg_dump of {self.info} exited with {code}: {tail}")
         if self._count_error is not None:
             raise SnapshotError(f"counting rows in {self.info} failed: {self._count_error}")
+        if self._keep_beside is not None:
+            self._beside = self._keep_beside()
 
     def facts(self) -> SourceFacts:
         with self._exporter.cursor() as cursor:
@@ -330,6 +341,7 @@ class PgDumpSnapshot:
                 "database": self.info.database,
                 "server_version": server_version,
                 "format": "pg_dump custom (-Fc)",
+                **({"globals": self._beside} if self._beside is not None else {}),
             },
             tool_versions={"pg_dump": tool_version("pg_dump")},
             row_counts=dict(self._counts),
@@ -366,7 +378,12 @@ class PgDumpEngine:
                 cursor.execute("SELECT pg_export_snapshot()")
                 snapshot_id = cursor.fetchone()[0]
             log.info("Exported snapshot %s of %s", snapshot_id, info)
-            snapshot = PgDumpSnapshot(info, exporter, snapshot_id)
+            # Roles and grants, beside the archive once the dump succeeded (see pg_globals).
+            from include.backup_dr import pg_globals
+
+            snapshot = PgDumpSnapshot(
+                info, exporter, snapshot_id, lambda: pg_globals.keep_beside(primary, backup, info)
+            )
             yield snapshot
         finally:
             if snapshot is not None:
@@ -374,10 +391,14 @@ class PgDumpEngine:
             exporter.close()
 
     def copy_contents(self, manifest: Any, source: ObjectStore, target: ObjectStore) -> str:
-        return "nothing besides the archive"
+        from include.backup_dr import pg_globals
+
+        return pg_globals.copy_beside(manifest, source, target)
 
     def check_contents(self, store: ObjectStore, manifest: Any, now: datetime) -> list[Any]:
-        return []
+        from include.backup_dr import pg_globals
+
+        return pg_globals.check_beside(store, manifest)
 
     @contextmanager
     def plan_garbage(

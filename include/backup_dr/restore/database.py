@@ -215,16 +215,19 @@ def swap_in(server: PgConnectionInfo, staging: str, database: str, stamp: dateti
     return previous
 
 
-def pg_restore(archive: Path, server: PgConnectionInfo, database: str, jobs: int) -> float:
-    """Restore a custom-format archive into an existing empty database; returns seconds."""
+def pg_restore(
+    archive: Path, server: PgConnectionInfo, database: str, jobs: int, *, owners: bool
+) -> float:
+    """Restore a custom-format archive into an existing empty database; returns seconds.
+    `owners`: keep the archive's owners and grants (the roles were restored first, see
+    pg_globals); without, everything belongs to the restoring user."""
     target = PgConnectionInfo(server.host, server.port, server.user, database, server.env)
     started = time.monotonic()
     done = subprocess.run(
         [
             pg_tool("pg_restore"),
             f"--jobs={jobs}",
-            "--no-owner",
-            "--no-privileges",
+            *([] if owners else ["--no-owner", "--no-privileges"]),
             "--exit-on-error",
             *target.args(),
             str(archive),

@@ -418,7 +418,7 @@ def switch_and_archive(pair: Pair, port: int, stores: Any, wait_seconds: float) 
 
 
 #: How long HandlerApprover waits after the task parks before answering.
-SETTLE_S = 3.0
+SETTLE_S = 10.0
 
 
 class HandlerApprover(threading.Thread):

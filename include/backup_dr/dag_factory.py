@@ -889,7 +889,6 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
 
     @task(task_id="record", multiple_outputs=False, trigger_rule="all_done", retries=0)
     def record() -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowSkipException
 
         from include.backup_dr.restore.errors import DrillFailed
         from include.backup_dr.restore.record import record_estate
@@ -908,8 +907,11 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
             for found in _all_mapped(ti, f"{lane}.restore", len(units(planned, lane)))
             for r in found or []
         ]
-        if not records:
-            raise AirflowSkipException("nothing was restored: nothing to record")
+        if not records:  # a rejection or a dry run never gets here: they skip this task
+            raise DrillFailed(
+                "dr_restore restored nothing: the approval or every restore task failed "
+                "(see their logs)"
+            )
         policy_now, stores = _runtime()
         approver = approval.get("responded_by_user") or {}
         document = record_estate(

@@ -86,7 +86,7 @@ def _call(base: str, method: str, path: str, body: Any = None, token: str | None
 
 
 #: How long an approver waits after the task parks before answering (see Approver.run).
-SETTLE_S = 3.0
+SETTLE_S = 10.0
 
 
 class Approver(threading.Thread):

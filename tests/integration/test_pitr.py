@@ -136,6 +136,42 @@ def test_pitr_drill_recovers_a_random_second_and_proves_it_from_the_secondary(
     print("PITR timings:", json.dumps(steps["timings"]), "bytes", steps["archive_bytes"])
 
 
+def test_pitr_replays_wal_through_the_prefetcher_without_barman(
+    stores, pitr_env, monkeypatch, tmp_path
+) -> None:
+    """No barman-cloud-wal-restore anywhere (not on PATH, BACKUP_WAL_TOOLS_BIN empty): the
+    recovery still replays the archive's WAL to T, served by the prefetcher and the sh
+    restore_command, and ends on the heartbeat just before T."""
+    from include.backup_dr import pitr
+    from include.backup_dr.monitor.continuous import heartbeat_database
+    from include.backup_dr.policy import load_policy
+
+    empty = tmp_path / "no-wal-tools"
+    empty.mkdir()
+    monkeypatch.setenv("BACKUP_WAL_TOOLS_BIN", str(empty))
+    path = os.environ["PATH"].split(os.pathsep)
+    monkeypatch.setenv(
+        "PATH",
+        os.pathsep.join(d for d in path if d and not Path(d, "barman-cloud-wal-restore").exists()),
+    )
+    assert shutil.which("barman-cloud-wal-restore") is None
+    _base_backup(stores)
+    monitor = _heartbeats(stores, 3)
+    _archive_now()
+    sample = monitor["samples"][1]
+    target = datetime.fromisoformat(sample["written_at"]) + timedelta(milliseconds=500)
+    policy = load_policy()
+    database = heartbeat_database(policy.server(SERVER).conn_id)
+    with pitr.recover(policy, stores, SERVER, "secondary", target) as recovered:
+        assert recovered.wal_files >= 1
+        ((newest, after),) = recovered.query(
+            database,
+            "SELECT max(seq), count(*) FILTER (WHERE written_at > "
+            f"'{target.isoformat()}') FROM backup_dr.heartbeat",
+        )
+    assert (newest, after) == (sample["seq"], 0)
+
+
 def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores, pitr_env) -> None:
     from include.backup_dr.dr import dumps as drill
     from include.backup_dr.pitr import (

@@ -83,6 +83,8 @@ class RecoveredServer:
     port: int = SOCKET_PORT
     timings: dict[str, float] = field(default_factory=dict)
     archive_bytes: int = 0
+    #: WAL files replayed (each one restore_command call that served a file).
+    wal_files: int = 0
 
     def info(self, database: str) -> PgConnectionInfo:
         """For pg_dump: libpq takes a directory as host to mean a Unix socket."""
@@ -281,17 +283,23 @@ def _start_prefetch(
     return prefetch, plan
 
 
-def _restored_through(work: Path) -> str:
-    """The last WAL file PostgreSQL says it restored, from its log."""
+def _restored(work: Path) -> list[str]:
+    """The WAL files PostgreSQL says it restored, in order, from its log."""
     try:
         text = (work / "postgres.log").read_text(errors="replace")
     except OSError:
-        return "none restored"
-    names = re.findall(r'restored log file "([^"]+)" from archive', text)
-    return f"the last WAL file PostgreSQL restored: {names[-1]}" if names else "none restored"
+        return []
+    return re.findall(r'restored log file "([^"]+)" from archive', text)
 
 
-def _require_whole(prefetch: Prefetcher, plan: ArchivePlan, target: datetime | None) -> None:
+def _restored_through(work: Path) -> str:
+    names = _restored(work)
+    return f"the last WAL file PostgreSQL restored: {names[-1] if names else 'none'}"
+
+
+def _require_whole(
+    work: Path, prefetch: Prefetcher, plan: ArchivePlan, target: datetime | None
+) -> None:
     """'latest' must replay the whole planned span. PostgreSQL ends recovery quietly at the
     first file it cannot have, so a refused segment (a gap, a damaged file) fails it here. With
     a target time, PostgreSQL itself fails when it ends before the target."""
@@ -302,7 +310,8 @@ def _require_whole(prefetch: Prefetcher, plan: ArchivePlan, target: datetime | N
         first = min(refused)
         raise RecoveryFailed(
             f"recovery to the end of the archive stopped at {first}, which was refused "
-            f"({refused[first]}); the archive goes on to {plan.newest}. Not used."
+            f"({refused[first]}); the archive goes on to {plan.newest}; "
+            f"{_restored_through(work)}. Not used."
         )
 
 
@@ -356,8 +365,8 @@ def _wait_for_promotion(
 
     seen_running = False
     while time.monotonic() < deadline:
-        if failure := prefetch.failure():
-            raise RecoveryFailed(failure)
+        if prefetch.failure():
+            raise RecoveryFailed("the WAL prefetcher stopped serving")
         log_text = (work / "postgres.log").read_text(errors="replace")
         if RECOVERY_ENDED in log_text:
             raise RecoveryFailed(
@@ -476,7 +485,8 @@ def recover(
             raise RecoveryFailed(
                 f"{exc}. WAL prefetch: {prefetch.report()}; {_restored_through(work)}"
             ) from exc
-        _require_whole(prefetch, plan, target)
+        _require_whole(work, prefetch, plan, target)
+        recovered.wal_files = len(_restored(work))
         recovered.timings["WAL replay to promote"] = round(time.monotonic() - started, 3)
         log.info("Recovered %s: %s", server, recovered.timings)
         yield recovered

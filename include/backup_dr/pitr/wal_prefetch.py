@@ -380,7 +380,6 @@ def run(
     in_flight: dict[str, Future[tuple[bytes | None, str]]] = {}
     published: set[str] = set()
     cursor, frontier = 0, -1
-    spool.publish(PID_NAME, str(os.getpid()).encode(), 0o644)
     log.info(
         "Serving %d segment(s) %s .. %s and %d history file(s); %d gap(s); depth %d, %d threads",
         len(order),
@@ -605,7 +604,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--owner", help="uid:gid of the server's OS user (when run as root)")
-    parser.add_argument("--restore-script", type=Path, help="also write the restore_command here")
+    parser.add_argument(
+        "--restore-script", type=Path, help="write the restore_command here once serving"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stdout
@@ -620,6 +621,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             plan = _listed_plan(store, args)
         else:
             parser.error("give --plan, or --server and --start")
+        spool.publish(PID_NAME, str(os.getpid()).encode(), 0o644)  # ready: serving from here
         if args.restore_script:
             print(f"restore_command = '{restore_script(args.restore_script, args.spool)}'")
         run(store, plan, spool, depth=args.depth, threads=args.threads)

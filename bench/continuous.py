@@ -478,22 +478,17 @@ DAY_SEGMENTS = 5000
 WAL_FETCH_SERVER = "bench_walfetch"
 
 
-def _synthetic_segments(count: int) -> list[tuple[str, bytes]]:
-    """`count` raw segments from 1/10 on: a header the prefetcher's check accepts, then half
-    random, half zero bytes (gzip about 2:1, like busy WAL)."""
+def _synthetic_segment(segment: Any) -> bytes:
+    """A raw segment: a header the prefetcher's check accepts, then half random, half zero
+    bytes (gzip about 2:1, like busy WAL)."""
     import gzip
 
-    from include.backup_dr.wal import Segment
     from local.backups import wal_segment
 
-    segments = []
-    for number in range(0x10, 0x10 + count):
-        segment = Segment(1, number)
-        raw = bytearray(gzip.decompress(wal_segment(segment)))
-        half = len(raw) // 2
-        raw[8192 : 8192 + half] = os.urandom(half)
-        segments.append((segment.name(), bytes(raw)))
-    return segments
+    raw = bytearray(gzip.decompress(wal_segment(segment)))
+    half = len(raw) // 2
+    raw[8192 : 8192 + half] = os.urandom(half)
+    return bytes(raw)
 
 
 def _sh_calls(command: str, names: list[str], dest: Path) -> list[float]:
@@ -525,36 +520,38 @@ def bench_wal_fetch(ctx: Context, segments: int = 200, barman_calls: int = 10) -
     raw_dir, spool, dest = work / "raw", work / "spool", work / "pg_wal"
     for path in (raw_dir, spool, dest):
         path.mkdir()
-    store.delete_all_versions(archive_prefix(WAL_FETCH_SERVER))
-    made = _synthetic_segments(segments)
-    for name, raw in made:
-        (raw_dir / name).write_bytes(raw)
-    with ThreadPoolExecutor(8) as pool:
-        list(
-            pool.map(
-                lambda item: archive_segment(
-                    store, WAL_FETCH_SERVER, Segment.parse(item[0]), gzip.compress(item[1], 6)
-                ),
-                made,
-            )
-        )
-    stored = sum(o.size for o in store.list_objects(archive_prefix(WAL_FETCH_SERVER)))
-    names = [name for name, _ in made]
-    del made
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
-        "AWS_DEFAULT_REGION": site.region,
-        "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
-        "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
-    }
-    command = restore_script(work / "restore-wal.sh", spool)
-    argv = [sys.executable, "-m", "include.backup_dr.pitr.wal_prefetch", "--bucket", site.bucket]
-    argv += ["--region", site.region, "--endpoint-url", site.endpoint, "--spool", str(spool)]
-    argv += ["--server", WAL_FETCH_SERVER, "--start", names[0]]
-    argv += ["--system-identifier", str(SYSTEM_IDENTIFIER)]
+    prefetcher = None
     try:
+        store.delete_all_versions(archive_prefix(WAL_FETCH_SERVER))
+        names = [Segment(1, n).name() for n in range(0x10, 0x10 + segments)]
+
+        def make(name: str) -> None:  # one at a time per thread: 16 MB each, 3 GB in all
+            raw = _synthetic_segment(Segment.parse(name))
+            (raw_dir / name).write_bytes(raw)
+            archive_segment(store, WAL_FETCH_SERVER, Segment.parse(name), gzip.compress(raw, 6))
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(make, names))
+        stored = sum(o.size for o in store.list_objects(archive_prefix(WAL_FETCH_SERVER)))
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_DEFAULT_REGION": site.region,
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        }
+        command = restore_script(work / "restore-wal.sh", spool)
+        argv = [
+            sys.executable,
+            "-m",
+            "include.backup_dr.pitr.wal_prefetch",
+            "--bucket",
+            site.bucket,
+        ]
+        argv += ["--region", site.region, "--endpoint-url", site.endpoint, "--spool", str(spool)]
+        argv += ["--server", WAL_FETCH_SERVER, "--start", names[0]]
+        argv += ["--system-identifier", str(SYSTEM_IDENTIFIER)]
         started = time.perf_counter()
         with (work / "prefetch.log").open("wb") as out:
             prefetcher = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=out)
@@ -570,8 +567,6 @@ def bench_wal_fetch(ctx: Context, segments: int = 200, barman_calls: int = 10) -
         cp_seconds += _sh_calls(cp, names[half:], dest / "RECOVERYXLOG")
         status = Path(f"/proc/{prefetcher.pid}/status").read_text()
         rss = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
-        prefetcher.terminate()
-        prefetcher.wait()
         barman = [
             _timed(
                 [
@@ -588,6 +583,9 @@ def bench_wal_fetch(ctx: Context, segments: int = 200, barman_calls: int = 10) -
             for name in names[:barman_calls]
         ]
     finally:
+        if prefetcher is not None:
+            prefetcher.terminate()
+            prefetcher.wait()
         store.delete_all_versions(archive_prefix(WAL_FETCH_SERVER))
         shutil.rmtree(work, ignore_errors=True)
     return {

@@ -184,13 +184,14 @@ def restore(tmp_path: Path):
     spool = tmp_path / "spool"
     spool.mkdir()
     command = restore_script(tmp_path / "restore-wal.sh", spool, wait_seconds=1)
-    script = command.split()[0]
+    target = str(tmp_path / "pg_wal" / "RECOVERYXLOG")
 
     def call(name: str, pid: int | None = os.getpid()) -> subprocess.CompletedProcess[str]:
+        """As PostgreSQL runs it: system(), i.e. sh -c with %f and %p replaced."""
         if pid is not None:
             (spool / PID_NAME).write_text(str(pid))
         return subprocess.run(
-            ["sh", script, name, str(tmp_path / "pg_wal" / "RECOVERYXLOG")],
+            ["sh", "-c", command.replace("%f", name).replace("%p", target)],
             capture_output=True,
             text=True,
             timeout=30,

@@ -378,8 +378,9 @@ def run(
     parent = os.getppid()
     order = plan.order
     order_index = {name: i for i, name in enumerate(order)}
+    segments = {item.name: item for item in plan.segments}
     done: set[str] = set()
-    in_flight: dict[str, Future[tuple[bytes | None, str]]] = {}
+    in_flight: dict[str, Future[bool]] = {}
     published: set[str] = set()
     cursor, frontier = 0, -1
     log.info(
@@ -405,30 +406,37 @@ def run(
                     spool.answered(name)
                     log.info("%s: %s (%s)", name, answer.kind, answer.reason)
                 else:
-                    in_flight[name] = pool.submit(_fetch, store, answer, plan)
+                    in_flight[name] = pool.submit(_serve, store, answer, plan, spool)
             busy = state.ahead(order_index, frontier) | in_flight.keys()
             ahead, cursor = schedule(order, max(cursor, frontier + 1), done, busy, depth)
             for name in ahead:
-                in_flight[name] = pool.submit(_fetch, store, plan.answer(name), plan)  # type: ignore[arg-type]
+                in_flight[name] = pool.submit(_serve, store, segments[name], plan, spool)
             for name, future in [(n, f) for n, f in in_flight.items() if f.done()]:
                 del in_flight[name]
                 done.add(name)
-                data, detail = future.result()
-                if data is None:
-                    spool.mark(name, Refusal("refused", detail))
-                    log.warning("%s refused: %s", name, detail)
-                else:
-                    spool.publish(name, data)
+                if future.result():  # a worker's exception stops the prefetcher: .failed
                     published.add(name)
-                    log.info("%s ready (%d bytes)", name, len(data))
-                spool.answered(name)
             time.sleep(POLL_SECONDS)
     log.warning("The recovery that started this prefetcher is gone; stopping")
 
 
+def _serve(store: ObjectStore, item: Fetch, plan: ArchivePlan, spool: Spool) -> bool:
+    """Download, check and publish one file, or mark it refused (in a worker thread, so the
+    writes and fsyncs of several run at once); True when published."""
+    data, detail = _fetch(store, item, plan)
+    if data is None:
+        spool.mark(item.name, Refusal("refused", detail))
+        log.warning("%s refused: %s", item.name, detail)
+    else:
+        spool.publish(item.name, data)
+        log.info("%s ready (%d bytes)", item.name, len(data))
+    spool.answered(item.name)
+    return data is not None
+
+
 def _fetch(store: ObjectStore, item: Fetch, plan: ArchivePlan) -> tuple[bytes | None, str]:
-    """Download and check one file (in a worker thread); a file that vanished since the
-    listing is a gap, not an error of the prefetcher."""
+    """Download and check one file; a file that vanished since the listing is a gap, not an
+    error of the prefetcher."""
     from botocore.exceptions import BotoCoreError
 
     from include.backup_dr.store import StoreError

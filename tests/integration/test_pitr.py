@@ -25,7 +25,7 @@ SERVER = "platform_primary"
 @pytest.fixture
 def pitr_env(stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A scratch directory the throwaway server's OS user can traverse, checked empty after
-    (the stack fixture already set BACKUP_PG_OS_USER and BACKUP_WAL_TOOLS_BIN, as for Airflow)."""
+    (the stack fixture already set BACKUP_PG_OS_USER, as for Airflow)."""
     scratch = Path(tempfile.mkdtemp(prefix="pitr-test-", dir="/tmp"))
     scratch.chmod(0o711)
     monkeypatch.setenv("BACKUP_PITR_SCRATCH_DIR", str(scratch))

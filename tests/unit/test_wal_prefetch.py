@@ -25,7 +25,13 @@ from include.backup_dr.pitr.wal_prefetch import (
     restore_script,
     schedule,
 )
-from include.backup_dr.wal import DEFAULT_SEGMENT_SIZE, Segment, classify, parse_history
+from include.backup_dr.wal import (
+    DEFAULT_SEGMENT_SIZE,
+    Segment,
+    classify,
+    continuity,
+    parse_history,
+)
 from local.backups import SYSTEM_IDENTIFIER, wal_segment
 
 PREFIX = "wal/p/wals/"
@@ -90,6 +96,36 @@ def test_across_a_switch_each_position_comes_from_its_owner_and_divergent_wal_ne
     assert isinstance(plan.answer(seg(1, 6)), Refusal)
     history_fetch = plan.answer("00000002.history")
     assert isinstance(history_fetch, Fetch) and history_fetch.key.endswith(".history.gz")
+
+
+@given(
+    present=st.sets(st.integers(0, 40), max_size=30),
+    start=st.integers(0, 20),
+    switch=st.one_of(st.none(), st.integers(1, 40)),
+)
+def test_the_plan_serves_exactly_what_continuity_counts_and_names_its_gaps(
+    present: set[int], start: int, switch: int | None
+) -> None:
+    """Whatever the listing (with or without a switch to timeline 2 at some position), the
+    positions served and refused as gaps are those `wal.continuity` counts present and
+    missing: the recovery and the integrity check read the archive by one rule."""
+    names = [seg(1, n) for n in present]
+    histories = {}
+    if switch is not None:
+        names += [seg(2, n) for n in present if n >= switch]
+        histories = {2: parse_history(2, f"1\t0/{Segment(1, switch).start_lsn():X}\tr\n")}
+    files = listing(*names)
+    plan = plan_of(files, Segment(1, start), histories)
+    chain = continuity(files, Segment(1, start), histories)
+    assert set(plan.gaps) == {s.name() for s in chain.missing}
+    served = [Segment.parse(name) for name in plan.order]
+    assert [s.number for s in served] == sorted(s.number for s in served)
+    if chain.newest is None:
+        assert plan.order == () and plan.gaps == ()
+    else:
+        assert served[-1].number == chain.newest.number
+        numbers = {s.number for s in served} | {Segment.parse(g).number for g in plan.gaps}
+        assert numbers == set(range(start, chain.newest.number + 1))
 
 
 def test_the_plan_survives_its_trip_through_a_file() -> None:

@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 OS_USER_ENV = "BACKUP_PG_OS_USER"
 #: Segments the prefetcher keeps ready ahead of PostgreSQL (default `wal_prefetch.DEFAULT_DEPTH`).
 PREFETCH_DEPTH_ENV = "BACKUP_WAL_PREFETCH_DEPTH"
+#: How long the prefetcher may take to start serving (Python start-up, boto3 import).
+PREFETCH_START_SECONDS = 300
 #: Where throwaway servers live (default: the system temp dir); the OS user must traverse it.
 SCRATCH_ENV = "BACKUP_PITR_SCRATCH_DIR"
 #: PostgreSQL's own words when the archive ends before the target: the failure we report.
@@ -473,7 +475,7 @@ def recover(
         started = time.monotonic()
         limit = (timeout or policy.objectives.rto).total_seconds()
         try:
-            prefetch.wait_ready(timeout=limit)
+            prefetch.wait_ready(timeout=min(limit, PREFETCH_START_SECONDS))
         except RuntimeError as exc:
             raise RecoveryFailed(str(exc)) from exc
         done = _pg_ctl(work, data_dir, user, "-W", "start")

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
-from include.backup_dr.restore.media import selected
 
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.engines.media import blob_key
+from include.backup_dr.restore.media import selected
 from tests.integration.test_media import TARGET, _source
 from tests.integration.test_restore import _evidence
 from tests.stack import run_dag

@@ -728,14 +728,9 @@ def _measure_all(
     recovery = bench_pitr(ctx, target, rounds)
     phase("WAL fetch per segment: the prefetcher vs cp vs barman-cloud-wal-restore")
     wal_fetch = bench_wal_fetch(ctx)
-    phase("prune")
-    prune = run_step("prune")
-    elapsed = time.perf_counter() - clock
-
     raw = {
         "measured_at": datetime.now(UTC).isoformat(),
         "cluster_bytes": size,
-        "elapsed_seconds": elapsed,
         "base_backup": backup,
         "copy_to_secondary": copy,
         "integrity_check": integrity,
@@ -743,11 +738,14 @@ def _measure_all(
         | {"stats": lag["result"]["stats"], "replication": lag["result"]["replication"]},
         "pitr": recovery | {"target": target.isoformat()},
         "wal_fetch": wal_fetch,
-        "prune": prune,
     }
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"continuous-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(raw, indent=2, default=str) + "\n")  # kept if prune fails
+    phase("prune")
+    raw["prune"] = run_step("prune")
+    raw["elapsed_seconds"] = elapsed = time.perf_counter() - clock
     path.write_text(json.dumps(raw, indent=2, default=str) + "\n")
     print(f"  raw measurements: {path.relative_to(REPO)} ({elapsed:.0f} s)")
     return _rows(raw)

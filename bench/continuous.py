@@ -12,6 +12,12 @@ Every number is measured in this run, on the local stack's platform cluster (whi
   region vs a boto3 ``download_file`` of the same tar, ``tar -x`` and PostgreSQL started with
   a bare barman-cloud-wal-restore ``restore_command`` and the same ``recovery_target_time``;
   both must end with the same newest heartbeat (the one just before T) and none after T;
+- WAL fetch: per 16 MB segment, PostgreSQL's side of the prefetcher (the sh restore_command,
+  called once per segment in order, the prefetcher started by hand as the README shows) vs
+  ``cp`` of the same raw segment from local disk, each call through ``sh -c`` as PostgreSQL's
+  system() does; and a few barman-cloud-wal-restore calls (the path before) for the day's
+  extrapolation. The segments are synthetic (a valid header, half random bytes: about 2:1
+  under gzip, like busy WAL), uploaded with SSE-KMS under a server name of their own;
 - replication lag: the monitor's own measurement (a heartbeat a second, commit to visible on
   the standby) while ``local.loadgen`` commits at a steady rate;
 - peak RSS (VmHWM) of every continuous-tier task, each in a fresh process.
@@ -121,6 +127,7 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
                 connection.close()
             result = {
                 "timings": timings,
+                "wal_files": recovered.wal_files,
                 "archive_bytes": recovered.archive_bytes,
                 "restored_bytes": recovered.restored_bytes(),
                 "base_backup": str(recovered.base.id),
@@ -346,6 +353,12 @@ def _give(path: Path, os_user: str | None) -> None:
         shutil.chown(path, os_user, os_user)
 
 
+def short_socket_dir() -> Path:
+    """A private directory for a throwaway server's Unix socket, in /tmp: under a deep
+    checkout the socket path passes the 107-byte limit and the server never starts."""
+    return Path(tempfile.mkdtemp(prefix="bench-sock-", dir="/tmp"))
+
+
 def bare_recover(ctx: Context, manifest: Any, target: datetime) -> dict[str, Any]:
     """The same recovery with the bare tools: boto3 download_file, tar -x, postgres with a
     barman-cloud-wal-restore restore_command and the same recovery_target_time."""
@@ -357,8 +370,9 @@ def bare_recover(ctx: Context, manifest: Any, target: datetime) -> dict[str, Any
 
     site = s3_sites()[1]  # the secondary region, as pitr.recover is pointed at
     work = Path(tempfile.mkdtemp(prefix="bare-", dir=ctx.scratch))
-    data, socket = work / "data", work / "socket"
-    for path in (data, socket, work / "spool"):
+    data = work / "data"
+    socket = short_socket_dir()
+    for path in (data, work / "spool"):
         path.mkdir(mode=0o700)
     for path in (work, data, socket, work / "spool"):
         _give(path, ctx.os_user)
@@ -434,7 +448,9 @@ def bare_recover(ctx: Context, manifest: Any, target: datetime) -> dict[str, Any
             # and went away is the failure.
             running = (data / "postmaster.pid").exists()
             seen_running = seen_running or running
-            if time.monotonic() > deadline or (seen_running and not running):
+            text = log.read_text(errors="replace") if log.exists() else ""
+            never_started = not running and "FATAL" in text
+            if time.monotonic() > deadline or (seen_running and not running) or never_started:
                 text = log.read_text(errors="replace") if log.exists() else "(no log)"
                 raise RuntimeError(f"bare recovery failed: {text[-2000:]}")
             time.sleep(0.2)
@@ -448,11 +464,138 @@ def bare_recover(ctx: Context, manifest: Any, target: datetime) -> dict[str, Any
             check=False,
         )
         shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(socket, ignore_errors=True)
     return {
         "timings": timings,
         "seconds": sum(timings.values()),
         "heartbeats": heartbeats,
         "segments_restored": segments,
+    }
+
+
+#: A busy day of WAL, for the extrapolation: 5,000 segments of 16 MB (80 GB).
+DAY_SEGMENTS = 5000
+WAL_FETCH_SERVER = "bench_walfetch"
+
+
+def _synthetic_segment(segment: Any) -> bytes:
+    """A raw segment: a header the prefetcher's check accepts, then half random, half zero
+    bytes (gzip about 2:1, like busy WAL)."""
+    import gzip
+
+    from local.backups import wal_segment
+
+    raw = bytearray(gzip.decompress(wal_segment(segment)))
+    half = len(raw) // 2
+    raw[8192 : 8192 + half] = os.urandom(half)
+    return bytes(raw)
+
+
+def _sh_calls(command: str, names: list[str], dest: Path) -> list[float]:
+    """Each call as PostgreSQL makes it (system(): sh -c), in order, timed; all must serve."""
+    seconds = []
+    for name in names:
+        started = time.perf_counter()
+        subprocess.run(
+            ["sh", "-c", command.replace("%f", name).replace("%p", str(dest))], check=True
+        )
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def bench_wal_fetch(ctx: Context, segments: int = 200, barman_calls: int = 10) -> dict[str, Any]:
+    """Per segment: cp from local disk vs the prefetcher's restore_command, alternated in two
+    halves; then a few barman-cloud-wal-restore calls. The prefetcher is started by hand
+    (`python -m include.backup_dr.pitr.wal_prefetch`, listing the archive itself)."""
+    import gzip
+    from concurrent.futures import ThreadPoolExecutor
+
+    from include.backup_dr.pitr.wal_prefetch import PID_NAME, restore_script
+    from include.backup_dr.wal import Segment, archive_prefix
+    from local.backups import SYSTEM_IDENTIFIER, archive_segment
+    from local.config import S3_ACCESS_KEY, S3_SECRET_KEY, s3_sites
+
+    store, site = ctx.stores.secondary, s3_sites()[1]
+    work = Path(tempfile.mkdtemp(prefix="walfetch-", dir=ctx.scratch))
+    raw_dir, spool, dest = work / "raw", work / "spool", work / "pg_wal"
+    for path in (raw_dir, spool, dest):
+        path.mkdir()
+    prefetcher = None
+    try:
+        store.delete_all_versions(archive_prefix(WAL_FETCH_SERVER))
+        names = [Segment(1, n).name() for n in range(0x10, 0x10 + segments)]
+
+        def make(name: str) -> None:  # one at a time per thread: 16 MB each, 3 GB in all
+            raw = _synthetic_segment(Segment.parse(name))
+            (raw_dir / name).write_bytes(raw)
+            archive_segment(store, WAL_FETCH_SERVER, Segment.parse(name), gzip.compress(raw, 6))
+
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(make, names))
+        stored = sum(o.size for o in store.list_objects(archive_prefix(WAL_FETCH_SERVER)))
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_DEFAULT_REGION": site.region,
+            "AWS_REQUEST_CHECKSUM_CALCULATION": "when_required",
+            "AWS_RESPONSE_CHECKSUM_VALIDATION": "when_required",
+        }
+        command = restore_script(work / "restore-wal.sh", spool)
+        argv = [
+            sys.executable,
+            "-m",
+            "include.backup_dr.pitr.wal_prefetch",
+            "--bucket",
+            site.bucket,
+        ]
+        argv += ["--region", site.region, "--endpoint-url", site.endpoint, "--spool", str(spool)]
+        argv += ["--server", WAL_FETCH_SERVER, "--start", names[0]]
+        argv += ["--system-identifier", str(SYSTEM_IDENTIFIER)]
+        started = time.perf_counter()
+        with (work / "prefetch.log").open("wb") as out:
+            prefetcher = subprocess.Popen(argv, cwd=REPO, env=env, stdout=out, stderr=out)
+        while not (spool / PID_NAME).exists():
+            if prefetcher.poll() is not None:
+                raise RuntimeError((work / "prefetch.log").read_text()[-2000:])
+            time.sleep(0.05)
+        start_up = time.perf_counter() - started
+        half = len(names) // 2
+        cp = f"cp {raw_dir}/%f %p"
+        cp_seconds = _sh_calls(cp, names[:half], dest / "RECOVERYXLOG")
+        prefetch_seconds = _sh_calls(command, names, dest / "RECOVERYXLOG")
+        cp_seconds += _sh_calls(cp, names[half:], dest / "RECOVERYXLOG")
+        status = Path(f"/proc/{prefetcher.pid}/status").read_text()
+        rss = int(next(line for line in status.splitlines() if line.startswith("VmHWM")).split()[1])
+        barman = [
+            _timed(
+                [
+                    str(ctx.wal_tools / "barman-cloud-wal-restore"),
+                    "--endpoint-url",
+                    site.endpoint,
+                    f"s3://{site.bucket}/wal",
+                    WAL_FETCH_SERVER,
+                    name,
+                    str(dest / "RECOVERYXLOG"),
+                ],
+                env=env,
+            )
+            for name in names[:barman_calls]
+        ]
+    finally:
+        if prefetcher is not None:
+            prefetcher.terminate()
+            prefetcher.wait()
+        store.delete_all_versions(archive_prefix(WAL_FETCH_SERVER))
+        shutil.rmtree(work, ignore_errors=True)
+    return {
+        "segments": len(names),
+        "stored_bytes": stored,
+        "prefetcher_start_seconds": start_up,
+        "prefetcher_rss_mb": rss / 1024,
+        "cp_seconds": cp_seconds,
+        "prefetch_seconds": prefetch_seconds,
+        "barman_seconds": barman,
     }
 
 
@@ -535,6 +678,20 @@ def bench_continuous(
         _delete_base_backups(stores, created)
 
 
+def bench_wal_fetch_only() -> list[Row]:
+    """`--only walfetch`: the WAL fetch measurement without the rest of the section."""
+    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.policy import load_policy
+
+    policy = load_policy()
+    fetch = bench_wal_fetch(_prepare(policy, Stores.from_policy(policy)))
+    results = REPO / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    path = results / f"walfetch-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(fetch, indent=2) + "\n")
+    return wal_fetch_rows(fetch)
+
+
 def _delete_base_backups(stores: Any, refs: list[dict[str, Any]]) -> None:
     """The base backups this run took (1 GB+ each, per region) would pile up run after run;
     the stack's own backups are left alone. Manifest first, as prune does."""
@@ -569,25 +726,26 @@ def _measure_all(
     archive_now(ctx)  # T's WAL must be in the archive (both regions) before recovering to it
     target = recovery_target(lag["result"])
     recovery = bench_pitr(ctx, target, rounds)
-    phase("prune")
-    prune = run_step("prune")
-    elapsed = time.perf_counter() - clock
-
+    phase("WAL fetch per segment: the prefetcher vs cp vs barman-cloud-wal-restore")
+    wal_fetch = bench_wal_fetch(ctx)
     raw = {
         "measured_at": datetime.now(UTC).isoformat(),
         "cluster_bytes": size,
-        "elapsed_seconds": elapsed,
         "base_backup": backup,
         "copy_to_secondary": copy,
         "integrity_check": integrity,
         "lag": {k: v for k, v in lag.items() if k != "result"}
         | {"stats": lag["result"]["stats"], "replication": lag["result"]["replication"]},
         "pitr": recovery | {"target": target.isoformat()},
-        "prune": prune,
+        "wal_fetch": wal_fetch,
     }
     results = REPO / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     path = results / f"continuous-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(raw, indent=2, default=str) + "\n")  # kept if prune fails
+    phase("prune")
+    raw["prune"] = run_step("prune")
+    raw["elapsed_seconds"] = elapsed = time.perf_counter() - clock
     path.write_text(json.dumps(raw, indent=2, default=str) + "\n")
     print(f"  raw measurements: {path.relative_to(REPO)} ({elapsed:.0f} s)")
     return _rows(raw)
@@ -600,6 +758,36 @@ def _median(values: list[float]) -> float:
 def _step(timings: dict[str, float], word: str) -> float:
     """The seconds of the recovery step(s) whose name contains `word` (pitr names them)."""
     return sum(seconds for name, seconds in timings.items() if word in name.lower())
+
+
+def wal_fetch_rows(fetch: dict[str, Any]) -> list[Row]:
+    n = fetch["segments"]
+    cp = sum(fetch["cp_seconds"]) / n
+    prefetch = sum(fetch["prefetch_seconds"]) / n
+    barman = _median(fetch["barman_seconds"])
+    start = fetch["prefetcher_start_seconds"]
+    return [
+        (
+            f"WAL fetch per 16 MB segment, in order through sh -c: prefetcher's restore_command "
+            f"vs cp from local disk ({n} segments, {_mb(fetch['stored_bytes'])} stored gzip + "
+            "SSE-KMS; means, cp alternated before and after)",
+            f"{prefetch * 1000:.1f} ms vs {cp * 1000:.1f} ms",
+            f"{prefetch / cp:.2f}x (goal <= 3x)",
+        ),
+        (
+            f"barman-cloud-wal-restore per segment (the path before; median of "
+            f"{len(fetch['barman_seconds'])}) vs cp",
+            f"{barman * 1000:.0f} ms vs {cp * 1000:.1f} ms",
+            f"{barman / cp:.0f}x; {barman / prefetch:.0f}x the prefetcher",
+        ),
+        (
+            f"a busy day of WAL ({DAY_SEGMENTS:,} segments) fetched, extrapolated from the above "
+            "(fetch only, replay not included): before vs after",
+            f"{DAY_SEGMENTS * barman / 60:.1f} min vs {DAY_SEGMENTS * prefetch / 60:.1f} min",
+            f"+ {start:.1f} s prefetcher start-up once; its peak RSS "
+            f"{fetch['prefetcher_rss_mb']:.0f} MB",
+        ),
+    ]
 
 
 def _rows(raw: dict[str, Any]) -> list[Row]:
@@ -672,15 +860,19 @@ def _rows(raw: dict[str, Any]) -> list[Row]:
     )
     segments = _median([r.get("segments_restored", 0) for r in bare_runs])
     replay = _median([_step(r["timings"], "replay") for r in bare_runs])
-    if segments:
-        per_segment = replay / segments
+    task_files = _median([r["result"].get("wal_files", 0) for r in task_runs])
+    task_replay = _median([_step(r["result"]["timings"], "replay") for r in task_runs])
+    if segments and task_files:
         rows.append(
             (
-                "PITR WAL fetched to reach T (bare run): cost per 16 MB segment",
-                f"{segments:.0f} segments in {replay:.1f} s",
-                f"<= {per_segment:.2f} s each (>= {16 / per_segment:,.0f} MB/s of WAL)",
+                "PITR replay to T incl. PostgreSQL's start and redo, per WAL file restored: "
+                "task (prefetcher) vs bare (barman-cloud-wal-restore)",
+                f"{task_replay / task_files:.2f} s vs {replay / segments:.2f} s",
+                f"{task_files:.0f} vs {segments:.0f} files; "
+                f"{task_replay:.1f} s vs {replay:.1f} s to promote",
             )
         )
+    rows += wal_fetch_rows(raw["wal_fetch"])
     copy, check = raw["copy_to_secondary"], raw["integrity_check"]
     rows.append(
         (

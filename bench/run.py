@@ -25,7 +25,8 @@ Each number is a ratio against a baseline taken on the same machine, database an
   kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio.
 
 Usage: python -m bench.run [--size-mb 1100]
-       [--only platform|media|continuous|parse|gc|catalogue|locks|failover|validation|estate|globals]
+       [--only platform|media|continuous|walfetch|parse|gc|catalogue|locks|failover|validation
+               |estate|globals]
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
 (the database and the media buckets are generated once and kept)
 """
@@ -512,6 +513,7 @@ def main() -> None:
             "platform",
             "media",
             "continuous",
+            "walfetch",
             "parse",
             "gc",
             "catalogue",
@@ -544,7 +546,16 @@ def main() -> None:
             args.size_mb,
             args.media_objects,
             database=args.only
-            not in ("media", "gc", "catalogue", "locks", "failover", "estate", "globals"),
+            not in (
+                "media",
+                "gc",
+                "catalogue",
+                "locks",
+                "failover",
+                "estate",
+                "globals",
+                "walfetch",
+            ),
         )
         if args.only in (None, "platform"):
             rows += bench_snapshot_and_integrity()
@@ -585,6 +596,10 @@ def main() -> None:
             from bench.failover import bench_failover
 
             rows += bench_failover(Path(os.environ["BACKUP_POLICY_PATH"]), rounds=args.rounds)
+        if args.only == "walfetch":  # the continuous section's WAL fetch part alone
+            from bench.continuous import bench_wal_fetch_only
+
+            rows += bench_wal_fetch_only()
         if args.only in (None, "continuous"):
             from bench.continuous import bench_continuous
 

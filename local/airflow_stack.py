@@ -8,7 +8,6 @@ import subprocess
 import sys
 import urllib.request
 
-from local import wal
 from local.config import AIRFLOW_HOME, HOST, REPO_ROOT, VENV_BIN, Ports
 from local.pg import OS_USER, pg_bin
 from local.proc import StackError, log_file, log_tail
@@ -54,12 +53,9 @@ def airflow_env(ports: Ports | None = None) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(dict.fromkeys(pythonpath)),
             # pg_dump/pg_restore matching the local PostgreSQL 16 server.
             "BACKUP_PG_BIN_DIR": str(pg_bin("pg_dump").parent),
-            # The PITR drill's throwaway server: barman-cloud-wal-restore from a virtualenv the
-            # server's OS user can read, and that user when we are root (PostgreSQL refuses root).
-            "BACKUP_WAL_TOOLS_BIN": str(wal.tools_bin()),
         }
     )
-    if OS_USER is not None:
+    if OS_USER is not None:  # the PITR drill's throwaway server: PostgreSQL refuses root
         env["BACKUP_PG_OS_USER"] = OS_USER
     return env
 

@@ -281,7 +281,7 @@ def continuity(
     """
     items = list(files)
     known = known_histories(items, histories, segment_size)
-    path = _path_from(first, known, segment_size)
+    path = path_from(first, known, segment_size)
     present: set[Segment] = set()
     divergent: list[Segment] = []
     newer_timelines: set[int] = set()
@@ -316,7 +316,7 @@ def continuity(
     )
 
 
-def _path_from(
+def path_from(
     first: Segment, histories: Mapping[int, TimelineHistory], segment_size: int
 ) -> TimelinePath:
     """The newest timeline path on which `first` is not divergent."""

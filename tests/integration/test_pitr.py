@@ -25,7 +25,7 @@ SERVER = "platform_primary"
 @pytest.fixture
 def pitr_env(stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A scratch directory the throwaway server's OS user can traverse, checked empty after
-    (the stack fixture already set BACKUP_PG_OS_USER and BACKUP_WAL_TOOLS_BIN, as for Airflow)."""
+    (the stack fixture already set BACKUP_PG_OS_USER, as for Airflow)."""
     scratch = Path(tempfile.mkdtemp(prefix="pitr-test-", dir="/tmp"))
     scratch.chmod(0o711)
     monkeypatch.setenv("BACKUP_PITR_SCRATCH_DIR", str(scratch))
@@ -134,6 +134,42 @@ def test_pitr_drill_recovers_a_random_second_and_proves_it_from_the_secondary(
     for store in stores:  # the promoted copy (timeline 2) never archived into the live bucket
         assert not [o.key for o in store.list_objects(f"wal/{SERVER}/") if "/00000002" in o.key]
     print("PITR timings:", json.dumps(steps["timings"]), "bytes", steps["archive_bytes"])
+
+
+def test_pitr_replays_wal_through_the_prefetcher_without_barman(
+    stores, pitr_env, monkeypatch, tmp_path
+) -> None:
+    """No barman-cloud-wal-restore anywhere (not on PATH, BACKUP_WAL_TOOLS_BIN empty): the
+    recovery still replays the archive's WAL to T, served by the prefetcher and the sh
+    restore_command, and ends on the heartbeat just before T."""
+    from include.backup_dr import pitr
+    from include.backup_dr.monitor.continuous import heartbeat_database
+    from include.backup_dr.policy import load_policy
+
+    empty = tmp_path / "no-wal-tools"
+    empty.mkdir()
+    monkeypatch.setenv("BACKUP_WAL_TOOLS_BIN", str(empty))
+    path = os.environ["PATH"].split(os.pathsep)
+    monkeypatch.setenv(
+        "PATH",
+        os.pathsep.join(d for d in path if d and not Path(d, "barman-cloud-wal-restore").exists()),
+    )
+    assert shutil.which("barman-cloud-wal-restore") is None
+    _base_backup(stores)
+    monitor = _heartbeats(stores, 3)
+    _archive_now()
+    sample = monitor["samples"][1]
+    target = datetime.fromisoformat(sample["written_at"]) + timedelta(milliseconds=500)
+    policy = load_policy()
+    database = heartbeat_database(policy.server(SERVER).conn_id)
+    with pitr.recover(policy, stores, SERVER, "secondary", target) as recovered:
+        assert recovered.wal_files >= 1
+        ((newest, after),) = recovered.query(
+            database,
+            "SELECT max(seq), count(*) FILTER (WHERE written_at > "
+            f"'{target.isoformat()}') FROM backup_dr.heartbeat",
+        )
+    assert (newest, after) == (sample["seq"], 0)
 
 
 def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores, pitr_env) -> None:

@@ -1,7 +1,8 @@
 """The throwaway server: the cluster recovered from one region's base backup and WAL into a
-private scratch directory, Unix socket only (no TCP port), never archiving, WAL read with
-``barman-cloud-wal-restore`` using the region's credentials from a 0600 env file; always
-stopped and deleted afterwards."""
+private scratch directory, Unix socket only (no TCP port), never archiving; always stopped and
+deleted afterwards. WAL comes from one prefetch process per recovery (`wal_prefetch`), which
+alone holds the region's credentials and checks every segment before the sh restore_command
+may serve it."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import hashlib
 import logging
 import os
 import pwd
-import shlex
+import re
 import shutil
 import subprocess
 import tempfile
@@ -25,6 +26,14 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.catalogue import Manifest
 from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
+from include.backup_dr.engines.wal import archive_files, read_histories
+from include.backup_dr.pitr.wal_prefetch import (
+    DEFAULT_DEPTH,
+    ArchivePlan,
+    Prefetcher,
+    plan_archive,
+    restore_script,
+)
 from include.backup_dr.pitr.window import (
     BaseBackup,
     RecoveryRange,
@@ -41,8 +50,10 @@ log = logging.getLogger(__name__)
 
 #: The OS user PostgreSQL runs as when we are root (it refuses to run as root).
 OS_USER_ENV = "BACKUP_PG_OS_USER"
-#: bin/ holding barman-cloud-wal-restore, readable by that user (default: found on PATH).
-WAL_TOOLS_ENV = "BACKUP_WAL_TOOLS_BIN"
+#: Segments the prefetcher keeps ready ahead of PostgreSQL (default `wal_prefetch.DEFAULT_DEPTH`).
+PREFETCH_DEPTH_ENV = "BACKUP_WAL_PREFETCH_DEPTH"
+#: How long the prefetcher may take to start serving (Python start-up, boto3 import).
+PREFETCH_START_SECONDS = 300
 #: Where throwaway servers live (default: the system temp dir); the OS user must traverse it.
 SCRATCH_ENV = "BACKUP_PITR_SCRATCH_DIR"
 #: PostgreSQL's own words when the archive ends before the target: the failure we report.
@@ -74,6 +85,8 @@ class RecoveredServer:
     port: int = SOCKET_PORT
     timings: dict[str, float] = field(default_factory=dict)
     archive_bytes: int = 0
+    #: WAL files replayed (each one restore_command call that served a file).
+    wal_files: int = 0
 
     def info(self, database: str) -> PgConnectionInfo:
         """For pg_dump: libpq takes a directory as host to mean a Unix socket."""
@@ -131,21 +144,6 @@ def _os_user() -> str | None:
             "(it refuses to run as root)"
         )
     return user
-
-
-def _wal_tools() -> Path:
-    configured = os.environ.get(WAL_TOOLS_ENV)
-    if configured:
-        tools = Path(configured)
-    elif found := shutil.which("barman-cloud-wal-restore"):
-        tools = Path(found).parent
-    else:
-        raise RecoveryFailed(
-            f"barman-cloud-wal-restore is not on PATH; set {WAL_TOOLS_ENV} to its directory"
-        )
-    if not (tools / "barman-cloud-wal-restore").exists():
-        raise RecoveryFailed(f"{tools} holds no barman-cloud-wal-restore ({WAL_TOOLS_ENV})")
-    return tools
 
 
 def _give(path: Path, owner: tuple[int, int] | None, mode: int) -> None:
@@ -253,31 +251,70 @@ def _configure(
     (data_dir / "recovery.signal").touch()
 
 
-def _restore_script(
-    work: Path, store: ObjectStore, server: str, owner: tuple[int, int] | None
-) -> str:
-    """The restore_command wrapper and its private env file; returns the restore_command."""
-    env, endpoint = _region_access(store)
-    env_file = work / "restore.env"
-    env_file.touch(mode=0o600)
-    _give(env_file, owner, 0o600)
-    env_file.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
+def _start_prefetch(
+    work: Path, store: ObjectStore, server: str, base: BaseBackup, owner: tuple[int, int] | None
+) -> tuple[Prefetcher, ArchivePlan]:
+    """List the region's archive, plan the segments this base backup's replay needs (timeline
+    by timeline) and start the prefetcher on them, holding the region's credentials."""
+    size = base.segment_size
+    files = archive_files(store, server, size)
+    plan = plan_archive(
+        files,
+        base.start_segment,
+        read_histories(store, files),
+        segment_size=size,
+        system_identifier=int(base.manifest.source["system_identifier"]),
+        major_version=int(str(base.manifest.source["server_version"]).split(".")[0]),
+    )
     spool = work / "spool"
     spool.mkdir(mode=0o700)
     _give(spool, owner, 0o700)
-    tool = shlex.quote(str(_wal_tools() / "barman-cloud-wal-restore"))
-    endpoint_arg = f" --endpoint-url {shlex.quote(endpoint)}" if endpoint else ""
-    script = work / "restore-wal.sh"
-    script.write_text(
-        "#!/bin/sh\n"
-        f"# restore_command of a throwaway PITR server: WAL from {store.region.name}, read only.\n"
-        "set -e\n"
-        f". {shlex.quote(str(env_file))}\n"
-        f"exec {tool}{endpoint_arg} --spool-dir {shlex.quote(str(spool))}"
-        f' {shlex.quote(f"s3://{store.bucket}/wal")} {shlex.quote(server)} "$1" "$2"\n'
+    env, endpoint = _region_access(store)
+    depth = int(os.environ.get(PREFETCH_DEPTH_ENV) or DEFAULT_DEPTH)
+    prefetch = Prefetcher.start(
+        plan,
+        work=work,
+        spool=spool,
+        bucket=store.bucket,
+        region=env["AWS_DEFAULT_REGION"],
+        endpoint=endpoint,
+        credentials=env,
+        owner=owner,
+        depth=depth,
     )
-    _give(script, owner, 0o700)
-    return f"{script} %f %p"
+    return prefetch, plan
+
+
+def _restored(work: Path) -> list[str]:
+    """The WAL files PostgreSQL says it restored, in order, from its log."""
+    try:
+        text = (work / "postgres.log").read_text(errors="replace")
+    except OSError:
+        return []
+    return re.findall(r'restored log file "([^"]+)" from archive', text)
+
+
+def _restored_through(work: Path) -> str:
+    names = _restored(work)
+    return f"the last WAL file PostgreSQL restored: {names[-1] if names else 'none'}"
+
+
+def _require_whole(
+    work: Path, prefetch: Prefetcher, plan: ArchivePlan, target: datetime | None
+) -> None:
+    """'latest' must replay the whole planned span. PostgreSQL ends recovery quietly at the
+    first file it cannot have, so a refused segment (a gap, a damaged file) fails it here. With
+    a target time, PostgreSQL itself fails when it ends before the target."""
+    if target is not None:
+        return
+    refused = prefetch.refused({*plan.order, *plan.gaps})
+    if refused:
+        first = min(refused)
+        raise RecoveryFailed(
+            f"recovery to the end of the archive stopped at {first}, which was refused "
+            f"({refused[first]}); the archive goes on to {plan.newest}; "
+            f"{_restored_through(work)}. Not used."
+        )
 
 
 def _pg_ctl(
@@ -321,12 +358,17 @@ def _log_tail(work: Path, lines: int = 8) -> str:
     return " | ".join((interesting or text.splitlines())[-lines:])
 
 
-def _wait_for_promotion(recovered: RecoveredServer, work: Path, deadline: float) -> None:
-    """Until pg_is_in_recovery() is false; a server that stops first has failed."""
+def _wait_for_promotion(
+    recovered: RecoveredServer, work: Path, deadline: float, prefetch: Prefetcher
+) -> None:
+    """Until pg_is_in_recovery() is false; a server that stops first, or a prefetcher that
+    stops serving, has failed."""
     import psycopg2
 
     seen_running = False
     while time.monotonic() < deadline:
+        if prefetch.failure():
+            raise RecoveryFailed("the WAL prefetcher stopped serving")
         log_text = (work / "postgres.log").read_text(errors="replace")
         if RECOVERY_ENDED in log_text:
             raise RecoveryFailed(
@@ -395,14 +437,16 @@ def recover(
         base.id,
         base.finished_at.isoformat(),
     )
+    prefetch: Prefetcher | None = None
     try:
         _give(work, owner, 0o700)
         for private in (data_dir, socket_dir):
             private.mkdir(mode=0o700)
         (work / "postgres.log").touch(mode=0o600)
         _give(work / "postgres.log", owner, 0o600)
-
         started = time.monotonic()
+        # Started first: WAL is fetched and checked while the base backup downloads.
+        prefetch, plan = _start_prefetch(work, store, server, base, owner)
         archive = work / "base.tar"
         fetch(store, base.manifest, archive)
         recovered.archive_bytes = base.manifest.artifact.size
@@ -414,10 +458,14 @@ def recover(
             os.chown(data_dir, *owner)
         _extract_proven(archive, data_dir, base.manifest, span.region, user)
         archive.unlink()
-        restore_command = _restore_script(work, store, server, owner)
+        script = work / "restore-wal.sh"
+        restore_command = restore_script(script, prefetch.spool)
+        _give(script, owner, 0o700)
         _configure(data_dir, socket_dir, restore_command, target)
         if owner is not None:
             for root, dirs, files in os.walk(work):
+                if Path(root) == work:
+                    dirs.remove("spool")  # the prefetcher's own, written as it goes
                 for name in (*dirs, *files):
                     os.lchown(Path(root, name), *owner)
         for private in (data_dir, socket_dir):
@@ -426,15 +474,28 @@ def recover(
 
         started = time.monotonic()
         limit = (timeout or policy.objectives.rto).total_seconds()
+        try:
+            prefetch.wait_ready(timeout=min(limit, PREFETCH_START_SECONDS))
+        except RuntimeError as exc:
+            raise RecoveryFailed(str(exc)) from exc
         done = _pg_ctl(work, data_dir, user, "-W", "start")
         if done.returncode != 0:
             raise RecoveryFailed(f"pg_ctl start failed ({done.returncode}): {_log_tail(work)}")
-        _wait_for_promotion(recovered, work, started + limit)
+        try:
+            _wait_for_promotion(recovered, work, started + limit, prefetch)
+        except RecoveryFailed as exc:
+            raise RecoveryFailed(
+                f"{exc}. WAL prefetch: {prefetch.report()}; {_restored_through(work)}"
+            ) from exc
+        _require_whole(work, prefetch, plan, target)
+        recovered.wal_files = len(_restored(work))
         recovered.timings["WAL replay to promote"] = round(time.monotonic() - started, 3)
         log.info("Recovered %s: %s", server, recovered.timings)
         yield recovered
     finally:
         _stop(work, data_dir, user)
+        if prefetch is not None:
+            prefetch.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

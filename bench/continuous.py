@@ -616,7 +616,7 @@ def bench_pitr(ctx: Context, target: datetime, rounds: int) -> dict[str, Any]:
             bare.append(bare_recover(ctx, base.manifest, target))
     restored = task[-1]["result"]["restored_bytes"]
     task_seconds = statistics.median(sum(t["result"]["timings"].values()) for t in task)
-    projection = pitr_drill.projection(ctx.policy, restored, task_seconds)
+    projection = pitr_drill.projection(ctx.policy, ctx.stores.secondary, restored, task_seconds)
     return {"bare": bare, "task": task, "base": str(base.id), "projection": projection}
 
 

@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from include.backup_dr.catalogue import window_label
-from include.backup_dr.engines.pg_dump import PgConnectionInfo
+from include.backup_dr.catalogue import build_catalogue, window_label
 from include.backup_dr.pitr.heartbeat import HeartbeatSample, choose_sample, heartbeat_proof
 from include.backup_dr.pitr.server import RecoveredServer, recover
 from include.backup_dr.pitr.window import (
@@ -26,6 +25,7 @@ from include.backup_dr.pitr.window import (
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
 from include.backup_dr.restore.errors import RestoreRefused
+from include.backup_dr.restore.record import projected_seconds
 from include.backup_dr.restore.select import select_backup
 from include.backup_dr.store import ObjectStore
 
@@ -97,28 +97,27 @@ def validate_recovered(
     return merge_validations(reports)
 
 
-def cluster_size(conn_id: str) -> int:
-    """Every database of a (production) server, in bytes: what a full recovery must rebuild."""
-    connection = PgConnectionInfo.from_airflow(conn_id, "postgres").connect()
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT sum(pg_database_size(oid)) FROM pg_database")
-            return int(cursor.fetchone()[0] or 0)
-    finally:
-        connection.close()
-
-
-def projection(policy: Policy, restored_bytes: int, seconds: float) -> dict[str, Any]:
-    """The measured recovery throughput applied to the largest production server, vs the RTO."""
+def projection(
+    policy: Policy, store: ObjectStore, restored_bytes: int, seconds: float
+) -> dict[str, Any]:
+    """The measured recovery throughput applied to the largest continuous server, sized from
+    its newest base backup in `store` (not from production, which may be down), vs the RTO."""
     rto = policy.objectives.rto.total_seconds()
-    throughput = restored_bytes / seconds if seconds else 0.0
-    sizes = [(s.name, cluster_size(s.conn_id)) for s in policy.continuous_servers()]
+    rate = restored_bytes / seconds if seconds else 0.0
+    sizes = []
+    for server in policy.continuous_servers():
+        category = policy.subject(server.name, CONTINUOUS).category
+        backups, _ = build_catalogue([store.listing(f"{category}/{server.name}/{CONTINUOUS}/")])
+        if backups:
+            newest = store.manifest(max(backups, key=lambda b: b.id.window).id)
+            sizes.append((server.name, newest.artifact.size if newest else 0))
     largest, largest_bytes = max(sizes, key=lambda item: item[1], default=("-", 0))
-    projected = largest_bytes / throughput if throughput else float("inf")
+    projected = projected_seconds(largest_bytes, rate)
     return {
-        "restore_throughput_mb_per_s": round(throughput / 1e6, 2),
+        "restore_throughput_mb_per_s": round(rate / 1e6, 2),
         "largest_production_target": largest,
         "largest_production_bytes": largest_bytes,
+        "sized_from": f"newest base backups in {store.region.name}",
         "projected_restore_seconds": round(projected, 1),
         "rto_seconds": rto,
         "within_rto": projected <= rto,
@@ -200,7 +199,7 @@ def drill(
         problems.append(f"recovery failed: {exc}")
     if restored is not None:
         projected = projection(
-            policy, restored["restored_bytes"], sum(restored["timings"].values())
+            policy, store, restored["restored_bytes"], sum(restored["timings"].values())
         )
         if not projected["within_rto"]:
             problems.append(

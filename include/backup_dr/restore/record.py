@@ -45,7 +45,7 @@ def _drill_projection(
     throughput = measured / seconds if seconds else 0.0
     store = stores.by_region(ref["region"])
     largest, largest_bytes = largest_backed_up(policy, store, ref["category"])
-    projected = largest_bytes / throughput if throughput else float("inf")
+    projected = projected_seconds(largest_bytes, throughput)
     return {
         "restore_throughput_mb_per_s": round(throughput / 1e6, 2),
         "throughput_of": "listed bytes" if media else "dump (archive) bytes",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -63,7 +65,7 @@ def test_sizes_never_shrink_stay_within_s3_limits_and_hold_5_tib_where_s3_can(
     sizes = list(plan.sizes())
     assert len(sizes) == limit
     assert sizes[0] == first
-    assert all(a <= b for a, b in zip(sizes, sizes[1:], strict=False))
+    assert all(a <= b for a, b in pairwise(sizes))
     assert all(MIN_PART_SIZE <= size <= MAX_PART_SIZE for size in sizes)
     assert plan.capacity == sum(sizes)
     # Only a plan whose parts already reach S3's largest may hold less than 5 TiB.

@@ -18,10 +18,13 @@ Each number is a ratio against a baseline taken on the same machine, database an
   /dev/null, and piped into a bare boto3 upload), PITR vs the bare download + tar + barman-cloud
   restore_command, standby lag under the load generator, and peak RSS of every task;
 - failover (bench/failover.py): approval to writable and the acknowledged commits lost at a
-  kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio.
+  kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio;
+- transfer (bench/transfer.py): our upload path and the base backup task vs pg_basebackup piped
+  into a bare boto3 upload, and our re-hash download path vs bare boto3 downloads of the same
+  object, wall and CPU.
 
 Usage: python -m bench.run [--size-mb 1100]
-       [--only platform|media|continuous|parse|gc|catalogue|locks|failover]
+       [--only platform|media|continuous|parse|gc|catalogue|locks|failover|transfer]
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
 (the database and the media buckets are generated once and kept)
 """
@@ -474,6 +477,7 @@ def main() -> None:
             "catalogue",
             "locks",
             "failover",
+            "transfer",
         ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
@@ -528,6 +532,10 @@ def main() -> None:
             from bench.failover import bench_failover
 
             rows += bench_failover(Path(os.environ["BACKUP_POLICY_PATH"]), rounds=args.rounds)
+        if args.only in (None, "transfer"):
+            from bench.transfer import bench_transfer
+
+            rows += bench_transfer(rounds=args.rounds)
         if args.only in (None, "continuous"):
             from bench.continuous import bench_continuous
 

@@ -176,3 +176,29 @@ def test_a_stream_longer_than_the_plan_holds_is_refused_and_aborted(stores) -> N
         store, "grow/long.bin", lambda: store.upload_stream("grow/long.bin", body, plan=two_parts)
     )
     assert f"longer than {15 * MiB} bytes, the most 2 parts hold" in message
+
+
+def test_a_large_object_is_read_in_order_by_ranged_gets_ahead_of_the_reader(stores) -> None:
+    store = stores.primary
+    old, new = os.urandom(10 * MiB + 5), os.urandom(9 * MiB)
+    store.upload_stream("ranges/data.bin", io.BytesIO(old))
+    version = store.head("ranges/data.bin")["VersionId"]
+    store.upload_stream("ranges/data.bin", io.BytesIO(new))
+
+    chunks = list(store.iter_chunks("ranges/data.bin", chunk_size=MiB))
+    assert b"".join(chunks) == new
+    assert [len(chunk) for chunk in chunks] == [MiB] * 9
+    older = store.iter_chunks("ranges/data.bin", chunk_size=MiB, version_id=version)
+    assert b"".join(older) == old
+
+
+def test_an_object_rewritten_while_it_is_read_fails_the_read_instead_of_mixing(stores) -> None:
+    store = stores.primary
+    store.upload_stream("ranges/data.bin", io.BytesIO(os.urandom(10 * MiB)))
+    reading = store.iter_chunks("ranges/data.bin", chunk_size=MiB)
+    next(reading)
+    store.upload_stream("ranges/data.bin", io.BytesIO(os.urandom(10 * MiB)))
+    with pytest.raises(
+        StoreError, match=r"reading bytes 1048576-2097151 of s3://.*PreconditionFailed"
+    ):
+        b"".join(reading)

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import chain, islice
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -66,9 +66,10 @@ UPLOAD_PLAN = PartPlan()
 SINGLE_COPY_LIMIT = 5 * GiB
 COPY_PART_SIZE = 512 * MiB
 READ_CHUNK = 8 * MiB
-#: Parallel ranged GETs of a large object: a restore download (the archive must be a file for
-#: pg_restore -j), and the reads ahead of `iter_chunks`.
+#: Parallel ranged GETs for a restore download (the archive must be a file for pg_restore -j).
 DOWNLOAD_STREAMS = 4
+#: Chunks `iter_chunks` reads ahead of its caller.
+READ_AHEAD = 4
 #: HTTP connections per client: enough for the media engine's pool of copy workers.
 MAX_CONNECTIONS = 32
 #: A KMS key ARN needs no lookup; key ids, aliases and alias ARNs are resolved with DescribeKey.
@@ -574,57 +575,32 @@ class ObjectStore:
     def iter_chunks(
         self, key: str, chunk_size: int = READ_CHUNK, version_id: str | None = None
     ) -> Iterator[bytes]:
-        """`key`'s bytes in order, in chunks of up to `chunk_size`.
+        """`key`'s bytes in order, in chunks of up to `chunk_size`, from one GET.
 
-        Past its first chunk, an object of more than two chunks is read by DOWNLOAD_STREAMS
-        ranged GETs running ahead in threads, each pinned to the object the first GET found
-        (its ETag): the caller's work on one chunk (a SHA-256, a parse) overlaps the transfer
-        of the next ones instead of waiting for it. Memory: DOWNLOAD_STREAMS + 1 chunks.
+        A thread reads up to READ_AHEAD chunks ahead of the caller, so the caller's work on
+        one chunk (a SHA-256, a parse) overlaps the transfer of the next instead of waiting
+        for it: both release the GIL. One GET, not ranged ones: SeaweedFS serves ranges of an
+        SSE-KMS object at half the speed, and botocore checks a full-object checksum only on
+        a whole read. Memory: READ_AHEAD + 1 chunks.
         """
-        pinned = {"VersionId": version_id} if version_id else {}
+        extra = {"VersionId": version_id} if version_id else {}
         with _translated(f"reading {self.where(key)}"):
-            response = self.client.get_object(Bucket=self.bucket, Key=key, **pinned)
-        size, body = int(response["ContentLength"]), response["Body"]
-        with body:
-            if size <= 2 * chunk_size:  # one GET, whose full-object checksum botocore checks
-                with _translated(f"reading {self.where(key)}"):
-                    yield from iter(lambda: body.read(chunk_size), b"")
-                return
+            body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+
+        def read() -> bytes:
             with _translated(f"reading {self.where(key)}"):
-                first = _read_part(body, chunk_size)
-        yield first
-        start = len(first)
-        del first
-        pinned["IfMatch"] = response["ETag"]  # a write meanwhile fails the read, never mixes in
-        yield from self._ranges_ahead(key, range(start, size, chunk_size), size, pinned)
+                return _read_part(body, chunk_size)
 
-    def _ranges_ahead(
-        self, key: str, starts: range, size: int, pinned: dict[str, str]
-    ) -> Iterator[bytes]:
-        """The ranges of `key` from each of `starts` (to the next, or to `size`), in order,
-        DOWNLOAD_STREAMS GETs ahead of the caller."""
-
-        def fetch(first: int) -> bytes:
-            last = min(first + starts.step, size) - 1
-            with _translated(f"reading bytes {first}-{last} of {self.where(key)}"):
-                response = self.client.get_object(
-                    Bucket=self.bucket, Key=key, Range=f"bytes={first}-{last}", **pinned
-                )
-                with response["Body"] as body:
-                    return body.read()  # botocore checks the length against Content-Length
-
-        pool = ThreadPoolExecutor(max_workers=DOWNLOAD_STREAMS, thread_name_prefix="range")
-        ahead = iter(starts)
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
         try:
-            pending = deque(pool.submit(fetch, first) for first in islice(ahead, DOWNLOAD_STREAMS))
-            while pending:
-                data = pending.popleft().result()
-                if (first := next(ahead, None)) is not None:
-                    pending.append(pool.submit(fetch, first))
-                yield data
-                del data
+            ahead = deque(reader.submit(read) for _ in range(READ_AHEAD))  # run in this order
+            while chunk := ahead.popleft().result():
+                ahead.append(reader.submit(read))
+                yield chunk
+                del chunk
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            reader.shutdown(wait=True, cancel_futures=True)
+            body.close()
 
     def download(self, key: str, dest: Path, size: int, streams: int = DOWNLOAD_STREAMS) -> None:
         """Fetch `key` into `dest` with parallel ranged GETs, each streamed in constant memory."""

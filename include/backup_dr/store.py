@@ -581,11 +581,18 @@ class ObjectStore:
         one chunk (a SHA-256, a parse) overlaps the transfer of the next instead of waiting
         for it: both release the GIL. One GET, not ranged ones: SeaweedFS serves ranges of an
         SSE-KMS object at half the speed, and botocore checks a full-object checksum only on
-        a whole read. Memory: READ_AHEAD + 1 chunks.
+        a whole read. Memory: READ_AHEAD + 1 chunks. An object of one chunk is read at once.
         """
         extra = {"VersionId": version_id} if version_id else {}
         with _translated(f"reading {self.where(key)}"):
-            body = self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
+            response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        body = response["Body"]
+        if int(response["ContentLength"]) <= chunk_size:  # one chunk: no thread to start
+            with body, _translated(f"reading {self.where(key)}"):
+                data = body.read()
+            if data:
+                yield data
+            return
 
         def read() -> bytes:
             with _translated(f"reading {self.where(key)}"):

@@ -22,11 +22,14 @@ Each number is a ratio against a baseline taken on the same machine, database an
 - roles and grants kept with each dump (bench/globals.py): capture vs bare pg_dumpall, apply
   vs bare psql, with 1,000 extra roles;
 - failover (bench/failover.py): approval to writable and the acknowledged commits lost at a
-  kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio.
+  kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio;
+- transfer (bench/transfer.py): our upload path and the base backup task vs pg_basebackup piped
+  into a bare boto3 upload, and our re-hash download path vs bare boto3 downloads of the same
+  object, wall and CPU.
 
 Usage: python -m bench.run [--size-mb 1100]
        [--only platform|media|continuous|walfetch|parse|gc|catalogue|locks|failover|validation
-               |estate|globals]
+               |estate|globals|transfer]
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
 (the database and the media buckets are generated once and kept)
 """
@@ -522,6 +525,7 @@ def main() -> None:
             "validation",
             "estate",
             "globals",
+            "transfer",
         ],
     )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
@@ -600,6 +604,10 @@ def main() -> None:
             from bench.continuous import bench_wal_fetch_only
 
             rows += bench_wal_fetch_only()
+        if args.only in (None, "transfer"):
+            from bench.transfer import bench_transfer
+
+            rows += bench_transfer(rounds=args.rounds)
         if args.only in (None, "continuous"):
             from bench.continuous import bench_continuous
 

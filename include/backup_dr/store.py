@@ -7,17 +7,20 @@ that the server verifies; every delete removes all versions of a key.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
 import re
 import threading
+from collections import deque
 from collections.abc import Container, Iterator, Sized
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -46,20 +49,27 @@ from include.backup_dr.catalogue_cache import (
     encode,
 )
 from include.backup_dr.immutability import LockRule
+from include.backup_dr.parts import (
+    BUFFERED_PARTS,
+    FIRST_PART_SIZE,
+    MAX_OBJECT_SIZE,
+    GiB,
+    MiB,
+    PartPlan,
+    parts_in_memory,
+)
 from include.backup_dr.policy import Region
 
-MiB = 1024 * 1024
-GiB = 1024 * MiB
-#: Part size for streamed uploads. 10,000 parts x 16 MiB caps one artifact at 160 GiB.
-UPLOAD_PART_SIZE = 16 * MiB
-#: Parts buffered in memory at once; with the part size this bounds a task's upload memory.
-UPLOAD_BUFFERED_PARTS = 4
+#: How every streamed upload is cut into parts (tests pass a plan with fewer, smaller parts).
+UPLOAD_PLAN = PartPlan()
 #: CopyObject's own limit; larger objects are copied part by part (UploadPartCopy).
 SINGLE_COPY_LIMIT = 5 * GiB
 COPY_PART_SIZE = 512 * MiB
 READ_CHUNK = 8 * MiB
 #: Parallel ranged GETs for a restore download (the archive must be a file for pg_restore -j).
 DOWNLOAD_STREAMS = 4
+#: Chunks `iter_chunks` reads ahead of its caller.
+READ_AHEAD = 4
 #: HTTP connections per client: enough for the media engine's pool of copy workers.
 MAX_CONNECTIONS = 32
 #: A KMS key ARN needs no lookup; key ids, aliases and alias ARNs are resolved with DescribeKey.
@@ -307,33 +317,90 @@ class ObjectStore:
         on_eof: Any = None,
         *,
         lock_until: datetime | None = None,
+        plan: PartPlan = UPLOAD_PLAN,
     ) -> Uploaded:
-        """Stream `source` into `key` as a multipart upload, hashing as it goes.
+        """Stream `source` into `key` as a multipart upload cut by `plan`, hashing as it goes.
 
-        Memory stays at about UPLOAD_PART_SIZE x UPLOAD_BUFFERED_PARTS whatever the size. If the
-        source or `on_eof` raises, the multipart upload is aborted and no object appears.
+        Parts grow with the stream (include/backup_dr/parts.py), so any artifact up to 5 TiB
+        fits S3's 10,000 parts. Memory stays at 80 MiB while parts are 16 MiB (up to 15.6 GiB)
+        and at most 2 x the largest part (1.2 GiB) near 5 TiB (`parts.parts_in_memory`). If the
+        source or `on_eof` raises, or the stream outgrows the plan, the multipart upload is
+        aborted and no object appears. Each part carries its own SHA-256, which S3 verifies.
         """
         reader = HashingReader(source, on_eof)
-        config = TransferConfig(
-            multipart_threshold=1,
-            multipart_chunksize=UPLOAD_PART_SIZE,
-            max_concurrency=UPLOAD_BUFFERED_PARTS,
-            max_io_queue=UPLOAD_BUFFERED_PARTS,
-        )
-        config.max_in_memory_upload_chunks = UPLOAD_BUFFERED_PARTS
-        with _translated(f"upload to {self.where(key)}"):
-            self.client.upload_fileobj(
-                reader,
-                self.bucket,
-                key,
-                ExtraArgs={
+        action = f"upload to {self.where(key)}"
+        arguments = {"Bucket": self.bucket, "Key": key}
+        parts = _cut(reader, plan)
+        first = next(parts, b"")
+        if not first:  # an empty stream: S3 takes no multipart upload without a part
+            with _translated(action):
+                self.client.put_object(
+                    **arguments,
+                    Body=b"",
+                    ChecksumAlgorithm="SHA256",
                     **self._encryption,
                     **self._locked(key, lock_until),
-                    "ChecksumAlgorithm": "SHA256",
-                },
-                Config=config,
-            )
+                )
+            return Uploaded(key, 0, reader.sha256)
+        with _translated(action):
+            upload_id = self.client.create_multipart_upload(
+                **arguments,
+                ChecksumAlgorithm="SHA256",
+                **self._encryption,
+                **self._locked(key, lock_until),
+            )["UploadId"]
+        stream = chain((first,), parts)
+        del first  # the stream holds it until the pool has it
+        try:
+            with _translated(action):
+                done = self._upload_parts(arguments, upload_id, stream)
+                self.client.complete_multipart_upload(
+                    **arguments, UploadId=upload_id, MultipartUpload={"Parts": done}
+                )
+        except BaseException:
+            self._abort_after_failure(key, upload_id)
+            raise
         return Uploaded(key, reader.size, reader.sha256)
+
+    def _upload_parts(
+        self, arguments: dict[str, str], upload_id: str, parts: Iterator[bytes]
+    ) -> list[dict[str, Any]]:
+        """Upload `parts` as parts 1, 2, ..., a few at once (`parts_in_memory`); returns them
+        as CompleteMultipartUpload lists them. Each carries its SHA-256, which S3 checks."""
+
+        def put(number: int, body: bytes) -> dict[str, Any]:
+            checksum = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            response = self.client.upload_part(
+                **arguments,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ChecksumSHA256=checksum,  # given, so botocore does not hash the part again
+            )
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": checksum}
+
+        done: list[dict[str, Any]] = []
+        pending: deque[Future[dict[str, Any]]] = deque()
+        pool = ThreadPoolExecutor(max_workers=BUFFERED_PARTS, thread_name_prefix="upload-part")
+        try:
+            for number, body in enumerate(parts, 1):
+                pending.append(pool.submit(put, number, body))
+                room = parts_in_memory(len(body))  # with the next one, read meanwhile
+                while len(pending) >= room or (pending and pending[0].done()):
+                    done.append(pending.popleft().result())
+                del body
+            done.extend(future.result() for future in pending)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # no part is sent after an abort
+        return done
+
+    def _abort_after_failure(self, key: str, upload_id: str) -> None:
+        """Abort a failed upload so that no object appears; if the store cannot be reached,
+        its parts stay as an unfinished upload, which prune lists and removes later."""
+        try:
+            self.abort_upload(key, upload_id)
+        except StoreError as exc:
+            log.warning("Could not abort the failed upload %s: %s", upload_id, exc)
 
     def put_bytes(
         self, key: str, body: bytes, content_type: str, *, lock_until: datetime | None = None
@@ -400,7 +467,7 @@ class ObjectStore:
         if not self.same_service_as(source):
             body = source.open(key, version_id)
             try:
-                if size <= UPLOAD_PART_SIZE:  # one request, not a multipart upload of one part
+                if size <= FIRST_PART_SIZE:  # one request, not a multipart upload of one part
                     self.put_bytes(
                         dest_key, body.read(), "application/octet-stream", lock_until=lock_until
                     )
@@ -508,10 +575,38 @@ class ObjectStore:
     def iter_chunks(
         self, key: str, chunk_size: int = READ_CHUNK, version_id: str | None = None
     ) -> Iterator[bytes]:
-        body = self.open(key, version_id)
+        """`key`'s bytes in order, in chunks of up to `chunk_size`, from one GET.
+
+        A thread reads up to READ_AHEAD chunks ahead of the caller, so the caller's work on
+        one chunk (a SHA-256, a parse) overlaps the transfer of the next instead of waiting
+        for it: both release the GIL. One GET, not ranged ones: SeaweedFS serves ranges of an
+        SSE-KMS object at half the speed, and botocore checks a full-object checksum only on
+        a whole read. Memory: READ_AHEAD + 1 chunks. An object of one chunk is read at once.
+        """
+        extra = {"VersionId": version_id} if version_id else {}
+        with _translated(f"reading {self.where(key)}"):
+            response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        body = response["Body"]
+        if int(response["ContentLength"]) <= chunk_size:  # one chunk: no thread to start
+            with body, _translated(f"reading {self.where(key)}"):
+                data = body.read()
+            if data:
+                yield data
+            return
+
+        def read() -> bytes:
+            with _translated(f"reading {self.where(key)}"):
+                return _read_part(body, chunk_size)
+
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
         try:
-            yield from iter(lambda: body.read(chunk_size), b"")
+            ahead = deque(reader.submit(read) for _ in range(READ_AHEAD))  # run in this order
+            while chunk := ahead.popleft().result():
+                ahead.append(reader.submit(read))
+                yield chunk
+                del chunk
         finally:
+            reader.shutdown(wait=True, cancel_futures=True)
             body.close()
 
     def download(self, key: str, dest: Path, size: int, streams: int = DOWNLOAD_STREAMS) -> None:
@@ -824,3 +919,28 @@ def retained_until(head: dict[str, Any] | None) -> datetime | None:
 
 def utc(value: datetime) -> datetime:
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _cut(reader: Readable, plan: PartPlan) -> Iterator[bytes]:
+    """The parts of `reader`, sized by `plan`. Reads past the plan's last part only to find
+    the end, and raises if the stream is longer than the plan holds."""
+    for size in plan.sizes():
+        data = _read_part(reader, size)
+        if data:
+            yield data
+        if len(data) < size:  # the end was read
+            return
+    if reader.read(1):
+        raise StoreError(
+            f"the stream is longer than {plan.capacity} bytes, the most {plan.limit} parts "
+            f"hold (S3 takes objects of up to {MAX_OBJECT_SIZE} bytes); the upload is aborted"
+        )
+
+
+def _read_part(reader: Readable, size: int) -> bytes:
+    """`size` bytes of `reader`, fewer only when its end was read (pipes return what they hold)."""
+    chunks = []
+    while size > 0 and (chunk := reader.read(size)):
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)  # one chunk, the usual case, is returned as it is, not copied

@@ -28,7 +28,6 @@ import os
 import subprocess
 import tarfile
 import tempfile
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -571,54 +570,86 @@ def oldest_base_start(
     return min(starts) if starts else None
 
 
+class TarMember:
+    """Finds one member of a tar stream (its bytes) as the stream passes by in chunks, however
+    they are cut. Only the 512-byte headers and that member's own bytes are looked at: the
+    rest of the stream is neither copied nor parsed. Pure: `feed` takes bytes, no I/O."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.error: str | None = None
+        self._fed = 0  # stream offset of the next byte fed
+        self._next = 0  # stream offset of the next header
+        self._header = bytearray()  # the part of that header fed so far
+        self._span: tuple[int, int] | None = None  # the member's bytes, when its header passed
+        self._data = bytearray()
+        self._ended = False  # the end-of-archive block passed, or the stream is not a tar
+
+    def feed(self, chunk: bytes) -> None:
+        start = self._fed
+        self._fed += len(chunk)
+        self._take(chunk, start)
+        while not self._ended and self._next + len(self._header) < self._fed:
+            begin = self._next + len(self._header) - start
+            self._header += chunk[begin : min(self._next + tarfile.BLOCKSIZE, self._fed) - start]
+            if len(self._header) < tarfile.BLOCKSIZE:
+                return  # the rest of the header comes in the next chunk
+            block, self._header = bytes(self._header), bytearray()
+            if not block.strip(b"\0"):
+                self._ended = True
+                return
+            try:
+                info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+            except tarfile.HeaderError as exc:
+                self.error, self._ended = f"bad header at byte {self._next}: {exc}", True
+                return
+            first = self._next + tarfile.BLOCKSIZE
+            self._next = first + -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            if info.name.removeprefix("./") == self.name and info.isfile():
+                self._span = (first, first + info.size)
+                self._take(chunk, start)
+
+    def _take(self, chunk: bytes, start: int) -> None:
+        """The member's bytes within `chunk` (which starts at stream offset `start`)."""
+        if self._span is None:
+            return
+        low = max(self._span[0] + len(self._data), start)
+        high = min(self._span[1], start + len(chunk))
+        if low < high:
+            self._data += chunk[low - start : high - start]
+
+    def found(self) -> bytes | None:
+        """The member's bytes, None if the stream (so far) has no such member whole."""
+        if self._span is None or len(self._data) < self._span[1] - self._span[0]:
+            return None
+        return bytes(self._data)
+
+
 class _TarTee:
-    """Passes pg_basebackup's tar through unchanged while a thread reads its backup_manifest
-    (the WAL range the backup needs) from a copy of the stream."""
+    """Passes pg_basebackup's tar through unchanged while reading its backup_manifest (the WAL
+    range the backup needs) from the chunks as they pass: no copy of the stream, no thread."""
 
     def __init__(self, source: Any) -> None:
         self._source = source
-        read_end, self._write_end = os.pipe()
-        self._manifest: dict[str, Any] = {}
-        self._error: BaseException | None = None
-        self._reader = threading.Thread(
-            target=self._parse, args=(read_end,), name="backup-manifest", daemon=True
-        )
-        self._reader.start()
-
-    def _parse(self, read_end: int) -> None:
-        with os.fdopen(read_end, "rb") as pipe:
-            try:
-                with tarfile.open(fileobj=pipe, mode="r|") as archive:
-                    for member in archive:
-                        if member.name.removeprefix("./") == "backup_manifest":
-                            body = archive.extractfile(member)
-                            if body is not None:
-                                self._manifest = json.loads(body.read())
-            except BaseException as exc:  # reported by finish(), in the task's thread
-                self._error = exc
-            finally:
-                for _ in iter(lambda: pipe.read(1 << 20), b""):  # never block the writer
-                    pass
+        self._manifest = TarMember("backup_manifest")
 
     def read(self, size: int = -1, /) -> bytes:
         data = self._source.read(size)
-        if data:
-            view = memoryview(data)
-            while view:
-                written = os.write(self._write_end, view)
-                view = view[written:]
+        self._manifest.feed(data)
         return data
 
     def finish(self) -> dict[str, Any]:
-        os.close(self._write_end)
-        self._reader.join()
-        if self._error is not None:
-            raise SnapshotError(f"the base backup is not a readable tar: {self._error}")
-        return self._manifest
+        body = self._manifest.found()
+        if self._manifest.error is not None:
+            raise SnapshotError(f"the base backup is not a readable tar: {self._manifest.error}")
+        if body is None:
+            return {}
+        try:
+            return dict(json.loads(body))
+        except ValueError as exc:
+            raise SnapshotError(f"the base backup's backup_manifest does not parse: {exc}") from exc
 
     def close(self) -> None:
-        with suppress(OSError):
-            os.close(self._write_end)
         self._source.close()
 
 

@@ -589,8 +589,9 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
         context = get_current_context()
         ti = context["ti"]
-        found = ti.xcom_pull(task_ids="drill.report", map_indexes=None) or []
-        records = [r for r in ([found] if isinstance(found, dict) else found) if r]
+        chosen = ti.xcom_pull(task_ids="select") or []
+        found = ti.xcom_pull(task_ids="drill.report", map_indexes=list(range(len(chosen))))
+        records = [r for r in found or [] if r]
         starts = [
             datetime.fromisoformat(r["steps"]["started_at"])
             for r in records

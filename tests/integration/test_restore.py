@@ -76,6 +76,17 @@ def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores) -
             page = [o.key for o in store.list_objects(f"evidence/restore_verification/{target}/")]
             assert any(key.endswith("report.md") for key in page)
     assert _sandbox_databases() == []
+    # The estate rehearsal: one record for the whole drill, its wall time against the RTO.
+    for store in stores:
+        (key,) = [o.key for o in store.list_objects("evidence/estate/restore_verification/")]
+        estate = store.get_json(key)
+        assert {t["target"] for t in estate["targets"]} == {
+            "platform_core",
+            "platform_billing",
+            "media_documents",
+        }
+        assert estate["outcome"] == "passed" and estate["within_rto"] is True
+        assert 0 < estate["wall_seconds"] <= estate["serial_seconds"] + 1
 
 
 def test_tampered_backup_is_caught_by_the_checksum_before_restore(backed_up, stores) -> None:

@@ -415,7 +415,7 @@ def record_estate(
         )
     ends = [datetime.fromisoformat(r["finished_at"]) for r in rows if r["finished_at"]]
     wall = (max(ends) - began).total_seconds() if ends else None
-    serial = sum(r["restore_seconds"] for r in rows)
+    serial = sum(r["seconds"] or 0.0 for r in rows)
     failed = [r["target"] for r in rows if r["outcome"] != "passed"]
     problems = [f"{', '.join(failed)} failed"] if failed else []
     if wall is not None and wall > rto.total_seconds():

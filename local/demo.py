@@ -368,13 +368,13 @@ def _run_estate_restore() -> bool:
             f"the RTO of {estate['rto_seconds']:.0f} s: "
             f"{'WITHIN' if estate['within_rto'] else 'OVER'}; evidence {keys[-1]}"
         )
-        reads = _application_reads()
+        readable, reads = _application_reads()
         print(f"    {reads}")
         return (
             str(backed_up.state) == "success"
             and str(run.state) == "success"
             and estate["outcome"] == "passed"
-            and "permission denied" not in reads
+            and readable
         )
     finally:
         if started_airflow:
@@ -385,7 +385,7 @@ def _run_estate_restore() -> bool:
             os.environ["BACKUP_POLICY_PATH"] = saved
 
 
-def _application_reads() -> str:
+def _application_reads() -> tuple[bool, str]:
     """The application's own role reads the restored database: its owners, grants and
     memberships came back with the globals. Over the sandbox's Unix socket: the sandbox's roles
     were first made by the drill, which never copies production passwords, and a restore keeps
@@ -403,12 +403,12 @@ def _application_reads() -> str:
             (owned,) = conn.execute(
                 "SELECT count(*) FROM pg_tables WHERE tableowner = current_user"
             ).fetchone()
-        return (
+        return True, (
             f"application role {APP_ROLE} reads the restored platform_core: {tenants} tenants "
             f"(through its readers membership), and owns {owned} of its tables"
         )
     except Exception as exc:  # shown, and it fails the demo
-        return f"application role {APP_ROLE} cannot read the restored platform_core: {exc}"
+        return False, f"application role {APP_ROLE} cannot read the restored platform_core: {exc}"
 
 
 #: The throwaway pair of the failover step: ports below the ephemeral range that neither the
@@ -748,7 +748,8 @@ def main() -> None:
     if not ok:
         print(
             "\nDEMO FAILED: a tier did not back up and verify in both regions, the standby "
-            "missed the RPO, replication failed, the restore drill failed, or the failover "
+            "missed the RPO, replication failed, the restore drill failed, the estate restore "
+            "failed or its application could not read it, or the failover "
             "lost more than the lag, missed a region or a PITR across the fork.",
             file=sys.stderr,
         )
@@ -757,7 +758,8 @@ def main() -> None:
         "\nAll platform and media tiers backed up in both regions and verified; the standby "
         "kept the 1 s RPO and WAL is archived in both regions; media replicated within the RPO; "
         "the restore drill passed for databases and media, and point-in-time recovery was "
-        "proven to the second; a primary killed under load failed over losing no more than "
+        "proven to the second; the estate of 12 databases came back in parallel by priority "
+        "under a real scheduler, its application role reading its tables; a primary killed under load failed over losing no more than "
         "the measured lag, its new timeline archived in both regions and recoverable on both "
         "sides of the fork."
     )

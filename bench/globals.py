@@ -69,7 +69,7 @@ def bench_globals() -> list[tuple[str, str, str]]:
     from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
     from include.backup_dr.pipeline import Stores, take_snapshot
     from include.backup_dr.policy import load_policy
-    from include.backup_dr.restore import server_info
+    from include.backup_dr.restore.database import server_info
 
     policy = load_policy()
     stores = Stores.from_policy(policy)

@@ -148,8 +148,8 @@ def test_a_backup_keeps_the_globals_encrypted_beside_it_in_both_regions(stores) 
 def test_dr_restore_brings_the_application_back_as_production_had_it(stores, sandbox) -> None:
     _backed_up(stores, "platform_core", WINDOW)
     production = _what_the_app_sees(APP_DATABASE, "platform")
-    conf = {"targets": [APP_DATABASE], "connection": "pg_sandbox", "confirm": "restore"}
-    assert run_dag("dr_restore", WINDOW, conf).state == "success"
+    conf = {"targets": [APP_DATABASE], "connection": "pg_sandbox"}
+    assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
 
     # AS the application, with its production password (kept as a SCRAM verifier).
     assert _what_the_app_sees(APP_DATABASE, "sandbox") == production
@@ -159,9 +159,9 @@ def test_dr_restore_brings_the_application_back_as_production_had_it(stores, san
 
 
 def test_the_drill_restores_the_roles_without_their_passwords(stores, sandbox) -> None:
-    from include.backup_dr import drill
+    from include.backup_dr.drill import dumps as drill
     from include.backup_dr.policy import load_policy
-    from include.backup_dr.restore import select_backup
+    from include.backup_dr.restore.select import select_backup
 
     _backed_up(stores, "platform_core", WINDOW)
     production = _what_the_app_sees(APP_DATABASE, "platform")
@@ -208,7 +208,9 @@ def _archive_now(timeout: float = 60.0) -> None:
 def test_point_in_time_restore_brings_the_roles_of_the_recovered_cluster(
     stores, sandbox, pitr_scratch
 ) -> None:
-    from include.backup_dr import drill, pipeline
+    from include.backup_dr import pipeline
+    from include.backup_dr.dr.dumps import restore_unit
+    from include.backup_dr.dr.request import DrRequest, make_plan
     from include.backup_dr.policy import load_policy
 
     policy = load_policy()
@@ -223,11 +225,12 @@ def test_point_in_time_restore_brings_the_roles_of_the_recovered_cluster(
     conf = {
         "targets": [APP_DATABASE],
         "connection": "pg_sandbox",
-        "confirm": "restore",
         "region": "secondary",
         "target_time": "latest",
     }
-    (record,) = drill.restore_for_recovery(policy, stores, conf, run)
+    request = DrRequest.from_params(policy, conf)
+    (unit,) = make_plan(policy, stores, request, now).units
+    (record,) = restore_unit(policy, stores, request, unit, run, now)
     assert record["outcome"] == "passed", record["problems"]
     assert _what_the_app_sees(APP_DATABASE, "sandbox") == production
     assert _security(APP_DATABASE, "sandbox") == _security(APP_DATABASE, "platform")
@@ -249,7 +252,7 @@ def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_i
 ) -> None:
     from include.backup_dr import pg_globals, pipeline
     from include.backup_dr.policy import load_policy
-    from include.backup_dr.restore import select_backup
+    from include.backup_dr.restore.select import select_backup
 
     policy = load_policy()
     now = datetime.now(UTC).replace(microsecond=0)
@@ -317,7 +320,7 @@ def test_a_statement_that_fails_applies_none_of_them_and_never_shows_the_passwor
     sandbox, caplog
 ) -> None:
     from include.backup_dr import pg_globals
-    from include.backup_dr.restore import server_info
+    from include.backup_dr.restore.database import server_info
 
     secret = "SCRAM-SHA-256$4096:c2VjcmV0$c2VjcmV0:c2VjcmV0"
     roles_sql = (

@@ -552,6 +552,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             validation,
             {"dag_id": ti.dag_id, "run_id": context["run_id"]},
         )
+        # Pushed before failing, so `estate` counts a failed target too.
+        ti.xcom_push(key="record", value=document)
         if document["outcome"] != "passed":
             raise DrillFailed(
                 f"Restore test of target {ref['target']} failed: " + "; ".join(document["problems"])
@@ -579,26 +581,35 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         trigger_rule="all_done",
         retries=0,
         execution_timeout=timedelta(minutes=10),
+        on_failure_callback=[_RunRecordNotifier()],
     )
     def estate() -> dict[str, Any]:
         """The whole estate restored in parallel, as dr_restore would: its wall time from the
         first restore's start to the last record, against the RTO (evidence/estate/...)."""
         from airflow.sdk.exceptions import AirflowSkipException
 
+        from include.backup_dr.restore.errors import TargetsFailed
         from include.backup_dr.restore.record import record_estate
 
         context = get_current_context()
         ti = context["ti"]
         chosen = ti.xcom_pull(task_ids="select") or []
-        found = ti.xcom_pull(task_ids="drill.report", map_indexes=list(range(len(chosen))))
+        found = ti.xcom_pull(
+            task_ids="drill.report", key="record", map_indexes=list(range(len(chosen)))
+        )
         records = [r for r in found or [] if r]
         starts = [
             datetime.fromisoformat(r["steps"]["started_at"])
             for r in records
             if (r.get("steps") or {}).get("started_at")
         ]
-        if not records or not starts:
-            raise AirflowSkipException("no database or media target was restored")
+        if not chosen:
+            raise AirflowSkipException("no database or media target was drilled")
+        if len(records) < len(chosen) or not starts:
+            raise TargetsFailed(
+                f"{len(chosen) - len(records)} of {len(chosen)} drill(s) left no record "
+                "(see their tasks)"
+            )
         policy_now, stores = _runtime()
         document = record_estate(
             policy_now,
@@ -608,6 +619,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             records,
             min(starts),
         )
+        _raise_for_run(document)  # the run is red when any target or the estate failed
         return {
             k: document[k] for k in ("wall_seconds", "serial_seconds", "within_rto", "evidence")
         }
@@ -888,7 +900,13 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
         raise_for(records)
         return [_brief(r) for r in records]
 
-    @task(task_id="record", multiple_outputs=False, trigger_rule="all_done", retries=0)
+    @task(
+        task_id="record",
+        multiple_outputs=False,
+        trigger_rule="all_done",
+        retries=0,
+        on_failure_callback=[_RunRecordNotifier()],
+    )
     def record() -> dict[str, Any]:
 
         from include.backup_dr.restore.errors import DrillFailed
@@ -928,8 +946,7 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
             _began(approval, planned),
             planned["estate"],
         )
-        if document["outcome"] != "passed":
-            raise DrillFailed("dr_restore: " + "; ".join(document["problems"]))
+        _raise_for_run(document)
         return {k: document[k] for k in ("wall_seconds", "rto_seconds", "within_rto", "evidence")}
 
     with DAG(
@@ -977,6 +994,18 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
     return dag
 
 
+def _raise_for_run(document: dict[str, Any]) -> None:
+    """Fail a run's record when it failed: its task is the run's last, so its state is the
+    run's (targets that failed raise TargetsFailed, which pages no second time)."""
+    from include.backup_dr.restore.errors import DrillFailed, TargetsFailed
+
+    failed = [t["target"] for t in document["targets"] if t["outcome"] != "passed"]
+    if failed:
+        raise TargetsFailed(f"{document['kind']}: {', '.join(failed)} failed (see their tasks)")
+    if document["outcome"] != "passed":
+        raise DrillFailed(f"{document['kind']}: " + "; ".join(document["problems"]))
+
+
 def _began(approval: dict[str, Any], planned: dict[str, Any]) -> datetime:
     """When the restores were allowed to start: the approval (else the plan, for the record)."""
     at = approval.get("responded_at") or planned["planned_at"]
@@ -994,6 +1023,18 @@ def _all_mapped(ti: Any, task_id: str, count: int) -> list[Any]:
         return []
     found = ti.xcom_pull(task_ids=task_id, key="records", map_indexes=list(range(count)))
     return list(found or [])
+
+
+class _RunRecordNotifier(OnCallNotifier):
+    """Pages when a restore run's own record is red (over the RTO, evidence lost, nothing
+    restored); not for targets that failed, whose own tasks have paged once each."""
+
+    def notify(self, context: Any) -> None:
+        from include.backup_dr.restore.errors import TargetsFailed
+
+        if isinstance(context.get("exception"), TargetsFailed):
+            return
+        super().notify(context)
 
 
 class _MonitorFailureNotifier(OnCallNotifier):

@@ -21,3 +21,7 @@ class SwapFailed(AirflowFailException):
 
 class DrillFailed(AirflowFailException):
     """A drill or restore ended as a failure; the evidence record says why."""
+
+
+class TargetsFailed(DrillFailed):
+    """A run's record found targets that failed: each has paged on its own task already."""

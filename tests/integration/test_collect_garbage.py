@@ -195,7 +195,7 @@ def test_gc_dag_stops_on_a_lost_listing_sweeps_keeps_and_trips_the_breaker(
     """One real run of `backup_collect_garbage` per case, as the scheduler would run it."""
     # The grace must outlast the DAG's start-up (parsing, the first task) for the young blob,
     # even on a loaded machine; the blobs written first age meanwhile.
-    grace = 60
+    grace = 120
     policy_file(lambda d: d["prune"].update(incomplete_upload_grace=f"{grace}s"))
     store = stores.primary
     written = time.monotonic()

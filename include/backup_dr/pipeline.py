@@ -31,7 +31,13 @@ from include.backup_dr.engines.wal import hold_recovery_window
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.integrity import check_copy, record_key
 from include.backup_dr.policy import CONTINUOUS, Policy
-from include.backup_dr.retention import PrunePlan, hold_locked, plan_prune, recovery_holds
+from include.backup_dr.retention import (
+    Decision,
+    PrunePlan,
+    hold_locked,
+    plan_prune,
+    recovery_holds,
+)
 from include.backup_dr.store import DeleteRefusedError, ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -267,15 +273,25 @@ def plan_for(
     locked = {store.region.name: store for store in stores if store.lock is not None}
     if not locked:
         return plan
-    # Read the lock of each planned deletion (its manifest's, written last with the same date):
-    # what the store would refuse is kept, with its date, not attempted.
+    # Read the lock of each planned deletion (a backup's manifest's, written last with the same
+    # date; debris's own): what the store would refuse is kept, with its date, not attempted.
+    # An unfinished multipart upload has no version to lock.
     locks = {
-        (decision.backup, decision.region): until
+        decision.subject: until
         for decision in plan.deletions
-        if decision.backup is not None and decision.region in locked
-        if (until := locked[decision.region].locked_until(decision.backup.key(MANIFEST_NAME)))
+        if decision.region in locked
+        if (key := _lock_key(decision)) is not None
+        if (until := locked[decision.region].locked_until(key))
     }
     return hold_locked(plan, locks, now, policy.prune.max_delete_fraction)
+
+
+def _lock_key(decision: Decision) -> str | None:
+    """The object whose lock decides whether `decision`'s deletion would be refused."""
+    if decision.backup is not None:
+        return decision.backup.key(MANIFEST_NAME)
+    assert decision.debris is not None
+    return None if decision.debris.upload_id else decision.debris.key
 
 
 def _hold_recovery_window(
@@ -374,38 +390,19 @@ def prune(
     if dry_run:
         log.info("Dry run: %d deletions planned, none made.", len(plan.deletions))
     else:
-        for decision in plan.deletions:
-            before_delete()
-            store = stores.by_region(decision.region)
-            if decision.backup is not None:
-                # Manifest first, with the evidence beside it, in one request: an interrupted
-                # delete leaves only data without a manifest, which the catalogue lists as
-                # debris and a later prune removes; never a half backup, nor an orphan record
-                # that no listing shows and no prune ever removes.
-                backup = decision.backup
-                try:
-                    store.delete_all_versions(
-                        backup.prefix,
-                        keys={backup.key(MANIFEST_NAME), backup.key(INTEGRITY_NAME)},
-                        written_before=listed_from,
-                    )
-                    store.delete_all_versions(backup.prefix, written_before=listed_from)
-                except DeleteRefusedError as exc:  # locked longer than the policy now says
-                    log.warning("REFUSED %s: %s", decision.subject, exc)
-                    refused.append({"subject": decision.subject, "reason": str(exc)})
-            elif decision.debris is not None and decision.debris.upload_id:
-                store.abort_upload(decision.debris.key, decision.debris.upload_id)
-            elif decision.debris is not None:
-                store.delete_all_versions(decision.debris.key, written_before=listed_from)
+        try:
+            for decision in plan.deletions:
+                before_delete()
+                if refusal := _delete(stores.by_region(decision.region), decision, listed_from):
+                    refused.append(refusal)
+        except BaseException as exc:  # the refusals already met are evidence all the same
+            _record_refusals(stores, key, evidence, refused, f"{type(exc).__name__}: {exc}")
+            raise
         # What the deleted backups referred to (blobs, WAL) goes later, once per category:
         # see include/backup_dr/gc.py.
         if tier == CONTINUOUS:
             _record_windows(policy, stores, target)
-    if refused:  # what the plan meant to delete and the store kept: evidence too, never retried
-        for store in stores:
-            store.put_json(
-                key.removesuffix(".json") + "-refused.json", {**evidence, "refused": refused}
-            )
+    refusals = _record_refusals(stores, key, evidence, refused, None)
     return {
         "target": target,
         "tier": tier,
@@ -413,7 +410,69 @@ def prune(
         "deleted": 0 if dry_run else len(plan.deletions) - len(refused),
         "refused": len(refused),
         "planned_deletions": len(plan.deletions),
+        "refusals": refusals,
         "locks_extended": held,
         "dry_run": dry_run,
         "evidence": key,
     }
+
+
+def _delete(store: ObjectStore, decision: Decision, listed_from: datetime) -> dict[str, str] | None:
+    """Carry out one planned deletion; what the store refuses (locked longer than the plan
+    knew) is returned as a refusal, never retried."""
+    try:
+        if decision.backup is not None:
+            # Manifest first, with the evidence beside it, in one request: an interrupted
+            # delete leaves only data without a manifest, which the catalogue lists as
+            # debris and a later prune removes; never a half backup, nor an orphan record
+            # that no listing shows and no prune ever removes.
+            backup = decision.backup
+            store.delete_all_versions(
+                backup.prefix,
+                keys={backup.key(MANIFEST_NAME), backup.key(INTEGRITY_NAME)},
+                written_before=listed_from,
+            )
+            store.delete_all_versions(backup.prefix, written_before=listed_from)
+        elif decision.debris is not None and decision.debris.upload_id:
+            store.abort_upload(decision.debris.key, decision.debris.upload_id)
+        elif decision.debris is not None:
+            store.delete_all_versions(decision.debris.key, written_before=listed_from)
+    except DeleteRefusedError as exc:
+        log.warning("REFUSED %s: %s", decision.subject, exc)
+        return {"subject": decision.subject, "region": decision.region, "reason": str(exc)}
+    return None
+
+
+def _record_refusals(
+    stores: Stores,
+    plan_key: str,
+    plan: dict[str, Any],
+    refused: list[dict[str, str]],
+    interrupted: str | None,
+) -> str | None:
+    """What the plan meant to delete and the store kept, as its own record beside the plan
+    (never an executed plan: the audit lists it as refused). Written in every region it can
+    be: when the prune is dying (`interrupted`), a region that fails is logged, never raised
+    over the error that stopped the prune. Returns the key, or None when nothing was refused."""
+    if not refused:
+        return None
+    key = plan_key.removesuffix(".json") + "-refused.json"
+    record = {
+        "schema": "backup-dr/prune-refusals/v1",
+        "target": plan["target"],
+        "tier": plan["tier"],
+        "plan": plan_key,
+        "planned_at": plan["planned_at"],
+        "recorded_at": _now().isoformat(),
+        "executed": False,
+        "interrupted": interrupted,
+        "refused": refused,
+    }
+    for store in stores:
+        try:
+            store.put_json(key, record)
+        except StoreError as exc:
+            if interrupted is None:
+                raise
+            log.error("The refusals could not be recorded in %s: %s", store.region.name, exc)
+    return key

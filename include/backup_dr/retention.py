@@ -244,31 +244,30 @@ def recovery_holds(
 
 def hold_locked(
     plan: PrunePlan,
-    locked_until: Mapping[tuple[BackupId, str], datetime],
+    locked_until: Mapping[str, datetime],
     now: datetime,
     max_delete_fraction: float,
 ) -> PrunePlan:
     """Keep each planned deletion that the store still holds under Object Lock, with the date.
 
-    `locked_until` maps (backup, region) to the lock's end, for the copies whose lock was read
-    (the end may be past). A delete before it would be refused; the first prune after it deletes.
-    The circuit breaker is judged again on what is left to delete.
+    `locked_until` maps a decision's subject (a backup's copy, or debris: locks apply on write,
+    so an upload whose manifest write failed is locked debris) to the lock's end, for the
+    subjects whose lock was read (the end may be past). A delete before it would be refused;
+    the first prune after it deletes. The circuit breaker is judged again on what is left.
     """
     if not locked_until:
         return plan
     decisions = []
     for decision in plan.decisions:
-        until = (
-            None
-            if decision.backup is None
-            else locked_until.get((decision.backup, decision.region))
-        )
-        if decision.action is Action.DELETE and until is not None and until > now:
-            decision = decision._replace(
-                action=Action.KEEP,
-                reason=f"{decision.reason}; but locked until {until.isoformat()} (Object Lock), "
-                f"{_age(until - now)} from now: deleted by the first prune after that",
-            )
+        if decision.action is Action.DELETE:
+            until = locked_until.get(decision.subject)
+            if until is not None and until > now:
+                decision = decision._replace(
+                    action=Action.KEEP,
+                    reason=f"{decision.reason}; but locked until {until.isoformat()} "
+                    f"(Object Lock), {_age(until - now)} from now: deleted by the first prune "
+                    "after that",
+                )
         decisions.append(decision)
     return PrunePlan(tuple(decisions), _circuit_breaker(decisions, max_delete_fraction))
 

@@ -14,11 +14,12 @@ import pytest
 from botocore.exceptions import ClientError
 
 from include.backup_dr.break_glass import delete_locked_backup
-from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.catalogue import INTEGRITY_NAME, MANIFEST_NAME, BackupId, Manifest
 from include.backup_dr.engines.media import blob_key, parse_listing
 from include.backup_dr.engines.wal import lock_archive
 from include.backup_dr.gc import collect_garbage
 from include.backup_dr.immutability import LockRule
+from include.backup_dr.lease import LeaseLostError
 from include.backup_dr.pipeline import (
     Stores,
     check_integrity,
@@ -307,3 +308,63 @@ def test_a_compliance_lock_holds_even_against_the_break_glass_connection(locked)
     time.sleep(max(0.0, (until - datetime.now(UTC)).total_seconds()) + 2)
     assert store.delete_all_versions(key) == 1
     assert store.head(key) is None
+
+
+def _debris_of(policy, backup: BackupId) -> None:
+    """Leave `backup`'s locked objects without their manifest (an upload whose manifest write
+    failed): only the break-glass connection can remove a locked manifest."""
+    for region in policy.iter_regions():
+        glass = ObjectStore.for_break_glass(region, LockRule.for_region(policy, region))
+        glass.delete_all_versions(
+            backup.prefix, keys={backup.key(MANIFEST_NAME), backup.key(INTEGRITY_NAME)}
+        )
+
+
+def test_locked_debris_is_kept_until_its_lock_ends_and_refusals_survive_a_dying_prune(
+    locked_short_grace,
+) -> None:
+    """Debris whose lock still holds is kept with its date; a delete the store refuses anyway
+    (planned a second early) is recorded as a refusal, also when the prune dies after it."""
+    policy, stores = locked_short_grace
+    _backed_up(policy, stores, datetime.now(UTC).replace(microsecond=0) - timedelta(days=1))
+    window = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    debris = _backed_up(policy, stores, window)
+    _debris_of(policy, debris)
+    until = window + HELD
+    time.sleep(5)  # older than the 4 s grace, and than the listing's second
+
+    kept = prune(policy, stores, TARGET, TIER)
+    assert (kept["planned_deletions"], kept["deleted"], kept["refused"]) == (0, 0, 0)
+    record = stores.primary.get_json(kept["evidence"])
+    reasons = [d["reason"] for d in record["decisions"] if d["subject"].startswith("debris ")]
+    assert reasons and all(f"locked until {until.isoformat()}" in r for r in reasons), reasons
+
+    calls = []
+
+    def lease_lost_on_the_second_delete() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise LeaseLostError("taken over")
+
+    with pytest.raises(LeaseLostError):
+        prune(
+            policy,
+            stores,
+            TARGET,
+            TIER,
+            now=until + timedelta(seconds=1),
+            before_delete=lease_lost_on_the_second_delete,
+        )
+    prefix = f"evidence/prune/platform/{TARGET}/{TIER}/"
+    for store in stores:
+        (found,) = [
+            store.get_json(o.key) for o in store.list_objects(prefix) if "-refused" in o.key
+        ]
+        assert found["schema"] == "backup-dr/prune-refusals/v1" and not found["executed"]
+        assert found["interrupted"].startswith("LeaseLostError")
+        (refusal,) = found["refused"]
+        assert refusal["subject"].startswith("debris ") and "Object Lock" in refusal["reason"]
+
+    early = prune(policy, stores, TARGET, TIER, now=until + timedelta(seconds=1))
+    assert early["refused"] == early["planned_deletions"] >= 2 and early["deleted"] == 0
+    assert stores.secondary.get_json(early["refusals"])["interrupted"] is None

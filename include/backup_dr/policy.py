@@ -10,7 +10,7 @@ import os
 import re
 import string
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -329,6 +329,18 @@ class MediaSource(_Frozen):
     prefix: str = ""
 
 
+def _since_date(value: object) -> object:
+    """A day (YAML `2026-11-01`), never a time of day: windows are counted from its midnight."""
+    if value is None or (isinstance(value, date) and not isinstance(value, datetime)):
+        return value
+    try:
+        return date.fromisoformat(str(value))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not a date such as 2026-11-01 (when the target entered the policy)"
+        ) from None
+
+
 class Target(_Frozen):
     """One thing to back up, labelled with the environment it belongs to."""
 
@@ -339,6 +351,9 @@ class Target(_Frozen):
     database: str | None = None
     source: MediaSource | None = None  # media targets: the bucket (and prefix) to back up
     priority: int = Field(default=100, ge=1)
+    #: The day the target entered the policy: the audit counts its windows from then (default:
+    #: its first evidence), so a target added last week has no year of missed windows.
+    since: Annotated[date | None, BeforeValidator(_since_date)] = None
 
     @property
     def group(self) -> str:

@@ -77,6 +77,16 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
             "duplicate target 'platform_core'",
         ),
         (
+            lambda d: d["targets"][0].update(since="last week"),
+            "targets.0.since",
+            "'last week' is not a date such as 2026-11-01 (when the target entered the policy)",
+        ),
+        (
+            lambda d: d["targets"][0].update(since="2026-11-01T10:00:00"),
+            "targets.0.since",
+            "is not a date such as 2026-11-01",
+        ),
+        (
             lambda d: d["targets"][0].update(server="nowhere"),
             "targets[0] (platform_core)",
             "unknown server 'nowhere'",
@@ -157,6 +167,8 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
         "retention-shorter-than-period",
         "missing-secondary-region",
         "duplicate-target",
+        "since-not-a-date",
+        "since-with-a-time",
         "unknown-server",
         "bad-cron",
         "bad-duration",

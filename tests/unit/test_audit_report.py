@@ -6,16 +6,24 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from include.backup_dr.audit.reader import prune_record
 from include.backup_dr.audit.report import (
+    CONTROLS,
     NO_EVIDENCE,
     BackupRecord,
+    BreakGlassRecord,
     Deletion,
     DrillRecord,
+    FirstSeen,
     IntegrityRecord,
+    LockSample,
     PruneRecord,
+    RefusalRecord,
+    RestoreRunRecord,
     WindowRecord,
     build_report,
     expected_windows,
@@ -41,12 +49,26 @@ def copy(window: datetime, region: str, *, verified: bool = True, **changes) -> 
         "finished_at": window + timedelta(minutes=5),
         "run_id": f"scheduled__{window.isoformat()}",
         "verified": verified,
+        "sha256": sha(window),
+        "artifact_key": f"platform/{TARGET}/{TIER}/{window:%Y%m%dT%H%M%SZ}/data.pgdump",
         **changes,
     }
     return BackupRecord(**fields)
 
 
-def check(window: datetime, region: str, *, ok: bool = True, late: timedelta = timedelta(0)):
+def sha(window: datetime) -> str:
+    """The artifact each window's records are of, unless a test says otherwise."""
+    return f"sha-{window:%Y%m%dT%H%M}"
+
+
+def check(
+    window: datetime,
+    region: str,
+    *,
+    ok: bool = True,
+    late: timedelta = timedelta(0),
+    sha256: str | None = None,
+):
     return IntegrityRecord(
         key=f"evidence/integrity/platform/{TARGET}/{window:%Y%m%dT%H%M%SZ}-{region}.json",
         target=TARGET,
@@ -56,6 +78,7 @@ def check(window: datetime, region: str, *, ok: bool = True, late: timedelta = t
         checked_at=window + timedelta(minutes=10) + late,
         ok=ok,
         failures=() if ok else ("sha256: expected abc, found def",),
+        sha256=sha256 or sha(window),
     )
 
 
@@ -82,8 +105,12 @@ def tier_row(report, subject: str = TARGET, tier: str = TIER):
     return next(w for w in report.windows if (w.subject, w.tier) == (subject, tier))
 
 
+#: Evidence of the target long before the period: every window of the period counts.
+LONG_BEFORE = FirstSeen(TARGET, datetime(2025, 1, 1, tzinfo=UTC))
+
+
 def report_of(records, now: datetime = NOW):
-    return build_report(POLICY, records, START, END, now)
+    return build_report(POLICY, [LONG_BEFORE, *records], START, END, now)
 
 
 @pytest.mark.parametrize(
@@ -194,27 +221,28 @@ def test_integrity_counts_each_region_and_lists_failures_with_reasons() -> None:
     assert "integrity check of window 2026-11-02 00:30 UTC failed: sha256: expected abc" in page
 
 
-def test_prune_lists_deletions_of_executed_plans_with_their_reasons() -> None:
-    def plan(at: datetime, **changes) -> PruneRecord:
-        fields = {
-            "key": f"evidence/prune/platform/{TARGET}/{TIER}/{at:%Y%m%dT%H%M%SZ}-1.json",
-            "target": TARGET,
-            "tier": TIER,
-            "planned_at": at,
-            "executed": True,
-            "dry_run": False,
-            "breaker": None,
-            "kept": 7,
-            "deletions": (
-                Deletion(
-                    "platform_core/daily/20261024T003000Z@eu-west-1",
-                    "expired: 8d 0h old, retention 7d",
-                ),
+def plan(at: datetime, **changes) -> PruneRecord:
+    fields = {
+        "key": f"evidence/prune/platform/{TARGET}/{TIER}/{at:%Y%m%dT%H%M%SZ}-1.json",
+        "target": TARGET,
+        "tier": TIER,
+        "planned_at": at,
+        "executed": True,
+        "dry_run": False,
+        "breaker": None,
+        "kept": 7,
+        "deletions": (
+            Deletion(
+                "platform_core/daily/20261024T003000Z@eu-west-1",
+                "expired: 8d 0h old, retention 7d",
             ),
-            **changes,
-        }
-        return PruneRecord(**fields)
+        ),
+        **changes,
+    }
+    return PruneRecord(**fields)
 
+
+def test_prune_lists_deletions_of_executed_plans_with_their_reasons() -> None:
     records = [
         plan(WINDOWS[0] + timedelta(minutes=20)),
         plan(WINDOWS[1] + timedelta(minutes=20), executed=False, dry_run=True),
@@ -369,3 +397,209 @@ def test_the_recovery_window_is_reported_with_its_shortest_reach_and_holes() -> 
     assert f"platform_primary@{SECONDARY}: {NO_EVIDENCE} of the recovery window" in found
     page = report.markdown()
     assert "## Recovery window: the continuous tier" in page and "6d" in page
+
+
+# ---- a window is backed up only by its own artifact's verdict --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("records", "why"),
+    [
+        # The copy failed its check; a pass of an earlier artifact of the window proves nothing.
+        (
+            [
+                check(WINDOWS[1], SECONDARY, sha256="sha-earlier"),
+                copy(WINDOWS[1], PRIMARY),
+                copy(WINDOWS[1], SECONDARY, verified=False),
+            ],
+            "unverified in eu-central-1",
+        ),
+        # The copy to the secondary failed: no manifest there, only an earlier artifact's pass.
+        (
+            [check(WINDOWS[1], SECONDARY, sha256="sha-earlier"), copy(WINDOWS[1], PRIMARY)],
+            "no copy in eu-central-1",
+        ),
+        # Pruned since: the window's last artifact failed in the secondary.
+        (
+            [
+                check(WINDOWS[1], PRIMARY),
+                check(WINDOWS[1], SECONDARY, sha256="sha-earlier"),
+                check(WINDOWS[1], SECONDARY, ok=False, late=timedelta(hours=1)),
+            ],
+            "integrity check failed in eu-central-1",
+        ),
+    ],
+)
+def test_a_pass_of_another_artifact_never_backs_a_window_up(records, why) -> None:
+    row = tier_row(report_of(records))
+    assert WINDOWS[1] not in row.backed_up
+    assert [(m.window, m.why) for m in row.missed if m.window == WINDOWS[1]] == [(WINDOWS[1], why)]
+
+
+# ---- refusals, break glass, DR restores, lock coverage: every exception with its control ------
+
+REFUSED = "platform_core/daily/20261024T003000Z@eu-west-1"
+LOCK_REASON = "the store refused to delete 3 versions ... the bucket's Object Lock holds them"
+
+
+def refusal(at: datetime, **changes) -> RefusalRecord:
+    fields = {
+        "key": f"evidence/prune/platform/{TARGET}/{TIER}/{at:%Y%m%dT%H%M%SZ}-1-refused.json",
+        "target": TARGET,
+        "tier": TIER,
+        "planned_at": at,
+        "refused": (Deletion(REFUSED, LOCK_REASON),),
+        "interrupted": None,
+        **changes,
+    }
+    return RefusalRecord(**fields)
+
+
+def test_the_reader_tells_refusals_from_plans_including_old_records() -> None:
+    at = WINDOWS[0] + timedelta(minutes=20)
+    executed = {
+        "schema": "backup-dr/prune/v1",
+        "target": TARGET,
+        "tier": TIER,
+        "planned_at": at.isoformat(),
+        "dry_run": False,
+        "circuit_breaker": None,
+        "executed": True,
+        "decisions": [{"subject": REFUSED, "action": "delete", "reason": "expired"}],
+    }
+    key = f"evidence/prune/platform/{TARGET}/{TIER}/20261101T005000Z-1"
+    assert isinstance(prune_record(key + ".json", executed), PruneRecord)
+    new = {
+        "schema": "backup-dr/prune-refusals/v1",
+        "target": TARGET,
+        "tier": TIER,
+        "plan": key + ".json",
+        "planned_at": at.isoformat(),
+        "executed": False,
+        "interrupted": "LeaseLostError: taken over",
+        "refused": [{"subject": REFUSED, "region": PRIMARY, "reason": LOCK_REASON}],
+    }
+    # Before refusals had their own shape: the plan again, with the refusals added.
+    legacy = {**executed, "refused": [{"subject": REFUSED, "reason": LOCK_REASON}]}
+    for doc in (new, legacy):
+        found = prune_record(key + "-refused.json", doc)
+        assert isinstance(found, RefusalRecord)
+        assert found.refused == (Deletion(REFUSED, LOCK_REASON),)
+    assert prune_record(key + "-refused.json", new).interrupted == "LeaseLostError: taken over"
+
+
+def test_a_refused_deletion_is_listed_as_refused_never_as_deleted() -> None:
+    at = WINDOWS[0] + timedelta(minutes=20)
+    report = report_of([plan(at), refusal(at)])
+    row = next(p for p in report.prune if (p.subject, p.tier) == (TARGET, TIER))
+    assert row.deletions == () and [r.subject for r in row.refused] == [REFUSED]
+    page = report.markdown()
+    assert "### Refused deletions" in page
+    assert f"| 2026-11-01 00:50 UTC | {REFUSED} | {LOCK_REASON} |" in page
+    assert "| copies deleted by prune | 0 |" in page
+    assert f"| A.8.10 | {TARGET}/{TIER}: deletion of {REFUSED} refused" in page
+
+
+def test_break_glass_deletions_are_listed_with_reason_and_approver() -> None:
+    glass = BreakGlassRecord(
+        key="evidence/break-glass/20261102T120000Z-1.json",
+        requested_at=datetime(2026, 11, 2, 12, tzinfo=UTC),
+        backup="platform_core/daily/20261101T003000Z",
+        region=PRIMARY,
+        operator="sre-on-call",
+        approved_by="ciso",
+        reason="restore test data leaked into backups",
+        outcome="deleted",
+    )
+    page = report_of([glass]).markdown()
+    assert "## Break-glass deletions" in page
+    assert (
+        "| 2026-11-02 12:00 UTC | platform_core/daily/20261101T003000Z | eu-west-1 | "
+        "sre-on-call | ciso | restore test data leaked into backups | deleted |"
+    ) in page
+    assert "| A.8.2, A.8.13 | platform_core/daily/20261101T003000Z@eu-west-1: deleted" in page
+
+
+def test_dr_restores_and_their_runs_are_judged_against_the_rto_and_rpo() -> None:
+    restored = drill(
+        TARGET,
+        TIER,
+        kind="dr_restore",
+        key=f"evidence/dr_restore/{TARGET}/20261102T050000Z-1",
+        recorded_at=datetime(2026, 11, 2, 5, tzinfo=UTC),
+        rpo_seconds=7 * 3600.0,
+    )
+    run = RestoreRunRecord(
+        key="evidence/estate/dr_restore/20261102T040000Z-manual.json",
+        began_at=datetime(2026, 11, 2, 4, tzinfo=UTC),
+        wall_seconds=5 * 3600.0,
+        rto_seconds=4 * 3600.0,
+        within_rto=False,
+        outcome="failed",
+        problems=("the estate took 5h, over the RTO of 4h",),
+        targets=(TARGET,),
+    )
+    report = report_of([restored, run])
+    assert [r.drill for r in report.dr_restores] == [restored]
+    assert report.drills[0].drill is None  # a DR restore is not a drill
+    page = report.markdown()
+    assert "## DR restores" in page
+    assert "| 2026-11-02 04:00 UTC | platform_core | 5h | 4h: **OVER** | failed |" in page
+    assert f"| A.5.29, A.5.30 | {TARGET}: DR restore of 2026-11-02 05:00 UTC: " in page
+    assert "| A.5.29, A.5.30 | DR restore run of 2026-11-02 04:00 UTC failed: the estate" in page
+
+
+def test_lock_coverage_flags_a_sampled_object_whose_lock_ends_before_its_need() -> None:
+    need = WINDOWS[0] + timedelta(days=7)
+    short = LockSample(
+        f"platform/{TARGET}/{TIER}/x/data.pgdump", PRIMARY, need - timedelta(1), need
+    )
+    samples = [
+        LockSample(f"platform/{TARGET}/{TIER}/x/manifest.json", PRIMARY, need, need),
+        short,
+        LockSample(f"platform/{TARGET}/{TIER}/x/data.pgdump", SECONDARY, None, need),
+    ]
+    report = report_of(samples)
+    page = report.markdown()
+    assert "## Lock coverage" in page
+    assert f"| {PRIMARY} | 2 | 1 |" in page and f"| {SECONDARY} | 1 | 0 |" in page
+    assert f"| A.8.13, A.5.33 | {short.key}@{PRIMARY}: locked until 2026-11-07 00:30 UTC" in page
+    assert f"{short.key}@{SECONDARY}: not locked" in page
+
+
+def test_every_exception_names_a_documented_control() -> None:
+    at = WINDOWS[0] + timedelta(minutes=20)
+    report = report_of([refusal(at, interrupted="StoreError: down"), check(WINDOWS[0], PRIMARY)])
+    documented = {code for code, _ in CONTROLS}
+    assert report.exceptions
+    for finding in report.exceptions:
+        assert set(finding.control.split(", ")) <= documented, finding
+
+
+# ---- counted from when the target entered the policy ----------------------------------------
+
+
+def _policy_since(tmp_path, since: str):
+    data = yaml.safe_load(DEFAULT_POLICY_PATH.read_text())
+    next(t for t in data["targets"] if t["name"] == TARGET)["since"] = since
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return load_policy(path)
+
+
+def test_windows_are_counted_from_the_policy_since_date(tmp_path) -> None:
+    policy = _policy_since(tmp_path, "2026-11-02")
+    report = build_report(policy, [], START, END, NOW)
+    row = tier_row(report)
+    assert row.expected == tuple(WINDOWS[1:]) and row.since == date(2026, 11, 2)
+    assert "| 2026-11-02 (policy) |" in report.markdown()
+
+
+def test_windows_are_counted_from_the_first_evidence_by_default() -> None:
+    first = [FirstSeen(TARGET, WINDOWS[2] + timedelta(minutes=5)), check(WINDOWS[2], PRIMARY)]
+    report = build_report(POLICY, first, START, END, NOW)
+    row = tier_row(report)
+    assert row.expected == (WINDOWS[2],) and row.since == date(2026, 11, 3)
+    assert "| 2026-11-03 (first evidence) |" in report.markdown()
+    # Without any evidence, the whole period counts (no evidence is itself the finding).
+    assert tier_row(build_report(POLICY, [], START, END, NOW)).expected == tuple(WINDOWS)

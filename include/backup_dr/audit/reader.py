@@ -10,6 +10,7 @@ per region, and so are manifests.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,29 +20,40 @@ from typing import Any
 from include.backup_dr.audit.report import (
     AuditReport,
     BackupRecord,
+    BreakGlassRecord,
     Deletion,
     DrillRecord,
     FailoverRecord,
+    FirstSeen,
     IntegrityRecord,
+    LockSample,
     PruneRecord,
     Record,
+    RefusalRecord,
+    RestoreRunRecord,
     WindowRecord,
     build_report,
     period_bounds,
 )
 from include.backup_dr.catalogue import (
     MANIFEST_NAME,
+    BackupId,
     Verification,
     copy_from_listing,
     parse_window,
     window_label,
 )
+from include.backup_dr.immutability import expiry
 from include.backup_dr.monitor.compliance import backup_subjects, drill_subjects
 from include.backup_dr.pitr.window import WINDOW_EVIDENCE
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.store import ObjectStore
 
 log = logging.getLogger(__name__)
+
+#: Backups per tier and region whose Object Lock the audit reads (manifest and artifact), chosen
+#: by a hash of their key: the same sample from the same evidence, spread over the period.
+LOCK_SAMPLE = 4
 
 
 def build_audit(
@@ -65,7 +77,7 @@ def read_records(
     for item in backup_subjects(policy):
         tier_prefix = f"{item.category}/{item.subject}/{item.tier}/"
         for store in stores:
-            yield from _backups(store, tier_prefix, begin, stop)
+            yield from _backups(policy, store, tier_prefix, begin, stop)
     for category, subject in dict.fromkeys(
         (i.category, i.subject) for i in backup_subjects(policy)
     ):
@@ -74,16 +86,21 @@ def read_records(
     for item in backup_subjects(policy):
         prefix = f"evidence/prune/{item.category}/{item.subject}/{item.tier}/"
         for key, store in _stamped_once(stores, prefix, begin, stop):
-            yield _prune(key, store.get_json(key) or {})
+            yield prune_record(key, store.get_json(key) or {})
+    for key, store in _stamped_once(stores, "evidence/break-glass/", begin, stop):
+        yield _break_glass(key, store.get_json(key) or {})
+    for key, store in _stamped_once(stores, "evidence/estate/dr_restore/", begin, stop):
+        yield _restore_run(key, store.get_json(key) or {})
     for server in policy.continuous_servers():
         for store in stores:  # per region: each region's window is its own
             prefix = f"{WINDOW_EVIDENCE}/{server.name}/{store.region.name}/"
             for key, found in _stamped_once([store], prefix, begin, stop):
                 yield _window(key, found.get_json(key) or {})
     for subject in drill_subjects(policy):
-        prefix = f"evidence/restore_verification/{subject}/"
-        for key, store in _stamped_once(stores, prefix, begin, stop, suffix="/report.json"):
-            yield _drill(policy, key, store.get_json(key) or {})
+        for kind in ("restore_verification", "dr_restore"):
+            prefix = f"evidence/{kind}/{subject}/"
+            for key, store in _stamped_once(stores, prefix, begin, stop, suffix="/report.json"):
+                yield _drill(policy, key, store.get_json(key) or {}, kind)
     for server in policy.servers:
         prefix = f"evidence/failover/{server.name}/"
         for key, store in _stamped_once(stores, prefix, begin, stop):
@@ -111,13 +128,20 @@ def _failover(key: str, doc: dict[str, Any]) -> FailoverRecord:
 
 
 def _backups(
-    store: ObjectStore, prefix: str, begin: datetime, stop: datetime
-) -> Iterator[BackupRecord]:
+    policy: Policy, store: ObjectStore, prefix: str, begin: datetime, stop: datetime
+) -> Iterator[BackupRecord | FirstSeen | LockSample]:
+    """The period's backups of one tier in one region, the tier's first evidence (a manifest
+    before the period counts), and the Object Lock of a sample of the period's backups."""
     listing = store.listing(prefix)
+    if listing.manifests:
+        first = min(listing.manifests)
+        yield FirstSeen(first.target, first.window)
+    found = []
     for backup, manifest in listing.manifests.items():
         if not begin <= backup.window < stop:
             continue
         verdict = copy_from_listing(listing, backup).verification
+        found.append(backup)
         yield BackupRecord(
             key=backup.key(MANIFEST_NAME),
             target=backup.target,
@@ -127,7 +151,23 @@ def _backups(
             finished_at=manifest.finished_at,
             run_id=manifest.run.get("run_id", ""),
             verified=verdict is Verification.PASSED,
+            sha256=manifest.artifact.sha256,
+            artifact_key=manifest.artifact.key,
         )
+    if store.lock is not None:
+        sample = sorted(found, key=lambda b: hashlib.sha256(str(b).encode()).digest())
+        for backup in sample[:LOCK_SAMPLE]:
+            yield from _lock_samples(policy, store, backup, listing.manifests[backup].artifact.key)
+
+
+def _lock_samples(
+    policy: Policy, store: ObjectStore, backup: BackupId, artifact_key: str
+) -> Iterator[LockSample]:
+    """The lock of a kept backup's manifest and artifact against its need: prune may delete it
+    from its window plus its tier's retention on (`immutability.expiry`)."""
+    needed = expiry(policy, backup)
+    for key in (backup.key(MANIFEST_NAME), artifact_key):
+        yield LockSample(key, store.region.name, store.locked_until(key), needed)
 
 
 def _stamp(key: str, prefix: str) -> datetime | None:
@@ -144,9 +184,15 @@ def _integrity(
     """Checks stamped since the period began: a window of the period may be checked after it
     (a backfill), never before it."""
     prefix = f"evidence/integrity/{category}/{subject}/"
+    first = True
     for obj in store.list_objects(prefix):
         stamp = _stamp(obj.key, prefix)
-        if stamp is None or stamp < begin:
+        if stamp is None:
+            continue
+        if first:  # the listing is in time order: the subject's first evidence, ever
+            yield FirstSeen(subject, stamp)
+            first = False
+        if stamp < begin:
             continue
         doc = store.get_json(obj.key) or {}
         target, tier, label = str(doc.get("backup", "")).split("/")
@@ -161,6 +207,7 @@ def _integrity(
             failures=tuple(
                 f"{c['name']}: {c['detail']}" for c in doc.get("checks", []) if not c.get("ok")
             ),
+            sha256=doc.get("artifact_sha256"),
         )
 
 
@@ -187,7 +234,23 @@ def _stamped_once(
                 yield key, store
 
 
-def _prune(key: str, doc: dict[str, Any]) -> PruneRecord:
+#: The suffix of a prune's refusals record, beside its plan.
+REFUSALS_SUFFIX = "-refused.json"
+
+
+def prune_record(key: str, doc: dict[str, Any]) -> PruneRecord | RefusalRecord:
+    """A prune plan, or the refusals of one: told apart by the key, so that a refusals record
+    written before it had its own shape (the plan again, `executed` and all, with the refused
+    deletions added) is never read as a second executed plan."""
+    if key.endswith(REFUSALS_SUFFIX):
+        return RefusalRecord(
+            key=key,
+            target=doc["target"],
+            tier=doc["tier"],
+            planned_at=datetime.fromisoformat(doc["planned_at"]),
+            refused=tuple(Deletion(r["subject"], r["reason"]) for r in doc.get("refused", [])),
+            interrupted=doc.get("interrupted"),
+        )
     decisions = doc.get("decisions", [])
     return PruneRecord(
         key=key,
@@ -201,6 +264,39 @@ def _prune(key: str, doc: dict[str, Any]) -> PruneRecord:
         deletions=tuple(
             Deletion(d["subject"], d["reason"]) for d in decisions if d["action"] == "delete"
         ),
+    )
+
+
+def _break_glass(key: str, doc: dict[str, Any]) -> BreakGlassRecord:
+    """A break-glass record; the operator who ran it approves it unless an approver is named."""
+    operator = str(doc.get("operator") or NO_ONE)
+    return BreakGlassRecord(
+        key=key,
+        requested_at=datetime.fromisoformat(doc["requested_at"]),
+        backup=str(doc.get("backup")),
+        region=str(doc.get("region")),
+        operator=operator,
+        approved_by=doc.get("approved_by") or doc.get("operator"),
+        reason=str(doc.get("reason") or NO_ONE),
+        outcome=str(doc.get("outcome") or "requested"),
+    )
+
+
+#: What a record that names nobody (or no reason) shows.
+NO_ONE = "not recorded"
+
+
+def _restore_run(key: str, doc: dict[str, Any]) -> RestoreRunRecord:
+    wall = doc.get("wall_seconds")
+    return RestoreRunRecord(
+        key=key,
+        began_at=datetime.fromisoformat(doc["began_at"]),
+        wall_seconds=None if wall is None else float(wall),
+        rto_seconds=float(doc.get("rto_seconds") or 0.0),
+        within_rto=bool(doc.get("within_rto")),
+        outcome=str(doc.get("outcome", "unknown")),
+        problems=tuple(doc.get("problems") or ()),
+        targets=tuple(str(t.get("target")) for t in doc.get("targets") or ()),
     )
 
 
@@ -221,7 +317,7 @@ def _window(key: str, doc: dict[str, Any]) -> WindowRecord:
     )
 
 
-def _drill(policy: Policy, key: str, doc: dict[str, Any]) -> DrillRecord:
+def _drill(policy: Policy, key: str, doc: dict[str, Any], kind: str) -> DrillRecord:
     backup = doc.get("backup") or {}
     steps = doc.get("steps") or {}
     projection = doc.get("projection") or {}
@@ -248,6 +344,7 @@ def _drill(policy: Policy, key: str, doc: dict[str, Any]) -> DrillRecord:
         projected_of=projection.get("largest_production_target"),
         rpo_seconds=None if rpo is None else float(rpo),
         rpo_measure=measure,
+        kind=kind,
     )
 
 

@@ -1,16 +1,22 @@
 """The annual audit report, without I/O: evidence records in, a report model out, rendered as
 Markdown and HTML from the same blocks.
 
-A window is *expected* when the tier's cron schedule fires in the period and the backup has had
-`compliance.grace` to be taken, copied and checked. It is *backed up* when a passed integrity
-check of that window exists in every region (the copy's own verdict while the manifest is
-kept, or a kept integrity record once the prune has deleted it); otherwise it is *missed*, and
-the report says what is lacking where. Every figure comes from a record: where there is none,
-the report says "no evidence" instead of a number (a count of zero would be a claim).
+A window is *expected* when the tier's cron schedule fires in the period, on or after the day
+the target entered the policy (its `since`, else its first evidence), and the backup has had
+`compliance.grace` to be taken, copied and checked. It is *backed up* when the window's artifact
+(by SHA-256: the newest manifest's, else the newest check's once pruned) passed its integrity
+check in every region (the copy's own verdict while the manifest is kept, or a kept integrity
+record of that same artifact once the prune has deleted it); a pass of another artifact of the
+window proves nothing. Otherwise it is *missed*, and the report says what is lacking where.
+Every figure comes from a record: where there is none, the report says "no evidence" instead of
+a number (a count of zero would be a claim).
+
+Every exception is tagged with the ISO/IEC 27001:2022 Annex A control it bears on (`CONTROLS`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import html
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -26,13 +32,26 @@ from include.backup_dr.policy import CONTINUOUS, Policy, format_duration
 NO_EVIDENCE = "no evidence"
 BACKFILL_PREFIX = "backfill__"
 
-#: ISO/IEC 27001:2022 Annex A controls each part of the report supports.
+#: ISO/IEC 27001:2022 Annex A controls each part of the report supports; every exception is
+#: tagged with one or more of them.
 BACKUP_CONTROL = "A.8.13"
 CONTINUITY_CONTROL = "A.5.29, A.5.30"
+#: A deletion the store refused: data kept longer than the policy says it is needed.
+DELETION_CONTROL = "A.8.10"
+#: A locked backup deleted through the privileged break-glass connection.
+BREAK_GLASS_CONTROL = "A.8.2, A.8.13"
+#: An evidence record left incomplete (an act without its outcome, a prune that died).
+LOGGING_CONTROL = "A.8.15"
+#: A kept object whose Object Lock does not reach what its retention needs.
+LOCK_CONTROL = "A.8.13, A.5.33"
 CONTROLS = (
     ("A.8.13", "Information backup: backups taken, copied to a second region, checked, pruned"),
     ("A.5.29", "Information security during disruption: restores proven from the DR region"),
     ("A.5.30", "ICT readiness for business continuity: restore time and data loss measured"),
+    ("A.8.2", "Privileged access rights: each break-glass deletion, its reason and approver"),
+    ("A.8.10", "Information deletion: what prune deleted, and what the store refused"),
+    ("A.8.15", "Logging: evidence records complete (outcomes recorded, prunes not cut short)"),
+    ("A.5.33", "Protection of records: backups and evidence held by Object Lock (sampled)"),
 )
 
 
@@ -51,6 +70,9 @@ class BackupRecord:
     finished_at: datetime
     run_id: str
     verified: bool
+    #: The artifact the manifest vouches for, and where it is.
+    sha256: str
+    artifact_key: str
 
 
 @dataclass(frozen=True)
@@ -65,6 +87,8 @@ class IntegrityRecord:
     checked_at: datetime
     ok: bool
     failures: tuple[str, ...] = ()
+    #: The artifact the check re-hashed (None in records older than that field).
+    sha256: str | None = None
 
 
 class Deletion(NamedTuple):
@@ -88,8 +112,75 @@ class PruneRecord:
 
 
 @dataclass(frozen=True)
+class RefusalRecord:
+    """Deletions a prune planned and the store refused (evidence/prune/...-refused.json):
+    kept under Object Lock longer than the plan knew. Never a deletion."""
+
+    key: str
+    target: str
+    tier: str
+    planned_at: datetime
+    refused: tuple[Deletion, ...]
+    #: The error that stopped the prune after these refusals; None when it ran to the end.
+    interrupted: str | None
+
+
+@dataclass(frozen=True)
+class BreakGlassRecord:
+    """A locked backup deleted through the break-glass connection (evidence/break-glass/...)."""
+
+    key: str
+    requested_at: datetime
+    backup: str
+    region: str
+    operator: str
+    approved_by: str | None
+    reason: str
+    outcome: str
+
+
+@dataclass(frozen=True)
+class RestoreRunRecord:
+    """One dr_restore run as a whole (evidence/estate/dr_restore/...): the estate's wall time
+    from the first restore's start to the last record, against the RTO."""
+
+    key: str
+    began_at: datetime
+    wall_seconds: float | None
+    rto_seconds: float
+    within_rto: bool
+    outcome: str
+    problems: tuple[str, ...]
+    targets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LockSample:
+    """One sampled kept object's Object Lock against what its retention needs: prune may
+    delete a backup from its window plus its tier's retention on, so the lock must reach that."""
+
+    key: str
+    region: str
+    retain_until: datetime | None  # None: not locked
+    needed: datetime
+
+    @property
+    def covered(self) -> bool:
+        return self.retain_until is not None and self.retain_until >= self.needed
+
+
+@dataclass(frozen=True)
+class FirstSeen:
+    """The earliest evidence of a subject in the stores, before the period or in it."""
+
+    subject: str
+    at: datetime
+
+
+@dataclass(frozen=True)
 class DrillRecord:
-    """One restore drill (evidence/restore_verification/...), with what it measured."""
+    """One restore (evidence/restore_verification/... for a drill, evidence/dr_restore/... for
+    a DR restore), with what it measured."""
 
     key: str
     subject: str
@@ -107,6 +198,7 @@ class DrillRecord:
     #: restored backup's age when the drill restored it.
     rpo_seconds: float | None
     rpo_measure: str
+    kind: str = "restore_verification"
 
 
 @dataclass(frozen=True)
@@ -140,7 +232,19 @@ class FailoverRecord:
     problems: tuple[str, ...]
 
 
-Record = BackupRecord | IntegrityRecord | PruneRecord | DrillRecord | FailoverRecord | WindowRecord
+Record = (
+    BackupRecord
+    | IntegrityRecord
+    | PruneRecord
+    | RefusalRecord
+    | BreakGlassRecord
+    | DrillRecord
+    | RestoreRunRecord
+    | FailoverRecord
+    | WindowRecord
+    | LockSample
+    | FirstSeen
+)
 
 
 # ---- the report model ------------------------------------------------------------------------
@@ -172,6 +276,10 @@ class TierWindows:
     #: Backups of windows the schedule does not fire (a manual run), verified everywhere.
     unscheduled: int
     has_evidence: bool
+    #: The day windows are counted from, and what says so ("policy", "first evidence");
+    #: None: no date known, the whole period counts.
+    since: date | None = None
+    since_from: str | None = None
 
 
 @dataclass(frozen=True)
@@ -207,7 +315,8 @@ class PruneRow:
     dry_runs: int
     breaker_trips: tuple[tuple[datetime, str], ...]
     kept: int
-    deletions: tuple[PlannedDeletion, ...]  # of executed plans only
+    deletions: tuple[PlannedDeletion, ...]  # of executed plans only, less what was refused
+    refused: tuple[PlannedDeletion, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -277,6 +386,11 @@ class AuditReport:
     exceptions: tuple[Finding, ...] = field(default=())
     recovery: tuple[RecoveryRow, ...] = field(default=())
     failovers: tuple[FailoverRecord, ...] = field(default=())
+    refusals: tuple[RefusalRecord, ...] = field(default=())
+    break_glass: tuple[BreakGlassRecord, ...] = field(default=())
+    dr_restores: tuple[DrillRow, ...] = field(default=())
+    restore_runs: tuple[RestoreRunRecord, ...] = field(default=())
+    lock_samples: tuple[LockSample, ...] = field(default=())
 
     def markdown(self) -> str:
         return render_markdown(blocks(self))
@@ -338,23 +452,51 @@ def build_report(
     )
     counted: dict[tuple[str, str, str], list[IntegrityRecord]] = defaultdict(list)
     plans: dict[tuple[str, str], list[PruneRecord]] = defaultdict(list)
+    refusals: dict[tuple[str, str], list[RefusalRecord]] = defaultdict(list)
     drills: dict[str, list[DrillRecord]] = defaultdict(list)
+    dr_restores: list[DrillRecord] = []
     measured: dict[tuple[str, str], list[WindowRecord]] = defaultdict(list)
     failovers: list[FailoverRecord] = []
+    glass: list[BreakGlassRecord] = []
+    runs: list[RestoreRunRecord] = []
+    samples: list[LockSample] = []
+    first_seen: dict[str, datetime] = {}
+
+    def seen(subject: str, at: datetime) -> None:
+        first_seen[subject] = min(at, first_seen.get(subject, at))
+
     for record in records:
         match record:
             case FailoverRecord():
                 if begin <= record.recorded_at < stop:
                     failovers.append(record)
+            case FirstSeen():
+                seen(record.subject, record.at)
+            case RefusalRecord():
+                if begin <= record.planned_at < stop:
+                    refusals[(record.target, record.tier)].append(record)
+            case BreakGlassRecord():
+                if begin <= record.requested_at < stop:
+                    glass.append(record)
+            case RestoreRunRecord():
+                if begin <= record.began_at < stop:
+                    runs.append(record)
+            case LockSample():
+                samples.append(record)
             case BackupRecord():
                 backups[(record.target, record.tier, record.window)][record.region] = record
+                seen(record.target, record.window)
             case IntegrityRecord():
                 checks[(record.target, record.tier, record.window)][record.region].append(record)
+                seen(record.target, record.window)
                 if begin <= record.window < stop:
                     counted[(record.target, record.tier, record.region)].append(record)
             case PruneRecord():
                 if begin <= record.planned_at < stop:
                     plans[(record.target, record.tier)].append(record)
+            case DrillRecord() if record.kind == "dr_restore":
+                if begin <= record.recorded_at < stop:
+                    dr_restores.append(record)
             case DrillRecord():
                 if begin <= record.recorded_at < stop:
                     drills[record.subject].append(record)
@@ -365,24 +507,32 @@ def build_report(
     windows, integrity, prune = [], [], []
     for item in backup_subjects(policy):
         schedule = _schedule(policy, item.category, item.tier)
-        expected = expected_windows(schedule, begin, stop, now - grace)
-        windows.append(
-            _tier_windows(
-                item.subject,
-                item.tier,
-                schedule,
-                expected,
-                regions,
-                backups,
-                checks,
-                begin,
-                stop,
-                grace,
-            )
+        since, since_from = _since(policy, item.subject, first_seen.get(item.subject))
+        counted_from = max(begin, datetime.combine(since, time(), UTC)) if since else begin
+        expected = expected_windows(schedule, counted_from, stop, now - grace)
+        row = _tier_windows(
+            item.subject,
+            item.tier,
+            schedule,
+            expected,
+            regions,
+            backups,
+            checks,
+            begin,
+            stop,
+            grace,
         )
+        windows.append(dataclasses.replace(row, since=since, since_from=since_from))
         for region in regions:
             integrity.append(_integrity_row(item.subject, item.tier, region, counted))
-        prune.append(_prune_row(item.subject, item.tier, plans.get((item.subject, item.tier))))
+        prune.append(
+            _prune_row(
+                item.subject,
+                item.tier,
+                plans.get((item.subject, item.tier)),
+                refusals.get((item.subject, item.tier), []),
+            )
+        )
     drill_rows = []
     for subject in drill_subjects(policy):
         found = drills.get(subject, [])
@@ -418,8 +568,34 @@ def build_report(
         tuple(drill_rows),
         recovery=recovery,
         failovers=tuple(sorted(failovers, key=lambda f: f.recorded_at)),
+        refusals=tuple(
+            sorted((r for found in refusals.values() for r in found), key=lambda r: r.planned_at)
+        ),
+        break_glass=tuple(sorted(glass, key=lambda g: g.requested_at)),
+        dr_restores=tuple(
+            DrillRow(
+                d.subject,
+                d,
+                policy.objectives.rto,
+                drill_rpo(policy, _category_of(policy, d.subject), d.tier),
+            )
+            for d in sorted(dr_restores, key=lambda d: d.recorded_at)
+        ),
+        restore_runs=tuple(sorted(runs, key=lambda r: r.began_at)),
+        lock_samples=tuple(sorted(samples, key=lambda s: (s.region, s.key))),
     )
     return AuditReport(**{**report.__dict__, "exceptions": tuple(findings(report))})
+
+
+def _since(policy: Policy, subject: str, first: datetime | None) -> tuple[date | None, str | None]:
+    """The day a subject's windows are counted from: the policy's `since`, else the day of its
+    first evidence; a deployment that began last week has no year of missed windows."""
+    declared = next((t.since for t in policy.targets if t.name == subject), None)
+    if declared is not None:
+        return declared, "policy"
+    if first is not None:
+        return first.astimezone(UTC).date(), "first evidence"
+    return None, None
 
 
 def _schedule(policy: Policy, category: str, tier: str) -> str:
@@ -493,11 +669,23 @@ class Evidence:
     copies: dict[str, BackupRecord]
     checks: dict[str, list[IntegrityRecord]]
 
+    @property
+    def artifact(self) -> str | None:
+        """The SHA-256 of the window's artifact: the newest manifest's; once the manifests are
+        pruned, the newest check's (what the window last held)."""
+        if self.copies:
+            return max(self.copies.values(), key=lambda c: c.finished_at).sha256
+        kept = [c for found in self.checks.values() for c in found]
+        return max(kept, key=lambda c: c.checked_at).sha256 if kept else None
+
     def verified_in(self, region: str) -> bool:
+        """The window's own artifact passed its check in `region`: the copy's verdict while
+        its manifest is kept, else a kept record of a check of that same artifact."""
+        artifact = self.artifact
         copy = self.copies.get(region)
-        return (copy is not None and copy.verified) or any(
-            c.ok for c in self.checks.get(region, [])
-        )
+        if copy is not None:
+            return copy.verified and copy.sha256 == artifact
+        return any(c.ok and c.sha256 == artifact for c in self.checks.get(region, []))
 
     def verified_everywhere(self, regions: Iterable[str]) -> bool:
         return all(self.verified_in(region) for region in regions)
@@ -550,10 +738,18 @@ def _integrity_row(
     return IntegrityRow(subject, tier, region, len(found) - len(failures), len(failures), failures)
 
 
-def _prune_row(subject: str, tier: str, found: list[PruneRecord] | None) -> PruneRow:
+def _prune_row(
+    subject: str, tier: str, found: list[PruneRecord] | None, refusals: list[RefusalRecord]
+) -> PruneRow:
+    refused = tuple(
+        PlannedDeletion(r.planned_at, d.subject, d.reason)
+        for r in sorted(refusals, key=lambda r: r.planned_at)
+        for d in r.refused
+    )
     if not found:
-        return PruneRow(subject, tier, None, 0, 0, (), 0, ())
+        return PruneRow(subject, tier, None, 0, 0, (), 0, (), refused)
     found = sorted(found, key=lambda p: p.planned_at)
+    kept_anyway = {(r.planned_at, r.subject) for r in refused}
     return PruneRow(
         subject,
         tier,
@@ -567,7 +763,9 @@ def _prune_row(subject: str, tier: str, found: list[PruneRecord] | None) -> Prun
             for p in found
             if p.executed
             for d in p.deletions
+            if (p.planned_at, d.subject) not in kept_anyway
         ),
+        refused=refused,
     )
 
 
@@ -603,6 +801,44 @@ def findings(report: AuditReport) -> Iterator[Finding]:
                 f"{row.subject}/{row.tier}: prune stopped by the circuit breaker at "
                 f"{_when(at)}: {why}",
             )
+    for row in report.prune:
+        for refused in row.refused:
+            yield Finding(
+                DELETION_CONTROL,
+                f"{row.subject}/{row.tier}: deletion of {refused.subject} refused by the store "
+                f"(prune of {_when(refused.planned_at)}): {refused.reason}",
+            )
+    for refusal in report.refusals:
+        if refusal.interrupted:
+            yield Finding(
+                LOGGING_CONTROL,
+                f"{refusal.target}/{refusal.tier}: prune of {_when(refusal.planned_at)} stopped "
+                f"before its end: {refusal.interrupted}",
+            )
+    for glass in report.break_glass:
+        yield Finding(
+            BREAK_GLASS_CONTROL,
+            f"{glass.backup}@{glass.region}: {glass.outcome} through break glass on "
+            f"{_when(glass.requested_at)} by {glass.operator}, approved by "
+            f"{glass.approved_by or NO_EVIDENCE}: {glass.reason}",
+        )
+        if glass.outcome == "requested":
+            yield Finding(
+                LOGGING_CONTROL,
+                f"{glass.backup}@{glass.region}: break glass of {_when(glass.requested_at)} "
+                "has no recorded outcome",
+            )
+    for sample in report.lock_samples:
+        if not sample.covered:
+            held = (
+                f"locked until {_when(sample.retain_until)}"
+                if sample.retain_until is not None
+                else "not locked"
+            )
+            yield Finding(
+                LOCK_CONTROL,
+                f"{sample.key}@{sample.region}: {held}; its retention needs {_when(sample.needed)}",
+            )
     for row in report.recovery:
         name = f"{row.server}@{row.region}"
         shortest = row.shortest
@@ -628,6 +864,30 @@ def findings(report: AuditReport) -> Iterator[Finding]:
             f"loss {_seconds(failover.loss_seconds)}"
             + (f"; left to do: {'; '.join(failover.problems)}" if failover.problems else ""),
         )
+    for row in report.dr_restores:
+        restored = row.drill
+        assert restored is not None
+        problems = [*restored.problems]
+        if restored.outcome == "passed" and row.within_rto is False:
+            problems.append("restore over the RTO")
+        if row.within_rpo is False:
+            problems.append(
+                f"{restored.rpo_measure} {_seconds(restored.rpo_seconds)} over the RPO of "
+                f"{format_duration(row.rpo)}"
+            )
+        if restored.outcome != "passed" or problems:
+            yield Finding(
+                CONTINUITY_CONTROL,
+                f"{row.subject}: DR restore of {_when(restored.recorded_at)}: {restored.outcome}; "
+                + ("; ".join(problems) or "no reason recorded"),
+            )
+    for run in report.restore_runs:
+        if run.outcome != "passed" or not run.within_rto:
+            yield Finding(
+                CONTINUITY_CONTROL,
+                f"DR restore run of {_when(run.began_at)} {run.outcome}: "
+                + ("; ".join(run.problems) or "no reason recorded"),
+            )
     for row in report.drills:
         drill = row.drill
         if drill is None:
@@ -713,10 +973,21 @@ def blocks(report: AuditReport) -> list[Block]:
         Para(
             f"Control: {BACKUP_CONTROL}. Expected: each fire time of the tier's schedule in the "
             "period (base backups for the continuous tier) that has had the compliance grace to "
-            "complete. Backed up: a passed integrity check of that window in every region."
+            "complete, counted from the day the target entered the policy (its `since`, else "
+            "its first evidence). Backed up: a passed integrity check of that window's own "
+            "artifact (by SHA-256) in every region."
         ),
         Table(
-            ("target", "tier", "schedule", "expected", "backed up", "missed", "filled late"),
+            (
+                "target",
+                "tier",
+                "schedule",
+                "expected",
+                "backed up",
+                "missed",
+                "filled late",
+                "counted from",
+            ),
             tuple(
                 (
                     w.subject,
@@ -726,6 +997,7 @@ def blocks(report: AuditReport) -> list[Block]:
                     str(len(w.backed_up)) if w.has_evidence else NO_EVIDENCE,
                     str(len(w.missed)),
                     str(len(w.backfilled)) if w.has_evidence else NO_EVIDENCE,
+                    f"{w.since} ({w.since_from})" if w.since else "the period's start",
                 )
                 for w in report.windows
             ),
@@ -786,8 +1058,9 @@ def blocks(report: AuditReport) -> list[Block]:
     out += [
         Heading(2, "Retention: prune decisions"),
         Para(
-            f"Control: {BACKUP_CONTROL}. Every prune plan of the period; each copy gets a "
-            "decision with its reason. Deletions are listed for the plans that were carried out."
+            f"Controls: {BACKUP_CONTROL}, {DELETION_CONTROL}. Every prune plan of the period; "
+            "each copy gets a decision with its reason. Deletions are listed for the plans that "
+            "were carried out; what the store refused to delete is listed apart, never as deleted."
         ),
         Table(
             (
@@ -799,6 +1072,7 @@ def blocks(report: AuditReport) -> list[Block]:
                 "breaker trips",
                 "keep",
                 "delete",
+                "refused",
             ),
             tuple(
                 (
@@ -812,9 +1086,10 @@ def blocks(report: AuditReport) -> list[Block]:
                             str(len(p.breaker_trips)),
                             str(p.kept),
                             str(len(p.deletions)),
+                            str(len(p.refused)),
                         )
                         if p.plans is not None
-                        else (NO_EVIDENCE,) * 5
+                        else (NO_EVIDENCE,) * 6
                     ),
                 )
                 for p in report.prune
@@ -830,6 +1105,24 @@ def blocks(report: AuditReport) -> list[Block]:
                 tuple((_when(d.planned_at), d.subject, d.reason) for _, d in deletions),
             ),
         ]
+    refused = [d for p in report.prune for d in p.refused]
+    out += [
+        Heading(3, "Refused deletions"),
+        Para(
+            f"Control: {DELETION_CONTROL}. Deletions a prune planned and the store refused "
+            "(Object Lock held the copy longer than the plan knew): kept, never retried; the "
+            "first prune after the lock ends deletes them."
+            + ("" if refused else " None in the period.")
+        ),
+    ]
+    if refused:
+        out.append(
+            Table(
+                ("planned", "copy", "why refused"),
+                tuple((_when(d.planned_at), d.subject, d.reason) for d in refused),
+            )
+        )
+    out += _break_glass_blocks(report) + _lock_blocks(report)
     if report.recovery:
         out += [
             Heading(2, "Recovery window: the continuous tier"),
@@ -916,6 +1209,113 @@ def blocks(report: AuditReport) -> list[Block]:
                 ),
             )
         )
+    return out + _dr_restore_blocks(report)
+
+
+def _break_glass_blocks(report: AuditReport) -> list[Block]:
+    out: list[Block] = [
+        Heading(2, "Break-glass deletions"),
+        Para(
+            f"Controls: {BREAK_GLASS_CONTROL}. Every locked backup deleted through a region's "
+            "break-glass connection (governance bypass), with its reason and who asked and "
+            "approved (evidence/break-glass/)."
+            + ("" if report.break_glass else " None in the period.")
+        ),
+    ]
+    if report.break_glass:
+        out.append(
+            Table(
+                ("requested", "backup", "region", "operator", "approved by", "reason", "outcome"),
+                tuple(
+                    (
+                        _when(g.requested_at),
+                        g.backup,
+                        g.region,
+                        g.operator,
+                        g.approved_by or NO_EVIDENCE,
+                        g.reason,
+                        g.outcome,
+                    )
+                    for g in report.break_glass
+                ),
+            )
+        )
+    return out
+
+
+def _lock_blocks(report: AuditReport) -> list[Block]:
+    out: list[Block] = [
+        Heading(2, "Lock coverage"),
+        Para(
+            f"Controls: {LOCK_CONTROL}. Beside the re-hash sample: a sample of the period's "
+            "kept backups in each region that locks (manifest and artifact), each object's "
+            "Object Lock retain-until against what its retention needs (its window plus the "
+            "tier's retention: prune may delete it from then on). Short ones are exceptions."
+        ),
+    ]
+    regions = sorted({s.region for s in report.lock_samples})
+    out.append(
+        Table(
+            ("region", "objects sampled", "lock reaches the need"),
+            tuple(
+                (
+                    region,
+                    str(sum(1 for s in report.lock_samples if s.region == region)),
+                    str(sum(1 for s in report.lock_samples if s.region == region and s.covered)),
+                )
+                for region in regions
+            )
+            or ((NO_EVIDENCE, NO_EVIDENCE, NO_EVIDENCE),),
+        )
+    )
+    return out
+
+
+def _dr_restore_blocks(report: AuditReport) -> list[Block]:
+    out: list[Block] = [
+        Heading(2, "DR restores"),
+        Para(
+            f"Controls: {CONTINUITY_CONTROL}. Every dr_restore run of the period "
+            "(evidence/estate/dr_restore/): the estate's wall time from the first restore's "
+            "start to the last record, against the RTO; then each target it restored "
+            "(evidence/dr_restore/): its restore time and the data loss measured, against "
+            "the RPO."
+            + ("" if report.restore_runs or report.dr_restores else " None in the period.")
+        ),
+    ]
+    if report.restore_runs:
+        out.append(
+            Table(
+                ("began", "targets", "wall time", "RTO", "outcome"),
+                tuple(
+                    (
+                        _when(r.began_at),
+                        ", ".join(r.targets) or "-",
+                        _seconds(r.wall_seconds),
+                        format_duration(timedelta(seconds=r.rto_seconds))
+                        + f": {_verdict(r.within_rto if r.wall_seconds is not None else None)}",
+                        r.outcome,
+                    )
+                    for r in report.restore_runs
+                ),
+            )
+        )
+    if report.dr_restores:
+        out.append(
+            Table(
+                (
+                    "target",
+                    "restore",
+                    "outcome",
+                    "restore took",
+                    "measured restore",
+                    "RTO",
+                    "RPO measured",
+                    "RPO target",
+                ),
+                tuple(_drill_cells(row) for row in report.dr_restores),
+            )
+        )
     return out
 
 
@@ -940,6 +1340,18 @@ def _summary(report: AuditReport) -> tuple[tuple[str, str], ...]:
             "copies deleted by prune",
             str(sum(len(p.deletions) for p in report.prune))
             if any(p.plans is not None for p in report.prune)
+            else NO_EVIDENCE,
+        ),
+        (
+            "deletions refused by the store",
+            str(sum(len(p.refused) for p in report.prune)),
+        ),
+        ("break-glass deletions", str(len(report.break_glass))),
+        ("DR restore runs", str(len(report.restore_runs))),
+        (
+            "sampled objects locked as long as needed",
+            f"{sum(s.covered for s in report.lock_samples)} of {len(report.lock_samples)}"
+            if report.lock_samples
             else NO_EVIDENCE,
         ),
         ("targets drilled", f"{len(drilled)} of {len(report.drills)}"),

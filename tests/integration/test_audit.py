@@ -1,20 +1,25 @@
 """The audit report against the real stores: real backups of two of three daily windows (one
 by a backfill run, both taken weeks after their windows), a prune that deletes an expired one,
 then the report, its evidence in both regions, and `python -m include.backup_dr audit --out`
-as a user runs it."""
+as a user runs it. Then, under Object Lock: a deletion the store refuses, a break-glass
+deletion, and the lock coverage sample, as the report lists them."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from include.backup_dr.audit import build_audit, write_evidence
+from include.backup_dr.break_glass import delete_locked_backup
+from include.backup_dr.catalogue import BackupId
 from include.backup_dr.pipeline import check_integrity, copy_to_secondary, prune, take_snapshot
+from tests.integration.test_object_lock import HELD, locked  # noqa: F401 (a fixture)
 from tests.stack import REPO
 
 pytestmark = pytest.mark.integration
@@ -63,7 +68,10 @@ def test_report_lists_the_missed_window_backfills_and_prune_reasons(
     assert all(d.reason.startswith("expired") for d in plan.deletions)
 
     page = report.markdown()
-    assert f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | 2 | 1 | 2 |" in page
+    assert (
+        f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | 2 | 1 | 2 | 2026-10-20 (first evidence) |"
+        in page
+    )
     assert f"| {TARGET} | {TIER} | 2026-11-02 00:30 UTC | no backup in any region |" in page
     assert plan.deletions[0].reason in page
     assert "platform_core: no evidence of a restore drill" in page  # nothing drilled it
@@ -102,3 +110,41 @@ def test_report_lists_the_missed_window_backfills_and_prune_reasons(
     assert markdown.strip() == done.stdout.strip()
     assert f"| {TARGET} | {TIER} | 2026-11-02 00:30 UTC | no backup in any region |" in markdown
     assert "<td>2026-11-02 00:30 UTC</td><td>no backup in any region</td>" in html
+
+
+def test_report_lists_refused_and_break_glass_deletions_and_samples_the_locks(
+    locked,  # noqa: F811 (the fixture imported above)
+) -> None:
+    policy, stores = locked
+    now = datetime.now(UTC).replace(microsecond=0)
+    _backup(policy, stores, now - timedelta(hours=1), "scheduled__newest")
+    _backup(policy, stores, now - timedelta(days=1), "scheduled__expired")
+    expired = BackupId("platform", TARGET, TIER, now - timedelta(days=1))
+    time.sleep(2)  # S3 times versions to the second; prune spares what it may not have seen
+    # Planned a second after the lock the policy expects, while the store still holds it.
+    planned = expired.window + HELD + timedelta(seconds=1)
+    result = prune(policy, stores, TARGET, TIER, now=planned)
+    assert (result["planned_deletions"], result["refused"]) == (2, 2)
+    glass = delete_locked_backup(
+        policy, expired, "secondary", reason="test data leaked into a backup", operator="sre"
+    )
+
+    report = build_audit(policy, stores, now.date() - timedelta(days=1), planned.date())
+    row = next(p for p in report.prune if (p.subject, p.tier) == (TARGET, TIER))
+    assert row.deletions == ()
+    assert sorted(r.subject for r in row.refused) == [
+        f"{expired}@eu-central-1",
+        f"{expired}@eu-west-1",
+    ]
+    page = report.markdown()
+    assert "### Refused deletions" in page and "| deletions refused by the store | 2 |" in page
+    assert f"| A.8.10 | {TARGET}/{TIER}: deletion of {expired}@eu-west-1 refused" in page
+    assert (
+        f"| {expired} | eu-central-1 | sre | sre | test data leaked into a backup | deleted |"
+    ) in page
+    assert glass["outcome"] == "deleted"
+    # Two backups sampled in the primary, one left in the secondary: manifest and artifact each.
+    samples = {(s.region, s.key): s for s in report.lock_samples}
+    assert {region for region, _ in samples} == {"eu-west-1", "eu-central-1"}
+    assert len(samples) == 6 and all(s.covered for s in samples.values())
+    assert "| sampled objects locked as long as needed | 6 of 6 |" in page

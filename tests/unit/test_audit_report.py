@@ -18,6 +18,7 @@ from include.backup_dr.audit.report import (
     BreakGlassRecord,
     Deletion,
     DrillRecord,
+    FailoverRecord,
     FirstSeen,
     IntegrityRecord,
     LockSample,
@@ -603,3 +604,24 @@ def test_windows_are_counted_from_the_first_evidence_by_default() -> None:
     assert "| 2026-11-03 (first evidence) |" in report.markdown()
     # Without any evidence, the whole period counts (no evidence is itself the finding).
     assert tier_row(build_report(POLICY, [], START, END, NOW)).expected == tuple(WINDOWS)
+
+
+def test_a_failover_shows_its_measured_rto_and_rpo_against_the_objectives() -> None:
+    event = FailoverRecord(
+        server="platform_primary",
+        key="evidence/failover/platform_primary/20261102T030000Z-run.json",
+        recorded_at=datetime(2026, 11, 2, 3, tzinfo=UTC),
+        planned=False,
+        approved_by="oncall",
+        approval_to_writable_seconds=90.0,
+        loss_seconds=2.5,
+        lost_heartbeats=3,
+        timeline=2,
+        old_primary="pg_platform: fenced",
+        problems=(),
+    )
+    report = report_of([event])
+    page = report.markdown()
+    assert "| 1m30s (RTO 4h: within) | 2s, 3 heartbeat(s) (RPO 1s: **OVER**) |" in page
+    (finding,) = [f for f in report.exceptions if "failover on" in f.text]
+    assert finding.control == "A.5.29, A.5.30" and "loss over the RPO of 1s" in finding.text

@@ -391,6 +391,9 @@ class AuditReport:
     dr_restores: tuple[DrillRow, ...] = field(default=())
     restore_runs: tuple[RestoreRunRecord, ...] = field(default=())
     lock_samples: tuple[LockSample, ...] = field(default=())
+    #: What a failover answers for: the RTO, and the RPO of the streaming servers' category.
+    rto: timedelta | None = None
+    failover_rpo: timedelta | None = None
 
     def markdown(self) -> str:
         return render_markdown(blocks(self))
@@ -583,6 +586,12 @@ def build_report(
         ),
         restore_runs=tuple(sorted(runs, key=lambda r: r.began_at)),
         lock_samples=tuple(sorted(samples, key=lambda s: (s.region, s.key))),
+        rto=policy.objectives.rto,
+        failover_rpo=(
+            policy.categories[policy.continuous.category].rpo
+            if policy.continuous is not None
+            else None
+        ),
     )
     return AuditReport(**{**report.__dict__, "exceptions": tuple(findings(report))})
 
@@ -857,11 +866,20 @@ def findings(report: AuditReport) -> Iterator[Finding]:
                 f"{_when(end)} (seen {_when(at)})",
             )
     for failover in report.failovers:  # a disruption is always worth an auditor's eye
+        over = [
+            f"{what} over the {name} of {format_duration(limit)}"
+            for what, name, value, limit in (
+                ("approval to writable", "RTO", failover.approval_to_writable_seconds, report.rto),
+                ("loss", "RPO", failover.loss_seconds, report.failover_rpo),
+            )
+            if _within(value, limit) is False
+        ]
         yield Finding(
             CONTINUITY_CONTROL,
             f"{failover.server}: {'switchover' if failover.planned else 'failover'} on "
             f"{_when(failover.recorded_at)}, approved by {failover.approved_by or NO_EVIDENCE}, "
             f"loss {_seconds(failover.loss_seconds)}"
+            + "".join(f"; {o}" for o in over)
             + (f"; left to do: {'; '.join(failover.problems)}" if failover.problems else ""),
         )
     for row in report.dr_restores:
@@ -946,6 +964,19 @@ def _seconds(value: float | None) -> str:
 
 def _count(value: int | None) -> str:
     return NO_EVIDENCE if value is None else str(value)
+
+
+def _within(seconds: float | None, limit: timedelta | None) -> bool | None:
+    if seconds is None or limit is None:
+        return None
+    return seconds <= limit.total_seconds()
+
+
+def _against(seconds: float | None, name: str, limit: timedelta | None) -> str:
+    """` (RTO 4h: within)`: a measured time against its objective, when both are known."""
+    if seconds is None or limit is None:
+        return ""
+    return f" ({name} {format_duration(limit)}: {_verdict(_within(seconds, limit))})"
 
 
 def _verdict(ok: bool | None) -> str:
@@ -1175,8 +1206,9 @@ def blocks(report: AuditReport) -> list[Block]:
         Heading(2, "Failovers"),
         Para(
             f"Controls: {CONTINUITY_CONTROL}. Every dr_failover of the period: who approved "
-            "it, how long from the approval until the new primary took writes, the loss "
-            "measured before the approval, and what became of the old primary."
+            "it, how long from the approval until the new primary took writes (against the "
+            "RTO), the loss measured before the approval (against the streaming servers' RPO), "
+            "and what became of the old primary."
             + ("" if report.failovers else " None in the period.")
         ),
     ]
@@ -1198,9 +1230,11 @@ def blocks(report: AuditReport) -> list[Block]:
                         f.server + (" (planned)" if f.planned else ""),
                         _when(f.recorded_at),
                         f.approved_by or NO_EVIDENCE,
-                        _seconds(f.approval_to_writable_seconds),
+                        _seconds(f.approval_to_writable_seconds)
+                        + _against(f.approval_to_writable_seconds, "RTO", report.rto),
                         _seconds(f.loss_seconds)
-                        + (f", {f.lost_heartbeats} heartbeat(s)" if f.lost_heartbeats else ""),
+                        + (f", {f.lost_heartbeats} heartbeat(s)" if f.lost_heartbeats else "")
+                        + _against(f.loss_seconds, "RPO", report.failover_rpo),
                         str(f.timeline or "-"),
                         f.old_primary,
                         "; ".join(f.problems) or "nothing",

@@ -148,3 +148,43 @@ def test_report_lists_refused_and_break_glass_deletions_and_samples_the_locks(
     assert {region for region, _ in samples} == {"eu-west-1", "eu-central-1"}
     assert len(samples) == 6 and all(s.covered for s in samples.values())
     assert "| sampled objects locked as long as needed | 6 of 6 |" in page
+
+
+def test_report_lists_dr_restores_from_the_records_dr_restore_writes(stores, policy_file) -> None:
+    """The writers dr_restore uses (one record per target, one for the run), read back."""
+    from include.backup_dr.restore.record import record_estate, report
+
+    policy = policy_file()
+    began = datetime.now(UTC).replace(microsecond=0)
+    ref = {
+        "category": "platform",
+        "target": TARGET,
+        "tier": TIER,
+        "window": DAYS[0].isoformat(),
+        "region": "eu-central-1",
+        "reason": "newest verified in the DR region",
+        "destination": "pg_platform_dr/platform_billing",
+    }
+    restored = {
+        "timings": {"download": 2.0, "pg_restore": 8.0},
+        "restored_bytes": 10_000_000,
+        "age_seconds": 7 * 3600.0,  # over the 6 h RPO of a dump
+        "started_at": began.isoformat(),
+        "seconds_since_run_start": 12.0,
+    }
+    run = {"run_id": "manual__dr", "approved_by": "oncall"}
+    target = report(
+        policy, stores, ref, restored, {"ok": True, "results": []}, run, kind="dr_restore"
+    )
+    record_estate(policy, stores, "dr_restore", run, [target], began)
+
+    audit = build_audit(policy, stores, began.date(), began.date())
+    (restore,) = audit.dr_restores
+    assert restore.drill is not None and restore.drill.rpo_seconds == 7 * 3600.0
+    assert (restore.within_rto, restore.within_rpo) == (True, False)
+    (estate,) = audit.restore_runs
+    assert estate.outcome == "passed" and estate.targets == (TARGET,)
+    page = audit.markdown()
+    assert "## DR restores" in page and "4h: within | passed |" in page
+    assert f"| A.5.29, A.5.30 | {TARGET}: DR restore of " in page
+    assert "over the RPO of 6h" in page

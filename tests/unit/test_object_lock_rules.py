@@ -11,7 +11,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.backup_dr.catalogue import Backup, BackupId, Copy, Verification
+from include.backup_dr.catalogue import Backup, BackupId, Copy, Debris, Verification
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, PolicyError, load_policy
 from include.backup_dr.retention import Action, hold_locked, plan_prune, recovery_holds
@@ -94,7 +94,7 @@ def test_an_expired_backup_is_deleted_exactly_when_its_lock_has_ended(offset) ->
     )
     assert {d.action for d in planned.decisions if d.backup == old.id} == {Action.DELETE}
     until = NOW + timedelta(seconds=offset)
-    held = hold_locked(planned, {(old.id, REGIONS[0]): until}, NOW, 1.0)
+    held = hold_locked(planned, {f"{old.id}@{REGIONS[0]}": until}, NOW, 1.0)
     (primary,) = [d for d in held.decisions if d.backup == old.id and d.region == REGIONS[0]]
     (secondary,) = [d for d in held.decisions if d.backup == old.id and d.region == REGIONS[1]]
     if until > NOW:
@@ -118,10 +118,23 @@ def test_the_circuit_breaker_is_judged_on_what_the_locks_leave_to_delete() -> No
         max_delete_fraction=0.5,
     )
     assert planned.breaker is not None  # 4 of 5 copies per region
-    locks = {(b.id, region): NOW + timedelta(days=1) for b in backups[:3] for region in REGIONS}
+    locks = {f"{b.id}@{region}": NOW + timedelta(days=1) for b in backups[:3] for region in REGIONS}
     held = hold_locked(planned, locks, NOW, 0.5)
     assert held.breaker is None  # 1 of 5 left to delete per region
     assert len(held.deletions) == 2
+
+
+def test_locked_debris_is_kept_with_its_date_like_a_backup() -> None:
+    """Locks apply on write: an upload whose manifest write failed is locked debris."""
+    debris = Debris(REGIONS[0], "platform/db/daily/20261201T120000Z/data.pgdump", NOW - DAY)
+    planned = plan_prune(
+        [], [debris], {"daily": WINDOW}, NOW, grace=timedelta(hours=6), max_delete_fraction=1.0
+    )
+    (decision,) = planned.deletions
+    until = NOW + WINDOW
+    (held,) = hold_locked(planned, {decision.subject: until}, NOW, 1.0).decisions
+    assert held.action is Action.KEEP and held.debris == debris
+    assert f"never a backup; but locked until {until.isoformat()}" in held.reason
 
 
 # --- the recovery window stays locked while prune keeps it -----------------------------------

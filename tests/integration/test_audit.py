@@ -143,11 +143,14 @@ def test_report_lists_refused_and_break_glass_deletions_and_samples_the_locks(
         f"| {expired} | eu-central-1 | sre | sre | test data leaked into a backup | deleted |"
     ) in page
     assert glass["outcome"] == "deleted"
-    # Two backups sampled in the primary, one left in the secondary: manifest and artifact each.
+    # Two backups sampled in the primary, one left in the secondary: manifest and artifact each;
+    # and each region's two integrity records.
     samples = {(s.region, s.key): s for s in report.lock_samples}
     assert {region for region, _ in samples} == {"eu-west-1", "eu-central-1"}
-    assert len(samples) == 6 and all(s.covered for s in samples.values())
-    assert "| sampled objects locked as long as needed | 6 of 6 |" in page
+    assert sum(not key.startswith("evidence/") for _, key in samples) == 6
+    assert sum(key.startswith("evidence/integrity/") for _, key in samples) == 4
+    assert all(s.covered for s in samples.values())
+    assert "| sampled objects locked as long as needed | 10 of 10 |" in page
 
 
 def test_report_lists_dr_restores_from_the_records_dr_restore_writes(stores, policy_file) -> None:

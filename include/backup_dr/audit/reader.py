@@ -51,8 +51,9 @@ from include.backup_dr.store import ObjectStore
 
 log = logging.getLogger(__name__)
 
-#: Backups per tier and region whose Object Lock the audit reads (manifest and artifact), chosen
-#: by a hash of their key: the same sample from the same evidence, spread over the period.
+#: Backups per tier and region whose Object Lock the audit reads (manifest and artifact), and
+#: integrity records per subject and region, chosen by a hash of their key: the same sample
+#: from the same evidence, spread over the period.
 LOCK_SAMPLE = 4
 
 
@@ -155,7 +156,7 @@ def _backups(
             artifact_key=manifest.artifact.key,
         )
     if store.lock is not None:
-        sample = sorted(found, key=lambda b: hashlib.sha256(str(b).encode()).digest())
+        sample = sorted(found, key=lambda b: _sample_order(str(b)))
         for backup in sample[:LOCK_SAMPLE]:
             yield from _lock_samples(policy, store, backup, listing.manifests[backup].artifact.key)
 
@@ -180,11 +181,14 @@ def _stamp(key: str, prefix: str) -> datetime | None:
 
 def _integrity(
     store: ObjectStore, category: str, subject: str, begin: datetime
-) -> Iterator[IntegrityRecord]:
+) -> Iterator[IntegrityRecord | FirstSeen | LockSample]:
     """Checks stamped since the period began: a window of the period may be checked after it
-    (a backfill), never before it."""
+    (a backfill), never before it. Also the subject's first evidence, and in a region that
+    locks, the lock of a sample of the records (evidence is locked from its write for the
+    evidence retention, which the audit year needs)."""
     prefix = f"evidence/integrity/{category}/{subject}/"
     first = True
+    stamped: list[tuple[str, datetime]] = []
     for obj in store.list_objects(prefix):
         stamp = _stamp(obj.key, prefix)
         if stamp is None:
@@ -194,6 +198,7 @@ def _integrity(
             first = False
         if stamp < begin:
             continue
+        stamped.append((obj.key, stamp))
         doc = store.get_json(obj.key) or {}
         target, tier, label = str(doc.get("backup", "")).split("/")
         yield IntegrityRecord(
@@ -209,6 +214,15 @@ def _integrity(
             ),
             sha256=doc.get("artifact_sha256"),
         )
+    if store.lock is not None:
+        retention = store.lock.evidence_retention
+        for key, stamp in sorted(stamped, key=lambda k: _sample_order(k[0]))[:LOCK_SAMPLE]:
+            yield LockSample(key, store.region.name, store.locked_until(key), stamp + retention)
+
+
+def _sample_order(key: str) -> bytes:
+    """Where a key falls in the lock sample: a hash, so the sample spreads over the period."""
+    return hashlib.sha256(key.encode()).digest()
 
 
 def _stamped_once(

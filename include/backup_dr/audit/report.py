@@ -157,7 +157,8 @@ class RestoreRunRecord:
 @dataclass(frozen=True)
 class LockSample:
     """One sampled kept object's Object Lock against what its retention needs: prune may
-    delete a backup from its window plus its tier's retention on, so the lock must reach that."""
+    delete a backup from its window plus its tier's retention on, so the lock must reach that;
+    an evidence record is needed for the evidence retention from when it was written."""
 
     key: str
     region: str
@@ -1282,9 +1283,11 @@ def _lock_blocks(report: AuditReport) -> list[Block]:
         Heading(2, "Lock coverage"),
         Para(
             f"Controls: {LOCK_CONTROL}. Beside the re-hash sample: a sample of the period's "
-            "kept backups in each region that locks (manifest and artifact), each object's "
-            "Object Lock retain-until against what its retention needs (its window plus the "
-            "tier's retention: prune may delete it from then on). Short ones are exceptions."
+            "kept backups in each region that locks (manifest and artifact) and of the "
+            "integrity records, each object's Object Lock retain-until against what its "
+            "retention needs (a backup: its window plus the tier's retention, when prune may "
+            "delete it; a record: its writing plus the evidence retention). Short ones are "
+            "exceptions."
         ),
     ]
     regions = sorted({s.region for s in report.lock_samples})

@@ -387,6 +387,7 @@ def prune(
         raise CircuitBreakerTripped(f"target {target}, tier {tier}: {plan.breaker}")
     held = [] if dry_run else _hold_recovery_window(policy, stores, target, tier, plan, now)
     refused: list[dict[str, str]] = []
+    refusals = None
     if dry_run:
         log.info("Dry run: %d deletions planned, none made.", len(plan.deletions))
     else:
@@ -398,11 +399,11 @@ def prune(
         except BaseException as exc:  # the refusals already met are evidence all the same
             _record_refusals(stores, key, evidence, refused, f"{type(exc).__name__}: {exc}")
             raise
+        refusals = _record_refusals(stores, key, evidence, refused, None)
         # What the deleted backups referred to (blobs, WAL) goes later, once per category:
         # see include/backup_dr/gc.py.
         if tier == CONTINUOUS:
             _record_windows(policy, stores, target)
-    refusals = _record_refusals(stores, key, evidence, refused, None)
     return {
         "target": target,
         "tier": tier,

@@ -4,6 +4,7 @@ region) with SSE-KMS, and an SMTP sink, started once per session on ports of the
 
 from __future__ import annotations
 
+import contextlib
 import email
 import os
 import shutil
@@ -325,3 +326,51 @@ def wait_for_runs(
             return
         time.sleep(1)
     raise AssertionError(f"runs for {sorted(wanted)} did not finish: {dag_runs(env, dag_id)}")
+
+
+# --- the local platform primary's settings, changed as a DBA would -----------------------------
+
+
+def _primary_setting(name: str) -> tuple[str, str]:
+    """(setting, the file it comes from) of one server setting, from a fresh session."""
+    from local import pg
+
+    with pg.PLATFORM.connect() as conn:
+        row = conn.execute(
+            "SELECT setting, coalesce(sourcefile, '') FROM pg_settings WHERE name = %s", (name,)
+        ).fetchone()
+    assert row is not None, name
+    return row[0], row[1]
+
+
+def _apply_setting(statement: Any, name: str, expected: str, timeout: float) -> None:
+    """Run ALTER SYSTEM, reload, and wait until a new session sees `expected` (a reload is
+    asynchronous: the postmaster applies it after pg_reload_conf returns)."""
+    from local import pg
+
+    with pg.PLATFORM.connect() as conn:
+        conn.execute(statement)
+        conn.execute("SELECT pg_reload_conf()")
+    deadline = time.monotonic() + timeout
+    while (found := _primary_setting(name)[0]) != expected:
+        assert time.monotonic() < deadline, f"{name} is {found}, not {expected}, after a reload"
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def primary_setting(name: str, value: str, timeout: float = 30.0) -> Iterator[None]:
+    """The platform primary with `name` set to `value` (pg_settings' unit, e.g. seconds) by
+    ALTER SYSTEM and a reload; put back as it was on exit, whatever happens."""
+    from psycopg import sql
+
+    original, source = _primary_setting(name)
+    setting = sql.SQL("ALTER SYSTEM SET {} = {}")
+    _apply_setting(setting.format(sql.Identifier(name), sql.Literal(value)), name, value, timeout)
+    try:
+        yield
+    finally:
+        if source.endswith("postgresql.auto.conf"):  # an earlier ALTER SYSTEM: restore its value
+            restore = setting.format(sql.Identifier(name), sql.Literal(original))
+        else:
+            restore = sql.SQL("ALTER SYSTEM RESET {}").format(sql.Identifier(name))
+        _apply_setting(restore, name, original, timeout)

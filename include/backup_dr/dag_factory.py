@@ -638,19 +638,14 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         **placement("pitr"),
     )
     def pitr(server: str) -> dict[str, Any]:
-        """Recover the server to a recorded second, prove it, validate; pages when it fails."""
-        from airflow.sdk.exceptions import AirflowSkipException
-
+        """Recover the server to a recorded second, prove it, validate; pages when it fails.
+        Without a base backup it fails too (recorded): a skip would leave the run green with
+        point-in-time recovery never drilled."""
         from include.backup_dr.drill import pitr as pitrs
         from include.backup_dr.restore.errors import DrillFailed
 
         context = _label(server)
         policy_now, stores = _runtime()
-        if not pitrs.has_base_backup(policy_now, stores, server):
-            raise AirflowSkipException(
-                f"{server} has no base backup of the continuous tier in either region yet "
-                "(platform_backup_continuous has not run): point-in-time recovery not drilled"
-            )
         run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
         document = pitrs.drill(policy_now, stores, server, dict(context["params"]), run)
         if document["outcome"] != "passed":
@@ -1201,8 +1196,19 @@ def _compliance_doc(policy: Policy) -> str:
             "the last one archived is more than 2 x archive_timeout "
             f"({human(2 * continuous.archive_timeout)}) old"
         )
+        config = (
+            "the primary's settings in the same evidence are the policy's: archive_mode on, "
+            "wal_level replica or logical, archive_timeout not off nor longer than "
+            f"{human(continuous.archive_timeout)} (shorter: amber)"
+            + (
+                "; synchronous_standby_names set, synchronous_commit waiting, the standby's "
+                "sync_state sync"
+                if continuous.synchronous
+                else ""
+            )
+        )
     else:
-        lag = wal = "(no continuous tier in the policy)"
+        lag = wal = config = "(no continuous tier in the policy)"
     media_rpo = next(
         (format_duration(c.rpo) for c in policy.categories.values() if c.replication_schedule),
         "-",
@@ -1218,6 +1224,7 @@ its limit and why) goes to `evidence/compliance/` in both regions.
 | `backup_age` | production target (continuous: server), tier, region | the newest backup **verified** in that region was taken within the tier's schedule period + {grace} grace |
 | `standby_lag` | continuous server | {lag} |
 | `wal_archive` | continuous server | {wal} |
+| `server_config` | continuous server | {config} |
 | `replication_lag` | media target | media_replicate's last run found the secondary within the {media_rpo} RPO and began less than {media_rpo} ago |
 | `restore_drill` | production target, continuous server | the newest restore drill passed and is at most 366 days (+ grace) old |
 | `projected_rto` | drilled target, and all targets | the newest backup's size at the restore rate the drill measured fits the {format_duration(policy.objectives.rto)} RTO; `all targets` adds them up, as dr_restore restores one after another |

@@ -229,7 +229,8 @@ def test_compliance_runs_every_15_minutes_and_pages_only_from_its_own_state(dagb
     # Red checks page once from record.run; the callback pages only when the check itself breaks.
     [callback] = check.on_failure_callback
     assert type(callback).__name__ == "_MonitorFailureNotifier"
-    for kind in ("backup_age", "standby_lag", "wal_archive", "replication_lag", "restore_drill"):
+    kinds = ("backup_age", "standby_lag", "wal_archive", "server_config", "replication_lag")
+    for kind in (*kinds, "restore_drill"):
         assert f"`{kind}`" in dag.doc_md, kind
     for words in ("`projected_rto`", "`rehash_coverage`", "2h grace", "state/compliance/"):
         assert words in dag.doc_md, words

@@ -161,7 +161,17 @@ def _outcome(stores, windows: dict[str, datetime]) -> dict[str, Any]:
 
 def _smallest(data: dict[str, Any]) -> None:
     """The least the policy allows for a platform tier, a media tier and a drill of each: the
-    smallest sample database (platform_core becomes UAT) and one tenant's documents."""
+    smallest sample database (platform_core becomes UAT) and one tenant's documents. The
+    continuous tier moves to a category without production targets: no base backup is taken
+    here, and a PITR drill without one fails."""
+    platform = data["categories"]["platform"]
+    data["categories"]["standby_only"] = {
+        "description": "no production target",
+        "engine": "pg_dump",
+        "rpo": "1s",
+        "tiers": {"continuous": platform["tiers"].pop("continuous")},
+    }
+    data["continuous"]["category"] = "standby_only"
     for target in data["targets"]:
         if target["name"] == "platform_core":
             target["environment"] = "uat"

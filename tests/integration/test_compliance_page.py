@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.browser import ARTIFACTS
-from tests.stack import airflow_cli, dag_runs
+from tests.stack import airflow_cli, dag_runs, primary_setting
 
 pytestmark = pytest.mark.integration
 
@@ -39,6 +39,14 @@ def _backup(stores: Any, tier: str, window: datetime, *, age: timedelta | None =
             store.put_json(key, manifest)
 
 
+def _monitor(stores: Any, run_id: str) -> None:
+    """A 1 s continuous monitor run: its record holds the server's settings now."""
+    from include.backup_dr.monitor.continuous import measure
+    from include.backup_dr.policy import load_policy
+
+    measure(load_policy(), stores, "platform_primary", 1, {**RUN, "run_id": run_id})
+
+
 def _row(frame: Any, subject: str, tier: str) -> Any:
     return frame.locator(f"#targets tr[data-subject='{subject}'][data-tier='{tier}']")
 
@@ -59,6 +67,7 @@ def test_page_shows_each_tier_and_refuses_anonymous(
     window = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
     _backup(stores, "6h", window)
     _backup(stores, "daily", window, age=timedelta(days=3))  # past 1d + 2h grace
+    _monitor(stores, "settings-as-policy")
 
     # Through Airflow's own navigation, as a user: Browse > Backup compliance (an iframe).
     page = ui_page
@@ -90,6 +99,9 @@ def test_page_shows_each_tier_and_refuses_anonymous(
     assert link.get_attribute("href") == "/dags/platform_backup_6h/runs"
     assert link.get_attribute("target") == "_top"
     assert "NOT MET" in frame.locator("#policy-report").inner_text()
+    config = "#others tr[data-check='server_config:platform_primary']"
+    assert frame.locator(config).get_attribute("data-status") == "OK"
+    assert _background(frame.locator(config + " td").first) == GREEN
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "compliance_page_nav.png"))
 
@@ -112,6 +124,15 @@ def test_page_shows_each_tier_and_refuses_anonymous(
     text = saved.read_text()
     assert saved.name.startswith("backup-audit-") and saved.suffix == ".md"
     assert "| platform_core | 6h |" in text and "A.8.13" in text
+
+    # A DBA sets archive_timeout to 10 minutes (the policy says 60 s): server_config turns red.
+    with primary_setting("archive_timeout", "600"):
+        _monitor(stores, "settings-changed")
+    page.goto(base + "/backup-compliance/")
+    row = page.locator(config)
+    assert row.get_attribute("data-status") == "CRITICAL"
+    assert _background(row.locator("td").first) == RED
+    assert "archive_timeout=10m" in row.inner_text() and "loses up to 10m" in row.inner_text()
 
     # Once backup_compliance has run, the page shows its record (not a recompute).
     before = {o.key for o in stores.primary.list_objects("evidence/compliance/")}

@@ -4,12 +4,14 @@ one page when the standby goes, one "resolved" when it is back, and a real DAG r
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tests.stack import mail_text, run_dag, wait_for_mail
+from tests.stack import REPO, mail_text, primary_setting, run_dag, wait_for_mail
 
 SERVER = "platform_primary"
 PREFIX = f"evidence/continuous_monitor/{SERVER}/"
@@ -151,3 +153,40 @@ def test_monitor_dag_runs_for_real(stores) -> None:
         [record] = list(store.list_objects(PREFIX))
         doc = store.get_json(record.key)
         assert doc["run"]["run_id"] == run.run_id and len(doc["samples"]) == 3
+
+
+def test_archive_timeout_unlike_the_policy_turns_server_config_red(stores) -> None:
+    """The server's settings are compared with the policy, not assumed: archive_timeout set to
+    10 minutes by a DBA (the policy says 60 s) is red in the monitor's record and in compliance,
+    which names what it costs; the server is put back whatever happens."""
+    from include.backup_dr.monitor.compliance import Status, evaluate
+    from include.backup_dr.monitor.facts import read_facts
+    from include.backup_dr.policy import load_policy
+
+    assert _streaming_from_slot()
+    as_policy = _measure(stores, 1, "config-as-policy")
+    assert as_policy["settings"]["archive_timeout"] == "60"
+    assert as_policy["server_config"] == {"status": "OK", "problems": []}
+    with primary_setting("archive_timeout", "600"):
+        changed = _measure(stores, 1, "config-changed")
+    assert changed["settings"]["archive_timeout"] == "600"
+    assert changed["server_config"]["status"] == "CRITICAL", changed["server_config"]
+
+    policy, now = load_policy(), datetime.now(UTC)
+    facts, _ = read_facts(policy, stores, now, {})
+    checks = {c.id: c for c in evaluate(policy, facts, now)}
+    check = checks[f"server_config:{SERVER}"]
+    assert check.status is Status.CRITICAL, check
+    assert "archive_timeout=10m" in check.measured and "archive_timeout 1m" in check.limit
+    assert "losing primary and standby together loses up to 10m" in check.detail
+    # The `check` CLI shows it too (and exits CRITICAL).
+    cli = subprocess.run(
+        [sys.executable, "-m", "include.backup_dr", "check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cli.returncode == 2, cli.stdout + cli.stderr
+    [line] = [row for row in cli.stdout.splitlines() if f"server_config:{SERVER}" in row]
+    assert line.startswith("CRITICAL") and "archive_timeout=10m" in line

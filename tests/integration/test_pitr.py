@@ -335,3 +335,19 @@ def test_dr_restore_at_t_swaps_in_keeps_the_old_database_and_survives_a_bad_base
             server="sandbox",
         ):
             _sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
+
+
+def test_drill_without_a_base_backup_fails_and_pages(stores, smtp_sink) -> None:
+    """No base backup: the yearly drill must go red and page (not skip and stay green with
+    point-in-time recovery never drilled), and leave a failed record compliance sees."""
+    from tests.stack import mail_text, wait_for_mail
+
+    run = run_dag("restore_verification", datetime.now(UTC), {"target": SERVER})
+    assert run.state == "failed"
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states["pitr"] == "failed", states
+    (record,) = _evidence(stores.secondary, "restore_verification", SERVER)
+    assert record["outcome"] == "failed"
+    assert "can recover platform_primary to no time at all" in record["problems"][0]
+    mails = [m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(smtp_sink)]
+    assert len(mails) == 1 and SERVER in mails[0] and "no time at all" in mails[0], mails

@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -392,3 +393,34 @@ def test_evidence_written_in_the_same_second_is_never_overwritten(backed_up, sto
         assert len(keys) == 4, keys  # report.json + report.md, twice
         runs = [store.get_json(k)["run"]["run_id"] for k in keys if k.endswith(".json")]
         assert sorted(runs) == ["a", "b"]
+
+
+def _pages(folder: Path, canary: str) -> list[str]:
+    """Every mail in the sink but the canary, as subject + text."""
+    return [
+        m["Subject"] + "\n" + mail_text(m)
+        for m in wait_for_mail(folder, timeout=0.1)
+        if m["Subject"] != canary
+    ]
+
+
+def test_drill_over_the_rto_pages_exactly_once(backed_up, stores, smtp_sink, policy_file) -> None:
+    """A drill whose projected restore exceeds the RTO fails and pages on-call once: the failed
+    target's task pages, the estate (also over the RTO) does not page again. A canary through
+    the same alert path first proves a page would arrive, so the count needs no settle sleep:
+    the sink writes each mail before it accepts it, and dag.test() returns after callbacks."""
+    from include.backup_dr.alerts import send_message
+
+    policy_file(lambda data: data["objectives"].update(rto="0s"))
+    canary = "[backup] canary: drill paging test"
+    assert send_message(canary, "canary\n") == "smtp"
+    assert [m["Subject"] for m in wait_for_mail(smtp_sink)] == [canary]
+
+    run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
+    assert run.state == "failed"
+    (record,) = _evidence(stores.secondary, "restore_verification", "platform_billing")
+    assert record["outcome"] == "failed" and record["projection"]["within_rto"] is False
+    assert any("over the RTO of 0s" in p for p in record["problems"]), record["problems"]
+    pages = _pages(smtp_sink, canary)
+    assert len(pages) == 1, pages
+    assert "platform_billing" in pages[0] and "over the RTO of 0s" in pages[0]

@@ -41,6 +41,7 @@ from include.backup_dr.monitor.compliance import (
     render_table,
     replication_status,
     rto_status,
+    server_config_status,
 )
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, load_policy
 
@@ -271,6 +272,8 @@ def green_facts(now: datetime = NOW) -> StoreFacts:
         archive_age_seconds=40.0,
         ready_files=0,
         conditions={"lag": False, "archive_failing": False, "standby_gone": False},
+        settings=SERVER_OK,
+        sync_state="async",
     )
     drills = {
         name: DrillFacts(
@@ -311,6 +314,82 @@ def green_facts(now: datetime = NOW) -> StoreFacts:
     )
 
 
+#: pg_settings of a primary that keeps the shipped policy (archive_timeout in seconds).
+SERVER_OK = {
+    "archive_mode": "on",
+    "archive_timeout": "60",
+    "wal_level": "replica",
+    "synchronous_standby_names": "",
+    "synchronous_commit": "on",
+}
+ASYNC = POLICY.continuous
+SYNC = ASYNC.model_copy(update={"synchronous": True})
+SYNC_OK = {**SERVER_OK, "synchronous_standby_names": "'*'"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "found", "sync_state", "status", "problem"),
+    [
+        (ASYNC, SERVER_OK, "async", Status.OK, None),
+        (ASYNC, {**SERVER_OK, "archive_mode": "always"}, None, Status.OK, None),
+        (ASYNC, {**SERVER_OK, "wal_level": "logical"}, "async", Status.OK, None),
+        (ASYNC, {**SERVER_OK, "archive_mode": "off"}, "async", Status.CRITICAL, "archive_mode"),
+        (ASYNC, {**SERVER_OK, "wal_level": "minimal"}, "async", Status.CRITICAL, "wal_level"),
+        (
+            ASYNC,
+            {**SERVER_OK, "archive_timeout": "600"},
+            "async",
+            Status.CRITICAL,
+            "loses up to 10m",
+        ),
+        (ASYNC, {**SERVER_OK, "archive_timeout": "0"}, "async", Status.CRITICAL, "0 (off)"),
+        # Shorter than the policy: the promise holds, the policy's figure is not what runs.
+        (ASYNC, {**SERVER_OK, "archive_timeout": "30"}, "async", Status.WARNING, "shorter"),
+        (
+            ASYNC,
+            {k: v for k, v in SERVER_OK.items() if k != "wal_level"},
+            "async",
+            Status.UNKNOWN,
+            "not read",
+        ),
+        (SYNC, SYNC_OK, "sync", Status.OK, None),
+        (SYNC, SYNC_OK, "quorum", Status.OK, None),
+        (SYNC, SERVER_OK, "async", Status.CRITICAL, "synchronous_standby_names is empty"),
+        (SYNC, SYNC_OK, "async", Status.CRITICAL, "sync_state is async"),
+        (SYNC, SYNC_OK, None, Status.CRITICAL, "no standby is streaming"),
+        (SYNC, {**SYNC_OK, "synchronous_commit": "local"}, "sync", Status.CRITICAL, "local"),
+    ],
+)
+def test_server_config_against_the_policy(settings, found, sync_state, status, problem) -> None:
+    verdict, problems = server_config_status(settings, found, sync_state)
+    assert verdict is status, problems
+    if problem is None:
+        assert problems == []
+    else:
+        assert any(problem in p for p in problems), problems
+
+
+def test_server_config_names_every_mismatch_and_the_promise_it_breaks() -> None:
+    found = {**SERVER_OK, "archive_mode": "off", "archive_timeout": "120"}
+    verdict, problems = server_config_status(SYNC, found, "async")
+    assert verdict is Status.CRITICAL and len(problems) == 4, problems
+    assert any("point-in-time recovery" in p for p in problems)
+    assert any("losing primary and standby together" in p for p in problems)
+    assert any("losing the primary can lose commits" in p for p in problems)
+
+
+def test_server_config_is_unknown_without_settings_and_red_when_stale() -> None:
+    facts = green_facts()
+    old = dataclasses.replace(facts.monitors["platform_primary"], settings=None)
+    check = _by_id(_with(facts, monitors={"platform_primary": old}))[
+        "server_config:platform_primary"
+    ]
+    assert check.status is Status.UNKNOWN and "no server settings" in check.detail
+    check = _by_id(facts)["server_config:platform_primary"]
+    assert check.measured == "archive_mode=on, archive_timeout=1m, wal_level=replica"
+    assert check.limit == "archive_mode on, archive_timeout 1m, wal_level replica or logical"
+
+
 def _by_id(facts: StoreFacts, now: datetime = NOW) -> dict[str, CheckResult]:
     return {c.id: c for c in evaluate(POLICY, facts, now)}
 
@@ -330,6 +409,7 @@ def test_every_check_is_green_when_every_promise_holds() -> None:
         "restore_drill",
         "projected_rto",
         "rehash_coverage",
+        "server_config",
     }
     # 3 production targets x 4 tiers x 2 regions, plus the server's base backups in 2 regions.
     assert sum(c.kind == "backup_age" for c in checks) == 3 * 4 * 2 + 2
@@ -373,6 +453,11 @@ def _breach(name: str):
             facts.monitors["platform_primary"], archive_age_seconds=500.0, ready_files=4
         )
         return _with(facts, monitors={"platform_primary": behind}), "wal_archive:platform_primary"
+    if name == "archive_timeout_longer":
+        longer = dataclasses.replace(
+            facts.monitors["platform_primary"], settings={**SERVER_OK, "archive_timeout": "600"}
+        )
+        return _with(facts, monitors={"platform_primary": longer}), "server_config:platform_primary"
     if name == "window_shrunk":
         key = ("platform_primary", region)
         shrunk = WindowFacts(intervals=((NOW - 6 * D, NOW),), since=NOW - 60 * D)
@@ -437,6 +522,7 @@ def _breach(name: str):
         ("standby_gone", Status.CRITICAL),
         ("monitor_stopped", Status.CRITICAL),
         ("archive_behind", Status.CRITICAL),
+        ("archive_timeout_longer", Status.CRITICAL),
         ("window_shrunk", Status.CRITICAL),
         ("window_hole", Status.CRITICAL),
         ("window_stale", Status.CRITICAL),
@@ -455,8 +541,11 @@ def test_each_breach_turns_exactly_its_check_red(breach: str, status: Status) ->
     others = {i: c.status for i, c in checks.items() if i != check_id and c.status is not Status.OK}
     if breach == "slow_restore":  # its restore time also pushes the sum over the RTO
         assert others == {"projected_rto:all targets": Status.CRITICAL}
-    elif breach == "monitor_stopped":  # nobody watches the archive either
-        assert others == {"wal_archive:platform_primary": Status.CRITICAL}
+    elif breach == "monitor_stopped":  # nobody watches the archive or the settings either
+        assert others == {
+            "wal_archive:platform_primary": Status.CRITICAL,
+            "server_config:platform_primary": Status.CRITICAL,
+        }
     else:
         assert others == {}
 

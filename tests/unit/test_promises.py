@@ -222,3 +222,9 @@ def test_measured_headlines_the_first_kind_among_equally_good_checks() -> None:
     assert measured(row, [archive, lag]).startswith("OK (2/2 ok): 0.02s [standby_lag:")
     late = _check("wal_archive", Status.CRITICAL, 900)
     assert measured(row, [lag, late]).startswith("CRITICAL (1/2 ok): 900s [wal_archive:")
+
+
+def test_a_server_config_mismatch_is_named_on_the_promises_it_breaks() -> None:
+    bad = _check("server_config", Status.CRITICAL, 600)
+    for words in (f"{PLATFORM}: RPO 1s for data within the last 7d", f"{PLATFORM}: every second"):
+        assert measured(_row(SHIPPED, words), [bad]).startswith("CRITICAL (0/1 ok)"), words

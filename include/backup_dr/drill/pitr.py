@@ -330,12 +330,3 @@ def drill_servers(policy: Policy, params: dict[str, Any]) -> list[str]:
     if chosen:
         return [chosen] if chosen in servers else []
     return servers
-
-
-def has_base_backup(policy: Policy, stores: Any, server: str) -> bool:
-    """Whether the continuous tier has committed a base backup of `server` in any region."""
-    category = policy.subject(server, CONTINUOUS).category
-    prefix = f"{category}/{server}/{CONTINUOUS}/"
-    return any(
-        obj.key.endswith("/manifest.json") for store in stores for obj in store.list_objects(prefix)
-    )

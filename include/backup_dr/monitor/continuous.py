@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup_dr.evidence import read_newest, write_everywhere
+from include.backup_dr.monitor.compliance import SERVER_SETTINGS, server_config_status
 from include.backup_dr.monitor.lag import (
     CONDITIONS,
     SAMPLE_TIMEOUT_MS,
@@ -76,6 +77,7 @@ _SLOT_SQL = """
 SELECT active, wal_status, (pg_current_wal_lsn() - restart_lsn)::bigint, restart_lsn::text
 FROM pg_replication_slots WHERE slot_name = %s
 """
+_SETTINGS_SQL = "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)"
 _BACKLOG_SQL = "SELECT count(*) FROM pg_ls_archive_statusdir() WHERE name LIKE '%.ready'"
 _END_SQL = """
 SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn()),
@@ -229,7 +231,8 @@ def _ms(value: Any) -> float | None:
 
 
 def _primary_facts(conn: Any, slot: str) -> dict[str, Any]:
-    """pg_stat_replication (for the standby), pg_stat_archiver, the slot, the archive backlog."""
+    """pg_stat_replication (for the standby), pg_stat_archiver, the slot, the archive backlog,
+    and the settings the continuous tier depends on (compared with the policy)."""
     import psycopg2
 
     rep = _one(conn, _REPLICATION_SQL, {"slot": slot})
@@ -273,7 +276,15 @@ def _primary_facts(conn: Any, slot: str) -> dict[str, Any]:
         "retained_bytes": row[2] if row else None,
         "restart_lsn": row[3] if row else None,
     }
-    return {"replication": replication, "archiver": archiver, "slot": slot_facts}
+    with conn.cursor() as cur:
+        cur.execute(_SETTINGS_SQL, (list(SERVER_SETTINGS),))
+        settings = dict(cur.fetchall())
+    return {
+        "replication": replication,
+        "archiver": archiver,
+        "slot": slot_facts,
+        "settings": settings,
+    }
 
 
 def _message(
@@ -399,6 +410,10 @@ def measure(
         ),
         "standby_gone": gone,
     }
+    # Recorded for the compliance check `server_config` (which pages once per breach).
+    config_status, config_problems = server_config_status(
+        settings, facts["settings"], (facts["replication"] or {}).get("sync_state")
+    )
     doc: dict[str, Any] = {
         "schema": SCHEMA,
         "key": key,
@@ -428,6 +443,7 @@ def measure(
         "end_segment": end[1],
         "timeline": end[2],
         "conditions": {name: conditions[name] for name in CONDITIONS},
+        "server_config": {"status": config_status.name, "problems": config_problems},
         "alerts": [],
     }
     for alert in plan_alerts(open_conditions, conditions):
@@ -455,6 +471,8 @@ def measure(
     )
     written += write_everywhere(stores, key, doc)
     missing = [region for region in regions if written.count(region) < 2]
+    if config_problems:
+        log.warning("%s: server_config %s: %s", server.name, config_status.name, config_problems)
     log.info(
         "%s: %d samples, p50 %s ms, p99 %s ms, max %s ms (RPO %s s); conditions %s; evidence %s",
         server.name,

@@ -155,6 +155,8 @@ def _monitor(stores: list[ObjectStore], server: str, now: datetime) -> MonitorFa
                 archive_age_seconds=doc.get("archive_age_seconds"),
                 ready_files=(doc.get("archiver") or {}).get("ready_files"),
                 conditions=dict(doc.get("conditions", {})),
+                settings=doc.get("settings"),
+                sync_state=(doc.get("replication") or {}).get("sync_state"),
             )
         except Exception as exc:
             log.warning("Cannot read the monitor evidence of %s in %s: %s", server, store, exc)

@@ -165,6 +165,7 @@ def _tier_promises(policy: Policy, name: str, category: Category) -> list[Promis
                         Measures(("recovery_window",)),
                         Measures(("backup_age",), tiers=frozenset({CONTINUOUS})),
                         Measures(("wal_archive",)),
+                        Measures(("server_config",)),  # archive_mode, wal_level on the server
                     ),
                 )
             )
@@ -240,7 +241,10 @@ def _continuous_rpo(policy: Policy, category: Category, words: str) -> Promise:
     assert settings is not None
     timeout = settings.archive_timeout
     if settings.synchronous:
-        primary = "losing the primary loses nothing (synchronous standby)"
+        primary = (
+            "losing the primary loses nothing (synchronous standby; server_config checks the "
+            "server does wait)"
+        )
     else:
         primary = "losing the primary loses the standby's lag (asynchronous: measured)"
     both = f"losing primary and standby together loses up to archive_timeout {human(timeout)}"
@@ -249,7 +253,8 @@ def _continuous_rpo(policy: Policy, category: Category, words: str) -> Promise:
         words,
         f"continuous tier: {primary}; {both}",
         Verdict.MET if met else Verdict.PARTLY,
-        (Measures(("standby_lag", "wal_archive")),),
+        # server_config: the server's archive_timeout and synchronous settings are the policy's.
+        (Measures(("standby_lag", "wal_archive", "server_config")),),
     )
 
 

@@ -38,6 +38,7 @@ KIND_DAGS = {
     "replication_lag": "{category}_replicate",
     "standby_lag": "{category}_continuous_monitor",
     "wal_archive": "{category}_continuous_monitor",
+    "server_config": "{category}_continuous_monitor",
     "recovery_window": "{category}_backup_continuous",
 }
 

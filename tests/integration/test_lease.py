@@ -5,10 +5,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import pytest
 
+from include.backup_dr.engines.wal import LOCKED_NAME, lock_archive
+from include.backup_dr.gc import collect_garbage
+from include.backup_dr.immutability import LockRule
 from include.backup_dr.lease import (
     Holder,
     Lease,
@@ -18,7 +23,9 @@ from include.backup_dr.lease import (
     lease_key,
     new_lease,
 )
+from include.backup_dr.policy import load_policy
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.wal import archive_prefix
 
 pytestmark = pytest.mark.integration
 SUBJECT = "platform/platform_core/daily"
@@ -199,3 +206,66 @@ def test_every_write_and_delete_checks_the_tenure_first(stores) -> None:
     assert stores.primary.head("evidence/after-loss.json") is None
     assert stores.primary.head(kept) is None, "copied after the lease was lost"
     assert stores.secondary.head(kept) is not None, "deleted after the lease was lost"
+
+
+def _went_ahead_while_held(
+    store: ObjectStore, subject: str, step: Callable[[], object], caplog, done: Callable[[], bool]
+) -> bool:
+    """Run `step` in a thread while another task holds `subject` (in `store`); True if it did
+    its work (`done`) before the holder left. Then the holder leaves and the step finishes."""
+    caplog.set_level(logging.INFO, logger="include.backup_dr.lease")
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            step()
+        except BaseException as exc:  # the test's to report
+            errors.append(exc)
+
+    other = Holder("platform_backup_continuous", "scheduled__x", "snapshot", 0, 1, "w2", 8)
+    worker = threading.Thread(target=run)
+    with critical_section(store, subject, other, max_wait=timedelta(0), poll=SHORT["poll"]):
+        worker.start()
+        deadline = time.monotonic() + 60
+        while f"Waiting for the lease on {subject}:" not in caplog.text and worker.is_alive():
+            assert time.monotonic() < deadline, "the step neither waited nor finished"
+            time.sleep(0.05)
+        went_ahead = done()
+    worker.join(timeout=120)
+    assert not worker.is_alive() and errors == [], errors
+    assert done(), "the step did not do its work once the lease was free"
+    return went_ahead
+
+
+def test_garbage_collection_takes_the_lease_of_the_tier_it_sweeps(stores, caplog) -> None:
+    """WAL goes by the continuous tier's base backups: while a step of that tier holds it (a
+    base backup being copied or checked), garbage collection waits and deletes nothing."""
+    policy = load_policy()
+    (server, *_) = policy.continuous_servers()
+    subject = f"platform/{server.name}/continuous"
+
+    def recorded() -> bool:
+        return any(True for _ in stores.primary.list_objects("evidence/gc/platform/"))
+
+    step = partial(collect_garbage, policy, stores, "platform")
+    assert not _went_ahead_while_held(stores.primary, subject, step, caplog, recorded)
+
+
+def test_lock_wal_takes_the_lease_of_the_servers_wal(stores, caplog) -> None:
+    """Two runs of `lock_wal` (a manual run beside the minute's one, another deployment) never
+    work through one region's WAL of a server at once."""
+    policy = load_policy()
+    (server, *_) = policy.continuous_servers()
+    week = timedelta(days=7)
+    rule = LockRule("GOVERNANCE", timedelta(days=1), week, {("platform", "continuous"): week})
+    store = ObjectStore(stores.primary.region, stores.primary.client, None, rule)
+    store.put_bytes(archive_prefix(server.name) + "000000010000000000000001", b"w", "x/y")
+    marker = f"wal/{server.name}/{LOCKED_NAME}"
+    # A month ahead: every file is past its retention, so only the progress marker is written.
+    later = datetime.now(UTC) + 30 * 24 * HOUR
+    step = partial(lock_archive, store, server.name, "platform", now=later)
+    subject = f"platform/{server.name}/wal"
+    went_ahead = _went_ahead_while_held(
+        store, subject, step, caplog, lambda: bool(store.head(marker))
+    )
+    assert not went_ahead

@@ -369,7 +369,7 @@ def critical_section(
     tenure = Tenure(store, lease, etag, sent, clock, monotonic)
     tenure.start()
     try:
-        with guarded(tenure.ensure_held), _witnessed(store, lease):
+        with guarded(tenure.ensure_held), witnessed(store, lease):
             yield tenure
     finally:
         tenure.stop()
@@ -456,7 +456,7 @@ def _acquire(
 
 
 @contextmanager
-def _witnessed(store: ObjectStore, lease: Lease) -> Iterator[None]:
+def witnessed(store: ObjectStore, lease: Lease) -> Iterator[None]:
     """Markers of who is inside, where `WITNESS_ENV` names a prefix (see the module doc).
     A holder that lost its lease cannot remove its marker (its writes are stopped): the next
     entrant finds it and records an overlap, as it should."""

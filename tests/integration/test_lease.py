@@ -22,6 +22,7 @@ from include.backup_dr.lease import (
     critical_section,
     lease_key,
     new_lease,
+    witnessed,
 )
 from include.backup_dr.policy import load_policy
 from include.backup_dr.store import ObjectStore
@@ -269,3 +270,25 @@ def test_lock_wal_takes_the_lease_of_the_servers_wal(stores, caplog) -> None:
         store, subject, step, caplog, lambda: bool(store.head(marker))
     )
     assert not went_ahead
+
+
+def test_the_witness_sees_two_holders_inside_at_once(stores, monkeypatch) -> None:
+    """The control for the fault suite's witness (BACKUP_LEASE_WITNESS): alone, a tenure leaves
+    one entry and no overlap; a second holder let in beside it (its lease forged, as a broken
+    lease would) is caught by the markers in the store."""
+    monkeypatch.setenv("BACKUP_LEASE_WITNESS", "witness")
+    primary = stores.primary
+
+    def keys(prefix: str) -> list[str]:
+        return [o.key for o in primary.list_objects(prefix)]
+
+    with enter(primary, holder("scheduled__alone")):
+        assert len(keys(f"witness/inside/{SUBJECT}/")) == 1
+    assert (keys("witness/overlaps/"), keys("witness/inside/")) == ([], [])
+    with enter(primary, holder("scheduled__a")):
+        forged = new_lease(SUBJECT, holder("backfill__b"), datetime.now(UTC), HOUR)
+        with witnessed(primary, forged):
+            pass
+    [overlap] = keys("witness/overlaps/")
+    assert primary.get_json(overlap)["holder"].startswith("platform_backup_daily / backfill__b")
+    assert len(keys(f"witness/entries/{SUBJECT}/")) == 3

@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from functools import partial
 
@@ -198,6 +199,9 @@ def test_every_write_and_delete_checks_the_tenure_first(stores) -> None:
             "put": lambda: stores.primary.put_json("evidence/after-loss.json", {}),
             "copy": lambda: stores.primary.copy_from(stores.secondary, kept, 16),
             "delete": lambda: stores.secondary.delete_all_versions(kept),
+            "write from a worker thread": lambda: _in_a_thread(
+                lambda: stores.secondary.put_json("evidence/from-a-thread.json", {})
+            ),
         }
         for name, write in writes.items():
             with pytest.raises(LeaseLostError, match="lost the lease"):
@@ -207,6 +211,13 @@ def test_every_write_and_delete_checks_the_tenure_first(stores) -> None:
     assert stores.primary.head("evidence/after-loss.json") is None
     assert stores.primary.head(kept) is None, "copied after the lease was lost"
     assert stores.secondary.head(kept) is not None, "deleted after the lease was lost"
+    assert stores.secondary.head("evidence/from-a-thread.json") is None
+
+
+def _in_a_thread(call: Callable[[], object]) -> None:
+    """Run `call` in a worker thread (as media copies and multipart parts run); re-raise."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(call).result()
 
 
 def _went_ahead_while_held(

@@ -12,7 +12,7 @@ from functools import partial
 
 import pytest
 
-from include.backup_dr.engines.wal import LOCKED_NAME, lock_archive
+from include.backup_dr.engines.wal import LOCK_LEASE_TTL, LOCKED_NAME, lock_archive
 from include.backup_dr.gc import collect_garbage
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.lease import (
@@ -303,3 +303,20 @@ def test_the_witness_sees_two_holders_inside_at_once(stores, monkeypatch) -> Non
     [overlap] = keys("witness/overlaps/")
     assert primary.get_json(overlap)["holder"].startswith("platform_backup_daily / backfill__b")
     assert len(keys(f"witness/entries/{SUBJECT}/")) == 3
+
+
+def test_lock_wal_takes_over_the_lease_of_a_run_that_died(stores) -> None:
+    """`lock_wal` may wait only seconds (a 50 s task every minute), and a waiter must watch a
+    lease stand still for its TTL: so its lease's TTL is shorter than its wait, or a run killed
+    while holding it would stop every later run from locking the server's WAL."""
+    policy = load_policy()
+    (server, *_) = policy.continuous_servers()
+    week = timedelta(days=7)
+    rule = LockRule("GOVERNANCE", timedelta(days=1), week, {("platform", "continuous"): week})
+    store = ObjectStore(stores.primary.region, stores.primary.client, None, rule)
+    killed = Holder("platform_continuous_monitor", "scheduled__1", "lock_wal", -1, 1, "w1", 9)
+    subject = f"platform/{server.name}/wal"
+    dead = new_lease(subject, killed, datetime.now(UTC), LOCK_LEASE_TTL)
+    store.put_json(lease_key(subject), dead.to_document())
+    lock_archive(store, server.name, "platform")
+    assert Lease.from_document(store.get_json(lease_key(subject))).released_at is not None

@@ -71,6 +71,10 @@ VERIFIED_NAME = "verified.json"
 LOCKED_NAME = "locked.json"
 #: How long `lock_wal` (a 50 s task, every minute) waits for another run's lease on the WAL.
 LOCK_LEASE_WAIT = timedelta(seconds=15)
+#: Its lease's TTL: shorter than that wait (not `BACKUP_LEASE_TTL_SECONDS`), since a waiter
+#: watches a lease stand still for a TTL before taking it over: with a longer one, a run
+#: killed while holding it would keep every later run from locking the server's WAL.
+LOCK_LEASE_TTL = timedelta(seconds=10)
 
 
 def archive_files(store: ObjectStore, server: str, segment_size: int) -> list[wal.ArchivedFile]:
@@ -124,7 +128,7 @@ def lock_archive(
     assert store.lock is not None, f"{store.region.name} locks nothing"
     holder = Holder.current("lock_wal")
     subject = wal_subject(category, server)
-    with critical_section(store, subject, holder, max_wait=LOCK_LEASE_WAIT):
+    with critical_section(store, subject, holder, max_wait=LOCK_LEASE_WAIT, ttl=LOCK_LEASE_TTL):
         return _lock_archive(store, server, category, budget, batch, now)
 
 

@@ -223,6 +223,9 @@ def airflow_scheduler(stack) -> Iterator[dict[str, str]]:
         "BACKUP_LOCAL_DIR": f"{STATE}-standalone",
         "BACKUP_AIRFLOW_EXECUTOR": "standalone",
         "PYTHONPATH": str(REPO),
+        # Each critical section leaves markers in the store: the fault suite's own witness that
+        # no two holders are ever inside at once (lease.py, BACKUP_LEASE_WITNESS).
+        "BACKUP_LEASE_WITNESS": "witness",
         # PostgreSQL as the metadata DB, as in production: SQLite locks under a busy scheduler.
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _metadata_db(),
     }

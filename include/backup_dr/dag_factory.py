@@ -1133,6 +1133,7 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
     def lock_wal() -> list[dict[str, Any]]:
         """Lock the WAL archived since the last run, in every region that locks."""
         from include.backup_dr.engines.wal import lock_archive
+        from include.backup_dr.lease import LeaseBusyError
         from include.backup_dr.store import StoreError
 
         policy_now, stores = _runtime()
@@ -1144,7 +1145,7 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
             for server in policy_now.continuous_servers():
                 try:
                     done.append(lock_archive(store, server.name, policy_now.continuous.category))
-                except StoreError as exc:
+                except (StoreError, LeaseBusyError) as exc:
                     log.error("lock_wal in %s for %s: %s", store.region.name, server.name, exc)
                     failed.append(f"{store.region.name}/{server.name}: {exc}")
         if failed:

@@ -6,6 +6,11 @@ replay from), so it is collected once per category by its own DAG, `backup_colle
 at the end of every prune. Each engine first plans its sweeps in both regions (nothing deleted);
 the circuit breaker then looks at every plan, and only if it holds does anything go. Each run
 leaves one evidence record per region.
+
+A run holds the leases of what it sweeps (`lease_subjects`), in the primary region's store as
+the tier steps do, from its first listing to its last deletion: the continuous tier's of each
+server whose WAL it sweeps (so no base backup of it is copied, checked or pruned meanwhile),
+and the category's own (its media blobs: one collection of a category at a time).
 """
 
 from __future__ import annotations
@@ -14,17 +19,28 @@ import logging
 import uuid
 from collections.abc import Iterable
 from contextlib import ExitStack
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup_dr.catalogue import window_label
 from include.backup_dr.engines import engine_for
 from include.backup_dr.engines.base import LostListing, Sweep
+from include.backup_dr.lease import Holder, critical_section
 from include.backup_dr.pipeline import CircuitBreakerTripped, Stores
-from include.backup_dr.policy import Policy, format_duration
+from include.backup_dr.policy import CONTINUOUS, Policy, format_duration
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
 
 log = logging.getLogger(__name__)
+#: The longest a run waits for the leases it needs: a third of its task's two hours.
+LEASE_WAIT = timedelta(minutes=40)
+
+
+def lease_subjects(policy: Policy, category: str) -> list[str]:
+    """The lease subjects a collection of `category` holds, in the order it takes them."""
+    subjects = [f"{category}/garbage"]
+    if policy.continuous is not None and policy.continuous.category == category:
+        subjects += [f"{category}/{s.name}/{CONTINUOUS}" for s in policy.continuous_servers()]
+    return sorted(subjects)
 
 
 def gc_breaker(sweeps: Iterable[tuple[str, Sweep]], max_delete_fraction: float) -> str | None:
@@ -55,7 +71,24 @@ def collect_garbage(
     run: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Plan every sweep of `category` in both regions, record the plans, then (unless the
-    breaker or `dry_run` stops it) delete what they name."""
+    breaker or `dry_run` stops it) delete what they name, holding `lease_subjects`."""
+    holder = Holder.current("collect_garbage")
+    with ExitStack() as leases:
+        for subject in lease_subjects(policy, category):
+            leases.enter_context(
+                critical_section(stores.primary, subject, holder, max_wait=LEASE_WAIT)
+            )
+        return _collect(policy, stores, category, dry_run, override_circuit_breaker, run)
+
+
+def _collect(
+    policy: Policy,
+    stores: Stores,
+    category: str,
+    dry_run: bool,
+    override_circuit_breaker: bool,
+    run: dict[str, str] | None,
+) -> dict[str, Any]:
     now = datetime.now(UTC)  # the wall clock: the grace protects writes happening now
     engines = sorted({policy.engine_name(category, t) for t in policy.categories[category].tiers})
     # Sortable by start; the suffix keeps two runs in the same second apart.

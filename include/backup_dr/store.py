@@ -15,7 +15,7 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import Container, Iterator, Sized
+from collections.abc import Callable, Container, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +76,72 @@ MAX_CONNECTIONS = 32
 _KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/.+")
 
 log = logging.getLogger(__name__)
+
+#: The S3 calls that write or delete: each waits for the tenure guards (`guarded`) to pass.
+_MUTATIONS = frozenset(
+    {
+        "PutObject",
+        "CopyObject",
+        "CreateMultipartUpload",
+        "UploadPart",
+        "UploadPartCopy",
+        "CompleteMultipartUpload",
+        "AbortMultipartUpload",
+        "DeleteObject",
+        "DeleteObjects",
+        "PutObjectRetention",
+        "PutObjectLegalHold",
+    }
+)
+
+
+class _TenureGuards:
+    """Checks that every write or delete of this process passes first, whichever store,
+    client or thread makes it (media copy workers, s3transfer's threads): the tenures of the
+    critical sections the running step is in (lease.py). A task runs in a process of its
+    own, so every write of the process is its step's. A check raises to stop the write.
+
+    A lease's own writes (take, renew, release) are checked by their S3 conditions instead:
+    they run `unguarded`, on their thread only."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._checks: list[Callable[[], None]] = []
+        self._exempt = threading.local()
+
+    @contextmanager
+    def guarded(self, check: Callable[[], None]) -> Iterator[None]:
+        with self._lock:
+            self._checks.append(check)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._checks.remove(check)
+
+    @contextmanager
+    def unguarded(self) -> Iterator[None]:
+        self._exempt.on = True
+        try:
+            yield
+        finally:
+            self._exempt.on = False
+
+    def before_call(self, model: Any, **_: Any) -> None:
+        """botocore's `before-call` event: run every check before a write is sent."""
+        if model.name not in _MUTATIONS or getattr(self._exempt, "on", False):
+            return
+        with self._lock:
+            checks = list(self._checks)
+        for check in checks:
+            check()
+
+
+_GUARDS = _TenureGuards()
+#: `with guarded(check):` every write or delete of this process runs `check` first.
+guarded = _GUARDS.guarded
+#: `with unguarded():` this thread's writes skip the checks (a lease's own writes only).
+unguarded = _GUARDS.unguarded
 
 
 class StoreError(RuntimeError):
@@ -199,6 +265,7 @@ class ObjectStore:
         self._kms_key_arn: str | None = None
         self._kms_lock = threading.Lock()
         client.meta.events.register("after-call.s3", self._name_unreachable_kms)
+        client.meta.events.register("before-call.s3", _GUARDS.before_call)
 
     @classmethod
     def for_region(cls, region: Region, lock: LockRule | None = None) -> ObjectStore:

@@ -53,6 +53,7 @@ from include.backup_dr.engines.pg_dump import (
     require_client_for,
     tool_version,
 )
+from include.backup_dr.lease import Holder, critical_section
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
 from include.backup_dr.retention import RecoveryHold
 from include.backup_dr.store import ObjectStore
@@ -68,6 +69,12 @@ REQUIRED_MEMBERS = ("PG_VERSION", "global/pg_control", "backup_label", "backup_m
 VERIFIED_NAME = "verified.json"
 #: Per region: the last archived WAL file `lock_archive` locked (so it lists only newer ones).
 LOCKED_NAME = "locked.json"
+#: How long `lock_wal` (a 50 s task, every minute) waits for another run's lease on the WAL.
+LOCK_LEASE_WAIT = timedelta(seconds=15)
+#: Its lease's TTL: shorter than that wait (not `BACKUP_LEASE_TTL_SECONDS`), since a waiter
+#: watches a lease stand still for a TTL before taking it over: with a longer one, a run
+#: killed while holding it would keep every later run from locking the server's WAL.
+LOCK_LEASE_TTL = timedelta(seconds=10)
 
 
 def archive_files(store: ObjectStore, server: str, segment_size: int) -> list[wal.ArchivedFile]:
@@ -114,8 +121,31 @@ def lock_archive(
     `batch` files, and a call stops after `budget` (the next one goes on), so any archive size
     is worked through, a batch at most redone after a timeout. A file whose date is already
     past (an old history file; WAL that GC will remove) gets no lock: S3 refuses a past date.
+
+    It holds the lease of the server's WAL in `store` (`wal_subject`): in the region it
+    locks, so that one region out never stops the other's locking.
     """
     assert store.lock is not None, f"{store.region.name} locks nothing"
+    holder = Holder.current("lock_wal")
+    subject = wal_subject(category, server)
+    with critical_section(store, subject, holder, max_wait=LOCK_LEASE_WAIT, ttl=LOCK_LEASE_TTL):
+        return _lock_archive(store, server, category, budget, batch, now)
+
+
+def wal_subject(category: str, server: str) -> str:
+    """The lease subject of a server's WAL archive in one region (its `lock_wal` runs)."""
+    return f"{category}/{server}/wal"
+
+
+def _lock_archive(
+    store: ObjectStore,
+    server: str,
+    category: str,
+    budget: timedelta,
+    batch: int,
+    now: datetime | None,
+) -> dict[str, Any]:
+    assert store.lock is not None
     now = now or datetime.now(UTC)
     marker = f"{wal.ARCHIVE_PREFIX}/{server}/{LOCKED_NAME}"
     after = (store.get_json(marker) or {}).get("last")

@@ -30,6 +30,7 @@ import html
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from airflow.sdk import BaseNotifier, Connection, Variable
@@ -199,3 +200,40 @@ class OnCallNotifier(BaseNotifier):
     def notify(self, context: Any) -> None:
         alert = alert_from_context(context)
         send_message(alert.title, alert.text(), context, source=alert.dag_id, keys=[alert.key])
+
+
+async def page_late_run(context: dict[str, Any], grace: str) -> str | None:
+    """Deadline Alert callback of the tier DAGs, run by the triggerer: the run of a window has
+    not finished by the window plus the grace, so that window's backup is late.
+
+    A run queued after its deadline had already passed (a backfill, a re-run of an old window)
+    is late by design and pages nobody. The channels block, so the sender runs in a thread.
+    Returns the channel; raises when nothing delivered it (the callback then shows failed).
+    """
+    run, deadline = context["dag_run"], context["deadline"]
+    due = _as_datetime(deadline["deadline_time"])
+    queued = run.get("queued_at")
+    if queued is None or _as_datetime(queued) >= due:
+        log.info(
+            "%s %s was queued after its deadline %s: not paged",
+            run["dag_id"],
+            run["dag_run_id"],
+            due,
+        )
+        return None
+    dag_id, run_id = run["dag_id"], run["dag_run_id"]
+    title = f"[backup] {dag_id}: the run for {run['logical_date']} is not done within {grace}"
+    text = (
+        f"DAG: {dag_id}\nRun: {run_id}\nWindow: {run['logical_date']}\nState: {run['state']}\n"
+        f"Deadline: {due.isoformat()} (the window plus the grace, {grace})\n"
+        "Until it finishes, this window has no new backup.\n"
+    )
+    key = condition_key("deadline", dag_id, run_id)
+    channel = await asyncio.to_thread(send_message, title, text, source=dag_id, keys=[key])
+    if channel is None:
+        raise RuntimeError(f"the late-run page for {dag_id} {run_id} was not delivered")
+    return channel
+
+
+def _as_datetime(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))

@@ -20,10 +20,21 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import DAG, BaseNotifier, Param, TaskGroup, get_current_context, task, task_group
+from airflow.sdk import (
+    DAG,
+    AsyncCallback,
+    BaseNotifier,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    TaskGroup,
+    get_current_context,
+    task,
+    task_group,
+)
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
+from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier, page_late_run
 from include.backup_dr.deployment import placement
 from include.backup_dr.policy import (
     CONTINUOUS,
@@ -269,6 +280,15 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
         tags=["backup", f"category:{category_name}", f"tier:{tier_name}"],
         doc_md=doc,
         params=_deletion_params("prune"),
+        # A run not done by its window plus the grace pages on-call (experimental in 3.3; the
+        # triggerer runs the callback; dag.test() never evaluates it).
+        deadline=DeadlineAlert(
+            reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
+            interval=policy.compliance.grace,
+            callback=AsyncCallback(
+                page_late_run, kwargs={"grace": format_duration(policy.compliance.grace)}
+            ),
+        ),
     ) as dag:
         for group, pool in groups:
             _target_group(category_name, tier_name, group, pool)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import email
 import json
 import logging
+import os
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,11 +24,13 @@ import pytest
 from include.backup_dr.alerts import send_message
 from local.http_sink import HttpSink
 from tests.integration.test_compliance import IDS, _age_manifests, _lean
-from tests.stack import mail_text, run_dag, wait_for_mail
+from tests.stack import airflow_cli, mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
 
 CHANNELS = ("smtp", "slack", "pagerduty")
+#: How long the scheduler and triggerer get to handle a missed deadline (s).
+DEADLINE_WAIT = float(os.environ.get("BACKUP_TEST_DEADLINE_WAIT", "240"))
 #: The Slack webhook's token: the path under the sink's /slack/ the hook posts to.
 SLACK_TOKEN = "T00000000/B00000000/local"
 
@@ -169,3 +173,59 @@ def test_a_compliance_breach_pages_once_and_resolves_once_on_every_channel(
 def _canary(channel: str, n: int) -> str:
     """How canary `n` shows in `_received`."""
     return f"trigger backup-dr/canary/{n}" if channel == "pagerduty" else f"[backup] canary {n}"
+
+
+def _deadline_callbacks(env: dict[str, str], dag_id: str) -> dict[str, str | None]:
+    """The state of each run's Deadline Alert callback (None until the deadline is missed),
+    from the scheduler's metadata database."""
+    from local.pg import connect
+
+    database = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].rsplit("/", 1)[1]
+    with connect(database) as conn:
+        rows = conn.execute(
+            "SELECT r.run_id, CASE WHEN d.missed THEN c.state END FROM deadline d"
+            " JOIN dag_run r ON r.id = d.dagrun_id JOIN callback c ON c.id = d.callback_id"
+            " WHERE r.dag_id = %s",
+            (dag_id,),
+        ).fetchall()
+    return dict(rows)
+
+
+def test_a_tier_run_not_done_by_its_window_plus_the_grace_pages_once(
+    airflow_scheduler: dict[str, str], smtp_sink: Path
+) -> None:
+    """Deadline Alerts, by a real scheduler and triggerer. The DAG stays paused, so its runs
+    never finish; a run queued after its deadline had passed (a backfill) is the control."""
+    from include.backup_dr.policy import format_duration, load_policy
+
+    dag_id = "platform_backup_6h"
+    grace = load_policy().compliance.grace
+    logical = {}
+    for name, offset in (
+        ("backfill", -grace - timedelta(hours=1)),  # queued 1 h after its deadline
+        ("late", -grace + timedelta(seconds=45)),  # its deadline: 45 s after the trigger
+    ):
+        for _ in range(30):  # the DAG processor may not have parsed the file yet
+            logical[name] = datetime.now(UTC).replace(microsecond=0) + offset
+            try:
+                airflow_cli(
+                    airflow_scheduler,
+                    "dags", "trigger", dag_id,
+                    "--logical-date", logical[name].isoformat(), "--run-id", f"deadline_{name}",
+                )  # fmt: skip
+                break
+            except AssertionError:
+                time.sleep(2)
+    wait_until = time.monotonic() + DEADLINE_WAIT
+    while (states := _deadline_callbacks(airflow_scheduler, dag_id)) != dict.fromkeys(
+        ("deadline_late", "deadline_backfill"), "success"
+    ):
+        assert time.monotonic() < wait_until, states
+        time.sleep(2)
+    # Both callbacks have returned: every mail they sent is in the sink.
+    pages = [m for m in wait_for_mail(smtp_sink, timeout=0.1) if dag_id in m["Subject"]]
+    assert [m["Subject"] for m in pages] == [
+        f"[backup] {dag_id}: the run for {logical['late'].isoformat().replace('+00:00', 'Z')} "
+        f"is not done within {format_duration(grace)}"
+    ]
+    assert "Run: deadline_late" in mail_text(pages[0])

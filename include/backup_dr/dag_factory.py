@@ -259,6 +259,23 @@ base backup goes in `backup_collect_garbage`). Params: `dry_run`, `override_circ
 """
 
 
+class _DeadlineDAG(DAG):
+    """A DAG with Deadline Alerts that `dag.test()` (and `airflow dags test`) can still run.
+
+    Airflow 3.3.2's dag.test() gives DagRun.update_state a DAG whose `deadline` holds the encoded
+    alerts instead of their database ids, so a run that succeeds crashes in
+    DeadlineAlertModel.get_by_id ("'dict' object has no attribute 'hex'"). dag.test() never
+    evaluates deadlines anyway, so it runs without them.
+    """
+
+    def test(self, *args: Any, **kwargs: Any) -> Any:
+        deadline, self.deadline = self.deadline, None
+        try:
+            return super().test(*args, **kwargs)
+        finally:
+            self.deadline = deadline
+
+
 def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
     category = policy.categories[category_name]
     tier = category.tiers[tier_name]
@@ -270,7 +287,7 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
         groups = [(s.name, s.dump_pool) for s in policy.continuous_servers()]
         schedule = policy.continuous.base_backup_schedule
         doc = _continuous_doc(policy, category, tier)
-    with DAG(
+    with _DeadlineDAG(
         dag_id=dag_id_for(category_name, tier_name),
         schedule=schedule,
         start_date=START_DATE,

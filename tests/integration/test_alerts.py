@@ -220,7 +220,9 @@ def test_a_tier_run_not_done_by_its_window_plus_the_grace_pages_once(
     while (states := _deadline_callbacks(airflow_scheduler, dag_id)) != dict.fromkeys(
         ("deadline_late", "deadline_backfill"), "success"
     ):
-        assert time.monotonic() < wait_until, states
+        assert time.monotonic() < wait_until, (
+            f"deadline callbacks after {DEADLINE_WAIT} s: {states}"
+        )
         time.sleep(2)
     # Both callbacks have returned: every mail they sent is in the sink.
     pages = [m for m in wait_for_mail(smtp_sink, timeout=0.1) if dag_id in m["Subject"]]

@@ -352,7 +352,7 @@ def measure(
 
     Returns the evidence document; its `conditions` say what is open (the caller fails red).
     """
-    from include.backup_dr.alerts import send_message
+    from include.backup_dr.alerts import condition_key, send_message
 
     settings = policy.continuous
     assert settings is not None, "the policy has no continuous section"
@@ -448,7 +448,14 @@ def measure(
     }
     for alert in plan_alerts(open_conditions, conditions):
         title, text = _message(alert, server, doc, policy)
-        channel = send_message(title, text, context, source=server.name)
+        channel = send_message(
+            title,
+            text,
+            context,
+            source=server.name,
+            keys=[condition_key("continuous", server.name, alert.condition)],
+            resolve=alert.kind == "resolved",
+        )
         if channel is None:  # every channel failed: not recorded as sent, the next run retries
             doc["alerts"].append({**_alert_doc(alert), "sent": False})
             continue

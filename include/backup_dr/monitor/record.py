@@ -80,7 +80,7 @@ def run(
 ) -> dict[str, Any]:
     """One compliance run: checks, pages due, evidence and state in both regions. Returns the
     evidence document (its `status` is the worst check's)."""
-    from include.backup_dr.alerts import send_message
+    from include.backup_dr.alerts import condition_key, send_message
 
     now = now or datetime.now(UTC)
     state = read_state(stores)
@@ -95,7 +95,9 @@ def run(
         if not group:
             continue
         title, text = message(kind, group, by_id, checks, key, run_info)
-        channel = send_message(title, text, context, source=DAG_ID)
+        keys = [condition_key("compliance", a.condition) for a in group]
+        resolve = kind == "resolved"
+        channel = send_message(title, text, context, source=DAG_ID, keys=keys, resolve=resolve)
         if channel is not None:  # an undelivered page is not recorded: the next run retries
             for alert in group:
                 open_checks = record_sent(

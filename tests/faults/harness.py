@@ -364,7 +364,7 @@ def record(
     lost: list[str],
     alert: str,
     recovery_seconds: float,
-    clean_run_seconds: float,
+    clean_run_seconds: float | None,
     **details: Any,
 ) -> None:
     """Write this fault's row into tests/artifacts/faults.json (one row per fault, replaced).
@@ -372,7 +372,8 @@ def record(
     `lost` is what the test measured (`lost`, `content_lost`), recorded before the test asserts
     it is empty, so a red run's row shows what went. Recovery runs from the fault's removal to
     the window committed and verified again; it is also given as a ratio to a clean run of the
-    same DAG in the same test, which the machine's load affects alike.
+    same DAG in the same test, which the machine's load affects alike (None where recovery is
+    itself a clean run from scratch, e.g. a restore run again).
     """
     rows = _rows()
     rows[fault] = {
@@ -381,8 +382,14 @@ def record(
         "lost": lost,
         "alert": alert,
         "recovery_seconds": round(recovery_seconds, 1),
-        "clean_run_seconds": round(clean_run_seconds, 1),
-        "recovery_to_clean_run": round(recovery_seconds / clean_run_seconds, 2),
+        **(
+            {
+                "clean_run_seconds": round(clean_run_seconds, 1),
+                "recovery_to_clean_run": round(recovery_seconds / clean_run_seconds, 2),
+            }
+            if clean_run_seconds is not None
+            else {}
+        ),
         **details,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

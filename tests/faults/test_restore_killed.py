@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,16 @@ import pytest
 
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.restore.select import Selection
-from tests.faults.harness import WINDOW, commit, only_targets, row_checksums
+from tests.faults.harness import (
+    WINDOW,
+    alert_summary,
+    alerts_sent,
+    commit,
+    only_targets,
+    open_alert_path,
+    record,
+    row_checksums,
+)
 from tests.faults.pg_proxy import PgFaultProxy
 from tests.stack import REPO, run_dag
 
@@ -147,6 +157,7 @@ def test_restore_killed_leaves_the_old_or_the_new_database_and_a_rerun_completes
     assert _precious_kept() == [DATABASE]
 
     # The same run's restore again, as Airflow's retry of the task would run it.
+    rerun = time.monotonic()
     _, validation, problems = _replace_from_dump(
         destination["policy"],
         stores,
@@ -157,11 +168,39 @@ def test_restore_killed_leaves_the_old_or_the_new_database_and_a_rerun_completes
         True,
         began,
     )
+    recovery_seconds = time.monotonic() - rerun
     assert validation.ok and problems == [], problems
-    assert _what_is_there(destination["source"]) == "new"
-    (aside,) = _precious_kept()  # the old database, renamed aside, never dropped
-    assert aside.startswith(f"{DATABASE}__before_")
+    missing = _lost(destination["source"], "new")
+    record(
+        f"DR restore SIGKILLed {point.replace('-', ' ')}, restore re-run",
+        injected_when={
+            "during-pg-restore": "as pg_restore sent its first COPY into the staging database",
+            "between-renames": "as the swap sent its second rename (the old database renamed "
+            "aside in the same transaction)",
+        }[point],
+        lost=missing,
+        alert="not measured (the restore function runs outside Airflow here)",
+        recovery_seconds=recovery_seconds,
+        clean_run_seconds=None,  # the re-run is a whole restore from scratch
+        destination_when_killed=killed,
+    )
+    assert missing == []
     assert [d for d in _databases() if "__restoring_" in d] == []
+
+
+def _lost(source: dict[str, str], expected: str) -> list[str]:
+    """What a restore lost, measured: the old destination's row (kept in place or renamed
+    aside, never dropped), and the destination not being what it should (`expected`)."""
+    missing = []
+    kept = _precious_kept()
+    if len(kept) != 1:
+        missing.append(f"the old destination's row is kept in {kept}, not in exactly one database")
+    elif (expected == "new") != kept[0].startswith(f"{DATABASE}__before_"):
+        missing.append(f"the old destination is {kept[0]}, expected it {expected!r}")
+    there = _what_is_there(source)
+    if there != expected:
+        missing.append(f"{DATABASE} on the destination is {there}, expected {expected}")
+    return missing
 
 
 @pytest.fixture
@@ -180,21 +219,36 @@ def bad_row() -> Iterator[None]:
 
 
 def test_restore_failing_validation_is_reported_failed_and_swaps_nothing_in(
-    bad_row, destination: dict[str, Any], stores
+    bad_row, destination: dict[str, Any], stores, smtp_sink
 ) -> None:
     conf = {"targets": [DATABASE], "connection": "pg_sandbox", "overwrite": True}
+    open_alert_path(smtp_sink)
+    started = time.monotonic()
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
-    assert _what_is_there(destination["source"]) == "old"
-    assert _precious_kept() == [DATABASE]
+    run_seconds = time.monotonic() - started
+    sent = alerts_sent(smtp_sink)
+    pages = [p for p in sent if "dr_restore" in p and "approval needed" not in p]
+    missing = _lost(destination["source"], "old")
+    record(
+        "DR restore failing validation after pg_restore",
+        injected_when="in the backup: a users row whose email breaks a business rule",
+        lost=missing,
+        alert=f"{len(pages)} page(s): " + " | ".join(alert_summary(p) for p in pages),
+        recovery_seconds=0.0,  # nothing to recover: the destination was never touched
+        clean_run_seconds=None,
+        failed_run_seconds=round(run_seconds, 1),
+    )
+    assert missing == []
+    assert len(pages) == 1, sent  # the failed restore pages once (the record task does not)
     keys = sorted(
         o.key
         for o in stores.primary.list_objects(f"evidence/dr_restore/{DATABASE}/")
         if o.key.endswith(".json")
     )
-    record = stores.primary.get_json(keys[-1])
-    assert record["outcome"] == "failed", record
-    failed = [r["expectation"] for r in record["validation"]["results"] if not r["success"]]
+    evidence = stores.primary.get_json(keys[-1])
+    assert evidence["outcome"] == "failed", evidence
+    failed = [r["expectation"] for r in evidence["validation"]["results"] if not r["success"]]
     assert failed == ["expect_column_values_to_match_regex"], failed
-    assert record["steps"]["swapped_in"] is False
+    assert evidence["steps"]["swapped_in"] is False
     (staging,) = [d for d in _databases() if "__restoring_" in d]  # kept for inspection
     assert _sandbox(staging, "SELECT email FROM users WHERE id = 999999999") == [("not-an-email",)]

@@ -1,24 +1,39 @@
 """What every fault test shares: kill and bring back a part of the stack, fire a fault at the
 right moment of a running DAG, prove nothing committed was lost, and record the numbers.
 
+"Nothing lost" is proven twice, and never against the code under test's word alone: each copy
+committed before the fault passes a fresh check against its manifest (`lost`), and the backups
+restored into the sandbox server hold the same rows as the source did before the fault
+(`content_lost`, row checksums per table).
+
+Alert counts are deterministic: a canary goes through the same alert path before the fault
+(`open_alert_path`: the control, proving a mail would arrive) and after it (`alerts_sent`: every
+mail sent before it has arrived once it has), so "no alert" or "one alert" is counted, not hoped
+for after a sleep.
+
 Each test writes one row to tests/artifacts/faults.json: the fault, when it was injected, what
-was lost (must be nothing), the alert, and how long recovery took (measured, never asserted).
+was lost as measured (must be nothing), the alert, and how long recovery took (measured, never
+asserted). A test's rows are cleared when it starts (tests/faults/conftest.py), so a test that
+crashed leaves no row from an earlier green run.
 """
 
 from __future__ import annotations
 
+import email
 import html
 import json
 import os
 import signal
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -26,7 +41,10 @@ from include.backup_dr.catalogue import BackupId, Debris, Manifest, Verification
 from include.backup_dr.engines import engine_for
 from include.backup_dr.integrity import check_copy
 from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
-from tests.stack import REPO, _stack, mail_text, run_dag, wait_for_mail
+from tests.stack import REPO, _stack, mail_text, run_dag
+
+if TYPE_CHECKING:
+    from local.pg import ServerName
 
 ARTIFACT = REPO / "tests" / "artifacts" / "faults.json"
 #: A production target big enough (a dump of ~24 MB, two 16 MiB parts) that an upload or a
@@ -178,12 +196,132 @@ def window_state(stores: Any, backup: BackupId) -> tuple[list[str], list[Debris]
     return verified, debris
 
 
+# --- what the backups hold, compared with the source ---------------------------------------------
+
+#: The user tables whose rows are compared (md5 of their text is enough to compare, not to
+#: protect).
+_TABLES = """
+SELECT format('%I.%I', n.nspname, c.relname), c.oid::regclass::text
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+ORDER BY 1
+"""
+
+
+def row_checksums(database: str, *, server: ServerName = "platform") -> dict[str, str]:
+    """Per user table of `database`: its row count and the md5 of its rows' text in sorted
+    order, so two databases compare equal only when every row does."""
+    from local.pg import connect
+
+    with connect(database, server=server) as conn:
+        return checksums_on(conn)
+
+
+def checksums_on(conn: Any) -> dict[str, str]:
+    """`row_checksums` on an open connection (inside its transaction, if one is open)."""
+    from psycopg import sql
+
+    checksums = {}
+    for name, regclass in conn.execute(_TABLES).fetchall():
+        count, digest = conn.execute(
+            sql.SQL(
+                "SELECT count(*), md5(coalesce(string_agg(t::text, '' ORDER BY t::text), ''))"
+                " FROM {} t"
+            ).format(sql.SQL(regclass))
+        ).fetchone()
+        checksums[name] = f"{count} rows, md5 {digest}"
+    return checksums
+
+
+def restored_checksums(stores: Any, backup: BackupId, region: str) -> dict[str, str]:
+    """Restore `backup`'s copy in `region` into a scratch database on the sandbox server, with
+    the package's own restore path (bytes proven against the manifest, then pg_restore), and
+    return its `row_checksums`; the scratch database is dropped afterwards."""
+    from include.backup_dr.restore.database import (
+        create_database,
+        drop_database,
+        pg_restore,
+        server_info,
+    )
+    from include.backup_dr.restore.download import download_verified
+
+    store = stores.by_region(region)
+    manifest = store.manifest(backup)
+    assert manifest is not None, f"{backup} has no manifest in {region}"
+    sandbox = server_info("pg_sandbox")
+    scratch = f"fault_check_{uuid.uuid4().hex[:12]}"
+    create_database(sandbox, scratch)
+    try:
+        with tempfile.TemporaryDirectory(prefix="fault-check-") as folder:
+            download = download_verified(store, manifest, Path(folder) / "archive.pgdump")
+            pg_restore(download.path, sandbox, scratch, 2, owners=False)
+        return row_checksums(scratch, server="sandbox")
+    finally:
+        drop_database(sandbox, scratch)
+
+
+def content_lost(
+    stores: Any, baseline: dict[str, str], backups: list[BackupId], region: str
+) -> list[str]:
+    """Each table of each backup (restored from `region`) whose rows differ from `baseline`,
+    the source's checksums taken before the fault. One region suffices: `lost` proves every
+    region's bytes equal the manifest's SHA-256, so every copy restores alike."""
+    problems = []
+    for backup in backups:
+        restored = restored_checksums(stores, backup, region)
+        for table in sorted(baseline.keys() | restored.keys()):
+            want, got = baseline.get(table, "absent"), restored.get(table, "absent")
+            if want != got:
+                problems.append(f"{backup}@{region} {table}: source {want}, restored {got}")
+    return problems
+
+
 # --- alerts --------------------------------------------------------------------------------------
 
 
-def alerts(folder: Path, timeout: float = 10.0) -> str:
-    """Every mail in the sink (subject and text), or "" when none arrived within `timeout`."""
-    return "\n\n".join(m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(folder, timeout))
+#: The subject of a canary: a mail the test sends itself, through the alert path under test.
+CANARY = "[fault-suite canary]"
+#: How long a canary may take to reach the sink (it is written before the sink says 250).
+CANARY_TIMEOUT_SECONDS = float(os.environ.get("BACKUP_FAULT_CANARY_TIMEOUT", "30"))
+
+
+def _canary(folder: Path, label: str, timeout: float) -> None:
+    """Send a canary through `alerts.send_message` (the path every page takes) and wait until
+    the sink holds it: the path works, and every mail sent before it has arrived."""
+    from include.backup_dr.alerts import send_message
+
+    title = f"{CANARY} {label} {uuid.uuid4().hex[:8]}"
+    assert send_message(title, "A control: the fault suite checks its alert path.") is not None
+    deadline = time.monotonic() + timeout
+    while not any(title in (m["Subject"] or "") for m in _mails(folder)):
+        assert time.monotonic() < deadline, f"the canary {title!r} never reached the sink"
+        time.sleep(0.05)
+
+
+def _mails(folder: Path) -> list[email.message.Message]:
+    return [email.message_from_bytes(path.read_bytes()) for path in sorted(folder.glob("*.eml"))]
+
+
+def open_alert_path(folder: Path, timeout: float = CANARY_TIMEOUT_SECONDS) -> None:
+    """The control before a fault: a canary reaches the sink, so "no alert" later means none
+    was sent, not that none could arrive."""
+    _canary(folder, "before the fault", timeout)
+
+
+def alerts_sent(folder: Path, timeout: float = CANARY_TIMEOUT_SECONDS) -> list[str]:
+    """Every alert in the sink (subject and text), canaries aside, counted once a closing
+    canary has arrived (within `timeout`): whatever was sent before it is in by then."""
+    _canary(folder, "after the fault", timeout)
+    return [
+        m["Subject"] + "\n" + mail_text(m)
+        for m in _mails(folder)
+        if not (m["Subject"] or "").startswith(CANARY)
+    ]
+
+
+def alerts(folder: Path, timeout: float = CANARY_TIMEOUT_SECONDS) -> str:
+    """The alerts in the sink as one text ("" when none), counted as `alerts_sent` does."""
+    return "\n\n".join(alerts_sent(folder, timeout))
 
 
 def alert_summary(alert: str) -> str:
@@ -201,6 +339,24 @@ def describe(debris: Debris) -> str:
 # --- the numbers ---------------------------------------------------------------------------------
 
 
+def _rows() -> dict[str, dict[str, Any]]:
+    return json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
+
+
+def _write_rows(rows: dict[str, dict[str, Any]]) -> None:
+    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
+    ARTIFACT.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def clear_rows(test: str) -> None:
+    """Remove the rows test `test` (a pytest node id) wrote: called as it starts, so a test
+    that crashes leaves no row of an earlier run standing in for its result."""
+    rows = _rows()
+    kept = {fault: row for fault, row in rows.items() if row.get("test") != test}
+    if kept != rows:
+        _write_rows(kept)
+
+
 def record(
     fault: str,
     *,
@@ -208,28 +364,36 @@ def record(
     lost: list[str],
     alert: str,
     recovery_seconds: float,
-    clean_run_seconds: float,
+    clean_run_seconds: float | None,
     **details: Any,
 ) -> None:
     """Write this fault's row into tests/artifacts/faults.json (one row per fault, replaced).
 
-    Recovery runs from the fault's removal to the window committed and verified again; it is
-    also given as a ratio to a clean run of the same DAG in the same test, which the machine's
-    load affects alike.
+    `lost` is what the test measured (`lost`, `content_lost`), recorded before the test asserts
+    it is empty, so a red run's row shows what went. Recovery runs from the fault's removal to
+    the window committed and verified again; it is also given as a ratio to a clean run of the
+    same DAG in the same test, which the machine's load affects alike (None where recovery is
+    itself a clean run from scratch, e.g. a restore run again).
     """
-    ARTIFACT.parent.mkdir(parents=True, exist_ok=True)
-    rows = json.loads(ARTIFACT.read_text()) if ARTIFACT.exists() else {}
+    rows = _rows()
     rows[fault] = {
+        "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0],
         "injected_when": injected_when,
         "lost": lost,
         "alert": alert,
         "recovery_seconds": round(recovery_seconds, 1),
-        "clean_run_seconds": round(clean_run_seconds, 1),
-        "recovery_to_clean_run": round(recovery_seconds / clean_run_seconds, 2),
+        **(
+            {
+                "clean_run_seconds": round(clean_run_seconds, 1),
+                "recovery_to_clean_run": round(recovery_seconds / clean_run_seconds, 2),
+            }
+            if clean_run_seconds is not None
+            else {}
+        ),
         **details,
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    ARTIFACT.write_text(json.dumps(rows, indent=2) + "\n")
+    _write_rows(rows)
 
 
 def timed_run(dag_id: str, window: datetime, **options: Any) -> tuple[Any, float]:

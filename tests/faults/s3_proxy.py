@@ -4,7 +4,8 @@ Requests pass through byte for byte (the Host header included, so SigV4 signatur
 A rule sees each request and may answer `503 SlowDown` with S3's XML error body, as S3 does
 when a prefix is throttled, or drop it unsent (the client died before its request left). A rule
 may also act when a request arrives (e.g. kill the process that sent it), which puts a fault at
-an exact point between two requests.
+an exact point between two requests; `after` acts once a request took effect upstream, before
+its sender hears back (the point just after a request, when no request follows it).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Fault(Enum):
 
 
 Rule = Callable[[ProxiedRequest], Fault | None]
+After = Callable[[ProxiedRequest], None]
 
 SLOW_DOWN_BODY = (
     '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -62,12 +64,14 @@ SLOW_DOWN_BODY = (
 
 
 class S3FaultProxy:
-    """Forwards to `upstream` (http://host:port); `rule` decides each request's fault."""
+    """Forwards to `upstream` (http://host:port); `rule` decides each request's fault, and
+    `after` sees each forwarded request once upstream has answered it."""
 
-    def __init__(self, upstream: str, rule: Rule | None = None) -> None:
+    def __init__(self, upstream: str, rule: Rule | None = None, after: After | None = None) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.rule: Rule = rule or (lambda request: None)
+        self.after: After = after or (lambda request: None)
         self.injected: Counter[str] = Counter()  # "<FAULT> <operation>" -> requests
         self.forwarded: Counter[str] = Counter()  # "<operation>" -> requests
         self._lock = threading.Lock()
@@ -144,6 +148,7 @@ class S3FaultProxy:
                 finally:
                     upstream.close()
                 proxy._count(proxy.forwarded, request.operation)
+                proxy.after(request)
                 self.send_response(response.status, response.reason)
                 for name, value in response.getheaders():
                     if name.lower() not in _NOT_FORWARDED and name.lower() != "content-length":

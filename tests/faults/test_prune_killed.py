@@ -1,10 +1,13 @@
-"""The worker running a prune is SIGKILLed between two deletes, then the prune is re-run.
+"""The worker running a prune is SIGKILLed at one of three points, then the prune is re-run.
 
-The DAG runs in its own process (`airflow dags test`), its secondary region behind a proxy that
-kills that process the moment it sends its second delete of the first expired copy: that copy
-has lost its manifest and nothing else, the worst point to die. The half-deleted copy must not count as a
-backup; the re-run must keep exactly what the retention keeps, intact in both regions, and
-leave nothing of the deleted backups behind: no object, no old version.
+The DAG runs in its own process (`airflow dags test`), both regions behind proxies that kill
+that process at the point: as it sends the prune's first delete (nothing deleted yet), as it
+sends its second delete of the first expired copy in the secondary (that copy has lost its
+manifest and nothing else, the worst point to die), or once the last delete took effect and
+before the worker hears back (every deletion made, nothing after it: no refusal evidence, no
+lease release). A half-deleted copy must not count as a backup; the re-run must keep exactly
+what the retention keeps, intact in both regions and holding the source's rows, and leave
+nothing of the deleted backups behind: no object, no old version.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,10 +33,13 @@ from tests.faults.harness import (
     commit,
     committed,
     connection_through,
+    content_lost,
     describe,
     lost,
     only_targets,
+    open_alert_path,
     record,
+    row_checksums,
     timed_run,
 )
 from tests.faults.s3_proxy import Fault, ProxiedRequest, S3FaultProxy
@@ -41,6 +49,18 @@ pytestmark = pytest.mark.integration
 KEPT = WINDOW - timedelta(days=1)
 #: Older than the daily tier's 7 days: the prune deletes both, in both regions.
 EXPIRED = (WINDOW - timedelta(days=10), WINDOW - timedelta(days=9))
+#: Where the worker dies: (test id, the fault table's words for it).
+KILL_POINTS = {
+    "before-first-delete": "as the prune sent its first delete (nothing deleted yet)",
+    "between-deletes": (
+        "between the prune's two deletes of the first expired copy in the secondary "
+        "(its manifest gone, its data not yet)"
+    ),
+    "after-last-delete": (
+        "once the prune's last delete took effect, before the worker heard back (every "
+        "deletion made; nothing after it)"
+    ),
+}
 
 
 def _versions(store: Any, prefix: str) -> list[str]:
@@ -49,8 +69,9 @@ def _versions(store: Any, prefix: str) -> list[str]:
     return [v["Key"] for v in found.get("Versions", []) + found.get("DeleteMarkers", [])]
 
 
-def test_prune_killed_between_two_deletes_then_rerun_keeps_the_policy_and_leaves_nothing(
-    stores, policy_file, smtp_sink, tmp_path: Path
+@pytest.mark.parametrize("point", list(KILL_POINTS))
+def test_prune_killed_then_rerun_keeps_the_policy_and_leaves_nothing(
+    point: str, stores, policy_file, smtp_sink, tmp_path: Path
 ) -> None:
     def policy_for_test(data: dict[str, Any]) -> None:
         only_targets(TARGET)(data)
@@ -58,39 +79,58 @@ def test_prune_killed_between_two_deletes_then_rerun_keeps_the_policy_and_leaves
         data["prune"]["incomplete_upload_grace"] = "2s"
 
     policy = policy_file(policy_for_test)
-    clean, clean_seconds = timed_run(DAG_ID, KEPT)  # the baseline, and a backup to keep
+    baseline = row_checksums(TARGET)  # the source's rows, before anything happens
+    open_alert_path(smtp_sink)
+    clean, clean_seconds = timed_run(DAG_ID, KEPT)  # the baseline run, and a backup to keep
     assert clean.state == "success"
     for window in EXPIRED:
         commit(policy, stores, TARGET, "daily", window)
     expired = [BackupId("platform", TARGET, "daily", window) for window in EXPIRED]
     first = expired[0]
     worker: subprocess.Popen[bytes] | None = None
-    deletes = 0
+    firsts_deleted_in_secondary = 0
 
-    def kill_worker_at_its_second_delete(request: ProxiedRequest) -> Fault | None:
-        nonlocal deletes
-        if request.operation != "DeleteObjects" or first.prefix.encode() not in request.body:
-            return None
-        deletes += 1
-        if deletes < 2:
-            return None  # the first expired copy's manifest goes
+    def kill_worker() -> None:
         assert worker is not None
-        os.killpg(worker.pid, signal.SIGKILL)  # before the rest of that copy goes
+        os.killpg(worker.pid, signal.SIGKILL)
         worker.wait()
-        return Fault.DROP
 
-    conn_id = stores.secondary.region.conn_id
-    with (
-        S3FaultProxy(
-            stores.secondary.endpoint_url, kill_worker_at_its_second_delete
-        ).running() as proxy,
-        (tmp_path / "worker.log").open("wb") as log,
-    ):
-        env = {
-            **os.environ,
-            f"AIRFLOW_CONN_{conn_id.upper()}": connection_through(conn_id, proxy.endpoint),
-            "PYTHONPATH": str(REPO),
-        }
+    def deletes_expired(request: ProxiedRequest) -> bool:
+        return request.operation == "DeleteObjects" and any(
+            b.prefix.encode() in request.body for b in expired
+        )
+
+    def kill_before(store: Any) -> Callable[[ProxiedRequest], Fault | None]:
+        def rule(request: ProxiedRequest) -> Fault | None:
+            nonlocal firsts_deleted_in_secondary
+            if not deletes_expired(request) or point == "after-last-delete":
+                return None
+            if point == "between-deletes":
+                if store is not stores.secondary or first.prefix.encode() not in request.body:
+                    return None
+                firsts_deleted_in_secondary += 1
+                if firsts_deleted_in_secondary < 2:
+                    return None  # the first expired copy's manifest goes
+            kill_worker()  # before this delete leaves
+            return Fault.DROP
+
+        return rule
+
+    def kill_after(request: ProxiedRequest) -> None:
+        if point == "after-last-delete" and deletes_expired(request) and not _left(expired):
+            kill_worker()  # every deletion made, the worker not yet told
+
+    def _left(backups: list[BackupId]) -> list[str]:
+        return [key for b in backups for store in stores for key in _versions(store, b.prefix)]
+
+    with ExitStack() as running, (tmp_path / "worker.log").open("wb") as log:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        for store in stores:
+            proxy = running.enter_context(
+                S3FaultProxy(store.endpoint_url, kill_before(store), kill_after).running()
+            )
+            conn_id = store.region.conn_id
+            env[f"AIRFLOW_CONN_{conn_id.upper()}"] = connection_through(conn_id, proxy.endpoint)
         worker = subprocess.Popen(
             [str(REPO / ".venv" / "bin" / "airflow"), "dags", "test", DAG_ID, WINDOW.isoformat()],
             env=env,
@@ -102,18 +142,24 @@ def test_prune_killed_between_two_deletes_then_rerun_keeps_the_policy_and_leaves
     assert worker.returncode == -signal.SIGKILL, "the prune finished before it could be killed"
     killed_at = time.monotonic()
 
-    # The half-deleted copy lost its manifest first: it is debris now, never a backup.
     prefix = f"platform/{TARGET}/daily/"
     backups, debris = build_catalogue(store.listing(prefix) for store in stores)
     copies = {b.id: sorted(b.copies) for b in backups}
-    assert copies[first] == [stores.primary.region.name], copies
-    # The dump and (when the kill came after it) the globals beside it, never more.
+    both = sorted(store.region.name for store in stores)
     left = [describe(d) for d in debris]
-    beside = {
-        f"object with no manifest {first.key(name)} in {stores.secondary.region.name}"
-        for name in ("data.pgdump", "data.globals.json")
-    }
-    assert left and set(left) <= beside, left
+    if point == "before-first-delete":
+        assert all(copies[b] == both for b in expired) and left == [], (copies, left)
+    elif point == "between-deletes":
+        # The half-deleted copy lost its manifest first: it is debris now, never a backup.
+        assert copies[first] == [stores.primary.region.name], copies
+        # The dump and (when the kill came after it) the globals beside it, never more.
+        beside = {
+            f"object with no manifest {first.key(name)} in {stores.secondary.region.name}"
+            for name in ("data.pgdump", "data.globals.json")
+        }
+        assert left and set(left) <= beside, left
+    else:
+        assert _left(expired) == [] and left == [], (copies, left)
     kept = {
         key: manifest
         for key, manifest in committed(stores, prefix).items()
@@ -123,26 +169,27 @@ def test_prune_killed_between_two_deletes_then_rerun_keeps_the_policy_and_leaves
 
     assert run_dag(DAG_ID, WINDOW).state == "success"  # the prune, re-run
     recovery_seconds = time.monotonic() - killed_at
-    leftovers = [
-        key for backup in expired for store in stores for key in _versions(store, backup.prefix)
-    ]
+    leftovers = _left(expired)
     assert leftovers == [], "the deleted backups left objects (or old versions) behind"
-    assert lost(stores, kept) == []
     backups, debris = build_catalogue(store.listing(prefix) for store in stores)
     assert [(b.id.window, sorted(b.copies)) for b in backups] == [
-        (window, sorted(store.region.name for store in stores)) for window in (KEPT, WINDOW)
+        (window, both) for window in (KEPT, WINDOW)
     ]
     assert debris == []
-    assert alerts(smtp_sink, timeout=2) == ""  # the killed worker sent nothing; the re-run is green
+    assert alerts(smtp_sink) == ""  # the killed worker sent nothing; the re-run is green
+    missing = lost(stores, kept) + content_lost(
+        stores,
+        baseline,
+        [BackupId("platform", TARGET, "daily", window) for window in (KEPT, WINDOW)],
+        stores.secondary.region.name,
+    )
     record(
-        "worker SIGKILLed mid-prune, prune re-run",
-        injected_when=(
-            f"between the prune's two deletes of {first}@{stores.secondary.region.name} "
-            "(its manifest gone, its data not yet)"
-        ),
-        lost=[],
+        f"worker SIGKILLed mid-prune ({point}), prune re-run",
+        injected_when=KILL_POINTS[point],
+        lost=missing,
         alert="none (a killed worker has no callback; the re-run finishes the prune)",
         recovery_seconds=recovery_seconds,
         clean_run_seconds=clean_seconds,
         debris_after_heal=[],
     )
+    assert missing == []

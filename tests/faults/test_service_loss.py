@@ -27,12 +27,15 @@ from tests.faults.harness import (
     bring_back,
     bulk_database,  # noqa: F401 (fixture)
     committed,
+    content_lost,
     describe,
     fault_when,
     lost,
     only_targets,
+    open_alert_path,
     outage,  # noqa: F401 (fixture)
     record,
+    row_checksums,
     timed_run,
     upload_in_progress,
     window_state,
@@ -82,6 +85,8 @@ def test_storage_part_killed_mid_transfer_loses_nothing_alerts_and_heals(
     smtp_sink,
 ) -> None:
     policy_file(only_targets(bulk=True))
+    baseline = row_checksums(BULK_DATABASE)  # the source's rows, before anything happens
+    open_alert_path(smtp_sink)
     clean, clean_seconds = timed_run(DAG_ID, EARLIER)  # the baseline, and a committed backup
     assert clean.state == "success"
     before = committed(stores, f"platform/{BULK_DATABASE}/")
@@ -108,14 +113,18 @@ def test_storage_part_killed_mid_transfer_loses_nothing_alerts_and_heals(
     verified, debris = window_state(stores, backup)
     recovery_seconds = time.monotonic() - removed
     assert verified == sorted(store.region.name for store in stores)
-    assert lost(stores, before) == []
+    earlier = BackupId("platform", BULK_DATABASE, "daily", EARLIER)
+    missing = lost(stores, before) + content_lost(
+        stores, baseline, [earlier, backup], stores.secondary.region.name
+    )
     record(
         fault,
         injected_when=f"{role}'s multipart upload of the window listed ({task} running)",
-        lost=[],
+        lost=missing,
         alert=alert_summary(alert),
         recovery_seconds=recovery_seconds,
         clean_run_seconds=clean_seconds,
         restart_seconds=round(restart_seconds, 1),
         debris_after_heal=[describe(d) for d in debris],
     )
+    assert missing == []

@@ -146,66 +146,65 @@ def terminate_sessions(server: PgConnectionInfo, name: str) -> int:
     return int(rows[0][0])
 
 
-def rename_database(server: PgConnectionInfo, old: str, new: str, attempts: int = 5) -> int:
-    """Rename `old` to `new`. PostgreSQL refuses while anyone is connected, so other sessions
-    are terminated first (and again if one slipped in); returns how many were terminated."""
+def rename_databases(server: PgConnectionInfo, renames: list[tuple[str, str]]) -> int:
+    """Rename each (old, new) in order, in one transaction: all of them happen or none does, so
+    a swap cut short at any point (its worker killed, the connection lost) never leaves the
+    destination missing. PostgreSQL refuses while anyone is connected to a database being
+    renamed, so other sessions are terminated first (and again if one slipped in); returns
+    how many were terminated."""
     import psycopg2.errors
 
-    _check_name(old)
-    _check_name(new)
-    if server.database in (old, new):
-        raise RestoreRefused(f"refusing to rename {old} to {new}: it is the admin database")
-    terminated = 0
+    for old, new in renames:
+        _check_name(old)
+        _check_name(new)
+        if server.database in (old, new):
+            raise RestoreRefused(f"refusing to rename {old} to {new}: it is the admin database")
+    terminated, attempts = 0, 5
     for attempt in range(1, attempts + 1):
-        terminated += terminate_sessions(server, old)
+        terminated += sum(terminate_sessions(server, old) for old, _ in renames)
+        connection = server.connect()
         try:
-            _admin(server, f'ALTER DATABASE "{old}" RENAME TO "{new}"')
+            with connection.cursor() as cursor:
+                for old, new in renames:
+                    cursor.execute(f'ALTER DATABASE "{old}" RENAME TO "{new}"')
+            connection.commit()
             return terminated
         except psycopg2.errors.ObjectInUse:
+            connection.rollback()
             if attempt == attempts:
                 raise
             time.sleep(0.2 * attempt)
+        finally:
+            connection.close()
     return terminated
 
 
 def swap_in(server: PgConnectionInfo, staging: str, database: str, stamp: datetime) -> str | None:
     """Put the validated `staging` database in place of `database`. The database it replaces
-    is renamed aside, never dropped; returns its new name (None when there was none)."""
-    previous = None
-    if database_exists(server, database):
-        previous = aside_name(server, database, stamp)
-        try:
-            ended = rename_database(server, database, previous)
-        except Exception as exc:
-            raise SwapFailed(
-                f"could not rename {database} aside to {previous} ({exc}); {database} is "
-                f"unchanged and the validated restore is kept in {staging}"
-            ) from exc
+    is renamed aside, never dropped, in the same transaction as the restore takes its name:
+    at every moment `database` is the old one or the new one. Returns the old one's new name
+    (None when there was none)."""
+    previous = aside_name(server, database, stamp) if database_exists(server, database) else None
+    renames = [(database, previous)] if previous is not None else []
+    renames.append((staging, database))
+    try:
+        ended = rename_databases(server, renames)
+    except Exception as exc:
+        raise SwapFailed(
+            f"could not swap the validated restore {staging} in as {database} ({exc}); nothing "
+            f"was renamed: {database} is unchanged and the restore is kept in {staging}"
+        ) from exc
+    if previous is not None:
         log.warning(
-            "Swap: terminated %d session(s) on %s on %s:%s and renamed it aside to %s; "
-            "it is kept, not dropped: drop it once the restore is confirmed good",
-            ended,
+            "Swap: %s on %s:%s was renamed aside to %s; it is kept, not dropped: drop it once "
+            "the restore is confirmed good",
             database,
             server.host,
             server.port,
             previous,
         )
-    try:
-        ended = rename_database(server, staging, database)
-    except Exception as exc:
-        where = "does not exist now"
-        if previous is not None:
-            try:
-                rename_database(server, previous, database)
-                where = "is back in place"
-            except Exception:
-                where = f"is kept as {previous}"
-        raise SwapFailed(
-            f"could not rename the validated restore {staging} to {database} ({exc}); the "
-            f"old {database} {where}"
-        ) from exc
     log.info(
-        "Swap: %s is now %s on %s:%s (%d session(s) on it terminated)",
+        "Swap: %s is now %s on %s:%s (%d session(s) on them terminated)",
         staging,
         database,
         server.host,

@@ -11,7 +11,9 @@ decides: a call made under `check`, `audit` or `policy report` of the CLI, or un
 app, is the read-only role (the API server and an operator's shell hold read-only credentials
 for the same connection ids); everything else the project's code does is the backup role.
 A call with no frame of the project's code on its stack (the stack's own tooling, a test's
-direct boto3 setup) is harness and not checked.
+direct boto3 setup), or one where a test called the store itself (include/backup_dr/store.py
+is the outermost project frame: planting debris, emptying buckets, tests of the store as a
+library), is harness and not judged.
 
 A bucket the shipped policy does not name is one a test made for itself (a policy variant's
 bucket): its calls are judged as if on the primary backup bucket (the action is checked, the
@@ -41,6 +43,8 @@ ROLE_FILES = {
     "break-glass": "break-glass-role.json",
     "read-only": "read-only-role.json",
 }
+#: A call whose outermost project frame is here was made by a test driving the store directly.
+HARNESS_ENTRY = "include/backup_dr/store.py:"
 #: The local stand-in account: every local key ARN is made in it.
 LOCAL_ACCOUNT = "000000000000"
 
@@ -56,9 +60,7 @@ S3_ACTIONS: dict[str, tuple[str, ...]] = {
     "CopyObject": ("o:s3:PutObject",),
     "UploadPartCopy": ("o:s3:PutObject",),
     "GetObject": ("o:s3:GetObject",),
-    # HEAD returns the object's lock headers only to a caller with s3:GetObjectRetention, and
-    # the code reads its locks from HEAD (`locked_until`): without it a lock would read as none.
-    "HeadObject": ("o:s3:GetObject", "o:s3:GetObjectRetention"),
+    "HeadObject": ("o:s3:GetObject",),
     "GetObjectRetention": ("o:s3:GetObjectRetention",),
     "PutObjectRetention": ("o:s3:PutObjectRetention",),
     "GetObjectLegalHold": ("o:s3:GetObjectLegalHold",),
@@ -184,7 +186,7 @@ def local_site() -> Site:
 
 def role_of(call: Mapping[str, Any], site: Site) -> str | None:
     """The role a recorded call runs as; None for harness calls (no project code made it)."""
-    if not call.get("code"):
+    if not call.get("code") or str(call.get("outer", "")).startswith(HARNESS_ENTRY):
         return None
     if call.get("principal") in site.break_glass_principals:
         return "break-glass"
@@ -231,6 +233,11 @@ def needs(call: Mapping[str, Any], site: Site) -> list[Need]:
             found.append(Need("kms:Decrypt", site.bucket_keys[source_bucket]))
     if bucket in site.bucket_keys:
         kms_key = site.bucket_keys[bucket]
+        if op == "HeadObject":
+            # HEAD returns an object's lock headers only to a caller with s3:GetObjectRetention,
+            # and the code reads backups' locks from HEAD (`locked_until`): without it a lock
+            # would silently read as none.
+            found.append(Need("s3:GetObjectRetention", object_arn))
         found += [Need(action, kms_key) for action in KMS_ON_WRITE.get(op, ())]
         if op == "GetObject":  # reading an SSE-KMS object decrypts its data key (HEAD does not)
             found.append(Need("kms:Decrypt", kms_key))
@@ -335,7 +342,7 @@ def check(calls: Iterable[Mapping[str, Any]], site: Site, iam_dir: Path = IAM_DI
         role: load_statements(iam_dir / name, site.values) for role, name in ROLE_FILES.items()
     }
     used: dict[str, set[tuple[int, str, str]]] = {role: set() for role in policies}
-    denied: dict[tuple[str, Need], Finding] = {}
+    denied: dict[tuple[str, str, str], Finding] = {}
     checked = harness = 0
     test_buckets: set[str] = set()
     seen: set[str] = set()
@@ -354,7 +361,8 @@ def check(calls: Iterable[Mapping[str, Any]], site: Site, iam_dir: Path = IAM_DI
         test_buckets |= outside
         for need in needs(judged, site):
             if not allowed(statements, need):
-                denied.setdefault((role, need), Finding(role, need, call))
+                bucket_level = need.resource.split("/", 1)[0]
+                denied.setdefault((role, need.action, bucket_level), Finding(role, need, call))
                 continue
             for index, statement in enumerate(statements):
                 if statement.effect == "Allow":

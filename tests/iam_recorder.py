@@ -36,6 +36,8 @@ _UI = str(REPO / "include" / "backup_dr" / "ui") + os.sep
 #: The CLI commands that only read (the read-only role's); `unlock` is not one of them.
 _READ_ONLY_COMMANDS = {"_check", "_audit", "_policy_report"}
 ARTIFACTS = REPO / "tests" / "artifacts"
+#: Tests that run the local stack, where the project's code must have made calls.
+_STACK_TESTS = ("tests/integration/", "tests/faults/")
 
 # --- botocore side ---------------------------------------------------------------------------
 
@@ -99,21 +101,22 @@ def _prefix(key: str | None) -> str | None:
 
 
 def _code_path(frame: Any) -> dict[str, Any]:
-    """The innermost frame of the project's code ("code"), and "entry": read-only when the
-    call is made under the CLI's read-only commands or the UI's app."""
-    code = None
-    entry = None
+    """Where in the project's code the call comes from: "code", its innermost frame there;
+    "outer", the outermost (where the project was entered: a DAG task, a CLI command, or a
+    test calling a function directly); "entry": read-only when made under the CLI's read-only
+    commands or the UI's app."""
+    code = outer = entry = None
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename.startswith(_CODE):
-            if code is None:
-                code = f"{os.path.relpath(filename, REPO)}:{frame.f_code.co_name}"
+            outer = f"{os.path.relpath(filename, REPO)}:{frame.f_code.co_name}"
+            code = code or outer
             if filename.startswith(_UI) or (
                 filename == _CLI and frame.f_code.co_name in _READ_ONLY_COMMANDS
             ):
                 entry = "read-only"
         frame = frame.f_back
-    return {"code": code, "entry": entry}
+    return {"code": code, "outer": outer, "entry": entry}
 
 
 def _append(call: dict[str, Any]) -> None:
@@ -152,25 +155,39 @@ def pytest_configure(config: Any) -> None:
         plugins = [p for p in os.environ.get(PLUGINS_ENV, "").split(",") if p and p != PLUGIN]
         os.environ[PLUGINS_ENV] = ",".join([*plugins, PLUGIN])
     name = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    os.environ[CALLS_ENV] = str(Path(os.environ["BACKUP_IAM_CALLS_DIR"]) / f"{name}.jsonl")
+    folder = Path(os.environ.get("BACKUP_IAM_CALLS_DIR") or _calls_dir())  # from the controller
+    os.environ[CALLS_ENV] = str(folder / f"{name}.jsonl")
+
+
+#: Tests on the real stack that passed in this session (seen by the controller from every worker).
+_stack_tests_passed: list[str] = []
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    if report.when == "call" and report.passed and report.nodeid.startswith(_STACK_TESTS):
+        _stack_tests_passed.append(report.nodeid)
 
 
 def pytest_sessionfinish(session: Any, exitstatus: int) -> None:
-    """Controller only: check the whole session's calls; a denied call fails the run."""
+    """Controller only: check the whole session's calls; a denied call fails the run, and so
+    does a session whose stack tests passed with nothing recorded (a broken recorder: botocore
+    swallows a plugin's errors)."""
     if hasattr(session.config, "workerinput"):
-        return
-    files = sorted(Path(os.environ["BACKUP_IAM_CALLS_DIR"]).glob("*.jsonl"))
-    if not files:
         return
     from tests.iam_policy import check, local_site, read_calls
 
-    verdict = check(read_calls(files), local_site())
+    verdict = check(read_calls(sorted(_calls_dir().glob("*.jsonl"))), local_site())
+    if not _stack_tests_passed and not verdict.checked:
+        return
     report = verdict.report()
+    silent = bool(_stack_tests_passed) and not verdict.checked + verdict.harness
+    if silent:
+        report += f"\nstack tests passed and no call was recorded: is {PLUGIN} importable?"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / "iam-report.txt").write_text(report + "\n")
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_sep("=", "IAM policy check (deploy/iam)")
         reporter.write_line(report)
-    if verdict.denied and session.exitstatus == 0:
+    if (verdict.denied or silent) and session.exitstatus == 0:
         session.exitstatus = 1

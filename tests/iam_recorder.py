@@ -33,6 +33,8 @@ PLUGIN = "iam_recorder=tests.iam_recorder"
 _CODE = (str(REPO / "include") + os.sep, str(REPO / "dags") + os.sep)
 _CLI = str(REPO / "include" / "backup_dr" / "cli.py")
 _UI = str(REPO / "include" / "backup_dr" / "ui") + os.sep
+#: Functions that catch a refused write and go on (a warning, never data): see tests/iam_policy.
+_BEST_EFFORT = {"_write_catalogue_cache"}
 #: The CLI commands that only read (the read-only role's); `unlock` is not one of them.
 _READ_ONLY_COMMANDS = {"_check", "_audit", "_policy_report"}
 ARTIFACTS = REPO / "tests" / "artifacts"
@@ -104,11 +106,13 @@ def _code_path(frame: Any) -> dict[str, Any]:
     """Where in the project's code the call comes from: "code", its innermost frame there;
     "outer", the outermost (where the project was entered: a DAG task, a CLI command, or a
     test calling a function directly); "entry": read-only when made under the CLI's read-only
-    commands or the UI's app."""
-    code = outer = entry = None
+    commands or the UI's app; "best_effort" when a function that survives a refusal made it."""
+    code = outer = entry = best_effort = None
     while frame is not None:
         filename = frame.f_code.co_filename
         if filename.startswith(_CODE):
+            if frame.f_code.co_name in _BEST_EFFORT:
+                best_effort = frame.f_code.co_name
             outer = f"{os.path.relpath(filename, REPO)}:{frame.f_code.co_name}"
             code = code or outer
             if filename.startswith(_UI) or (
@@ -116,7 +120,8 @@ def _code_path(frame: Any) -> dict[str, Any]:
             ):
                 entry = "read-only"
         frame = frame.f_back
-    return {"code": code, "outer": outer, "entry": entry}
+    found = {"code": code, "outer": outer, "entry": entry}
+    return {**found, "best_effort": best_effort} if best_effort else found
 
 
 def _append(call: dict[str, Any]) -> None:

@@ -145,6 +145,20 @@ def test_a_call_the_role_does_not_allow_is_reported(site: Site, tmp_path: Path) 
     assert "DENIED (3)" in verdict.report()
 
 
+def test_a_refusal_the_code_survives_by_design_is_listed_not_failed(
+    site: Site, tmp_path: Path
+) -> None:
+    """`check` (read-only) may find the catalogue cache stale; its rewrite is refused, logged,
+    and the next listing reads the manifests again."""
+    cache = _call("PutObject", entry="read-only", key="catalogue-cache/platform/*")
+    recorded = tmp_path / "calls.jsonl"
+    recorded.write_text(json.dumps({**cache, "best_effort": "_write_catalogue_cache"}) + "\n")
+    verdict = check(read_calls([recorded]), site)
+    assert verdict.denied == []
+    assert {f.need.action for f in verdict.tolerated} == {"s3:PutObject", "kms:GenerateDataKey"}
+    assert "survived by design" in verdict.report()
+
+
 def _code_operations() -> set[str]:
     """Every S3 and KMS operation include/ calls, by client method or paginator name;
     the managed `client.copy` stands for the calls boto3's transfer makes."""

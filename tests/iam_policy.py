@@ -8,8 +8,8 @@ that role's policy document (placeholders filled with the local stack's buckets 
 Attribution. A call signed with the break-glass connection's identity is the break-glass role
 (IAM judges the principal, and only `unlock` holds that connection). Otherwise the code path
 decides: a call made under `check`, `audit` or `policy report` of the CLI, or under the UI's
-app, is the read-only role (the API server and an operator's shell hold read-only credentials
-for the same connection ids); everything else the project's code does is the backup role.
+app, or by a test calling the audit itself, is the read-only role (the API server and an
+operator's shell hold read-only credentials for the same connection ids); everything else the project's code does is the backup role.
 A call with no frame of the project's code on its stack (the stack's own tooling, a test's
 direct boto3 setup), or one where a test called the store itself (include/backup_dr/store.py
 is the outermost project frame: planting debris, emptying buckets, tests of the store as a
@@ -50,6 +50,9 @@ ROLE_FILES = {
 }
 #: A call whose outermost project frame is here was made by a test driving the store directly.
 HARNESS_ENTRY = "include/backup_dr/store.py:"
+#: A call whose outermost project frame is the audit package was made by a test calling the
+#: audit itself: judged as its CLI and UI callers run it (its DAG adds only the evidence write).
+READ_ONLY_ENTRY = "include/backup_dr/audit/"
 #: (role, function) pairs whose refused calls the code catches on purpose (see the docstring).
 TOLERATED = {("read-only", "_write_catalogue_cache")}
 #: The local stand-in account: every local key ARN is made in it.
@@ -197,7 +200,7 @@ def role_of(call: Mapping[str, Any], site: Site) -> str | None:
         return None
     if call.get("principal") in site.break_glass_principals:
         return "break-glass"
-    if call.get("entry") == "read-only":
+    if call.get("entry") == "read-only" or str(call.get("outer", "")).startswith(READ_ONLY_ENTRY):
         return "read-only"
     return "backup"
 

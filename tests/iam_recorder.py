@@ -65,7 +65,14 @@ def initialize_client_plugin(client: Any) -> None:
             **_call_facts(params),
             **_code_path(sys._getframe(1)),
         }
-        _append(call)
+        try:
+            _append(call)
+        except OSError:
+            # A process of another OS user (PostgreSQL's archive_command inherits the stack's
+            # environment) cannot write the root-owned file: its calls are the harness's, and
+            # the recorder must never fail the call it watches. Project code must be recorded.
+            if call["code"] is not None:
+                raise
 
     client.meta.events.register(f"provide-client-params.{service}", record)
 

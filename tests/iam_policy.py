@@ -51,8 +51,9 @@ ROLE_FILES = {
 #: A call whose outermost project frame is here was made by a test driving the store directly.
 HARNESS_ENTRY = "include/backup_dr/store.py:"
 #: A call whose outermost project frame is the audit package was made by a test calling the
-#: audit itself: judged as its CLI and UI callers run it (its DAG adds only the evidence write).
+#: audit itself: judged as its CLI and UI callers run it; but its evidence write is the DAG's.
 READ_ONLY_ENTRY = "include/backup_dr/audit/"
+AUDIT_EVIDENCE_WRITER = "include/backup_dr/audit/reader.py:write_evidence"
 #: (role, function) pairs whose refused calls the code catches on purpose (see the docstring).
 TOLERATED = {("read-only", "_write_catalogue_cache")}
 #: The local stand-in account: every local key ARN is made in it.
@@ -200,7 +201,10 @@ def role_of(call: Mapping[str, Any], site: Site) -> str | None:
         return None
     if call.get("principal") in site.break_glass_principals:
         return "break-glass"
-    if call.get("entry") == "read-only" or str(call.get("outer", "")).startswith(READ_ONLY_ENTRY):
+    outer = str(call.get("outer", ""))
+    if call.get("entry") == "read-only" or (
+        outer.startswith(READ_ONLY_ENTRY) and not outer.startswith(AUDIT_EVIDENCE_WRITER)
+    ):
         return "read-only"
     return "backup"
 

@@ -103,6 +103,8 @@ def test_roles_follow_the_principal_then_the_code_path(site: Site) -> None:
     assert role_of(_call("GetObject", entry="read-only"), site) == "read-only"
     audit = _call("GetObject", outer="include/backup_dr/audit/__init__.py:build_audit")
     assert role_of(audit, site) == "read-only"
+    kept = _call("PutObject", outer="include/backup_dr/audit/reader.py:write_evidence")
+    assert role_of(kept, site) == "backup"  # the yearly DAG keeps the report as evidence
     assert role_of(_call("GetObject", principal="backup-local-admin"), site) == "break-glass"
     assert role_of(_call("CreateBucket", code=None), site) is None  # the harness's own
     # a test emptying a bucket through the store itself is set-up, not the code at work

@@ -8,8 +8,9 @@ Two halves in one module:
   as a subprocess, the standalone scheduler), with no hook in production code. Each call is
   appended to `$BACKUP_IAM_CALLS` as one JSON line (O_APPEND: processes never interleave).
 - a pytest plugin (tests/conftest.py `pytest_plugins`): the controller (or a run without
-  xdist) sets the variables before any worker starts, gives each worker its own file under
-  its state directory, and at session end checks every worker's calls together, so the list
+  xdist) sets the variables before any worker starts, gives each worker its own file
+  (`.local/test/iam-calls/<worker>.jsonl`, under the controller's state directory), and at
+  session end checks every worker's calls together, so the list
   of allowed actions nothing used covers the whole suite, not one worker's share of it. A
   denied call fails the run (exit status 1) and is printed; the report also goes to
   tests/artifacts/iam-report.txt.

@@ -40,6 +40,9 @@ TEST_ENV = {
     "BACKUP_CELERY_LOG_PORT": "16793",
     "BACKUP_AIRFLOW_LOG_PORT": "18793",  # standalone's log servers, off Airflow's 8793/8794
     "BACKUP_SAMPLE_MEDIA_SMALL": "300",
+    # A killed holder frees its subject one TTL after its last renewal: 20 s, not production's
+    # minute, so fault tests that kill a run do not wait out a minute each (lease.py).
+    "BACKUP_LEASE_TTL_SECONDS": "20",
 }
 for _name, _value in TEST_ENV.items():
     os.environ.setdefault(_name, _value)

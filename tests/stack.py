@@ -114,6 +114,20 @@ def policy_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return write
 
 
+def continuous_without_production(data: dict[str, Any]) -> None:
+    """A `policy_file` mutation: the continuous tier moves to a category with no production
+    target, so a drill of every production target drills dumps and media only (a PITR drill
+    without a base backup fails; tests/integration/test_pitr.py drills it with one)."""
+    platform = data["categories"]["platform"]
+    data["categories"]["standby_only"] = {
+        "description": "no production target",
+        "engine": "pg_dump",
+        "rpo": "1s",
+        "tiers": {"continuous": platform["tiers"].pop("continuous")},
+    }
+    data["continuous"]["category"] = "standby_only"
+
+
 @pytest.fixture
 def stores(stack) -> Iterator[Any]:
     """Both regions' stores, emptied before and after the test (every version)."""

@@ -29,7 +29,7 @@ from include.backup_dr.catalogue import build_catalogue
 from include.backup_dr.deployment import DEFAULT_QUEUE, IO_QUEUE
 from local.samplemedia import tenant_ids
 from tests.browser import airflow_login
-from tests.stack import REPO, STATE, empty_store, run_dag
+from tests.stack import REPO, STATE, continuous_without_production, empty_store, run_dag
 
 pytestmark = pytest.mark.integration
 TIERS = ("platform_backup_daily", "media_backup_daily")
@@ -161,17 +161,9 @@ def _outcome(stores, windows: dict[str, datetime]) -> dict[str, Any]:
 
 def _smallest(data: dict[str, Any]) -> None:
     """The least the policy allows for a platform tier, a media tier and a drill of each: the
-    smallest sample database (platform_core becomes UAT) and one tenant's documents. The
-    continuous tier moves to a category without production targets: no base backup is taken
-    here, and a PITR drill without one fails."""
-    platform = data["categories"]["platform"]
-    data["categories"]["standby_only"] = {
-        "description": "no production target",
-        "engine": "pg_dump",
-        "rpo": "1s",
-        "tiers": {"continuous": platform["tiers"].pop("continuous")},
-    }
-    data["continuous"]["category"] = "standby_only"
+    smallest sample database (platform_core becomes UAT) and one tenant's documents. No base
+    backup is taken here: the continuous tier has no production target."""
+    continuous_without_production(data)
     for target in data["targets"]:
         if target["name"] == "platform_core":
             target["environment"] = "uat"

@@ -100,7 +100,13 @@ def test_dr_restore_under_the_scheduler_runs_by_priority_within_the_pool(
             and billing["started_at"] < core["finished_at"]
         )
         assert estate["outcome"] == "passed" and estate["within_rto"] is True
-        assert estate["wall_seconds"] < sum(t["seconds"] for t in estate["targets"])
+        # The estate's wall time runs from the approval to the last restore's end, so it spans
+        # every restore (parallelism itself is the overlap above: the approval's scheduling
+        # latency makes "wall < sum" a race on small databases).
+        span = max(datetime.fromisoformat(t["finished_at"]) for t in estate["targets"]) - min(
+            datetime.fromisoformat(t["started_at"]) for t in estate["targets"]
+        )
+        assert estate["wall_seconds"] >= round(span.total_seconds(), 1) - 0.1
     finally:
         airflow_cli(env, "pools", "set", "pg_sandbox_restores", "3", "restores into the sandbox")
         airflow_cli(env, "dags", "pause", "dr_restore")

@@ -15,7 +15,7 @@ from include.backup_dr.policy import DEFAULT_POLICY_PATH, PolicyError, load_poli
 from include.backup_dr.restore.database import guard_sandbox
 from include.backup_dr.restore.errors import RestoreRefused, TamperedBackup
 from include.backup_dr.restore.select import Selection
-from tests.stack import mail_text, run_dag, wait_for_mail
+from tests.stack import continuous_without_production, mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)
@@ -52,7 +52,8 @@ def backed_up(stores) -> Iterator[None]:
         _sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
 
 
-def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores) -> None:
+def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores, policy_file) -> None:
+    policy_file(continuous_without_production)  # the PITR drill: tests/integration/test_pitr.py
     assert run_dag("media_backup_daily", WINDOW).state == "success"
     run = run_dag("restore_verification", WINDOW, {"tier": "daily", "region": "secondary"})
     assert run.state == "success"

@@ -8,7 +8,11 @@ STAMP := $(VENV)/.installed
 # and two Celery workers, one per queue, on PostgreSQL): `make up EXECUTOR=celery`.
 EXECUTOR ?= $(or $(BACKUP_AIRFLOW_EXECUTOR),standalone)
 
-.PHONY: venv demo test unit lint fmt up down status bench lock clean
+.DEFAULT_GOAL := help
+.PHONY: help venv demo test unit dags integration faults lint fmt up down status bench lock clean
+
+help:  ## list every target
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):[^#]*## /  \1\t/' | expand -t 14
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,11 +28,20 @@ demo: $(STAMP)  ## run every platform tier on the embedded local stack and print
 # Two workers, each with a local stack of its own (tests/conftest.py); a file stays on one.
 TEST_WORKERS ?= 2
 
-test: $(STAMP)  ## every test: unit, DAG and integration (starts its own local stack per worker)
+test: $(STAMP)  ## every test: unit, DAG, integration and faults (a local stack per worker)
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
-unit: $(STAMP)  ## fast tests only (no services)
-	$(PY) -m pytest tests/unit tests/dags
+unit: $(STAMP)  ## unit tests only: pure functions, no services
+	$(PY) -m pytest tests/unit
+
+dags: $(STAMP)  ## DAG structure tests: parse every DAG, no services
+	$(PY) -m pytest tests/dags
+
+integration: $(STAMP)  ## integration tests against the local stack (started by the tests)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests/integration
+
+faults: $(STAMP)  ## fault-injection tests (kills, outages, storms) against the local stack
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests/faults
 
 lint: $(STAMP)  ## ruff (with Airflow's own AIR rules) and hadolint must report nothing
 	$(VENV)/bin/ruff check .
@@ -36,7 +49,7 @@ lint: $(STAMP)  ## ruff (with Airflow's own AIR rules) and hadolint must report 
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
 
-fmt: $(STAMP)
+fmt: $(STAMP)  ## fix what ruff can fix, and format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
@@ -46,7 +59,7 @@ up: $(STAMP)  ## start the local stack and Airflow (UI on http://127.0.0.1:8080)
 down: $(STAMP)  ## stop everything `up` or `demo` started
 	$(PY) -m local.stack down --all
 
-status: $(STAMP)
+status: $(STAMP)  ## what of the local stack is running
 	BACKUP_AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.stack status
 
 bench: $(STAMP)  ## benchmarks on a generated >= 1 GB database (not part of `make test`)
@@ -56,5 +69,5 @@ lock:  ## re-pin requirements*.txt from requirements*.in
 	uv pip compile -q requirements.in -p 3.11 --no-header -o requirements.txt
 	uv pip compile -q requirements-dev.in -p 3.11 --no-header -o requirements-dev.txt
 
-clean: down
+clean: down  ## stop everything and delete the local state (.local)
 	rm -rf .local

@@ -11,7 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.stack import REPO, mail_text, primary_setting, run_dag, wait_for_mail
+
+pytestmark = pytest.mark.integration
 
 SERVER = "platform_primary"
 PREFIX = f"evidence/continuous_monitor/{SERVER}/"

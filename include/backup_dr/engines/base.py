@@ -1,7 +1,8 @@
 """The engine interface: how a source becomes a backup artifact, and how to tell one is readable.
 
 The DAG shape (snapshot -> copy -> check -> prune) knows nothing about sources. An engine does:
-logical pg_dump today; RDS snapshots and base backups with WAL later, behind the same interface.
+logical dumps (`pg_dump`), object storage (`media`) and base backups with their WAL (`wal`, the
+continuous tier), behind the same interface.
 """
 
 from __future__ import annotations

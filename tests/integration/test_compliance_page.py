@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from local.failover import SETTLE_S
 from tests.browser import ARTIFACTS
 from tests.stack import airflow_cli, dag_runs, primary_setting
 
@@ -200,6 +201,9 @@ def test_dr_restore_form_submits_with_only_a_database_restore_and_is_approved_in
         page.get_by_text("Projected wall time", exact=False).first.wait_for(timeout=60_000)
         assert page.get_by_text("creates platform_core").first.is_visible()
         page.screenshot(path=str(ARTIFACTS / "dr_restore_approval.png"), full_page=True)
+        # Airflow's scheduler fails an approval answered within seconds of its parking (the
+        # HITL race local/failover.py's approver waits out): on-call is never that quick.
+        time.sleep(SETTLE_S)
         page.get_by_role("button", name="Approve").first.click()
         while True:
             runs = dag_runs(airflow_scheduler, "dr_restore")

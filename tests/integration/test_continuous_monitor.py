@@ -171,6 +171,9 @@ def test_archive_timeout_unlike_the_policy_turns_server_config_red(stores) -> No
     as_policy = _measure(stores, 1, "config-as-policy")
     assert as_policy["settings"]["archive_timeout"] == "60"
     assert as_policy["server_config"] == {"status": "OK", "problems": []}
+    # Records are keyed to the second and compliance reads the newest key: the changed
+    # server's record must not share the as-policy record's second.
+    time.sleep(1.1)
     with primary_setting("archive_timeout", "600"):
         changed = _measure(stores, 1, "config-changed")
     assert changed["settings"]["archive_timeout"] == "600"

@@ -34,10 +34,11 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from include.backup_dr import wal
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.check import Check
 from include.backup_dr.engines.base import (
     SWEEP_SAMPLE,
     ReadCheck,
@@ -57,9 +58,6 @@ from include.backup_dr.lease import Holder, critical_section
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
 from include.backup_dr.retention import RecoveryHold
 from include.backup_dr.store import ObjectStore
-
-if TYPE_CHECKING:
-    from include.backup_dr.integrity import Check
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +435,6 @@ class WalEngine:
         )
 
     def check_contents(self, store: ObjectStore, manifest: Manifest, now: datetime) -> list[Check]:
-        from include.backup_dr.integrity import Check
 
         facts = manifest.source
         server, size = facts["server"], int(facts["segment_size"])
@@ -477,7 +474,6 @@ class WalEngine:
     ) -> Check:
         """Re-read every segment not verified before (from this base backup's start at the
         latest), and remember how far the archive is verified in this region."""
-        from include.backup_dr.integrity import Check
 
         marker = f"{wal.ARCHIVE_PREFIX}/{server}/{VERIFIED_NAME}"
         previous = store.get_json(marker) or {}

@@ -44,8 +44,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.check import Check
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, SnapshotError, pg_tool
 from include.backup_dr.integrity import encryption_check
+from include.backup_dr.postgres import PgConnectionInfo, SnapshotError, pg_tool
 from include.backup_dr.restore.errors import RestoreRefused, TamperedBackup
 
 if TYPE_CHECKING:

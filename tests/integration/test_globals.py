@@ -290,7 +290,7 @@ def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_i
 @pytest.fixture
 def reader_login(stack) -> Iterator[Any]:
     """A backup user that is not a superuser (as on a managed service): no pg_authid."""
-    from include.backup_dr.engines.pg_dump import PgConnectionInfo
+    from include.backup_dr.postgres import PgConnectionInfo
     from local.config import HOST
     from local.pg import get_server
 

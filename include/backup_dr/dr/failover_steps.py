@@ -24,10 +24,10 @@ from include.backup_dr.dr.failover import (
     new_slot,
     render,
 )
-from include.backup_dr.engines.pg_dump import PgConnectionInfo
 from include.backup_dr.evidence import evidence_key, newest, write_everywhere
 from include.backup_dr.pitr.heartbeat import HEARTBEAT_TABLE, MONITOR_EVIDENCE
 from include.backup_dr.policy import Policy
+from include.backup_dr.postgres import PgConnectionInfo, database_of
 from include.backup_dr.roles import ServerRoles, current_roles, record_roles
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.wal import archive_prefix
@@ -53,14 +53,6 @@ T = TypeVar("T")
 
 class FailoverError(RuntimeError):
     """A step could not do its part; the message says what is left as it was."""
-
-
-def database_of(conn_id: str) -> str:
-    """The database holding the heartbeat: the connection's schema, else postgres (as the
-    continuous monitor chooses it)."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    return PostgresHook.get_connection(conn_id).schema or "postgres"
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from include.backup_dr import pg_globals
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool, read_keys, read_row_counts
+from include.backup_dr.engines.pg_dump import read_keys, read_row_counts
 from include.backup_dr.pitr.server import RecoveredServer, RecoveryFailed, recover
 from include.backup_dr.pitr.window import (
     RecoveryRange,
@@ -23,6 +23,7 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
+from include.backup_dr.postgres import PgConnectionInfo, pg_tool
 from include.backup_dr.restore.database import pg_restore, staging_name
 
 log = logging.getLogger(__name__)

@@ -24,6 +24,7 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
+from include.backup_dr.postgres import database_of
 from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.restore.record import projected_seconds
 from include.backup_dr.restore.select import select_backup
@@ -177,7 +178,7 @@ def drill(
         ) as recovered:
             base = recovered.base
             if sample is not None:
-                connection = recovered.connect(_heartbeat_database(policy, server))
+                connection = recovered.connect(database_of(policy.server(server).conn_id))
                 try:
                     proof = heartbeat_proof(connection, sample, target)
                 finally:
@@ -231,12 +232,6 @@ def drill(
         run,
     )
     return write_evidence(stores, document)
-
-
-def _heartbeat_database(policy: Policy, server: str) -> str:
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    return PostgresHook.get_connection(policy.server(server).conn_id).schema or "postgres"
 
 
 def _document(

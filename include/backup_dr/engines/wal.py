@@ -47,15 +47,15 @@ from include.backup_dr.engines.base import (
     locked_reason,
     still_locked,
 )
-from include.backup_dr.engines.pg_dump import (
+from include.backup_dr.lease import Holder, critical_section
+from include.backup_dr.policy import CONTINUOUS, Policy, Target
+from include.backup_dr.postgres import (
     PgConnectionInfo,
     SnapshotError,
     pg_tool,
     require_client_for,
     tool_version,
 )
-from include.backup_dr.lease import Holder, critical_section
-from include.backup_dr.policy import CONTINUOUS, Policy, Target
 from include.backup_dr.retention import RecoveryHold
 from include.backup_dr.store import ObjectStore
 

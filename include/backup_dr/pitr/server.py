@@ -25,7 +25,6 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.catalogue import Manifest
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
 from include.backup_dr.engines.wal import archive_files, read_histories
 from include.backup_dr.pitr.wal_prefetch import (
     DEFAULT_DEPTH,
@@ -43,6 +42,7 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import Policy
+from include.backup_dr.postgres import PgConnectionInfo, pg_tool
 from include.backup_dr.restore.download import fetch, prove_bytes
 from include.backup_dr.store import READ_CHUNK, ObjectStore
 

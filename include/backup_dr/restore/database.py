@@ -17,8 +17,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
 from include.backup_dr.policy import Policy
+from include.backup_dr.postgres import PgConnectionInfo, pg_tool
 from include.backup_dr.restore.errors import RestoreFailed, RestoreRefused, SwapFailed
 from include.backup_dr.restore.validation import ValidationReport
 

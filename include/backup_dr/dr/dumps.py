@@ -23,7 +23,7 @@ from include.backup_dr.restore.database import (
     server_info,
     staging_name,
 )
-from include.backup_dr.restore.download import download_verified
+from include.backup_dr.restore.download import download_verified, read_globals
 from include.backup_dr.restore.errors import DrillFailed
 from include.backup_dr.restore.record import describe_failure, provenance, report
 from include.backup_dr.restore.select import Selection, manifest_of
@@ -146,7 +146,7 @@ def _replace_from_dump(
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         # Downloaded and re-hashed before anything on the destination server changes.
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
-        kept = pg_globals.read_verified(store, manifest)
+        kept = read_globals(store, manifest)
         replaced = replace_database(
             server,
             database,

@@ -27,7 +27,7 @@ from include.backup_dr.restore.database import (
     pg_restore,
     server_info,
 )
-from include.backup_dr.restore.download import download_verified
+from include.backup_dr.restore.download import download_verified, read_globals
 from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.restore.record import provenance
 from include.backup_dr.restore.select import Selection, is_media, manifest_of, select_backup
@@ -139,7 +139,7 @@ def restore_into(
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
         restore_seconds = pg_globals.restore_with_globals(
-            pg_globals.read_verified(store, manifest),
+            read_globals(store, manifest),
             server,
             database,
             lambda owners: pg_restore(download.path, server, database, jobs, owners=owners),

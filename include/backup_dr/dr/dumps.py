@@ -14,7 +14,6 @@ from typing import Any
 from include.backup_dr import pg_globals
 from include.backup_dr.dr.request import DrRequest, Unit
 from include.backup_dr.drill.dumps import validate
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import Policy
 from include.backup_dr.restore import media as media_restore
 from include.backup_dr.restore.database import (
@@ -29,6 +28,7 @@ from include.backup_dr.restore.record import describe_failure, provenance, repor
 from include.backup_dr.restore.select import Selection, manifest_of
 from include.backup_dr.restore.validation import ValidationReport
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 

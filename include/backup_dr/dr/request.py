@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from include.backup_dr import evidence
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import Policy, Target, format_duration
 from include.backup_dr.restore import media as media_restore
 from include.backup_dr.restore.database import (
@@ -33,6 +32,7 @@ from include.backup_dr.restore.record import (
 )
 from include.backup_dr.restore.select import is_media, manifest_of, select_backup
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 #: The pool of media restores: they write to a bucket, not to a database server.
 MEDIA_POOL = "default_pool"

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from include.backup_dr import pg_globals
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.restore import media as media_restore
 from include.backup_dr.restore.database import (
@@ -33,6 +32,7 @@ from include.backup_dr.restore.record import provenance
 from include.backup_dr.restore.select import Selection, is_media, manifest_of, select_backup
 from include.backup_dr.restore.validation import ValidationReport
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 

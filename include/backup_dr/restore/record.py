@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup_dr.catalogue import Manifest, build_catalogue
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
 from include.backup_dr.restore.errors import DrillFailed, SwapFailed
 from include.backup_dr.restore.select import is_media
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from typing import Any
 
 from include.backup_dr import pg_globals
 from include.backup_dr.dr.request import DrRequest, Unit
-from include.backup_dr.drill.dumps import validate
 from include.backup_dr.policy import Policy
 from include.backup_dr.restore import media as media_restore
 from include.backup_dr.restore.database import (
@@ -21,6 +20,7 @@ from include.backup_dr.restore.database import (
     replace_database,
     server_info,
     staging_name,
+    validate_restored,
 )
 from include.backup_dr.restore.download import download_verified, read_globals
 from include.backup_dr.restore.errors import DrillFailed
@@ -158,7 +158,7 @@ def _replace_from_dump(
                 lambda owners: pg_restore(download.path, server, into, 2, owners=owners),
                 passwords=True,
             ),
-            lambda into: validate(policy, stores, selection, conn_id, into),
+            lambda into: validate_restored(stores, selection, conn_id, into),
             overwrite=overwrite,
             stamp=began,
         )

@@ -25,6 +25,7 @@ from include.backup_dr.restore.database import (
     guard_sandbox,
     pg_restore,
     server_info,
+    validate_restored,
 )
 from include.backup_dr.restore.download import download_verified, read_globals
 from include.backup_dr.restore.errors import RestoreRefused
@@ -126,7 +127,7 @@ def validate_sandbox(
         return media_restore.verify_restored(
             store, manifest_of(store, selection), sandbox_bucket(policy), dest_prefix=sandbox
         )
-    return validate(policy, stores, selection, drill.sandbox_conn_id, sandbox)
+    return validate_restored(stores, selection, drill.sandbox_conn_id, sandbox)
 
 
 def restore_into(
@@ -154,16 +155,6 @@ def restore_into(
         },
         **provenance(manifest),
     }
-
-
-def validate(policy: Policy, stores: Stores, selection: Selection, conn_id: str, database: str):
-    """Run the manifest suite and the target's business-rule suite with Great Expectations."""
-    from include.backup_dr.restore.validation import validate_database
-
-    manifest = stores.by_region(selection.region).manifest(selection.backup)
-    assert manifest is not None
-    url = server_info(conn_id).sqlalchemy_url(database)
-    return validate_database(url, selection.backup.target, manifest.tables())
 
 
 def teardown(policy: Policy, ref: dict[str, str], run_id: str) -> bool:

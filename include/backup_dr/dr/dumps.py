@@ -48,7 +48,7 @@ def restore_unit(
         from include.backup_dr.dr.pitr import recover_targets
 
         targets = [policy.target(name) for name in unit.targets]
-        records = recover_targets(policy, stores, targets, request.to_document(), run, began=began)
+        records = recover_targets(policy, stores, targets, request, run, began=began)
     else:
         records = [_restore_one(policy, stores, request, unit, run, began)]
     return records

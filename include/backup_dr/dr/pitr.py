@@ -10,7 +10,7 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.backup_dr import pg_globals
 from include.backup_dr.engines.pg_dump import read_keys, read_row_counts
@@ -26,6 +26,9 @@ from include.backup_dr.policy import CONTINUOUS, Policy, Target
 from include.backup_dr.postgres import PgConnectionInfo, pg_tool
 from include.backup_dr.restore.database import pg_restore, staging_name
 
+if TYPE_CHECKING:
+    from include.backup_dr.dr.request import DrRequest
+
 log = logging.getLogger(__name__)
 
 
@@ -33,7 +36,7 @@ def recover_targets(
     policy: Policy,
     stores: Any,
     targets: list[Target],
-    params: dict[str, Any],
+    request: DrRequest,
     run: dict[str, str],
     *,
     scratch_dir: Path | str | None = None,
@@ -45,8 +48,9 @@ def recover_targets(
     record per target; a target that fails does not stop the next one."""
     from include.backup_dr.restore.record import describe_failure, failure_ref, report
 
-    store = stores.role(params.get("region") or "secondary")
-    when = params["target_time"]
+    store = stores.role(request.region)
+    assert request.target_time is not None
+    when = request.target_time
     began = began or datetime.now(UTC)
     by_server: dict[str, list[Target]] = {}
     for target in targets:
@@ -55,7 +59,7 @@ def recover_targets(
     spans = {server: recovery_range(policy, store, server) for server in by_server}
     for span in spans.values():  # every requested time is checked before anything is done
         check_target(span, parse_target_time(when))
-    conn_id = params["connection"]
+    conn_id = request.connection
     records: dict[str, dict[str, Any]] = {}
     order = 0
     for server, group in by_server.items():
@@ -72,7 +76,7 @@ def recover_targets(
                             recovered,
                             spans[server],
                             target,
-                            params,
+                            request,
                             run,
                             order,
                             began,
@@ -128,7 +132,7 @@ def _recover_one(
     recovered: RecoveredServer,
     span: RecoveryRange,
     target: Target,
-    params: dict[str, Any],
+    request: DrRequest,
     run: dict[str, str],
     order: int,
     began: datetime,
@@ -140,8 +144,8 @@ def _recover_one(
     from include.backup_dr.restore.validation import validate_database
 
     assert target.database is not None
-    when = params["target_time"]
-    conn_id = params["connection"]
+    when = str(request.target_time)
+    conn_id = request.connection
     ref = _ref(recovered, target, when, span, conn_id)
     started = datetime.now(UTC)
     connection = recovered.connect(target.database)
@@ -183,7 +187,7 @@ def _recover_one(
                 passwords=True,
             ),
             lambda into: validate_database(destination.sqlalchemy_url(into), target.name, at_t),
-            overwrite=bool(params.get("overwrite")),
+            overwrite=request.overwrite,
             stamp=began,
         )
     finally:

@@ -57,7 +57,8 @@ class DrRequest:
 
     @classmethod
     def from_params(cls, policy: Policy, params: dict[str, Any]) -> DrRequest:
-        """Parse the trigger form; refuse (changing nothing) with the reason in words."""
+        """Parse the trigger form; refuse (changing nothing) with the reason in words. A field
+        the form leaves empty takes the default declared above, the one place it is written."""
         names = list(params.get("targets") or [])
         if not names:
             raise RestoreRefused("dr_restore needs at least one target in the param 'targets'")
@@ -93,14 +94,14 @@ class DrRequest:
         return cls(
             targets=tuple(t.name for t in ordered),
             connection=connection,
-            region=params.get("region") or "secondary",
-            tier=params.get("tier") or "daily",
+            region=params.get("region") or cls.region,
+            tier=params.get("tier") or cls.tier,
             backup=backup,
             target_time=target_time,
             overwrite=bool(params.get("overwrite")),
             dry_run=bool(params.get("dry_run")),
             bucket=params.get("bucket") or None,
-            bucket_connection=params.get("bucket_connection") or "s3_restore_sandbox",
+            bucket_connection=params.get("bucket_connection") or cls.bucket_connection,
             prefix=params.get("prefix") or "",
             dest_prefix=params.get("dest_prefix") or "",
         )

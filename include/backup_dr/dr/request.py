@@ -26,7 +26,7 @@ from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.restore.record import (
     EstatePlan,
     RestoreJob,
-    measured_restore,
+    measured_rate,
     plan_estate,
     projected_seconds,
 )
@@ -339,5 +339,4 @@ def _drill_rate(policy: Policy, stores: Stores, subject: str) -> float | None:
     _, document = found
     category = (document.get("backup") or {}).get("category")
     media = category in policy.categories and is_media(policy, category)
-    size, seconds = measured_restore(document, media)
-    return size / seconds if size and seconds else None
+    return measured_rate(document, media)

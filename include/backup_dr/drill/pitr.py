@@ -26,7 +26,7 @@ from include.backup_dr.pitr.window import (
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
 from include.backup_dr.postgres import database_of
 from include.backup_dr.restore.errors import RestoreRefused
-from include.backup_dr.restore.record import projected_seconds
+from include.backup_dr.restore.record import restore_rate, rto_projection
 from include.backup_dr.restore.select import select_backup
 from include.backup_dr.store import ObjectStore
 
@@ -103,8 +103,6 @@ def projection(
 ) -> dict[str, Any]:
     """The measured recovery throughput applied to the largest continuous server, sized from
     its newest base backup in `store` (not from production, which may be down), vs the RTO."""
-    rto = policy.objectives.rto.total_seconds()
-    rate = restored_bytes / seconds if seconds else 0.0
     sizes = []
     for server in policy.continuous_servers():
         category = policy.subject(server.name, CONTINUOUS).category
@@ -113,16 +111,13 @@ def projection(
             newest = store.manifest(max(backups, key=lambda b: b.id.window).id)
             sizes.append((server.name, newest.artifact.size if newest else 0))
     largest, largest_bytes = max(sizes, key=lambda item: item[1], default=("-", 0))
-    projected = projected_seconds(largest_bytes, rate)
-    return {
-        "restore_throughput_mb_per_s": round(rate / 1e6, 2),
-        "largest_production_target": largest,
-        "largest_production_bytes": largest_bytes,
-        "sized_from": f"newest base backups in {store.region.name}",
-        "projected_restore_seconds": round(projected, 1),
-        "rto_seconds": rto,
-        "within_rto": projected <= rto,
-    }
+    return rto_projection(
+        restore_rate(restored_bytes, seconds) or 0.0,
+        largest,
+        largest_bytes,
+        f"newest base backups in {store.region.name}",
+        policy.objectives.rto,
+    )
 
 
 # ---- the drill -------------------------------------------------------------------------------

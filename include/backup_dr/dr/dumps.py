@@ -24,9 +24,9 @@ from include.backup_dr.restore.database import (
 )
 from include.backup_dr.restore.download import download_verified, read_globals
 from include.backup_dr.restore.errors import DrillFailed
-from include.backup_dr.restore.record import describe_failure, provenance, report
+from include.backup_dr.restore.record import describe_failure, provenance, record_restore
 from include.backup_dr.restore.select import Selection, manifest_of
-from include.backup_dr.restore.validation import ValidationReport
+from include.backup_dr.restore.validation import ValidationResult
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.stores import Stores
 
@@ -120,12 +120,14 @@ def _restore_one(
             "finished_at": datetime.now(UTC).isoformat(),
             "seconds_since_run_start": (datetime.now(UTC) - began).total_seconds(),
         }
-        return report(
+        return record_restore(
             policy, stores, ref, restored, validation.to_document(), run, "dr_restore", problems
         )
     except Exception as exc:  # recorded; the other units run in tasks of their own
         log.exception("Restore of %s failed", unit.name)
-        return report(policy, stores, ref, None, None, run, "dr_restore", [describe_failure(exc)])
+        return record_restore(
+            policy, stores, ref, None, None, run, "dr_restore", [describe_failure(exc)]
+        )
 
 
 def _replace_from_dump(
@@ -137,7 +139,7 @@ def _replace_from_dump(
     run: dict[str, str],
     overwrite: bool,
     began: datetime,
-) -> tuple[dict[str, Any], ValidationReport, list[str]]:
+) -> tuple[dict[str, Any], ValidationResult, list[str]]:
     """dr_restore from a pg_dump backup: prove the bytes, then `replace_database`."""
     store = stores.by_region(selection.region)
     manifest = manifest_of(store, selection)

@@ -46,7 +46,7 @@ def recover_targets(
     server; per target, validate it at T, copy it into a new database at `connection`,
     validate that and swap it in (the caller has checked confirm and overwrite). One evidence
     record per target; a target that fails does not stop the next one."""
-    from include.backup_dr.restore.record import describe_failure, failure_ref, report
+    from include.backup_dr.restore.record import describe_failure, failure_ref, record_restore
 
     store = stores.role(request.region)
     assert request.target_time is not None
@@ -84,7 +84,7 @@ def recover_targets(
                     except Exception as exc:  # recorded; the next target goes ahead
                         log.exception("Point-in-time restore of %s failed", target.name)
                         ref = _ref(recovered, target, when, spans[server], conn_id)
-                        records[target.name] = report(
+                        records[target.name] = record_restore(
                             policy,
                             stores,
                             ref,
@@ -105,7 +105,7 @@ def recover_targets(
                     target, CONTINUOUS, store.region.name, "-", f"{target.database} via {conn_id}"
                 )
                 ref["reason"] = f"point in time {when}: {spans[server].describe()}"
-                records[target.name] = report(
+                records[target.name] = record_restore(
                     policy, stores, ref, None, None, run, "dr_restore", [describe_failure(exc)]
                 )
     return [records[t.name] for group in by_server.values() for t in group]
@@ -140,7 +140,7 @@ def _recover_one(
     """One database at T: validated in the recovered server, then `replace_database` at the
     destination; returns its evidence record."""
     from include.backup_dr.restore.database import replace_database
-    from include.backup_dr.restore.record import report
+    from include.backup_dr.restore.record import record_restore
     from include.backup_dr.restore.validation import validate_database
 
     assert target.database is not None
@@ -156,7 +156,7 @@ def _recover_one(
     keys = {t: {**f, "rows": None} for t, f in at_t.items()}
     checked = validate_database(recovered.url(target.database), target.name, keys)
     if not checked.ok:
-        return report(
+        return record_restore(
             policy,
             stores,
             ref,
@@ -206,7 +206,7 @@ def _recover_one(
         "target_time": recovered.target.isoformat() if recovered.target else "latest",
         **_provenance(recovered.base),
     }
-    return report(
+    return record_restore(
         policy,
         stores,
         ref,

@@ -31,7 +31,7 @@ from include.backup_dr.restore.download import download_verified, read_globals
 from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.restore.record import provenance
 from include.backup_dr.restore.select import Selection, is_media, manifest_of, select_backup
-from include.backup_dr.restore.validation import ValidationReport
+from include.backup_dr.restore.validation import ValidationResult
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.stores import Stores
 
@@ -118,7 +118,7 @@ def restore_sandbox(
 
 def validate_sandbox(
     policy: Policy, stores: Stores, selection: Selection, sandbox: str
-) -> ValidationReport:
+) -> ValidationResult:
     """Databases: Great Expectations suites. Media: every object re-hashed against the listing."""
     drill = policy.restore_verification
     assert drill is not None

@@ -59,24 +59,24 @@ def key_facts(policy: Policy, store: ObjectStore, target: str, tier: str) -> tup
     return tables, f"tables and keys from {selection.backup} in {selection.region}"
 
 
-def merge_validations(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def merge_validations(validations: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One validation document for several databases; each result names its database."""
     results = [
         {**result, "suite": f"{result['suite']} [{database}]"}
-        for database, document in reports.items()
+        for database, document in validations.items()
         for result in document["results"]
     ]
     failed = sum(1 for r in results if not r["success"])
     return {
-        "ok": bool(results) and all(d["ok"] for d in reports.values()),
-        "seconds": round(sum(d["seconds"] for d in reports.values()), 3),
+        "ok": bool(results) and all(d["ok"] for d in validations.values()),
+        "seconds": round(sum(d["seconds"] for d in validations.values()), 3),
         "evaluated": len(results),
         "passed": len(results) - failed,
         "failed": failed,
         "suites": sorted({r["suite"] for r in results}),
         "databases": {
             db: {k: d.get(k) for k in ("ok", "evaluated", "failed", "key_checks")}
-            for db, d in reports.items()
+            for db, d in validations.items()
         },
         "results": results,
     }
@@ -88,14 +88,14 @@ def validate_recovered(
     """Business rules and key checks on every production database of the recovered server."""
     from include.backup_dr.restore.validation import validate_database
 
-    reports = {}
+    validations = {}
     for target in production_targets(policy, recovered.server):
         assert target.database is not None
         tables, source = key_facts(policy, store, target.name, tier)
         log.info("Validating %s at %s: %s", target.database, recovered.target, source)
-        report = validate_database(recovered.url(target.database), target.name, tables)
-        reports[target.database] = {**report.to_document(), "key_checks": source}
-    return merge_validations(reports)
+        result = validate_database(recovered.url(target.database), target.name, tables)
+        validations[target.database] = {**result.to_document(), "key_checks": source}
+    return merge_validations(validations)
 
 
 def projection(
@@ -133,7 +133,7 @@ def drill(
     rng: random.Random | None = None,
     scratch_dir: Path | str | None = None,
 ) -> dict[str, Any]:
-    """Recover `server` to a random recorded heartbeat + 0.5 s, prove it, validate, report.
+    """Recover `server` to a random recorded heartbeat + 0.5 s, prove it, validate, record the evidence.
     The servers' primaries are the ones the store names now (`roles.follow`)."""
     from include.backup_dr.roles import follow
 
@@ -244,7 +244,7 @@ def _document(
     problems: list[str],
     run: dict[str, str],
 ) -> dict[str, Any]:
-    """The drill's evidence record, shaped like drill.report's (render_markdown reads it)."""
+    """The drill's evidence record, shaped like restore.record's (render_markdown reads it)."""
     category = policy.subject(server, CONTINUOUS).category
     return {
         "schema": "backup-dr/restore_verification/pitr/v1",

@@ -485,7 +485,7 @@ def recover(
             _wait_for_promotion(recovered, work, started + limit, prefetch)
         except RecoveryFailed as exc:
             raise RecoveryFailed(
-                f"{exc}. WAL prefetch: {prefetch.report()}; {_restored_through(work)}"
+                f"{exc}. WAL prefetch: {prefetch.summary()}; {_restored_through(work)}"
             ) from exc
         _require_whole(work, prefetch, plan, target)
         recovered.wal_files = len(_restored(work))

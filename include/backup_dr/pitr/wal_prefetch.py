@@ -528,7 +528,8 @@ class Prefetcher:
                 found[name] = marker.read_text(errors="replace")
         return found
 
-    def report(self) -> str:
+    def summary(self) -> str:
+        """What the prefetcher refused or failed at, in words, for a recovery's failure."""
         parts = [f"{name} refused: {why}" for name, why in self.refused().items()]
         if failure := self.failure():
             parts.append(failure)

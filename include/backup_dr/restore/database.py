@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from include.backup_dr.policy import Policy
 from include.backup_dr.postgres import PgConnectionInfo, pg_tool
 from include.backup_dr.restore.errors import RestoreFailed, RestoreRefused, SwapFailed
-from include.backup_dr.restore.validation import ValidationReport
+from include.backup_dr.restore.validation import ValidationResult
 
 if TYPE_CHECKING:
     from include.backup_dr.restore.select import Selection
@@ -35,7 +35,7 @@ def server_info(conn_id: str, database: str = "postgres") -> PgConnectionInfo:
 
 def validate_restored(
     stores: Stores, selection: Selection, conn_id: str, database: str
-) -> ValidationReport:
+) -> ValidationResult:
     """Run the manifest suite and the target's business-rule suite with Great Expectations
     on the restored `database` at `conn_id` (a sandbox, or dr_restore's staging database)."""
     from include.backup_dr.restore.validation import validate_database
@@ -267,7 +267,7 @@ class Replaced:
     staging: str
     restore_seconds: float
     restored_bytes: int
-    validation: ValidationReport
+    validation: ValidationResult
     previous_database: str | None = None
     swapped: bool = False
     problems: list[str] = field(default_factory=list)
@@ -286,7 +286,7 @@ def replace_database(
     database: str,
     staging: str,
     restore: Callable[[str], float],
-    check: Callable[[str], ValidationReport],
+    check: Callable[[str], ValidationResult],
     *,
     overwrite: bool,
     stamp: datetime,

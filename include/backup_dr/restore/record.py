@@ -70,7 +70,7 @@ def _measured_projection(policy: Policy, restored: dict[str, Any]) -> dict[str, 
     }
 
 
-def report(
+def record_restore(
     policy: Policy,
     stores: Stores,
     ref: dict[str, str],
@@ -149,6 +149,10 @@ def report(
     document["evidence_missing_in"] = unwritten
     log.info("Evidence written to %s/report.{json,md} in %s", prefix, ", ".join(written))
     return document
+
+
+#: The old name of `record_restore`, until every caller (the DAG factory) uses the new one.
+report = record_restore
 
 
 def render_markdown(document: dict[str, Any]) -> str:

@@ -30,7 +30,7 @@ from include.backup_dr.policy import Policy
 from include.backup_dr.postgres import PgConnectionInfo, database_of
 from include.backup_dr.roles import ServerRoles, current_roles, record_roles
 from include.backup_dr.store import ObjectStore
-from include.backup_dr.wal import archive_prefix
+from include.backup_dr.wal_segments import archive_prefix
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def fence(
 ) -> dict[str, Any]:
     """Run the policy's fence command; for a planned switchover, then wait until the standby
     has replayed everything the old primary flushed before it stopped."""
-    from include.backup_dr.wal import parse_lsn
+    from include.backup_dr.wal_segments import parse_lsn
 
     roles = current_roles(policy, stores, server)
     command = policy.server(server).fence_command

@@ -43,11 +43,12 @@ integration: $(STAMP)  ## integration tests against the local stack (started by 
 faults: $(STAMP)  ## fault-injection tests (kills, outages, storms) against the local stack
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile tests/faults
 
-lint: $(STAMP)  ## ruff (with Airflow's own AIR rules) and hadolint must report nothing
+lint: $(STAMP)  ## ruff (with Airflow's own AIR rules), hadolint and the import contracts (no circles, layers)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff check --select AIR --preview .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
+	$(VENV)/bin/lint-imports --no-logo --no-cache
 
 fmt: $(STAMP)  ## fix what ruff can fix, and format
 	$(VENV)/bin/ruff check --fix .

@@ -516,7 +516,7 @@ def bench_wal_fetch(ctx: Context, segments: int = 200, barman_calls: int = 10) -
     from concurrent.futures import ThreadPoolExecutor
 
     from include.backup_dr.pitr.wal_prefetch import PID_NAME, restore_script
-    from include.backup_dr.wal import Segment, archive_prefix
+    from include.backup_dr.wal_segments import Segment, archive_prefix
     from local.backups import SYSTEM_IDENTIFIER, archive_segment
     from local.config import S3_ACCESS_KEY, S3_SECRET_KEY, s3_sites
 

@@ -9,7 +9,7 @@ import struct
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.backup_dr import wal
+from include.backup_dr import wal_segments
 from include.backup_dr.catalogue import INTEGRITY_NAME, MANIFEST_NAME, Artifact, BackupId, Manifest
 from include.backup_dr.store import ObjectStore
 
@@ -57,8 +57,8 @@ def commit_backup(
 def commit_base_backup(
     store: ObjectStore,
     backup: BackupId,
-    start: wal.Segment,
-    end: wal.Segment,
+    start: wal_segments.Segment,
+    end: wal_segments.Segment,
     *,
     finished_at: datetime,
     verified: bool = True,
@@ -73,8 +73,8 @@ def commit_base_backup(
         "timeline": start.timeline,
         "start_wal": start.name(),
         "end_wal": end.name(),
-        "segment_size": wal.DEFAULT_SEGMENT_SIZE,
-        "archive_prefix": wal.archive_prefix(backup.target),
+        "segment_size": wal_segments.DEFAULT_SEGMENT_SIZE,
+        "archive_prefix": wal_segments.archive_prefix(backup.target),
     }
     body = f"base backup {backup}".encode()
     manifest = commit_backup(
@@ -92,20 +92,29 @@ def commit_base_backup(
     return manifest
 
 
-def wal_segment(segment: wal.Segment, system_identifier: int = SYSTEM_IDENTIFIER) -> bytes:
+def wal_segment(segment: wal_segments.Segment, system_identifier: int = SYSTEM_IDENTIFIER) -> bytes:
     """A gzipped WAL segment whose first page header names `segment` (the rest is zeros): what
     the integrity check's header re-read accepts."""
     page = struct.pack(
-        "<HHIQI", wal.PAGE_MAGIC[16], wal.XLP_LONG_HEADER, segment.timeline, segment.start_lsn(), 0
+        "<HHIQI",
+        wal_segments.PAGE_MAGIC[16],
+        wal_segments.XLP_LONG_HEADER,
+        segment.timeline,
+        segment.start_lsn(),
+        0,
     )
-    page += b"\x00" * 4 + struct.pack("<QII", system_identifier, wal.DEFAULT_SEGMENT_SIZE, 8192)
-    raw = page + bytes(wal.DEFAULT_SEGMENT_SIZE - len(page))
+    page += b"\x00" * 4 + struct.pack(
+        "<QII", system_identifier, wal_segments.DEFAULT_SEGMENT_SIZE, 8192
+    )
+    raw = page + bytes(wal_segments.DEFAULT_SEGMENT_SIZE - len(page))
     return gzip.compress(raw, compresslevel=1)
 
 
-def archive_segment(store: ObjectStore, server: str, segment: wal.Segment, body: bytes) -> str:
+def archive_segment(
+    store: ObjectStore, server: str, segment: wal_segments.Segment, body: bytes
+) -> str:
     """Put one archived segment where barman-cloud does; its key."""
     name = segment.name()
-    key = f"{wal.archive_prefix(server)}{name[:16]}/{name}.gz"
+    key = f"{wal_segments.archive_prefix(server)}{name[:16]}/{name}.gz"
     store.put_bytes(key, body, "application/gzip")
     return key

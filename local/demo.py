@@ -119,7 +119,7 @@ def _run_continuous_monitor(seconds: int = 20) -> bool:
     the standby's lag against the 1 s RPO, and the WAL archive in both regions."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from include.backup_dr import wal
+    from include.backup_dr import wal_segments
     from include.backup_dr.engines.wal import archive_files
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
@@ -163,7 +163,7 @@ def _run_continuous_monitor(seconds: int = 20) -> bool:
             f"{[c for c, on in record['conditions'].items() if on] or 'none'}"
         )
         for store in stores:
-            files = archive_files(store, server.name, wal.DEFAULT_SEGMENT_SIZE)
+            files = archive_files(store, server.name, wal_segments.DEFAULT_SEGMENT_SIZE)
             segments = sorted(f.segment for f in files if f.kind == "segment" and f.segment)
             newest = segments[-1].name() if segments else "-"
             print(
@@ -178,7 +178,7 @@ def _close_wal_segment() -> None:
     """Close the current WAL segment and wait until both regions hold it, so the drill can
     recover to a second of the monitor run just made. Without this, archive_timeout (60 s)
     closes it anyway; the demo only saves that wait."""
-    from include.backup_dr import wal
+    from include.backup_dr import wal_segments
     from include.backup_dr.engines.wal import archive_files
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
@@ -193,7 +193,7 @@ def _close_wal_segment() -> None:
         for server in policy.continuous_servers():
             while not any(
                 f.segment and f.segment.name() >= name
-                for f in archive_files(store, server.name, wal.DEFAULT_SEGMENT_SIZE)
+                for f in archive_files(store, server.name, wal_segments.DEFAULT_SEGMENT_SIZE)
                 if f.kind == "segment"
             ):
                 if time.monotonic() > deadline:
@@ -441,7 +441,7 @@ def _run_failover() -> dict[str, Any]:
     from include.backup_dr.pitr.server import recover
     from include.backup_dr.pitr.window import recovery_range
     from include.backup_dr.policy import CONTINUOUS, load_policy, policy_path
-    from include.backup_dr.wal import archive_prefix
+    from include.backup_dr.wal_segments import archive_prefix
     from local.failover import (
         HandlerApprover,
         Pair,

@@ -402,7 +402,7 @@ def heartbeat_sample(
 def switch_and_archive(pair: Pair, port: int, stores: Any, wait_seconds: float) -> str:
     """Close the current WAL segment of the server on `port` and wait until every region's
     archive holds it (what a recovery to a recent second needs); returns the segment."""
-    from include.backup_dr.wal import archive_prefix
+    from include.backup_dr.wal_segments import archive_prefix
 
     with psycopg.connect(pair.conninfo(port), autocommit=True) as conn:
         (segment,) = conn.execute("SELECT pg_walfile_name(pg_switch_wal())").fetchone()

@@ -15,17 +15,11 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.check import Check
 from include.backup_dr.store import ObjectStore, StoreError
 
 if TYPE_CHECKING:
     from include.backup_dr.engines.base import Engine
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
 
 
 @dataclass

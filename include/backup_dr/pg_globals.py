@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, SnapshotError, pg_tool
-from include.backup_dr.integrity import Check, encryption_check
-from include.backup_dr.restore.errors import RestoreRefused, TamperedBackup
+from include.backup_dr.check import Check
+from include.backup_dr.integrity import encryption_check
+from include.backup_dr.postgres import PgConnectionInfo, SnapshotError, pg_tool
 
 if TYPE_CHECKING:
     from include.backup_dr.catalogue import BackupId, Manifest
@@ -593,29 +593,31 @@ def keep_beside(store: ObjectStore, backup: BackupId, info: PgConnectionInfo) ->
 # --- I/O: with the backup (copy, integrity) ------------------------------------------------
 
 
-class _Entry(NamedTuple):
+class Entry(NamedTuple):
+    """Where a backup's globals object is, and what the manifest says it holds."""
+
     key: str
     size: int
     sha256: str
 
 
-def _entry(manifest: Manifest) -> _Entry | None:
+def entry_of(manifest: Manifest) -> Entry | None:
     entry = manifest.source.get("globals")
     if entry is None:
         return None
-    return _Entry(entry["key"], int(entry["size"]), entry["sha256"])
+    return Entry(entry["key"], int(entry["size"]), entry["sha256"])
 
 
 def copy_beside(manifest: Manifest, source: ObjectStore, target: ObjectStore) -> str:
     """Copy the globals object with its backup (before the manifest, like the archive)."""
-    entry = _entry(manifest)
+    entry = entry_of(manifest)
     if entry is None:
         return "nothing besides the archive"
     mode = target.copy_from(source, entry.key, entry.size)
     return f"the roles and grants ({OBJECT_NAME}) too: {mode}"
 
 
-def _read(store: ObjectStore, entry: _Entry) -> tuple[dict[str, Any] | None, bytes]:
+def read_entry(store: ObjectStore, entry: Entry) -> tuple[dict[str, Any] | None, bytes]:
     """The object's head and, when its size is the manifest's, its bytes (it is small)."""
     head = store.head(entry.key)
     if head is None or int(head["ContentLength"]) != entry.size:
@@ -626,10 +628,10 @@ def _read(store: ObjectStore, entry: _Entry) -> tuple[dict[str, Any] | None, byt
 def check_beside(store: ObjectStore, manifest: Manifest) -> list[Check]:
     """Integrity of the globals object in one region: present, size, SHA-256, readable by the
     restore, and encrypted with the region's key. A backup without it cannot be restored whole."""
-    entry = _entry(manifest)
+    entry = entry_of(manifest)
     if entry is None:
         return [Check("globals", True, "none kept: the backup predates roles and grants kept")]
-    head, body = _read(store, entry)
+    head, body = read_entry(store, entry)
     if head is None:
         where = store.where(entry.key)
         return [Check("globals", False, f"{where} does not exist: roles and grants are lost")]
@@ -651,36 +653,6 @@ def check_beside(store: ObjectStore, manifest: Manifest) -> list[Check]:
         Check("globals", ok, detail),
         Check("globals encrypted", encrypted.ok, encrypted.detail),
     ]
-
-
-def read_verified(store: ObjectStore, manifest: Manifest) -> Globals | None:
-    """The backup's globals, proven against the manifest before anything uses them; None (and
-    a warning) for a backup taken before globals were kept."""
-    entry = _entry(manifest)
-    if entry is None:
-        log.warning(
-            "%s keeps no roles or grants (taken before they were kept): restoring it without "
-            "owners and privileges (--no-owner --no-privileges)",
-            manifest.backup,
-        )
-        return None
-    head, body = _read(store, entry)
-    if head is None:
-        raise RestoreRefused(
-            f"{manifest.backup}: {store.where(entry.key)} (its roles and grants) does not "
-            "exist; not restored"
-        )
-    digest = hashlib.sha256(body).hexdigest()
-    if len(body) != entry.size or digest != entry.sha256:
-        raise TamperedBackup(
-            f"{manifest.backup} in {store.region.name}: its roles and grants ({OBJECT_NAME}) "
-            f"have {head['ContentLength']} bytes with sha256 {digest[:16]}..., the manifest says "
-            f"{entry.size} bytes with sha256 {entry.sha256[:16]}...; not restored"
-        )
-    try:
-        return Globals.from_bytes(body)
-    except ValueError as exc:
-        raise RestoreRefused(f"{manifest.backup}: its roles and grants: {exc}") from None
 
 
 # --- I/O: at the destination ----------------------------------------------------------------

@@ -9,8 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +27,6 @@ from include.backup_dr.catalogue import (
 )
 from include.backup_dr.engines import engine_for
 from include.backup_dr.engines.wal import hold_recovery_window
-from include.backup_dr.immutability import LockRule
 from include.backup_dr.integrity import check_copy, record_key
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.retention import (
@@ -39,6 +37,7 @@ from include.backup_dr.retention import (
     recovery_holds,
 )
 from include.backup_dr.store import DeleteRefusedError, ObjectStore, StoreError
+from include.backup_dr.stores import Stores, backup_ref, from_ref
 
 log = logging.getLogger(__name__)
 
@@ -54,46 +53,6 @@ class CircuitBreakerTripped(AirflowFailException):
 
 class NotBackedUp(AirflowFailException):
     """The target must never be backed up (e.g. UAT); reaching here is a configuration error."""
-
-
-@dataclass(frozen=True)
-class Stores:
-    primary: ObjectStore
-    secondary: ObjectStore
-
-    @classmethod
-    def from_policy(cls, policy: Policy) -> Stores:
-        primary, secondary = policy.regions.primary, policy.regions.secondary
-        return cls(
-            ObjectStore.for_region(primary, LockRule.for_region(policy, primary)),
-            ObjectStore.for_region(secondary, LockRule.for_region(policy, secondary)),
-        )
-
-    def __iter__(self) -> Iterator[ObjectStore]:
-        return iter((self.primary, self.secondary))
-
-    def role(self, name: str) -> ObjectStore:
-        """The store playing `name` ("primary" or "secondary") in the policy."""
-        return self.primary if name == "primary" else self.secondary
-
-    def by_region(self, name: str) -> ObjectStore:
-        return next(store for store in self if store.region.name == name)
-
-
-def backup_ref(backup: BackupId) -> dict[str, str]:
-    """A backup id as a small JSON-able dict, the XCom passed between the steps."""
-    return {
-        "category": backup.category,
-        "target": backup.target,
-        "tier": backup.tier,
-        "window": backup.window.isoformat(),
-    }
-
-
-def from_ref(ref: dict[str, str]) -> BackupId:
-    return BackupId(
-        ref["category"], ref["target"], ref["tier"], datetime.fromisoformat(ref["window"])
-    )
 
 
 def _now() -> datetime:

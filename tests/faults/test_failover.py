@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from include.backup_dr.wal import archive_prefix
+from include.backup_dr.wal_segments import archive_prefix
 from local.failover import (
     Pair,
     add_to_policy,

@@ -21,7 +21,7 @@ import pytest
 
 from include.backup_dr import pipeline, pitr
 from include.backup_dr.policy import load_policy
-from include.backup_dr.wal import archive_prefix
+from include.backup_dr.wal_segments import archive_prefix
 from tests.integration import test_pitr
 from tests.integration.test_continuous import SERVER, base_backup, switch_wal, wait_archived
 

@@ -234,7 +234,7 @@ def test_gc_dag_stops_on_a_lost_listing_sweeps_keeps_and_trips_the_breaker(
 def test_wal_gc_deletes_only_wal_older_than_the_oldest_kept_base_backup(stores) -> None:
     """WAL collection moved out of prune: it must still keep every file a kept base backup
     replays, so the chain from its start stays whole in both regions."""
-    from include.backup_dr import wal
+    from include.backup_dr import wal_segments
     from include.backup_dr.engines.wal import archive_files
     from include.backup_dr.pipeline import check_integrity
     from include.backup_dr.policy import load_policy
@@ -254,7 +254,7 @@ def test_wal_gc_deletes_only_wal_older_than_the_oldest_kept_base_backup(stores) 
     for store in stores:
         names = {
             f.segment.name()
-            for f in archive_files(store, SERVER, wal.DEFAULT_SEGMENT_SIZE)
+            for f in archive_files(store, SERVER, wal_segments.DEFAULT_SEGMENT_SIZE)
             if f.kind == "segment" and f.segment
         }
         assert older not in names

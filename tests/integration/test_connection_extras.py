@@ -20,13 +20,8 @@ import psycopg2
 import pytest
 
 from include.backup_dr.catalogue import BackupId
-from include.backup_dr.engines.pg_dump import (
-    PgConnectionInfo,
-    PgDumpEngine,
-    PgDumpSnapshot,
-    SnapshotError,
-    pg_tool,
-)
+from include.backup_dr.engines.pg_dump import PgDumpEngine, PgDumpSnapshot
+from include.backup_dr.postgres import PgConnectionInfo, SnapshotError, pg_tool
 
 pytestmark = pytest.mark.integration
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from include.backup_dr.engines.pg_dump import PgConnectionInfo
 from include.backup_dr.policy import load_policy
+from include.backup_dr.postgres import PgConnectionInfo
 from local import estate, pg
 
 pytestmark = pytest.mark.integration

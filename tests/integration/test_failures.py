@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId, build_catalogue
-from include.backup_dr.engines.pg_dump import SnapshotError
 from include.backup_dr.pipeline import prune, take_snapshot
+from include.backup_dr.postgres import SnapshotError
 from tests.stack import REPO, mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration

@@ -250,8 +250,9 @@ def _break(store: Any, key: str, how: str) -> None:
 def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_is_kept(
     stores, how: str
 ) -> None:
-    from include.backup_dr import pg_globals, pipeline
+    from include.backup_dr import pipeline
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.restore.download import read_globals
     from include.backup_dr.restore.select import select_backup
 
     policy = load_policy()
@@ -275,7 +276,7 @@ def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_i
     assert stores.secondary.manifest(good) is not None
     selection = select_backup(policy, stores.secondary, "platform_billing", "daily")
     assert selection.backup == good
-    kept = pg_globals.read_verified(stores.secondary, stores.secondary.manifest(good))
+    kept = read_globals(stores.secondary, stores.secondary.manifest(good))
     assert kept is not None and kept.database == "platform_billing"
     # The primary's copy of it expired with a newer verified one there: deleted, globals too.
     assert list(stores.primary.list_objects(good.prefix)) == []
@@ -290,7 +291,7 @@ def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_i
 @pytest.fixture
 def reader_login(stack) -> Iterator[Any]:
     """A backup user that is not a superuser (as on a managed service): no pg_authid."""
-    from include.backup_dr.engines.pg_dump import PgConnectionInfo
+    from include.backup_dr.postgres import PgConnectionInfo
     from local.config import HOST
     from local.pg import get_server
 

@@ -27,7 +27,7 @@ from include.backup_dr.lease import (
 )
 from include.backup_dr.policy import load_policy
 from include.backup_dr.store import ObjectStore
-from include.backup_dr.wal import archive_prefix
+from include.backup_dr.wal_segments import archive_prefix
 
 pytestmark = pytest.mark.integration
 SUBJECT = "platform/platform_core/daily"

@@ -388,7 +388,9 @@ def test_evidence_written_in_the_same_second_is_never_overwritten(backed_up, sto
     ref = {**Selection(BackupId("platform", "platform_core", "daily", WINDOW), "x", "t").to_ref()}
     time.sleep(1 - datetime.now(UTC).microsecond / 1e6)  # both land early in one second
     for attempt in ("a", "b"):
-        record.report(policy, stores, ref, None, None, {"run_id": attempt}, kind="dr_restore")
+        record.record_restore(
+            policy, stores, ref, None, None, {"run_id": attempt}, kind="dr_restore"
+        )
     for store in stores:
         keys = sorted(o.key for o in store.list_objects("evidence/dr_restore/platform_core/"))
         assert len(keys) == 4, keys  # report.json + report.md, twice

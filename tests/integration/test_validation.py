@@ -21,7 +21,7 @@ import pytest
 
 from include.backup_dr.restore.validation import (
     EXPECTATIONS_DIR,
-    ValidationReport,
+    ValidationResult,
     load_business_rules,
     validate_database,
 )
@@ -154,7 +154,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _by(report: ValidationReport, table: str, expectation: str) -> list:
+def _by(report: ValidationResult, table: str, expectation: str) -> list:
     return [r for r in report.results if r.table == table and r.expectation == expectation]
 
 

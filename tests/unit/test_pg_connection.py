@@ -8,7 +8,7 @@ import json
 import pytest
 from sqlalchemy.engine import make_url
 
-from include.backup_dr.engines.pg_dump import (
+from include.backup_dr.postgres import (
     PgConnectionInfo,
     SnapshotError,
     libpq_env_from_extras,

@@ -21,7 +21,7 @@ from include.backup_dr.pitr import (
     summarise_range,
 )
 from include.backup_dr.restore.errors import RestoreRefused
-from include.backup_dr.wal import Segment, classify, parse_history
+from include.backup_dr.wal_segments import Segment, classify, parse_history
 
 T0 = datetime(2026, 11, 20, 3, 0, tzinfo=UTC)
 REGION = "eu-central-1"

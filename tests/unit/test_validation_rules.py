@@ -15,7 +15,7 @@ import pytest
 from include.backup_dr.restore.validation import (
     EXPECTATIONS_DIR,
     ExpectationResult,
-    ValidationReport,
+    ValidationResult,
     business_suite,
     load_business_rules,
     manifest_expectations,
@@ -200,14 +200,14 @@ def test_report_document_counts_and_verdict() -> None:
             "1 rows", "why",
         )  # fmt: skip
 
-    report = ValidationReport([result(True), result(False)], seconds=1.23456)
+    report = ValidationResult([result(True), result(False)], seconds=1.23456)
     assert not report.ok and report.failures() == [result(False)]
     document = json.loads(json.dumps(report.to_document()))
     assert (document["passed"], document["failed"], document["seconds"]) == (1, 1, 1.235)
     assert document["ok"] is False and len(document["results"]) == 2
     assert document["results"][0]["observed"] == "1 rows"
-    assert ValidationReport([result(True)]).ok
-    assert not ValidationReport([]).ok  # nothing checked is not a pass
+    assert ValidationResult([result(True)]).ok
+    assert not ValidationResult([]).ok  # nothing checked is not a pass
 
 
 #: Run in a fresh interpreter: whether GX's import loads a library depends on what the process

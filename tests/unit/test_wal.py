@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from include.backup_dr.wal import (
+from include.backup_dr.wal_segments import (
     DEFAULT_SEGMENT_SIZE,
     Segment,
     check_segment,

@@ -25,7 +25,7 @@ from include.backup_dr.pitr.wal_prefetch import (
     restore_script,
     schedule,
 )
-from include.backup_dr.wal import (
+from include.backup_dr.wal_segments import (
     DEFAULT_SEGMENT_SIZE,
     Segment,
     classify,

@@ -13,8 +13,6 @@ from typing import Any
 
 from include.backup_dr import pg_globals
 from include.backup_dr.dr.request import DrRequest, Unit
-from include.backup_dr.drill.dumps import validate
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import Policy
 from include.backup_dr.restore import media as media_restore
 from include.backup_dr.restore.database import (
@@ -22,13 +20,15 @@ from include.backup_dr.restore.database import (
     replace_database,
     server_info,
     staging_name,
+    validate_restored,
 )
-from include.backup_dr.restore.download import download_verified
+from include.backup_dr.restore.download import download_verified, read_globals
 from include.backup_dr.restore.errors import DrillFailed
-from include.backup_dr.restore.record import describe_failure, provenance, report
+from include.backup_dr.restore.record import describe_failure, provenance, record_restore
 from include.backup_dr.restore.select import Selection, manifest_of
-from include.backup_dr.restore.validation import ValidationReport
+from include.backup_dr.restore.validation import ValidationResult
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def restore_unit(
         from include.backup_dr.dr.pitr import recover_targets
 
         targets = [policy.target(name) for name in unit.targets]
-        records = recover_targets(policy, stores, targets, request.to_document(), run, began=began)
+        records = recover_targets(policy, stores, targets, request, run, began=began)
     else:
         records = [_restore_one(policy, stores, request, unit, run, began)]
     return records
@@ -120,12 +120,14 @@ def _restore_one(
             "finished_at": datetime.now(UTC).isoformat(),
             "seconds_since_run_start": (datetime.now(UTC) - began).total_seconds(),
         }
-        return report(
+        return record_restore(
             policy, stores, ref, restored, validation.to_document(), run, "dr_restore", problems
         )
     except Exception as exc:  # recorded; the other units run in tasks of their own
         log.exception("Restore of %s failed", unit.name)
-        return report(policy, stores, ref, None, None, run, "dr_restore", [describe_failure(exc)])
+        return record_restore(
+            policy, stores, ref, None, None, run, "dr_restore", [describe_failure(exc)]
+        )
 
 
 def _replace_from_dump(
@@ -137,7 +139,7 @@ def _replace_from_dump(
     run: dict[str, str],
     overwrite: bool,
     began: datetime,
-) -> tuple[dict[str, Any], ValidationReport, list[str]]:
+) -> tuple[dict[str, Any], ValidationResult, list[str]]:
     """dr_restore from a pg_dump backup: prove the bytes, then `replace_database`."""
     store = stores.by_region(selection.region)
     manifest = manifest_of(store, selection)
@@ -146,7 +148,7 @@ def _replace_from_dump(
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         # Downloaded and re-hashed before anything on the destination server changes.
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
-        kept = pg_globals.read_verified(store, manifest)
+        kept = read_globals(store, manifest)
         replaced = replace_database(
             server,
             database,
@@ -158,7 +160,7 @@ def _replace_from_dump(
                 lambda owners: pg_restore(download.path, server, into, 2, owners=owners),
                 passwords=True,
             ),
-            lambda into: validate(policy, stores, selection, conn_id, into),
+            lambda into: validate_restored(stores, selection, conn_id, into),
             overwrite=overwrite,
             stamp=began,
         )

@@ -24,13 +24,13 @@ from include.backup_dr.dr.failover import (
     new_slot,
     render,
 )
-from include.backup_dr.engines.pg_dump import PgConnectionInfo
 from include.backup_dr.evidence import evidence_key, newest, write_everywhere
 from include.backup_dr.pitr.heartbeat import HEARTBEAT_TABLE, MONITOR_EVIDENCE
 from include.backup_dr.policy import Policy
+from include.backup_dr.postgres import PgConnectionInfo, database_of
 from include.backup_dr.roles import ServerRoles, current_roles, record_roles
 from include.backup_dr.store import ObjectStore
-from include.backup_dr.wal import archive_prefix
+from include.backup_dr.wal_segments import archive_prefix
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +53,6 @@ T = TypeVar("T")
 
 class FailoverError(RuntimeError):
     """A step could not do its part; the message says what is left as it was."""
-
-
-def database_of(conn_id: str) -> str:
-    """The database holding the heartbeat: the connection's schema, else postgres (as the
-    continuous monitor chooses it)."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    return PostgresHook.get_connection(conn_id).schema or "postgres"
 
 
 @contextmanager
@@ -215,7 +207,7 @@ def fence(
 ) -> dict[str, Any]:
     """Run the policy's fence command; for a planned switchover, then wait until the standby
     has replayed everything the old primary flushed before it stopped."""
-    from include.backup_dr.wal import parse_lsn
+    from include.backup_dr.wal_segments import parse_lsn
 
     roles = current_roles(policy, stores, server)
     command = policy.server(server).fence_command

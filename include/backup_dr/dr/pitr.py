@@ -10,10 +10,10 @@ import subprocess
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from include.backup_dr import pg_globals
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool, read_keys, read_row_counts
+from include.backup_dr.engines.pg_dump import read_keys, read_row_counts
 from include.backup_dr.pitr.server import RecoveredServer, RecoveryFailed, recover
 from include.backup_dr.pitr.window import (
     RecoveryRange,
@@ -23,7 +23,11 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
+from include.backup_dr.postgres import PgConnectionInfo, pg_tool
 from include.backup_dr.restore.database import pg_restore, staging_name
+
+if TYPE_CHECKING:
+    from include.backup_dr.dr.request import DrRequest
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +36,7 @@ def recover_targets(
     policy: Policy,
     stores: Any,
     targets: list[Target],
-    params: dict[str, Any],
+    request: DrRequest,
     run: dict[str, str],
     *,
     scratch_dir: Path | str | None = None,
@@ -42,10 +46,11 @@ def recover_targets(
     server; per target, validate it at T, copy it into a new database at `connection`,
     validate that and swap it in (the caller has checked confirm and overwrite). One evidence
     record per target; a target that fails does not stop the next one."""
-    from include.backup_dr.restore.record import describe_failure, failure_ref, report
+    from include.backup_dr.restore.record import describe_failure, failure_ref, record_restore
 
-    store = stores.role(params.get("region") or "secondary")
-    when = params["target_time"]
+    store = stores.role(request.region)
+    assert request.target_time is not None
+    when = request.target_time
     began = began or datetime.now(UTC)
     by_server: dict[str, list[Target]] = {}
     for target in targets:
@@ -54,7 +59,7 @@ def recover_targets(
     spans = {server: recovery_range(policy, store, server) for server in by_server}
     for span in spans.values():  # every requested time is checked before anything is done
         check_target(span, parse_target_time(when))
-    conn_id = params["connection"]
+    conn_id = request.connection
     records: dict[str, dict[str, Any]] = {}
     order = 0
     for server, group in by_server.items():
@@ -71,7 +76,7 @@ def recover_targets(
                             recovered,
                             spans[server],
                             target,
-                            params,
+                            request,
                             run,
                             order,
                             began,
@@ -79,7 +84,7 @@ def recover_targets(
                     except Exception as exc:  # recorded; the next target goes ahead
                         log.exception("Point-in-time restore of %s failed", target.name)
                         ref = _ref(recovered, target, when, spans[server], conn_id)
-                        records[target.name] = report(
+                        records[target.name] = record_restore(
                             policy,
                             stores,
                             ref,
@@ -100,7 +105,7 @@ def recover_targets(
                     target, CONTINUOUS, store.region.name, "-", f"{target.database} via {conn_id}"
                 )
                 ref["reason"] = f"point in time {when}: {spans[server].describe()}"
-                records[target.name] = report(
+                records[target.name] = record_restore(
                     policy, stores, ref, None, None, run, "dr_restore", [describe_failure(exc)]
                 )
     return [records[t.name] for group in by_server.values() for t in group]
@@ -127,7 +132,7 @@ def _recover_one(
     recovered: RecoveredServer,
     span: RecoveryRange,
     target: Target,
-    params: dict[str, Any],
+    request: DrRequest,
     run: dict[str, str],
     order: int,
     began: datetime,
@@ -135,12 +140,12 @@ def _recover_one(
     """One database at T: validated in the recovered server, then `replace_database` at the
     destination; returns its evidence record."""
     from include.backup_dr.restore.database import replace_database
-    from include.backup_dr.restore.record import report
+    from include.backup_dr.restore.record import record_restore
     from include.backup_dr.restore.validation import validate_database
 
     assert target.database is not None
-    when = params["target_time"]
-    conn_id = params["connection"]
+    when = str(request.target_time)
+    conn_id = request.connection
     ref = _ref(recovered, target, when, span, conn_id)
     started = datetime.now(UTC)
     connection = recovered.connect(target.database)
@@ -151,7 +156,7 @@ def _recover_one(
     keys = {t: {**f, "rows": None} for t, f in at_t.items()}
     checked = validate_database(recovered.url(target.database), target.name, keys)
     if not checked.ok:
-        return report(
+        return record_restore(
             policy,
             stores,
             ref,
@@ -182,7 +187,7 @@ def _recover_one(
                 passwords=True,
             ),
             lambda into: validate_database(destination.sqlalchemy_url(into), target.name, at_t),
-            overwrite=bool(params.get("overwrite")),
+            overwrite=request.overwrite,
             stamp=began,
         )
     finally:
@@ -201,7 +206,7 @@ def _recover_one(
         "target_time": recovered.target.isoformat() if recovered.target else "latest",
         **_provenance(recovered.base),
     }
-    return report(
+    return record_restore(
         policy,
         stores,
         ref,

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from include.backup_dr import evidence
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import Policy, Target, format_duration
 from include.backup_dr.restore import media as media_restore
 from include.backup_dr.restore.database import (
@@ -27,12 +26,13 @@ from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.restore.record import (
     EstatePlan,
     RestoreJob,
-    measured_restore,
+    measured_rate,
     plan_estate,
     projected_seconds,
 )
 from include.backup_dr.restore.select import is_media, manifest_of, select_backup
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 #: The pool of media restores: they write to a bucket, not to a database server.
 MEDIA_POOL = "default_pool"
@@ -57,7 +57,8 @@ class DrRequest:
 
     @classmethod
     def from_params(cls, policy: Policy, params: dict[str, Any]) -> DrRequest:
-        """Parse the trigger form; refuse (changing nothing) with the reason in words."""
+        """Parse the trigger form; refuse (changing nothing) with the reason in words. A field
+        the form leaves empty takes the default declared above, the one place it is written."""
         names = list(params.get("targets") or [])
         if not names:
             raise RestoreRefused("dr_restore needs at least one target in the param 'targets'")
@@ -93,14 +94,14 @@ class DrRequest:
         return cls(
             targets=tuple(t.name for t in ordered),
             connection=connection,
-            region=params.get("region") or "secondary",
-            tier=params.get("tier") or "daily",
+            region=params.get("region") or cls.region,
+            tier=params.get("tier") or cls.tier,
             backup=backup,
             target_time=target_time,
             overwrite=bool(params.get("overwrite")),
             dry_run=bool(params.get("dry_run")),
             bucket=params.get("bucket") or None,
-            bucket_connection=params.get("bucket_connection") or "s3_restore_sandbox",
+            bucket_connection=params.get("bucket_connection") or cls.bucket_connection,
             prefix=params.get("prefix") or "",
             dest_prefix=params.get("dest_prefix") or "",
         )
@@ -338,5 +339,4 @@ def _drill_rate(policy: Policy, stores: Stores, subject: str) -> float | None:
     _, document = found
     category = (document.get("backup") or {}).get("category")
     media = category in policy.categories and is_media(policy, category)
-    size, seconds = measured_restore(document, media)
-    return size / seconds if size and seconds else None
+    return measured_rate(document, media)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from include.backup_dr import pg_globals
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.restore import media as media_restore
 from include.backup_dr.restore.database import (
@@ -26,13 +25,15 @@ from include.backup_dr.restore.database import (
     guard_sandbox,
     pg_restore,
     server_info,
+    validate_restored,
 )
-from include.backup_dr.restore.download import download_verified
+from include.backup_dr.restore.download import download_verified, read_globals
 from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.restore.record import provenance
 from include.backup_dr.restore.select import Selection, is_media, manifest_of, select_backup
-from include.backup_dr.restore.validation import ValidationReport
+from include.backup_dr.restore.validation import ValidationResult
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,7 @@ def restore_sandbox(
 
 def validate_sandbox(
     policy: Policy, stores: Stores, selection: Selection, sandbox: str
-) -> ValidationReport:
+) -> ValidationResult:
     """Databases: Great Expectations suites. Media: every object re-hashed against the listing."""
     drill = policy.restore_verification
     assert drill is not None
@@ -126,7 +127,7 @@ def validate_sandbox(
         return media_restore.verify_restored(
             store, manifest_of(store, selection), sandbox_bucket(policy), dest_prefix=sandbox
         )
-    return validate(policy, stores, selection, drill.sandbox_conn_id, sandbox)
+    return validate_restored(stores, selection, drill.sandbox_conn_id, sandbox)
 
 
 def restore_into(
@@ -139,7 +140,7 @@ def restore_into(
     with tempfile.TemporaryDirectory(prefix="restore-") as scratch:
         download = download_verified(store, manifest, Path(scratch) / "archive.pgdump")
         restore_seconds = pg_globals.restore_with_globals(
-            pg_globals.read_verified(store, manifest),
+            read_globals(store, manifest),
             server,
             database,
             lambda owners: pg_restore(download.path, server, database, jobs, owners=owners),
@@ -154,16 +155,6 @@ def restore_into(
         },
         **provenance(manifest),
     }
-
-
-def validate(policy: Policy, stores: Stores, selection: Selection, conn_id: str, database: str):
-    """Run the manifest suite and the target's business-rule suite with Great Expectations."""
-    from include.backup_dr.restore.validation import validate_database
-
-    manifest = stores.by_region(selection.region).manifest(selection.backup)
-    assert manifest is not None
-    url = server_info(conn_id).sqlalchemy_url(database)
-    return validate_database(url, selection.backup.target, manifest.tables())
 
 
 def teardown(policy: Policy, ref: dict[str, str], run_id: str) -> bool:

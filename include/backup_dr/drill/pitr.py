@@ -24,8 +24,9 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
+from include.backup_dr.postgres import database_of
 from include.backup_dr.restore.errors import RestoreRefused
-from include.backup_dr.restore.record import projected_seconds
+from include.backup_dr.restore.record import restore_rate, rto_projection
 from include.backup_dr.restore.select import select_backup
 from include.backup_dr.store import ObjectStore
 
@@ -58,24 +59,24 @@ def key_facts(policy: Policy, store: ObjectStore, target: str, tier: str) -> tup
     return tables, f"tables and keys from {selection.backup} in {selection.region}"
 
 
-def merge_validations(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def merge_validations(validations: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """One validation document for several databases; each result names its database."""
     results = [
         {**result, "suite": f"{result['suite']} [{database}]"}
-        for database, document in reports.items()
+        for database, document in validations.items()
         for result in document["results"]
     ]
     failed = sum(1 for r in results if not r["success"])
     return {
-        "ok": bool(results) and all(d["ok"] for d in reports.values()),
-        "seconds": round(sum(d["seconds"] for d in reports.values()), 3),
+        "ok": bool(results) and all(d["ok"] for d in validations.values()),
+        "seconds": round(sum(d["seconds"] for d in validations.values()), 3),
         "evaluated": len(results),
         "passed": len(results) - failed,
         "failed": failed,
         "suites": sorted({r["suite"] for r in results}),
         "databases": {
             db: {k: d.get(k) for k in ("ok", "evaluated", "failed", "key_checks")}
-            for db, d in reports.items()
+            for db, d in validations.items()
         },
         "results": results,
     }
@@ -87,14 +88,14 @@ def validate_recovered(
     """Business rules and key checks on every production database of the recovered server."""
     from include.backup_dr.restore.validation import validate_database
 
-    reports = {}
+    validations = {}
     for target in production_targets(policy, recovered.server):
         assert target.database is not None
         tables, source = key_facts(policy, store, target.name, tier)
         log.info("Validating %s at %s: %s", target.database, recovered.target, source)
-        report = validate_database(recovered.url(target.database), target.name, tables)
-        reports[target.database] = {**report.to_document(), "key_checks": source}
-    return merge_validations(reports)
+        result = validate_database(recovered.url(target.database), target.name, tables)
+        validations[target.database] = {**result.to_document(), "key_checks": source}
+    return merge_validations(validations)
 
 
 def projection(
@@ -102,8 +103,6 @@ def projection(
 ) -> dict[str, Any]:
     """The measured recovery throughput applied to the largest continuous server, sized from
     its newest base backup in `store` (not from production, which may be down), vs the RTO."""
-    rto = policy.objectives.rto.total_seconds()
-    rate = restored_bytes / seconds if seconds else 0.0
     sizes = []
     for server in policy.continuous_servers():
         category = policy.subject(server.name, CONTINUOUS).category
@@ -112,16 +111,13 @@ def projection(
             newest = store.manifest(max(backups, key=lambda b: b.id.window).id)
             sizes.append((server.name, newest.artifact.size if newest else 0))
     largest, largest_bytes = max(sizes, key=lambda item: item[1], default=("-", 0))
-    projected = projected_seconds(largest_bytes, rate)
-    return {
-        "restore_throughput_mb_per_s": round(rate / 1e6, 2),
-        "largest_production_target": largest,
-        "largest_production_bytes": largest_bytes,
-        "sized_from": f"newest base backups in {store.region.name}",
-        "projected_restore_seconds": round(projected, 1),
-        "rto_seconds": rto,
-        "within_rto": projected <= rto,
-    }
+    return rto_projection(
+        restore_rate(restored_bytes, seconds) or 0.0,
+        largest,
+        largest_bytes,
+        f"newest base backups in {store.region.name}",
+        policy.objectives.rto,
+    )
 
 
 # ---- the drill -------------------------------------------------------------------------------
@@ -137,7 +133,7 @@ def drill(
     rng: random.Random | None = None,
     scratch_dir: Path | str | None = None,
 ) -> dict[str, Any]:
-    """Recover `server` to a random recorded heartbeat + 0.5 s, prove it, validate, report.
+    """Recover `server` to a random recorded heartbeat + 0.5 s, prove it, validate, record the evidence.
     The servers' primaries are the ones the store names now (`roles.follow`)."""
     from include.backup_dr.roles import follow
 
@@ -177,7 +173,7 @@ def drill(
         ) as recovered:
             base = recovered.base
             if sample is not None:
-                connection = recovered.connect(_heartbeat_database(policy, server))
+                connection = recovered.connect(database_of(policy.server(server).conn_id))
                 try:
                     proof = heartbeat_proof(connection, sample, target)
                 finally:
@@ -233,12 +229,6 @@ def drill(
     return write_evidence(stores, document)
 
 
-def _heartbeat_database(policy: Policy, server: str) -> str:
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    return PostgresHook.get_connection(policy.server(server).conn_id).schema or "postgres"
-
-
 def _document(
     policy: Policy,
     server: str,
@@ -254,7 +244,7 @@ def _document(
     problems: list[str],
     run: dict[str, str],
 ) -> dict[str, Any]:
-    """The drill's evidence record, shaped like drill.report's (render_markdown reads it)."""
+    """The drill's evidence record, shaped like restore.record's (render_markdown reads it)."""
     category = policy.subject(server, CONTINUOUS).category
     return {
         "schema": "backup-dr/restore_verification/pitr/v1",

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow.sdk.exceptions import AirflowFailException
 
+from include.backup_dr.check import Check
 from include.backup_dr.policy import Policy, Target
 from include.backup_dr.store import ObjectStore, Readable
 
 if TYPE_CHECKING:
     from include.backup_dr.catalogue import BackupId, Manifest
-    from include.backup_dr.integrity import Check
 
 
 @dataclass

@@ -34,10 +34,11 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from include.backup_dr import wal
+from include.backup_dr import wal_segments
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.check import Check
 from include.backup_dr.engines.base import (
     SWEEP_SAMPLE,
     ReadCheck,
@@ -46,20 +47,17 @@ from include.backup_dr.engines.base import (
     locked_reason,
     still_locked,
 )
-from include.backup_dr.engines.pg_dump import (
+from include.backup_dr.lease import Holder, critical_section
+from include.backup_dr.policy import CONTINUOUS, Policy, Target
+from include.backup_dr.postgres import (
     PgConnectionInfo,
     SnapshotError,
     pg_tool,
     require_client_for,
     tool_version,
 )
-from include.backup_dr.lease import Holder, critical_section
-from include.backup_dr.policy import CONTINUOUS, Policy, Target
 from include.backup_dr.retention import RecoveryHold
 from include.backup_dr.store import ObjectStore
-
-if TYPE_CHECKING:
-    from include.backup_dr.integrity import Check
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +75,18 @@ LOCK_LEASE_WAIT = timedelta(seconds=15)
 LOCK_LEASE_TTL = timedelta(seconds=10)
 
 
-def archive_files(store: ObjectStore, server: str, segment_size: int) -> list[wal.ArchivedFile]:
+def archive_files(
+    store: ObjectStore, server: str, segment_size: int
+) -> list[wal_segments.ArchivedFile]:
     return [
-        wal.classify(obj.key, obj.size, segment_size)
-        for obj in store.list_objects(wal.archive_prefix(server))
+        wal_segments.classify(obj.key, obj.size, segment_size)
+        for obj in store.list_objects(wal_segments.archive_prefix(server))
     ]
 
 
 def read_histories(
-    store: ObjectStore, files: Iterable[wal.ArchivedFile]
-) -> dict[int, wal.TimelineHistory]:
+    store: ObjectStore, files: Iterable[wal_segments.ArchivedFile]
+) -> dict[int, wal_segments.TimelineHistory]:
     """The archive's timeline history files, read (a few hundred bytes each, one per failover):
     they say where each timeline forked, which the listing alone cannot."""
     histories = {}
@@ -95,7 +95,7 @@ def read_histories(
             data = b"".join(store.iter_chunks(item.key))
             if data[:2] == b"\x1f\x8b":
                 data = gzip.decompress(data)
-            histories[item.history_timeline] = wal.parse_history(
+            histories[item.history_timeline] = wal_segments.parse_history(
                 item.history_timeline, data.decode(errors="replace")
             )
     return histories
@@ -147,13 +147,13 @@ def _lock_archive(
 ) -> dict[str, Any]:
     assert store.lock is not None
     now = now or datetime.now(UTC)
-    marker = f"{wal.ARCHIVE_PREFIX}/{server}/{LOCKED_NAME}"
+    marker = f"{wal_segments.ARCHIVE_PREFIX}/{server}/{LOCKED_NAME}"
     after = (store.get_json(marker) or {}).get("last")
     deadline = time.monotonic() + budget.total_seconds()
     locked = past = 0
     first = last = None
     more = False
-    for obj in store.list_objects(wal.archive_prefix(server), start_after=after):
+    for obj in store.list_objects(wal_segments.archive_prefix(server), start_after=after):
         if time.monotonic() > deadline:
             more = True
             break
@@ -202,14 +202,14 @@ def hold_recovery_window(
     ``wal/<server>/held.json``), so a prune costs a listing only when a new base has arrived.
     """
     assert store.lock is not None, f"{store.region.name} locks nothing"
-    marker = f"{wal.ARCHIVE_PREFIX}/{server}/{HELD_NAME}"
+    marker = f"{wal_segments.ARCHIVE_PREFIX}/{server}/{HELD_NAME}"
     held: dict[str, str] = {
         span: until
         for span, until in ((store.get_json(marker) or {}).get("ranges") or {}).items()
         if datetime.fromisoformat(until) > now
     }
     bases = wal_ranges = segments = 0
-    files: list[wal.ArchivedFile] | None = None
+    files: list[wal_segments.ArchivedFile] | None = None
     for hold in holds:
         until = store.lock.recovery_until(hold.until)
         manifest = store.manifest(hold.backup)
@@ -224,8 +224,8 @@ def hold_recovery_window(
         if following is None:
             continue  # the newest base: its WAL is locked as it arrives, and held by the next
         size = int(manifest.source["segment_size"])
-        first = wal.Segment.parse(manifest.source["start_wal"], size).number
-        last = wal.Segment.parse(following.source["start_wal"], size).number
+        first = wal_segments.Segment.parse(manifest.source["start_wal"], size).number
+        last = wal_segments.Segment.parse(following.source["start_wal"], size).number
         span = f"{first:X}-{last:X}"
         if span in held and datetime.fromisoformat(held[span]) >= until:
             continue
@@ -293,9 +293,9 @@ class BaseBackupSnapshot:
                 "FROM pg_control_system()"
             )
             system_identifier, version, segment_size = cursor.fetchone()
-        start_lsn, end_lsn = wal.parse_lsn(start), wal.parse_lsn(end)
-        first = wal.Segment.of_lsn(timeline, start_lsn, segment_size)
-        last = wal.Segment.of_lsn(timeline, end_lsn, segment_size)
+        start_lsn, end_lsn = wal_segments.parse_lsn(start), wal_segments.parse_lsn(end)
+        first = wal_segments.Segment.of_lsn(timeline, start_lsn, segment_size)
+        last = wal_segments.Segment.of_lsn(timeline, end_lsn, segment_size)
         self._facts = {
             "kind": "postgresql-cluster",
             "server": self.server,
@@ -309,12 +309,12 @@ class BaseBackupSnapshot:
             "start_wal": first.name(segment_size),
             "end_wal": last.name(segment_size),
             "segment_size": int(segment_size),
-            "archive_prefix": wal.archive_prefix(self.server),
+            "archive_prefix": wal_segments.archive_prefix(self.server),
             "format": "pg_basebackup tar (-Ft -X none); WAL from the archive",
         }
         self._await_archived(last, int(segment_size))
 
-    def _await_archived(self, last: wal.Segment, segment_size: int) -> None:
+    def _await_archived(self, last: wal_segments.Segment, segment_size: int) -> None:
         """Commit only a base backup whose end point is archived: else it restores nothing."""
         name = last.name(segment_size)
         with suppress(Exception), _connected(self.info) as cursor:
@@ -332,7 +332,7 @@ class BaseBackupSnapshot:
             if time.monotonic() > deadline:
                 raise SnapshotError(
                     f"the base backup of {self.server} ends in WAL segment {name}, which did "
-                    f"not reach {self._store.where(wal.archive_prefix(self.server))} within "
+                    f"not reach {self._store.where(wal_segments.archive_prefix(self.server))} within "
                     f"{self._wait}; check archive_command and pg_stat_archiver. Not committed."
                 )
             time.sleep(1)
@@ -413,7 +413,7 @@ class WalEngine:
         (or this one's start): the whole recovery window, so a gap left earlier heals too."""
         facts = manifest.source
         server, size = facts["server"], int(facts["segment_size"])
-        first = wal.Segment.parse(facts["start_wal"], size)
+        first = wal_segments.Segment.parse(facts["start_wal"], size)
         oldest = oldest_base_start(source, manifest.backup.category, server, size)
         first = min(first, oldest) if oldest else first
         present = {f.key for f in archive_files(target, server, size)}
@@ -437,18 +437,17 @@ class WalEngine:
         )
 
     def check_contents(self, store: ObjectStore, manifest: Manifest, now: datetime) -> list[Check]:
-        from include.backup_dr.integrity import Check
 
         facts = manifest.source
         server, size = facts["server"], int(facts["segment_size"])
-        start = wal.Segment.parse(facts["start_wal"], size)
-        end = wal.Segment.parse(facts["end_wal"], size)
+        start = wal_segments.Segment.parse(facts["start_wal"], size)
+        end = wal_segments.Segment.parse(facts["end_wal"], size)
         files = archive_files(store, server, size)
         # From this base backup's own start, never an older base's: a permanent gap before it
         # does not fail it (the recovery_window check names such a gap). From there the chain
         # must be whole to the newest segment, along the timelines the history files name.
         histories = read_histories(store, files)
-        chain = wal.continuity(files, start, histories, size)
+        chain = wal_segments.continuity(files, start, histories, size)
         reaches_end = chain.reach is not None and chain.reach.number >= end.number
         checks = [
             Check(
@@ -467,27 +466,26 @@ class WalEngine:
         self,
         store: ObjectStore,
         server: str,
-        files: list[wal.ArchivedFile],
-        start: wal.Segment,
-        chain: wal.Continuity,
+        files: list[wal_segments.ArchivedFile],
+        start: wal_segments.Segment,
+        chain: wal_segments.Continuity,
         facts: dict[str, Any],
         size: int,
         *,
-        forks: dict[int, wal.TimelineHistory],
+        forks: dict[int, wal_segments.TimelineHistory],
     ) -> Check:
         """Re-read every segment not verified before (from this base backup's start at the
         latest), and remember how far the archive is verified in this region."""
-        from include.backup_dr.integrity import Check
 
-        marker = f"{wal.ARCHIVE_PREFIX}/{server}/{VERIFIED_NAME}"
+        marker = f"{wal_segments.ARCHIVE_PREFIX}/{server}/{VERIFIED_NAME}"
         previous = store.get_json(marker) or {}
         since = start
         if (
             previous.get("through")
             and previous.get("system_identifier") == facts["system_identifier"]
         ):
-            through = wal.Segment.parse(previous["through"], size)
-            since = min(start, wal.Segment(through.timeline, through.number + 1))
+            through = wal_segments.Segment.parse(previous["through"], size)
+            since = min(start, wal_segments.Segment(through.timeline, through.number + 1))
         todo = sorted(
             (f for f in files if f.kind == "segment" and f.segment and f.segment >= since),
             key=lambda f: f.segment,  # type: ignore[arg-type,return-value]
@@ -496,13 +494,13 @@ class WalEngine:
         for item in todo:
             assert item.segment is not None
             data = b"".join(store.iter_chunks(item.key))
-            result = wal.check_segment(
+            result = wal_segments.check_segment(
                 data,
                 item.segment,
                 system_identifier=int(facts["system_identifier"]),
                 segment_size=size,
                 major_version=int(str(facts["server_version"]).split(".")[0]),
-                parent=wal.fork_parent(item.segment, forks, size),
+                parent=wal_segments.fork_parent(item.segment, forks, size),
             )
             if not result.ok:
                 bad.append(f"{item.segment.name(size)} ({result.detail})")
@@ -542,7 +540,7 @@ class WalEngine:
             return
         sweeps = []
         for server in policy.continuous_servers():
-            prefix = wal.archive_prefix(server.name)
+            prefix = wal_segments.archive_prefix(server.name)
             what = f"WAL of server {server.name}"
             manifests = _base_manifests(store, category, server.name)
             if not manifests:  # WAL alone restores nothing, but a base backup may be committing
@@ -550,14 +548,16 @@ class WalEngine:
                 sweeps.append(Sweep(what, total, 0, [], lambda: 0))
                 continue
             size = int(manifests[0].source["segment_size"])
-            base = min(manifests, key=lambda m: wal.Segment.parse(m.source["start_wal"], size))
-            oldest = wal.Segment.parse(base.source["start_wal"], size)
+            base = min(
+                manifests, key=lambda m: wal_segments.Segment.parse(m.source["start_wal"], size)
+            )
+            oldest = wal_segments.Segment.parse(base.source["start_wal"], size)
             files = archive_files(store, server.name, size)
             reason = (
                 f"before {oldest.name(size)}, where the oldest kept base backup here "
                 f"({base.backup}) starts"
             )
-            removable = wal.removable(files, oldest)
+            removable = wal_segments.removable(files, oldest)
             locks = still_locked(store, (f.key for f in removable), now)
             doomed = [f for f in removable if f.key not in locks]
             keys = {f.key for f in doomed}
@@ -591,10 +591,10 @@ def _base_manifests(store: ObjectStore, category: str, server: str) -> list[Mani
 
 def oldest_base_start(
     store: ObjectStore, category: str, server: str, segment_size: int
-) -> wal.Segment | None:
+) -> wal_segments.Segment | None:
     """The start segment of the oldest base backup committed in this region."""
     starts = [
-        wal.Segment.parse(m.source["start_wal"], segment_size)
+        wal_segments.Segment.parse(m.source["start_wal"], segment_size)
         for m in _base_manifests(store, category, server)
     ]
     return min(starts) if starts else None

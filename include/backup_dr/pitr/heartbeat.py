@@ -11,7 +11,7 @@ from typing import Any
 
 from include.backup_dr.pitr.window import RecoveryRange
 from include.backup_dr.store import ObjectStore
-from include.backup_dr.wal import Segment
+from include.backup_dr.wal_segments import Segment
 
 MONITOR_EVIDENCE = "evidence/continuous_monitor"
 HEARTBEAT_TABLE = "backup_dr.heartbeat"

@@ -25,7 +25,6 @@ from typing import Any
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.catalogue import Manifest
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
 from include.backup_dr.engines.wal import archive_files, read_histories
 from include.backup_dr.pitr.wal_prefetch import (
     DEFAULT_DEPTH,
@@ -43,6 +42,7 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import Policy
+from include.backup_dr.postgres import PgConnectionInfo, pg_tool
 from include.backup_dr.restore.download import fetch, prove_bytes
 from include.backup_dr.store import READ_CHUNK, ObjectStore
 
@@ -485,7 +485,7 @@ def recover(
             _wait_for_promotion(recovered, work, started + limit, prefetch)
         except RecoveryFailed as exc:
             raise RecoveryFailed(
-                f"{exc}. WAL prefetch: {prefetch.report()}; {_restored_through(work)}"
+                f"{exc}. WAL prefetch: {prefetch.summary()}; {_restored_through(work)}"
             ) from exc
         _require_whole(work, prefetch, plan, target)
         recovered.wal_files = len(_restored(work))

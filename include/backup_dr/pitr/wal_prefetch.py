@@ -40,7 +40,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from include.backup_dr import wal
+from include.backup_dr import wal_segments
 
 if TYPE_CHECKING:
     from include.backup_dr.store import ObjectStore
@@ -72,7 +72,7 @@ class Fetch:
 
     name: str
     key: str
-    segment: wal.Segment | None = None  # None: a timeline history file
+    segment: wal_segments.Segment | None = None  # None: a timeline history file
     #: For a timeline's first segment: the parent timeline its first pages may carry.
     parent: int | None = None
 
@@ -130,7 +130,9 @@ class ArchivePlan:
         data = json.loads(text)
         size = int(data["segment_size"])
         return cls(
-            tuple(Fetch(n, k, wal.Segment.parse(n, size), p) for n, k, p in data["segments"]),
+            tuple(
+                Fetch(n, k, wal_segments.Segment.parse(n, size), p) for n, k, p in data["segments"]
+            ),
             tuple(Fetch(n, k) for n, k in data["histories"]),
             tuple(data["gaps"]),
             size,
@@ -148,9 +150,9 @@ class Refusal:
 
 
 def plan_archive(
-    files: Iterable[wal.ArchivedFile],
-    start: wal.Segment,
-    histories: Mapping[int, wal.TimelineHistory],
+    files: Iterable[wal_segments.ArchivedFile],
+    start: wal_segments.Segment,
+    histories: Mapping[int, wal_segments.TimelineHistory],
     *,
     segment_size: int,
     system_identifier: int | None,
@@ -159,9 +161,9 @@ def plan_archive(
     """The segments to serve from `start`, position by position on the timeline that owns each
     (the same path `wal.continuity` checks), up to the newest one archived on that path."""
     items = list(files)
-    known = wal.known_histories(items, histories, segment_size)
-    path = wal.path_from(start, known, segment_size)
-    keys: dict[wal.Segment, str] = {}
+    known = wal_segments.known_histories(items, histories, segment_size)
+    path = wal_segments.path_from(start, known, segment_size)
+    keys: dict[wal_segments.Segment, str] = {}
     for item in items:
         segment = item.segment
         if (
@@ -174,10 +176,10 @@ def plan_archive(
     numbers = sorted(s.number for s in keys)
     segments, gaps = [], []
     for number in range(start.number, numbers[-1] + 1 if numbers else start.number):
-        segment = wal.Segment(path.owner(number), number)
+        segment = wal_segments.Segment(path.owner(number), number)
         name = segment.name(segment_size)
         if segment in keys:
-            parent = wal.fork_parent(segment, known, segment_size)
+            parent = wal_segments.fork_parent(segment, known, segment_size)
             segments.append(Fetch(name, keys[segment], segment, parent))
         else:
             gaps.append(name)
@@ -261,11 +263,11 @@ def check_file(item: Fetch, data: bytes, plan: ArchivePlan) -> tuple[bytes | Non
     if item.segment is None:
         timeline = int(item.name.split(".")[0], 16)
         try:
-            wal.parse_history(timeline, raw.decode())
+            wal_segments.parse_history(timeline, raw.decode())
         except (UnicodeDecodeError, ValueError) as exc:
             return None, f"not a timeline history file ({exc})"
         return raw, "history file parses"
-    result = wal.check_segment(
+    result = wal_segments.check_segment(
         raw,
         item.segment,
         system_identifier=plan.system_identifier,
@@ -528,7 +530,8 @@ class Prefetcher:
                 found[name] = marker.read_text(errors="replace")
         return found
 
-    def report(self) -> str:
+    def summary(self) -> str:
+        """What the prefetcher refused or failed at, in words, for a recovery's failure."""
         parts = [f"{name} refused: {why}" for name, why in self.refused().items()]
         if failure := self.failure():
             parts.append(failure)
@@ -588,7 +591,7 @@ def _listed_plan(store: ObjectStore, args: argparse.Namespace) -> ArchivePlan:
     files = archive_files(store, args.server, args.segment_size)
     return plan_archive(
         files,
-        wal.Segment.parse(args.start, args.segment_size),
+        wal_segments.Segment.parse(args.start, args.segment_size),
         read_histories(store, files),
         segment_size=args.segment_size,
         system_identifier=args.system_identifier,
@@ -610,7 +613,7 @@ def _return_big_buffers() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m include.backup_dr.pitr.wal_prefetch",
-        description="Prefetch and check WAL for one recovery; serve it to restore-wal.sh.",
+        description="Prefetch and check WAL for one recovery; serve it to restore-wal_segments.sh.",
     )
     parser.add_argument("--bucket", required=True)
     parser.add_argument("--region", required=True)
@@ -621,7 +624,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--start", help="the base backup's start WAL segment (backup_label)")
     parser.add_argument("--system-identifier", type=int, help="the cluster's (pg_controldata)")
     parser.add_argument("--major-version", type=int, default=16)
-    parser.add_argument("--segment-size", type=int, default=wal.DEFAULT_SEGMENT_SIZE)
+    parser.add_argument("--segment-size", type=int, default=wal_segments.DEFAULT_SEGMENT_SIZE)
     parser.add_argument("--depth", type=int, default=DEFAULT_DEPTH)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS)
     parser.add_argument("--owner", help="uid:gid of the server's OS user (when run as root)")

@@ -17,7 +17,7 @@ from include.backup_dr.engines.wal import read_histories
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.store import ObjectStore
-from include.backup_dr.wal import (
+from include.backup_dr.wal_segments import (
     DEFAULT_SEGMENT_SIZE,
     ArchivedFile,
     Continuity,

@@ -15,18 +15,35 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from include.backup_dr.engines.pg_dump import PgConnectionInfo, pg_tool
 from include.backup_dr.policy import Policy
+from include.backup_dr.postgres import PgConnectionInfo, pg_tool
 from include.backup_dr.restore.errors import RestoreFailed, RestoreRefused, SwapFailed
-from include.backup_dr.restore.validation import ValidationReport
+from include.backup_dr.restore.validation import ValidationResult
+
+if TYPE_CHECKING:
+    from include.backup_dr.restore.select import Selection
+    from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 
 
 def server_info(conn_id: str, database: str = "postgres") -> PgConnectionInfo:
     return PgConnectionInfo.from_airflow(conn_id, database)
+
+
+def validate_restored(
+    stores: Stores, selection: Selection, conn_id: str, database: str
+) -> ValidationResult:
+    """Run the manifest suite and the target's business-rule suite with Great Expectations
+    on the restored `database` at `conn_id` (a sandbox, or dr_restore's staging database)."""
+    from include.backup_dr.restore.validation import validate_database
+
+    manifest = stores.by_region(selection.region).manifest(selection.backup)
+    assert manifest is not None
+    url = server_info(conn_id).sqlalchemy_url(database)
+    return validate_database(url, selection.backup.target, manifest.tables())
 
 
 def guard_sandbox(policy: Policy, sandbox_conn_id: str) -> PgConnectionInfo:
@@ -250,7 +267,7 @@ class Replaced:
     staging: str
     restore_seconds: float
     restored_bytes: int
-    validation: ValidationReport
+    validation: ValidationResult
     previous_database: str | None = None
     swapped: bool = False
     problems: list[str] = field(default_factory=list)
@@ -269,7 +286,7 @@ def replace_database(
     database: str,
     staging: str,
     restore: Callable[[str], float],
-    check: Callable[[str], ValidationReport],
+    check: Callable[[str], ValidationResult],
     *,
     overwrite: bool,
     stamp: datetime,

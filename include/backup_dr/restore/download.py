@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from include.backup_dr import pg_globals
 from include.backup_dr.catalogue import Manifest
 from include.backup_dr.restore.errors import RestoreRefused, TamperedBackup
 from include.backup_dr.store import READ_CHUNK, ObjectStore
@@ -73,3 +74,33 @@ def download_verified(store: ObjectStore, manifest: Manifest, dest: Path) -> Dow
         "Downloaded and verified %s (%d bytes) in %.1f s", manifest.artifact.key, size, seconds
     )
     return Download(dest, size, seconds)
+
+
+def read_globals(store: ObjectStore, manifest: Manifest) -> pg_globals.Globals | None:
+    """The backup's globals, proven against the manifest before anything uses them; None (and
+    a warning) for a backup taken before globals were kept."""
+    entry = pg_globals.entry_of(manifest)
+    if entry is None:
+        log.warning(
+            "%s keeps no roles or grants (taken before they were kept): restoring it without "
+            "owners and privileges (--no-owner --no-privileges)",
+            manifest.backup,
+        )
+        return None
+    head, body = pg_globals.read_entry(store, entry)
+    if head is None:
+        raise RestoreRefused(
+            f"{manifest.backup}: {store.where(entry.key)} (its roles and grants) does not "
+            "exist; not restored"
+        )
+    digest = hashlib.sha256(body).hexdigest()
+    if len(body) != entry.size or digest != entry.sha256:
+        raise TamperedBackup(
+            f"{manifest.backup} in {store.region.name}: its roles and grants ({pg_globals.OBJECT_NAME}) "
+            f"have {head['ContentLength']} bytes with sha256 {digest[:16]}..., the manifest says "
+            f"{entry.size} bytes with sha256 {entry.sha256[:16]}...; not restored"
+        )
+    try:
+        return pg_globals.Globals.from_bytes(body)
+    except ValueError as exc:
+        raise RestoreRefused(f"{manifest.backup}: its roles and grants: {exc}") from None

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from include.backup_dr.catalogue import Manifest
 from include.backup_dr.engines.media import COPY_WORKERS, Entry, blob_key, parse_listing
 from include.backup_dr.restore.errors import RestoreRefused
-from include.backup_dr.restore.validation import ExpectationResult, ValidationReport
+from include.backup_dr.restore.validation import ExpectationResult, ValidationResult
 from include.backup_dr.store import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ def verify_restored(
     *,
     key_prefix: str = "",
     dest_prefix: str = "",
-) -> ValidationReport:
+) -> ValidationResult:
     """Read back every restored object and compare its size and SHA-256 with the snapshot."""
     started = time.monotonic()
 
@@ -162,4 +162,4 @@ def verify_restored(
             "Every restored byte is proven against the hash taken when it was backed up.",
         ),
     ]
-    return ValidationReport(results, time.monotonic() - started)
+    return ValidationResult(results, time.monotonic() - started)

@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup_dr.catalogue import Manifest, build_catalogue
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
 from include.backup_dr.restore.errors import DrillFailed, SwapFailed
 from include.backup_dr.restore.select import is_media
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 
@@ -38,45 +38,39 @@ def _drill_projection(
     """The drill's measured throughput applied to the largest production target, vs the RTO.
     Both sides are in the same unit: dump bytes for databases (the archive restored per
     second), listed bytes for media."""
-    rto = policy.objectives.rto.total_seconds()
     seconds = sum(restored["timings"].values())
     media = is_media(policy, ref["category"])
     measured = restored["restored_bytes"] if media else restored.get("archive_bytes", 0)
-    throughput = measured / seconds if seconds else 0.0
     store = stores.by_region(ref["region"])
     largest, largest_bytes = largest_backed_up(policy, store, ref["category"])
-    projected = projected_seconds(largest_bytes, throughput)
-    return {
-        "restore_throughput_mb_per_s": round(throughput / 1e6, 2),
-        "throughput_of": "listed bytes" if media else "dump (archive) bytes",
-        "largest_production_target": largest,
-        "largest_production_bytes": largest_bytes,
-        "sized_from": f"newest backup manifests in {store.region.name}",
-        "projected_restore_seconds": round(projected, 1),
-        "rto_seconds": rto,
-        "within_rto": projected <= rto,
-    }
+    return rto_projection(
+        restore_rate(measured, seconds) or 0.0,
+        largest,
+        largest_bytes,
+        f"newest backup manifests in {store.region.name}",
+        policy.objectives.rto,
+        throughput_of="listed bytes" if media else "dump (archive) bytes",
+    )
 
 
 def _measured_projection(policy: Policy, restored: dict[str, Any]) -> dict[str, Any]:
     """dr_restore: the real restore, measured (no projection, no production server needed):
     the target's own steps and the time since the DR run began, against the RTO."""
-    rto = policy.objectives.rto.total_seconds()
     seconds = sum(restored["timings"].values())
     elapsed = float(restored.get("seconds_since_run_start", seconds))
-    throughput = restored["restored_bytes"] / seconds if seconds else 0.0
+    throughput = restore_rate(restored["restored_bytes"], seconds) or 0.0
     return {
         "restore_throughput_mb_per_s": round(throughput / 1e6, 2),
         "restored_bytes": restored["restored_bytes"],
         "restore_seconds": round(seconds, 3),
         "seconds_since_run_start": round(elapsed, 3),
         "projected_restore_seconds": round(elapsed, 1),
-        "rto_seconds": rto,
-        "within_rto": elapsed <= rto,
+        "rto_seconds": policy.objectives.rto.total_seconds(),
+        "within_rto": within_rto(elapsed, policy.objectives.rto),
     }
 
 
-def report(
+def record_restore(
     policy: Policy,
     stores: Stores,
     ref: dict[str, str],
@@ -155,6 +149,10 @@ def report(
     document["evidence_missing_in"] = unwritten
     log.info("Evidence written to %s/report.{json,md} in %s", prefix, ", ".join(written))
     return document
+
+
+#: The old name of `record_restore`, until every caller (the DAG factory) uses the new one.
+report = record_restore
 
 
 def render_markdown(document: dict[str, Any]) -> str:
@@ -276,9 +274,48 @@ def measured_restore(document: dict[str, Any], media: bool) -> tuple[int | None,
     return (int(size) if size is not None else None), (seconds or None)
 
 
+def restore_rate(size_bytes: float | None, seconds: float | None) -> float | None:
+    """Bytes a second a restore measured; None when it measured no time or no bytes."""
+    return size_bytes / seconds if size_bytes and seconds else None
+
+
+def measured_rate(document: dict[str, Any], media: bool) -> float | None:
+    """The restore rate a restore evidence record measured (`measured_restore`'s bytes over its
+    seconds); None for a record that measured none."""
+    return restore_rate(*measured_restore(document, media))
+
+
 def projected_seconds(size_bytes: float, rate: float | None) -> float:
     """Restoring `size_bytes` at a measured `rate` (bytes a second); unknown rate: infinite."""
     return size_bytes / rate if rate else float("inf")
+
+
+def within_rto(projected: float, rto: timedelta) -> bool:
+    return projected <= rto.total_seconds()
+
+
+def rto_projection(
+    rate: float,
+    largest: str,
+    largest_bytes: int,
+    sized_from: str,
+    rto: timedelta,
+    *,
+    throughput_of: str | None = None,
+) -> dict[str, Any]:
+    """A drill's evidence of the RTO: its measured `rate` applied to the largest production
+    target (`largest_bytes`, sized from the store, not from production, which may be down)."""
+    projected = projected_seconds(largest_bytes, rate)
+    return {
+        "restore_throughput_mb_per_s": round(rate / 1e6, 2),
+        **({"throughput_of": throughput_of} if throughput_of else {}),
+        "largest_production_target": largest,
+        "largest_production_bytes": largest_bytes,
+        "sized_from": sized_from,
+        "projected_restore_seconds": round(projected, 1),
+        "rto_seconds": rto.total_seconds(),
+        "within_rto": within_rto(projected, rto),
+    }
 
 
 @dataclass(frozen=True)
@@ -321,7 +358,7 @@ class EstatePlan:
             "wall_seconds": round(wall, 1),
             "serial_seconds": round(self.serial_seconds, 1),
             "rto_seconds": rto.total_seconds(),
-            "within_rto": wall <= rto.total_seconds(),
+            "within_rto": within_rto(wall, rto),
             "order": [
                 {
                     "name": s.job.name,
@@ -363,14 +400,11 @@ def plan_estate(
 def workers_needed(jobs: list[RestoreJob], rto: timedelta, *, most: int = 1024) -> int | None:
     """The fewest restores at once (each pool as wide as that) that bring the estate back
     within the RTO; None when no number can (one restore alone is longer than the RTO)."""
-    if any(j.seconds > rto.total_seconds() for j in jobs):
+    if not all(within_rto(j.seconds, rto) for j in jobs):
         return None
     pools = {j.pool for j in jobs}
     for width in range(1, most + 1):
-        if (
-            plan_estate(jobs, dict.fromkeys(pools, width), width).wall_seconds
-            <= rto.total_seconds()
-        ):
+        if within_rto(plan_estate(jobs, dict.fromkeys(pools, width), width).wall_seconds, rto):
             return width
     return None
 
@@ -418,7 +452,7 @@ def record_estate(
     serial = sum(r["seconds"] or 0.0 for r in rows)
     failed = [r["target"] for r in rows if r["outcome"] != "passed"]
     problems = [f"{', '.join(failed)} failed"] if failed else []
-    if wall is not None and wall > rto.total_seconds():
+    if wall is not None and not within_rto(wall, rto):
         problems.append(
             f"the estate took {format_duration(timedelta(seconds=round(wall)))}, "
             f"over the RTO of {format_duration(rto)}"
@@ -433,7 +467,7 @@ def record_estate(
         "wall_seconds": round(wall, 1) if wall is not None else None,
         "serial_seconds": round(serial, 1),
         "rto_seconds": rto.total_seconds(),
-        "within_rto": wall is not None and wall <= rto.total_seconds(),
+        "within_rto": wall is not None and within_rto(wall, rto),
         "projected": projected,
         "outcome": "failed" if problems or not rows else "passed",
         "problems": problems or ([] if rows else ["no target was restored"]),

@@ -9,6 +9,7 @@ from include.backup_dr.catalogue import BackupId, Manifest, Verification, build_
 from include.backup_dr.policy import Policy
 from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import backup_ref, from_ref
 
 
 @dataclass(frozen=True)
@@ -20,21 +21,12 @@ class Selection:
     reason: str
 
     def to_ref(self) -> dict[str, str]:
-        return {
-            "category": self.backup.category,
-            "target": self.backup.target,
-            "tier": self.backup.tier,
-            "window": self.backup.window.isoformat(),
-            "region": self.region,
-            "reason": self.reason,
-        }
+        """The backup's ref, with the region it is read from and why it was chosen."""
+        return {**backup_ref(self.backup), "region": self.region, "reason": self.reason}
 
     @classmethod
     def from_ref(cls, ref: dict[str, str]) -> Selection:
-        backup = BackupId(
-            ref["category"], ref["target"], ref["tier"], datetime.fromisoformat(ref["window"])
-        )
-        return cls(backup, ref["region"], ref["reason"])
+        return cls(from_ref(ref), ref["region"], ref["reason"])
 
 
 def select_backup(

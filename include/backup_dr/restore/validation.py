@@ -120,7 +120,7 @@ class ExpectationResult:
 
 
 @dataclass
-class ValidationReport:
+class ValidationResult:
     """Every result of one validation run, in suite/table order."""
 
     results: list[ExpectationResult] = field(default_factory=list)
@@ -324,7 +324,7 @@ def validate_database(
     tables: dict[str, dict],
     *,
     rules_dir: Path = EXPECTATIONS_DIR,
-) -> ValidationReport:
+) -> ValidationResult:
     """Run the manifest suite and ``target``'s business rules against the restored database.
 
     A missing table or a check that errors is a failed result. Only an unusable rules file
@@ -362,7 +362,7 @@ def validate_database(
         # the data source's (connection tests) and its execution engine's (validation).
         source.get_execution_engine().close()
         engine.dispose()
-    return ValidationReport(
+    return ValidationResult(
         results=[r for r in results if r is not None], seconds=time.monotonic() - started
     )
 

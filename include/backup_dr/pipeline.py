@@ -28,8 +28,9 @@ from include.backup_dr.catalogue import (
 )
 from include.backup_dr.engines import engine_for
 from include.backup_dr.engines.wal import hold_recovery_window
+from include.backup_dr.evidence import evidence_key
 from include.backup_dr.immutability import LockRule
-from include.backup_dr.integrity import check_copy, record_key
+from include.backup_dr.integrity import check_copy
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.retention import (
     Decision,
@@ -232,7 +233,11 @@ def check_integrity(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict
         report = check_copy(store, reference, engine)
         document = {**report.to_document(), "artifact_sha256": reference.artifact.sha256}
         store.put_json(backup.key(INTEGRITY_NAME), document)
-        store.put_json(record_key(backup, report.checked_at), document)  # kept for good
+        # Kept for good (integrity.json beside the copy is overwritten by the next check and
+        # pruned with it): this region's check, in this region.
+        subject = f"{backup.category}/{backup.target}"
+        at = datetime.fromisoformat(report.checked_at)
+        store.put_json(evidence_key("integrity", subject, at), document)
         log.info(report.summary())
         reports.append(report)
     failed = [report for report in reports if not report.ok]

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from include.backup_dr.evidence import evidence_key
+from include.backup_dr.evidence import evidence_key, write_everywhere
 from include.backup_dr.monitor.compliance import (
     CheckResult,
     counts,
@@ -117,16 +117,8 @@ def run(
         "rehash": {**state.get("rehash", {}), **cache},
         "last_evidence": key,
     }
-    written = []
-    for store in stores:  # one region down must not cost the record in the other
-        try:
-            store.put_json(key, document)
-            store.put_json(STATE_KEY, new_state)
-            written.append(store.region.name)
-        except StoreError:
-            log.exception("Compliance evidence could not be written to %s", store.region.name)
-    if not written:
-        raise StoreError(f"compliance evidence {key} could not be written to any region")
+    written = write_everywhere(stores, key, document)  # the record first, then what names it
+    write_everywhere(stores, STATE_KEY, new_state)
     log.info("%s; evidence %s in %s", summary(checks), key, ", ".join(written))
     log.info("\n%s", render_table(checks))
     return document

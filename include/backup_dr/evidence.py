@@ -17,7 +17,9 @@ failovers, compliance and monitor runs, break glass, and the state files beside 
 One region holding the record is enough to act: evidence is locked from its write, and readers
 take each record from the first region that has it, so an action never runs without a durable
 record, and one region down never stops a backup system from pruning, recording or deleting
-on purpose in the other (where it fails anyway if that region is the one down).
+on purpose in the other (where it fails anyway if that region is the one down). A task may
+still go red once its work is done when a region lacks its record, so that on-call looks (the
+continuous monitor does); the record stays where it was written.
 
 A record about one region's own copy is kept in that region only, and the step fails with it
 (it could not act on that region either): integrity checks, garbage-collection sweeps, recovery

@@ -2,19 +2,20 @@
 
 The backup connections can never do this (the README's IAM split: no
 s3:BypassGovernanceRetention for the backup role). Only the region's `object_lock.bypass_conn_id`
-can, and only through here: the request is written as evidence in both regions before anything
-is deleted (itself under lock), and the outcome after, so an auditor sees who removed what, why
-and when, even if the deletion fails half way.
+can, and only through here: the request is written as evidence before anything is deleted
+(itself under lock), and the outcome after, so an auditor sees who removed what, why and when,
+even if the deletion fails half way. Both regions are written under evidence.py's rule: the
+deletion starts once at least one region holds the request.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, window_label
+from include.backup_dr.catalogue import MANIFEST_NAME, BackupId
+from include.backup_dr.evidence import evidence_key, write_everywhere
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import Policy
@@ -50,23 +51,22 @@ def delete_locked_backup(
         "locked_until": _iso(store.locked_until(backup.key(MANIFEST_NAME))),
         "outcome": "requested",
     }
-    key = f"evidence/break-glass/{window_label(now)}-{uuid.uuid4().hex[:8]}.json"
-    for each in stores:  # before the act: a deletion without its record must not be possible
-        each.put_json(key, record)
+    key = evidence_key("break-glass", "", now)
+    # Before the act: a deletion without its record must not be possible.
+    write_everywhere(stores, key, record)
     log.warning("BREAK GLASS by %s: deleting %s in %s (%s)", operator, backup, region.name, reason)
     try:
         deleted = glass.delete_all_versions(backup.prefix)
     except Exception as exc:
         record.update(outcome=f"failed: {exc}", finished_at=datetime.now(UTC).isoformat())
-        for each in stores:
-            each.put_json(key, record)
+        write_everywhere(stores, key, record)
         raise
     record.update(
         outcome="deleted", deleted_versions=deleted, finished_at=datetime.now(UTC).isoformat()
     )
-    for each in stores:
-        each.put_json(key, record)
-    return {**record, "evidence": key}
+    written = write_everywhere(stores, key, record)
+    missing = [each.region.name for each in stores if each.region.name not in written]
+    return {**record, "evidence": key, "evidence_missing_in": missing}
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -1,15 +1,37 @@
-"""Evidence written to both regions under one failure rule, and read back newest first.
+"""Evidence and state records: their keys, written under one failure rule, read newest first.
 
-One region down must not cost the record in the other: each region is written on its own, the
-regions that failed are named, and only when no region took the record does the write fail.
-(New writers use this; the older ones still carry their own loops, see ARCHITECTURE.md.)
+Keys: `evidence_key` builds every record's key, `evidence/<kind>/<subject>/<stamp>-<id><ending>`
+(the stamp is UTC to the second so keys sort by time; the id is the run's, or a random one so
+that two records of one second both stay). A record may be a directory of files
+(`<stamp>-<id>/report.json`, report.md ...), and a prune's refusals sit beside its plan
+(`refusals_key`).
+
+The failure rule, for every record about the estate (plans, drills, restores, audits,
+failovers, compliance and monitor runs, break glass, and the state files beside them):
+- every region is written on its own: one that fails never stops the next;
+- a region that fails is named: logged, and left out of the regions returned, which callers
+  keep in the record's result (`evidence_missing_in`, `regions`);
+- the write fails (StoreError) only when no region took the record;
+- a record that must exist before an action (a prune plan, a break-glass request) is written
+  before it, and the action starts only if that write succeeded by this rule.
+One region holding the record is enough to act: evidence is locked from its write, and readers
+take each record from the first region that has it, so an action never runs without a durable
+record, and one region down never stops a backup system from pruning, recording or deleting
+on purpose in the other (where it fails anyway if that region is the one down). A task may
+still go red once its work is done when a region lacks its record, so that on-call looks (the
+continuous monitor does); the record stays where it was written.
+
+A record about one region's own copy is kept in that region only, and the step fails with it
+(it could not act on that region either): integrity checks, garbage-collection sweeps, recovery
+windows, the replica's listing and its run, and the WAL lock markers under `wal/<server>/`.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,26 +41,64 @@ log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
+#: The stamp in every key: sortable, UTC, to the second (`catalogue.WINDOW_FORMAT`).
+STAMP = "%Y%m%dT%H%M%SZ"
+#: Kinds whose records have been stamped otherwise from their first release; their readers
+#: compare keys, so the shape stays.
+_STAMPS = {"continuous_monitor": "%Y%m%dT%H%M%S"}
+#: A prune's (or a sweep's) refusals, beside its plan: `<plan stem>-refused.json`.
+REFUSALS_SUFFIX = "-refused.json"
 
-def evidence_key(kind: str, subject: str, at: datetime, run_id: str) -> str:
-    """`evidence/<kind>/<subject>/<stamp>-<run id>.json`: sortable by time, one per run."""
-    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"evidence/{kind}/{subject}/{stamp}-{_UNSAFE.sub('_', run_id).strip('_')}.json"
+
+def evidence_key(
+    kind: str, subject: str, at: datetime, run_id: str | None = None, *, ending: str = ".json"
+) -> str:
+    """`evidence/<kind>/<subject>/<stamp>-<id><ending>`: sortable by time, and one per run
+    (`run_id`) or, without one, unique (a random id). `subject` may be empty or hold slashes;
+    `ending` "/" gives a directory-style record's prefix."""
+    stamp = at.astimezone(UTC).strftime(_STAMPS.get(kind, STAMP))
+    unique = uuid.uuid4().hex[:8] if run_id is None else _UNSAFE.sub("_", run_id).strip("_")
+    folder = "/".join(part for part in ("evidence", kind, subject) if part)
+    return f"{folder}/{stamp}-{unique}{ending}"
+
+
+def refusals_key(plan_key: str) -> str:
+    """Where the refusals of the plan at `plan_key` are kept, beside it."""
+    return plan_key.removesuffix(".json") + REFUSALS_SUFFIX
 
 
 def write_everywhere(stores: Iterable[ObjectStore], key: str, document: Any) -> list[str]:
-    """Put `document` at `key` in every region; returns the regions written. Raises StoreError
-    only when no region took it."""
+    """Put `document` (JSON, or JSON text) at `key` in every region under the failure rule;
+    the regions written."""
+    return _each_region(stores, key, lambda store: store.put_json(key, document))
+
+
+def write_files_everywhere(
+    stores: Iterable[ObjectStore], prefix: str, files: Mapping[str, tuple[bytes, str]]
+) -> list[str]:
+    """A directory-style record: each `name: (body, content type)` at `prefix + name`, in every
+    region under the failure rule; a region counts as written once all its files are."""
+
+    def put(store: ObjectStore) -> None:
+        for name, (body, content_type) in files.items():
+            store.put_bytes(prefix + name, body, content_type)
+
+    return _each_region(stores, prefix, put)
+
+
+def _each_region(
+    stores: Iterable[ObjectStore], what: str, put: Callable[[ObjectStore], None]
+) -> list[str]:
     written, failed = [], []
     for store in stores:
         try:
-            store.put_json(key, document)
+            put(store)
             written.append(store.region.name)
         except Exception as exc:  # any failure of one region must not stop the other
-            log.exception("Evidence %s could not be written to %s", key, store.region.name)
+            log.exception("Evidence %s could not be written to %s", what, store.region.name)
             failed.append(f"{store.region.name}: {exc}")
     if not written:
-        raise StoreError(f"evidence {key} could not be written to any region: {failed}")
+        raise StoreError(f"evidence {what} could not be written to any region: {failed}")
     return written
 
 

@@ -16,15 +16,14 @@ and the category's own (its media blobs: one collection of a category at a time)
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Iterable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.backup_dr.catalogue import window_label
 from include.backup_dr.engines import engine_for
 from include.backup_dr.engines.base import LostListing, Sweep
+from include.backup_dr.evidence import evidence_key, refusals_key
 from include.backup_dr.lease import Holder, critical_section
 from include.backup_dr.pipeline import CircuitBreakerTripped, Stores
 from include.backup_dr.policy import CONTINUOUS, Policy, format_duration
@@ -91,8 +90,7 @@ def _collect(
 ) -> dict[str, Any]:
     now = datetime.now(UTC)  # the wall clock: the grace protects writes happening now
     engines = sorted({policy.engine_name(category, t) for t in policy.categories[category].tiers})
-    # Sortable by start; the suffix keeps two runs in the same second apart.
-    key = f"evidence/gc/{category}/{window_label(now)}-{uuid.uuid4().hex[:8]}.json"
+    key = evidence_key("gc", category, now)
     facts = {
         "schema": "backup-dr/gc/v1",
         "category": category,
@@ -134,7 +132,7 @@ def _collect(
                 versions, refused = 0, str(exc)
                 log.warning("%s, %s: REFUSED: %s", store.region.name, sweep.what, refused)
                 store.put_json(
-                    key.removesuffix(".json") + "-refused.json",
+                    refusals_key(key),
                     {**facts, "region": store.region.name, "what": sweep.what, "refused": refused},
                 )
             log.info(

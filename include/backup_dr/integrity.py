@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.catalogue import MANIFEST_NAME, Manifest
 from include.backup_dr.check import Check
 from include.backup_dr.store import ObjectStore, StoreError
 
@@ -64,15 +63,6 @@ class CopyReport:
             "rehash_mb_per_s": round(throughput, 1) if throughput else None,
             "checks": [asdict(check) for check in self.checks],
         }
-
-
-def record_key(backup: BackupId, checked_at: str) -> str:
-    """Where a check's record is kept for good (integrity.json beside a copy is overwritten by
-    the next check and pruned with the copy): sortable by time, unique per check and region."""
-    stamp = f"{datetime.fromisoformat(checked_at).astimezone(UTC):%Y%m%dT%H%M%SZ}"
-    return (
-        f"evidence/integrity/{backup.category}/{backup.target}/{stamp}-{uuid.uuid4().hex[:8]}.json"
-    )
 
 
 class _HashingChunks:
@@ -148,7 +138,7 @@ def check_copy(store: ObjectStore, reference: Manifest, engine: Engine) -> CopyR
         )
     )
     report.checks.append(Check("readable", readable.ok, readable.detail))
-    # The report's own time: the media sample re-hashed is derived from it, as in record_key.
+    # The report's own time: the media sample re-hashed is derived from it, as its key is.
     checked_at = datetime.fromisoformat(report.checked_at)
     report.checks.extend(engine.check_contents(store, reference, checked_at))
     report.seconds = time.monotonic() - started

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +26,8 @@ from include.backup_dr.catalogue import (
 )
 from include.backup_dr.engines import engine_for
 from include.backup_dr.engines.wal import hold_recovery_window
-from include.backup_dr.integrity import check_copy, record_key
+from include.backup_dr.evidence import evidence_key, refusals_key, write_everywhere
+from include.backup_dr.integrity import check_copy
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.retention import (
     Decision,
@@ -191,7 +191,11 @@ def check_integrity(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict
         report = check_copy(store, reference, engine)
         document = {**report.to_document(), "artifact_sha256": reference.artifact.sha256}
         store.put_json(backup.key(INTEGRITY_NAME), document)
-        store.put_json(record_key(backup, report.checked_at), document)  # kept for good
+        # Kept for good (integrity.json beside the copy is overwritten by the next check and
+        # pruned with it): this region's check, in this region.
+        subject = f"{backup.category}/{backup.target}"
+        at = datetime.fromisoformat(report.checked_at)
+        store.put_json(evidence_key("integrity", subject, at), document)
         log.info(report.summary())
         reports.append(report)
     failed = [report for report in reports if not report.ok]
@@ -336,12 +340,9 @@ def prune(
             for d in plan.decisions
         ],
     }
-    # Sortable by planning time; the suffix keeps two plans for the same instant apart.
-    key = (
-        f"evidence/prune/{category}/{target}/{tier}/{window_label(now)}-{uuid.uuid4().hex[:8]}.json"
-    )
-    for store in stores:
-        store.put_json(key, evidence)
+    key = evidence_key("prune", f"{category}/{target}/{tier}", now)
+    # Before any deletion; one region holding the plan is enough (evidence.py's rule).
+    written = write_everywhere(stores, key, evidence)
     if stopped:
         raise CircuitBreakerTripped(f"target {target}, tier {tier}: {plan.breaker}")
     held = [] if dry_run else _hold_recovery_window(policy, stores, target, tier, plan, now)
@@ -374,6 +375,7 @@ def prune(
         "locks_extended": held,
         "dry_run": dry_run,
         "evidence": key,
+        "evidence_missing_in": [s.region.name for s in stores if s.region.name not in written],
     }
 
 
@@ -411,12 +413,12 @@ def _record_refusals(
     interrupted: str | None,
 ) -> str | None:
     """What the plan meant to delete and the store kept, as its own record beside the plan
-    (never an executed plan: the audit lists it as refused). Written in every region it can
-    be: when the prune is dying (`interrupted`), a region that fails is logged, never raised
-    over the error that stopped the prune. Returns the key, or None when nothing was refused."""
+    (never an executed plan: the audit lists it as refused), under evidence.py's rule; when the
+    prune is dying (`interrupted`), no region taking it is logged, never raised over the error
+    that stopped the prune. Returns the key, or None when nothing was refused."""
     if not refused:
         return None
-    key = plan_key.removesuffix(".json") + "-refused.json"
+    key = refusals_key(plan_key)
     record = {
         "schema": "backup-dr/prune-refusals/v1",
         "target": plan["target"],
@@ -428,11 +430,10 @@ def _record_refusals(
         "interrupted": interrupted,
         "refused": refused,
     }
-    for store in stores:
-        try:
-            store.put_json(key, record)
-        except StoreError as exc:
-            if interrupted is None:
-                raise
-            log.error("The refusals could not be recorded in %s: %s", store.region.name, exc)
+    try:
+        write_everywhere(stores, key, record)
+    except StoreError as exc:
+        if interrupted is None:
+            raise
+        log.error("The refusals could not be recorded: %s", exc)
     return key

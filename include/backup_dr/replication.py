@@ -15,13 +15,13 @@ catches up on its first run and copies nothing twice.
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.engines.media import REPLICA_DIR, EarlierListing, MediaSnapshot
+from include.backup_dr.evidence import evidence_key
 from include.backup_dr.pipeline import NotBackedUp, Stores
 from include.backup_dr.policy import Policy, format_duration
 from include.backup_dr.store import ObjectStore
@@ -35,13 +35,6 @@ class RpoExceeded(AirflowFailException):
 
 def replica_prefix(category: str, target: str) -> str:
     return f"{REPLICA_DIR}/{category}/{target}/"
-
-
-def evidence_key(category: str, target: str, began: datetime) -> str:
-    """Sortable by the run's start, and unique: two runs that begin in the same second (a
-    backfill beside a scheduled run) each keep their record."""
-    stamp = f"{began.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    return f"evidence/replication/{category}/{target}/{stamp}.json"
 
 
 def measure_lag(began: datetime, oldest_missing: datetime | None) -> timedelta:
@@ -97,7 +90,9 @@ def replicate(
     secondary.put_json(prefix + "state.json", document)
     # The bucket is versioned: keep only the current listing, not one per hour forever.
     secondary.delete_all_versions(prefix + "listing.jsonl", keep_latest=True)
-    secondary.put_json(evidence_key(target.category, target.name, began), document)
+    # The replica's own record: kept where the replica is (see evidence.py).
+    subject = f"{target.category}/{target.name}"
+    secondary.put_json(evidence_key("replication", subject, began), document)
     log.info(
         "Replicated %s to %s: %d objects, %d copied (%d bytes), %d deleted since the last run; "
         "lag %s (RPO %s)",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -183,6 +184,31 @@ def test_break_glass_deletes_a_locked_backup_through_its_own_connection_on_recor
         assert store.locked_until(record["evidence"]) > datetime.now(UTC) + timedelta(days=399)
         versions = store.client.list_object_versions(Bucket=store.bucket, Prefix=record["evidence"])
         assert [v["IsLatest"] for v in versions["Versions"]].count(False) >= 1  # the request too
+
+
+def test_break_glass_with_the_other_region_down_deletes_on_the_record_it_could_keep(
+    locked, policy_file, monkeypatch
+):
+    policy, stores = locked
+    backup = _backed_up(
+        policy, stores, datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    )
+    broken = {"conn_type": "aws", "login": "x", "password": "y"}
+    broken["extra"] = {"endpoint_url": "http://127.0.0.1:9"}  # nothing listens there
+    monkeypatch.setenv("AIRFLOW_CONN_S3_DOWN", json.dumps(broken))
+
+    def secondary_down(data) -> None:
+        _lock(data)
+        data["regions"]["secondary"]["conn_id"] = "s3_down"
+
+    record = delete_locked_backup(
+        policy_file(secondary_down), backup, "primary", reason="leaked data", operator="sre"
+    )
+    assert record["outcome"] == "deleted" and record["evidence_missing_in"] == ["eu-central-1"]
+    assert stores.primary.manifest(backup) is None
+    evidence = stores.primary.get_json(record["evidence"])
+    assert (evidence["operator"], evidence["outcome"]) == ("sre", "deleted")
+    assert stores.secondary.get_json(record["evidence"]) is None
 
 
 def _media(policy, stores, tier: str, window: datetime) -> Manifest:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
@@ -41,8 +40,8 @@ from include.backup_dr.catalogue import (
     Verification,
     copy_from_listing,
     parse_window,
-    window_label,
 )
+from include.backup_dr.evidence import evidence_key, write_files_everywhere
 from include.backup_dr.immutability import expiry
 from include.backup_dr.monitor.compliance import backup_subjects, drill_subjects
 from include.backup_dr.pitr.window import WINDOW_EVIDENCE
@@ -364,18 +363,18 @@ def _drill(policy: Policy, key: str, doc: dict[str, Any], kind: str) -> DrillRec
 
 def evidence_prefix(report: AuditReport) -> str:
     """Where a report is kept: by its period, then the time it was made (unique)."""
-    stamp = window_label(report.generated_at)
-    return (
-        f"evidence/audit/{report.start:%Y%m%d}-{report.end:%Y%m%d}/{stamp}-{uuid.uuid4().hex[:8]}/"
-    )
+    period = f"{report.start:%Y%m%d}-{report.end:%Y%m%d}"
+    return evidence_key("audit", period, report.generated_at, ending="/")
 
 
 def write_evidence(report: AuditReport, stores: Iterable[ObjectStore]) -> str:
-    """report.md and report.html in every region; the prefix they were written under."""
+    """report.md and report.html in both regions, under evidence.py's rule; the prefix they
+    were written under."""
     prefix = evidence_prefix(report)
-    page, markup = report.markdown().encode(), report.html().encode()
-    for store in stores:
-        store.put_bytes(prefix + "report.md", page, "text/markdown; charset=utf-8")
-        store.put_bytes(prefix + "report.html", markup, "text/html; charset=utf-8")
-        log.info("Audit report written to %s{report.md,report.html}", store.where(prefix))
+    files = {
+        "report.md": (report.markdown().encode(), "text/markdown; charset=utf-8"),
+        "report.html": (report.html().encode(), "text/html; charset=utf-8"),
+    }
+    written = write_files_everywhere(stores, prefix, files)
+    log.info("Audit report written to %s{report.md,report.html} in %s", prefix, ", ".join(written))
     return prefix

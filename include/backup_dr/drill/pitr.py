@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import logging
 import random
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from include.backup_dr.catalogue import build_catalogue, window_label
+from include.backup_dr.catalogue import build_catalogue
+from include.backup_dr.evidence import evidence_key, write_files_everywhere
 from include.backup_dr.pitr.heartbeat import HeartbeatSample, choose_sample, heartbeat_proof
 from include.backup_dr.pitr.server import RecoveredServer, recover
 from include.backup_dr.pitr.window import (
@@ -275,17 +275,24 @@ def _document(
 
 
 def write_evidence(stores: Any, document: dict[str, Any]) -> dict[str, Any]:
-    """report.json + report.md under a unique prefix, in both regions."""
+    """report.json + report.md under a unique prefix, in both regions under evidence.py's rule;
+    the document, with where it is and the regions it is missing in."""
     from include.backup_dr.restore.record import render_markdown
 
-    stamp = window_label(datetime.now(UTC))
-    prefix = f"evidence/{document['kind']}/{document['target']}/{stamp}-{uuid.uuid4().hex[:8]}"
+    stores = list(stores)
+    prefix = evidence_key(document["kind"], document["target"], datetime.now(UTC), ending="")
     page = render_markdown(document) + render_pitr_markdown(document)
-    for store in stores:
-        store.put_json(f"{prefix}/report.json", json.dumps(document, indent=2, default=str) + "\n")
-        store.put_bytes(f"{prefix}/report.md", page.encode(), "text/markdown")
-    log.info("PITR evidence written to %s/report.{json,md} in both regions", prefix)
-    return {**document, "evidence_prefix": prefix}
+    files = {
+        "report.json": (
+            (json.dumps(document, indent=2, default=str) + "\n").encode(),
+            "application/json",
+        ),
+        "report.md": (page.encode(), "text/markdown"),
+    }
+    written = write_files_everywhere(stores, prefix + "/", files)
+    log.info("PITR evidence written to %s/report.{json,md} in %s", prefix, ", ".join(written))
+    missing = [s.region.name for s in stores if s.region.name not in written]
+    return {**document, "evidence_prefix": prefix, "evidence_missing_in": missing}
 
 
 def render_pitr_markdown(document: dict[str, Any]) -> str:

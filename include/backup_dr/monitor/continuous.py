@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from include.backup_dr.evidence import read_newest, write_everywhere
+from include.backup_dr.evidence import evidence_key, read_newest, write_everywhere
 from include.backup_dr.monitor.compliance import SERVER_SETTINGS, server_config_status
 from include.backup_dr.monitor.lag import (
     CONDITIONS,
@@ -92,11 +91,6 @@ def state_key(server: str) -> str:
 def evidence_prefix(server: str) -> str:
     """Where a server's monitor evidence goes; keys below it start with the UTC date and time."""
     return f"evidence/continuous_monitor/{server}/"
-
-
-def evidence_key(server: str, started_at: datetime) -> str:
-    stamp = started_at.astimezone(UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{evidence_prefix(server)}{stamp}-{uuid.uuid4().hex[:8]}.json"
 
 
 def heartbeat_database(conn_id: str) -> str:
@@ -369,7 +363,7 @@ def measure(
     keep_heartbeats = policy.categories[settings.category].tiers["continuous"].retention
     keep_heartbeats += timedelta(days=1)
     started_at = datetime.now(UTC)
-    key = evidence_key(server.name, started_at)
+    key = evidence_key("continuous_monitor", server.name, started_at)
 
     primary = _connect(roles.primary_conn_id, database, readonly=False)
     standby = _Standby(roles.standby_conn_id, database)

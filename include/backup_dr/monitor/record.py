@@ -9,11 +9,11 @@ one read wins), not in Airflow, so a fresh Airflow never pages twice for an open
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from include.backup_dr.evidence import evidence_key, write_everywhere
 from include.backup_dr.monitor.compliance import (
     CheckResult,
     counts,
@@ -33,11 +33,6 @@ SCHEMA = "backup-dr/compliance/v1"
 STATE_SCHEMA = "backup-dr/compliance-state/v1"
 STATE_KEY = "state/compliance/state.json"
 DAG_ID = "backup_compliance"
-
-
-def evidence_key(now: datetime) -> str:
-    """Sortable by time, unique per run (two runs in one second keep both records)."""
-    return f"evidence/compliance/{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.json"
 
 
 class StoreUnreadableError(StoreError):
@@ -85,7 +80,7 @@ def run(
     now = now or datetime.now(UTC)
     state = read_state(stores)
     checks, cache = check(policy, stores, now, state)
-    key = evidence_key(now)
+    key = evidence_key("compliance", "", now)
     open_checks: dict[str, Any] = dict(state.get("open", {}))
     by_id = {c.id: c for c in checks}
     alerts = plan_alerts(open_checks, {c.id: c.status.is_red for c in checks})
@@ -122,16 +117,8 @@ def run(
         "rehash": {**state.get("rehash", {}), **cache},
         "last_evidence": key,
     }
-    written = []
-    for store in stores:  # one region down must not cost the record in the other
-        try:
-            store.put_json(key, document)
-            store.put_json(STATE_KEY, new_state)
-            written.append(store.region.name)
-        except StoreError:
-            log.exception("Compliance evidence could not be written to %s", store.region.name)
-    if not written:
-        raise StoreError(f"compliance evidence {key} could not be written to any region")
+    written = write_everywhere(stores, key, document)  # the record first, then what names it
+    write_everywhere(stores, STATE_KEY, new_state)
     log.info("%s; evidence %s in %s", summary(checks), key, ", ".join(written))
     log.info("\n%s", render_table(checks))
     return document

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +13,7 @@ from typing import Any
 
 from include.backup_dr.catalogue import BackupId, Manifest, Verification, build_catalogue
 from include.backup_dr.engines.wal import read_histories
+from include.backup_dr.evidence import evidence_key
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.restore.errors import RestoreRefused
 from include.backup_dr.store import ObjectStore
@@ -36,8 +36,7 @@ def record_window(policy: Policy, store: ObjectStore, server: str, now: datetime
     """Measure what `store`'s region can recover `server` to and keep it as evidence there (the
     audit report's recovery-window table); the range."""
     span = recovery_range(policy, store, server)
-    stamp = f"{now.astimezone(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    key = f"{WINDOW_EVIDENCE}/{server}/{store.region.name}/{stamp}.json"
+    key = evidence_key("recovery_window", f"{server}/{store.region.name}", now)
     document = {
         "schema": "backup-dr/recovery-window/v1",
         "server": server,

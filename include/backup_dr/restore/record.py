@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from include.backup_dr import evidence
 from include.backup_dr.catalogue import Manifest, build_catalogue
 from include.backup_dr.policy import CONTINUOUS, Policy, Target, format_duration
 from include.backup_dr.restore.errors import DrillFailed, SwapFailed
 from include.backup_dr.restore.select import is_media
-from include.backup_dr.store import ObjectStore
+from include.backup_dr.store import ObjectStore, StoreError
 from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -128,25 +128,22 @@ def record_restore(
         "outcome": "passed" if not problems else "failed",
         "problems": problems,
     }
-    # The random suffix keeps two records of one second apart; the stamp keeps them in order.
-    stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    prefix = f"evidence/{kind}/{ref['target']}/{stamp}"
-    written, unwritten = [], []
-    for store in stores:  # one region down must not cost the evidence in the other
-        try:
-            body = json.dumps(document, indent=2, default=str) + "\n"
-            store.put_json(f"{prefix}/report.json", body)
-            store.put_bytes(
-                f"{prefix}/report.md", render_markdown(document).encode(), "text/markdown"
-            )
-            written.append(store.region.name)
-        except Exception:
-            log.exception("Evidence could not be written to %s", store.region.name)
-            unwritten.append(store.region.name)
-    if not written:
-        raise DrillFailed(f"evidence {prefix} could not be written to any region")
+    prefix = evidence.evidence_key(kind, ref["target"], datetime.now(UTC), ending="")
+    files = {
+        "report.json": (
+            (json.dumps(document, indent=2, default=str) + "\n").encode(),
+            "application/json",
+        ),
+        "report.md": (render_markdown(document).encode(), "text/markdown"),
+    }
+    try:
+        written = evidence.write_files_everywhere(stores, prefix + "/", files)
+    except StoreError as exc:
+        raise DrillFailed(str(exc)) from exc
     document["evidence_prefix"] = prefix
-    document["evidence_missing_in"] = unwritten
+    document["evidence_missing_in"] = [
+        s.region.name for s in stores if s.region.name not in written
+    ]
     log.info("Evidence written to %s/report.{json,md} in %s", prefix, ", ".join(written))
     return document
 
@@ -421,7 +418,6 @@ def record_estate(
     """One record for a whole restore run (`dr_restore`, or the drill's estate rehearsal):
     each target's outcome and time, and the estate's wall time from `began` to the last
     record, against the RTO. Written to `evidence/estate/<kind>/` in both regions."""
-    from include.backup_dr import evidence
 
     rto = policy.objectives.rto
     rows = []

@@ -163,7 +163,8 @@ def test_archive_timeout_unlike_the_policy_turns_server_config_red(stores) -> No
     """The server's settings are compared with the policy, not assumed: archive_timeout set to
     10 minutes by a DBA (the policy says 60 s) is red in the monitor's record and in compliance,
     which names what it costs; the server is put back whatever happens."""
-    from include.backup_dr.monitor.compliance import Status, evaluate
+    from include.backup_dr.monitor.checks.result import Status
+    from include.backup_dr.monitor.compliance import evaluate
     from include.backup_dr.monitor.facts import read_facts
     from include.backup_dr.policy import load_policy
 

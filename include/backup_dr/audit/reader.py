@@ -44,7 +44,7 @@ from include.backup_dr.catalogue import (
     window_label,
 )
 from include.backup_dr.immutability import expiry
-from include.backup_dr.monitor.compliance import backup_subjects, drill_subjects
+from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects
 from include.backup_dr.pitr.window import WINDOW_EVIDENCE
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.store import ObjectStore

@@ -26,7 +26,8 @@ from typing import NamedTuple
 
 from croniter import croniter
 
-from include.backup_dr.monitor.compliance import backup_subjects, drill_subjects, human
+from include.backup_dr.monitor.output import human
+from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects
 from include.backup_dr.policy import CONTINUOUS, Policy, format_duration
 
 NO_EVIDENCE = "no evidence"

@@ -14,32 +14,12 @@ from typing import Any
 
 import pytest
 
+from tests.integration.helpers import LEAN_IDS as IDS
+from tests.integration.helpers import LEAN_TARGET as TARGET
+from tests.integration.helpers import age_manifests, lean_policy
 from tests.stack import REPO, mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
-
-TARGET = "platform_core"
-IDS = [f"backup_age:{TARGET}/6h@eu-west-1", f"backup_age:{TARGET}/6h@eu-central-1"]
-
-
-def _lean(data: dict) -> None:
-    """One production database with one scheduled tier, drilled from it: every check the policy
-    then asks for can be green after one backup and one drill (a couple of minutes). The other
-    targets become UAT, and the continuous tier moves to a category without production targets
-    (no server to watch), so every DAG file still builds."""
-    platform = data["categories"]["platform"]
-    data["categories"]["standby_only"] = {
-        "description": "no production target",
-        "engine": "pg_dump",
-        "rpo": "1s",
-        "tiers": {"continuous": platform["tiers"]["continuous"]},
-    }
-    data["continuous"]["category"] = "standby_only"
-    platform["tiers"] = {"6h": platform["tiers"]["6h"]}
-    for target in data["targets"]:
-        if target["name"] != TARGET:
-            target["environment"] = "uat"
-    data["restore_verification"]["tier"] = "6h"
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -73,20 +53,8 @@ def _statuses(document: dict[str, Any]) -> dict[str, str]:
     return {c["id"]: c["status"] for c in document["checks"]}
 
 
-def _age_manifests(stores: Any, window: datetime, by: timedelta) -> None:
-    """Make the window's backup look `by` older in both regions (its restore point moves)."""
-    from include.backup_dr.catalogue import BackupId
-
-    key = BackupId("platform", TARGET, "6h", window).key("manifest.json")
-    for store in stores:
-        manifest = store.get_json(key)
-        for field in ("started_at", "finished_at"):
-            manifest[field] = (datetime.fromisoformat(manifest[field]) - by).isoformat()
-        store.put_json(key, manifest)
-
-
 def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sink) -> None:
-    policy_file(_lean)
+    policy_file(lean_policy)
     now = datetime.now(UTC)
     window = now.replace(hour=now.hour - now.hour % 6, minute=0, second=0, microsecond=0)
     assert run_dag("platform_backup_6h", window).state == "success"
@@ -115,7 +83,7 @@ def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sin
     assert _mails(smtp_sink) == []
 
     # The newest verified 6h backup is 9 h old: past 6 h + 2 h grace, in both regions.
-    _age_manifests(stores, window, timedelta(hours=9))
+    age_manifests(stores, window, timedelta(hours=9))
     table = _cli("check")
     assert table.returncode == 2, table.stdout + table.stderr
     assert all(f"CRITICAL  {i}" in table.stdout for i in IDS), table.stdout
@@ -133,7 +101,7 @@ def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sin
     assert state == "failed" and document["alerts"] == []
     assert len(_mails(smtp_sink)) == 1
 
-    _age_manifests(stores, window, -timedelta(hours=9))  # fresh again
+    age_manifests(stores, window, -timedelta(hours=9))  # fresh again
     state, document = _compliance(stores)
     assert state == "success"
     mails = _mails(smtp_sink)
@@ -145,7 +113,7 @@ def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sin
 def test_cli_says_unknown_when_no_region_answers(policy_file, stack) -> None:
     import json
 
-    policy_file(_lean)
+    policy_file(lean_policy)
     dead = {}
     for conn_id in ("s3_primary", "s3_secondary"):
         name = f"AIRFLOW_CONN_{conn_id.upper()}"

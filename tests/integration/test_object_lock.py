@@ -30,7 +30,7 @@ from include.backup_dr.pipeline import (
 from include.backup_dr.policy import SHARED_EXTENSION
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
 from include.backup_dr.wal import archive_prefix
-from tests.integration.test_continuous import switch_wal
+from tests.integration.helpers import switch_wal
 from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration

@@ -15,6 +15,7 @@ from include.backup_dr.policy import DEFAULT_POLICY_PATH, PolicyError, load_poli
 from include.backup_dr.restore.database import guard_sandbox
 from include.backup_dr.restore.errors import RestoreRefused, TamperedBackup
 from include.backup_dr.restore.select import Selection
+from tests.integration.helpers import evidence
 from tests.stack import continuous_without_production, mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
@@ -36,13 +37,6 @@ def _sandbox_databases() -> list[str]:
     return sorted(name for (name,) in rows if name != "postgres")
 
 
-def _evidence(store, kind: str, target: str) -> list[dict]:
-    keys = sorted(
-        o.key for o in store.list_objects(f"evidence/{kind}/{target}/") if o.key.endswith(".json")
-    )
-    return [store.get_json(key) for key in keys]
-
-
 @pytest.fixture
 def backed_up(stores) -> Iterator[None]:
     """Both production databases backed up, copied and verified for WINDOW."""
@@ -58,13 +52,13 @@ def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores, p
     run = run_dag("restore_verification", WINDOW, {"tier": "daily", "region": "secondary"})
     assert run.state == "success"
     for store in stores:  # every production target is drilled: media too
-        (record,) = _evidence(store, "restore_verification", "media_documents")
+        (record,) = evidence(store, "restore_verification", "media_documents")
         assert record["outcome"] == "passed", record["problems"]
         assert record["steps"]["objects"] > 0 and record["projection"]["within_rto"] is True
         assert [r["success"] for r in record["validation"]["results"]] == [True, True]
     for target in ("platform_core", "platform_billing"):
         for store in stores:
-            (record,) = _evidence(store, "restore_verification", target)
+            (record,) = evidence(store, "restore_verification", target)
             assert record["outcome"] == "passed", record["problems"]
             assert record["backup"]["region"] == "eu-central-1"
             assert record["backup"]["window"] == WINDOW.isoformat()
@@ -116,7 +110,7 @@ def test_tampered_backup_is_caught_by_the_checksum_before_restore(backed_up, sto
 
     run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
     assert run.state == "failed"
-    (record,) = _evidence(stores.primary, "restore_verification", "platform_billing")
+    (record,) = evidence(stores.primary, "restore_verification", "platform_billing")
     assert record["outcome"] == "failed"
     assert "the restore did not complete" in record["problems"][0]
     assert _sandbox_databases() == ["tamper_probe"]
@@ -139,7 +133,7 @@ def test_failing_business_rule_fails_the_run_alerts_and_drops_the_sandbox(
 ) -> None:
     run = run_dag("restore_verification", WINDOW, {"target": "platform_core"})
     assert run.state == "failed"
-    (record,) = _evidence(stores.secondary, "restore_verification", "platform_core")
+    (record,) = evidence(stores.secondary, "restore_verification", "platform_core")
     failed = [r for r in record["validation"]["results"] if not r["success"]]
     assert [r["expectation"] for r in failed] == ["expect_column_values_to_match_regex"]
     assert "not-an-email" in failed[0]["observed"]
@@ -157,7 +151,7 @@ def test_dr_restore_rejected_touches_nothing(backed_up, stores) -> None:
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["approve"] == "success" and states["pg_sandbox.restore"] == "skipped"
     assert _sandbox_databases() == []
-    assert _evidence(stores.primary, "dr_restore", "platform_core") == []
+    assert evidence(stores.primary, "dr_restore", "platform_core") == []
 
 
 def test_dr_restore_dry_run_shows_the_plan_and_restores_nothing(backed_up) -> None:
@@ -206,8 +200,8 @@ def test_dr_restore_restores_two_targets_in_priority_order(backed_up, stores) ->
         if ti.task_id == "pg_sandbox.restore"
     }
     assert mapped == {0: "platform_core", 1: "platform_billing"}
-    core = _evidence(stores.primary, "dr_restore", "platform_core")[0]
-    billing = _evidence(stores.primary, "dr_restore", "platform_billing")[0]
+    core = evidence(stores.primary, "dr_restore", "platform_core")[0]
+    billing = evidence(stores.primary, "dr_restore", "platform_billing")[0]
     assert core["run"]["approved_by"] == billing["run"]["approved_by"] == "oncall-test"
     (estate,) = [
         stores.secondary.get_json(o.key)
@@ -309,7 +303,7 @@ def test_dr_restore_overwrite_with_a_bad_backup_leaves_the_destination_untouched
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
     assert _precious_rows() == [(42,)]
     assert _sandbox_databases() == ["platform_core"]  # no half-restored database left behind
-    (record,) = _evidence(stores.primary, "dr_restore", "platform_core")
+    (record,) = evidence(stores.primary, "dr_restore", "platform_core")
     assert record["outcome"] == "failed"
     assert "destination was not touched" in " ".join(record["problems"])
 
@@ -329,7 +323,7 @@ def test_dr_restore_swaps_in_and_keeps_the_old_database_aside(backed_up, stores)
     (aside,) = [d for d in _sandbox_databases() if d.startswith("platform_core__before_")]
     assert _precious_rows(aside) == [(42,)]
     assert [d for d in _sandbox_databases() if "__restoring_" in d] == []
-    (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
+    (record,) = evidence(stores.secondary, "dr_restore", "platform_core")
     assert record["outcome"] == "passed", record["problems"]
     assert record["steps"]["previous_database"] == aside
 
@@ -343,8 +337,8 @@ def test_dr_restore_one_target_failing_does_not_stop_the_next(backed_up, stores)
         "connection": "pg_sandbox",
     }
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
-    (core,) = _evidence(stores.primary, "dr_restore", "platform_core")
-    (billing,) = _evidence(stores.primary, "dr_restore", "platform_billing")
+    (core,) = evidence(stores.primary, "dr_restore", "platform_core")
+    (billing,) = evidence(stores.primary, "dr_restore", "platform_billing")
     assert core["outcome"] == "failed" and "sha256" in " ".join(core["problems"])
     assert billing["outcome"] == "passed", billing["problems"]
     assert _sandbox_databases() == ["platform_billing"]
@@ -360,7 +354,7 @@ def test_dr_restore_evidence_needs_no_production_server(
     monkeypatch.setenv("AIRFLOW_CONN_PG_PLATFORM", json.dumps({**production, "port": 1}))
     conf = {"targets": ["platform_core"], "connection": "pg_sandbox"}
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
-    (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
+    (record,) = evidence(stores.secondary, "dr_restore", "platform_core")
     assert record["outcome"] == "passed", record["problems"]
     assert record["projection"]["within_rto"] is True
 
@@ -373,7 +367,7 @@ def test_drill_projection_needs_no_production_server(
     monkeypatch.setenv("AIRFLOW_CONN_PG_PLATFORM", json.dumps({**production, "port": 1}))
     run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
     assert run.state == "success"
-    (record,) = _evidence(stores.secondary, "restore_verification", "platform_billing")
+    (record,) = evidence(stores.secondary, "restore_verification", "platform_billing")
     assert record["projection"]["largest_production_target"] == "platform_core"
     assert record["projection"]["within_rto"] is True
 
@@ -419,7 +413,7 @@ def test_drill_over_the_rto_pages_exactly_once(backed_up, stores, smtp_sink, pol
 
     run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
     assert run.state == "failed"
-    (record,) = _evidence(stores.secondary, "restore_verification", "platform_billing")
+    (record,) = evidence(stores.secondary, "restore_verification", "platform_billing")
     assert record["outcome"] == "failed" and record["projection"]["within_rto"] is False
     assert any("over the RTO of 0s" in p for p in record["problems"]), record["problems"]
     pages = _pages(smtp_sink, canary)

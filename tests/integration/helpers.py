@@ -1,0 +1,108 @@
+"""What several integration and fault tests share: the lean policy the compliance tests run,
+WAL switched and archived on the continuous primary, the media source bucket, evidence read
+back. Tests import these from here, never from another test module."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from include.backup_dr import pipeline, wal
+from include.backup_dr.engines.wal import archive_files
+from include.backup_dr.policy import load_policy
+
+#: The one production database the lean policy keeps, and its two backup_age checks.
+LEAN_TARGET = "platform_core"
+LEAN_IDS = [f"backup_age:{LEAN_TARGET}/6h@eu-west-1", f"backup_age:{LEAN_TARGET}/6h@eu-central-1"]
+#: The continuous tier's server, and the media target.
+SERVER = "platform_primary"
+MEDIA_TARGET = "media_documents"
+RUN = {"dag_id": "test", "run_id": "test"}
+
+
+def lean_policy(data: dict) -> None:
+    """One production database with one scheduled tier, drilled from it: every check the policy
+    then asks for can be green after one backup and one drill (a couple of minutes). The other
+    targets become UAT, and the continuous tier moves to a category without production targets
+    (no server to watch), so every DAG file still builds."""
+    platform = data["categories"]["platform"]
+    data["categories"]["standby_only"] = {
+        "description": "no production target",
+        "engine": "pg_dump",
+        "rpo": "1s",
+        "tiers": {"continuous": platform["tiers"]["continuous"]},
+    }
+    data["continuous"]["category"] = "standby_only"
+    platform["tiers"] = {"6h": platform["tiers"]["6h"]}
+    for target in data["targets"]:
+        if target["name"] != LEAN_TARGET:
+            target["environment"] = "uat"
+    data["restore_verification"]["tier"] = "6h"
+
+
+def age_manifests(stores: Any, window: datetime, by: timedelta) -> None:
+    """Make the window's backup look `by` older in both regions (its restore point moves)."""
+    from include.backup_dr.catalogue import BackupId
+
+    key = BackupId("platform", LEAN_TARGET, "6h", window).key("manifest.json")
+    for store in stores:
+        manifest = store.get_json(key)
+        for field in ("started_at", "finished_at"):
+            manifest[field] = (datetime.fromisoformat(manifest[field]) - by).isoformat()
+        store.put_json(key, manifest)
+
+
+def primary_connection():
+    from local import pg
+
+    return pg.connect("platform_core")
+
+
+def switch_wal(rows: int = 50) -> str:
+    """Write something, close the segment, and return its name (what the archiver must send)."""
+    with primary_connection() as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS public.wal_probe (id serial, at timestamptz)")
+        conn.execute(
+            "INSERT INTO public.wal_probe (at) SELECT clock_timestamp() FROM generate_series(1, %s)",
+            (rows,),
+        )
+        name = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
+        conn.execute("SELECT pg_switch_wal()")
+    return name
+
+
+def wait_archived(store, segment: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = {
+            f.segment.name()
+            for f in archive_files(store, SERVER, wal.DEFAULT_SEGMENT_SIZE)
+            if f.kind == "segment" and f.segment
+        }
+        if segment in names:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{segment} did not reach {store.region.name} within {timeout}s")
+
+
+def base_backup(stores) -> dict:
+    policy = load_policy()
+    window = datetime.now(UTC).replace(microsecond=0)
+    ref = pipeline.take_snapshot(policy, stores, SERVER, "continuous", window, RUN)
+    pipeline.copy_to_secondary(policy, stores, ref)
+    return ref
+
+
+def media_source():
+    from local.config import s3_sites
+    from local.s3 import s3_client
+
+    return s3_client(s3_sites()[0])
+
+
+def evidence(store, kind: str, target: str) -> list[dict]:
+    keys = sorted(
+        o.key for o in store.list_objects(f"evidence/{kind}/{target}/") if o.key.endswith(".json")
+    )
+    return [store.get_json(key) for key in keys]

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from include.backup_dr import pipeline, wal
 from include.backup_dr.engines.wal import archive_files
 from include.backup_dr.policy import load_policy
+from tests.stack import mail_text, wait_for_mail
 
 #: The one production database the lean policy keeps, and its two backup_age checks.
 LEAN_TARGET = "platform_core"
@@ -41,11 +43,11 @@ def lean_policy(data: dict) -> None:
     data["restore_verification"]["tier"] = "6h"
 
 
-def age_manifests(stores: Any, window: datetime, by: timedelta) -> None:
+def age_manifests(stores: Any, window: datetime, by: timedelta, tier: str = "6h") -> None:
     """Make the window's backup look `by` older in both regions (its restore point moves)."""
     from include.backup_dr.catalogue import BackupId
 
-    key = BackupId("platform", LEAN_TARGET, "6h", window).key("manifest.json")
+    key = BackupId("platform", LEAN_TARGET, tier, window).key("manifest.json")
     for store in stores:
         manifest = store.get_json(key)
         for field in ("started_at", "finished_at"):
@@ -106,3 +108,35 @@ def evidence(store, kind: str, target: str) -> list[dict]:
         o.key for o in store.list_objects(f"evidence/{kind}/{target}/") if o.key.endswith(".json")
     )
     return [store.get_json(key) for key in keys]
+
+
+def back_up(policy, stores, target: str, tier: str, window: datetime, run: dict) -> dict:
+    """One backup through the tier's own steps: snapshot, copy to the second region, integrity
+    check in both; its ref."""
+    ref = pipeline.take_snapshot(policy, stores, target, tier, window, run)
+    pipeline.copy_to_secondary(policy, stores, ref)
+    pipeline.check_integrity(policy, stores, ref)
+    return ref
+
+
+def sql(database: str, statement: str, *, server: str = "platform") -> list[tuple]:
+    """Run one statement on a local server's database; its rows (none for a command)."""
+    from local.pg import connect
+
+    with connect(database, server=server) as conn:
+        cursor = conn.execute(statement)
+        return cursor.fetchall() if cursor.description else []
+
+
+def sandbox_databases() -> list[str]:
+    """The databases a restore left on the sandbox server (postgres and templates aside)."""
+    rows = sql(
+        "postgres", "SELECT datname FROM pg_database WHERE NOT datistemplate", server="sandbox"
+    )
+    return sorted(name for (name,) in rows if name != "postgres")
+
+
+def mail_texts(folder: Path, settle: float = 2.0) -> list[str]:
+    """Every mail in the sink as subject + text, after giving a late one time to land."""
+    time.sleep(settle)
+    return [m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(folder, timeout=0.1)]

@@ -7,17 +7,15 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.helpers import LEAN_IDS as IDS
 from tests.integration.helpers import LEAN_TARGET as TARGET
-from tests.integration.helpers import age_manifests, lean_policy
-from tests.stack import REPO, mail_text, run_dag, wait_for_mail
+from tests.integration.helpers import age_manifests, lean_policy, mail_texts
+from tests.stack import REPO, run_dag
 
 pytestmark = pytest.mark.integration
 
@@ -31,11 +29,6 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         text=True,
         timeout=300,
     )
-
-
-def _mails(folder: Path, settle: float = 2.0) -> list[str]:
-    time.sleep(settle)  # a late mail has time to land
-    return [m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(folder, timeout=0.1)]
 
 
 def _compliance(stores: Any) -> tuple[str, dict[str, Any]]:
@@ -80,7 +73,7 @@ def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sin
         "projected_rto:all targets",
         *IDS,
     } == set(_statuses(document))
-    assert _mails(smtp_sink) == []
+    assert mail_texts(smtp_sink) == []
 
     # The newest verified 6h backup is 9 h old: past 6 h + 2 h grace, in both regions.
     age_manifests(stores, window, timedelta(hours=9))
@@ -93,18 +86,18 @@ def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sin
     assert {i: s for i, s in _statuses(document).items() if s != "OK"} == dict.fromkeys(
         IDS, "CRITICAL"
     )
-    [page] = _mails(smtp_sink)
+    [page] = mail_texts(smtp_sink)
     assert "backup_compliance: 2 check(s) red" in page
     assert all(i in page for i in IDS) and "9h" in page and document["key"] in page
 
     state, document = _compliance(stores)  # still stale: no second page
     assert state == "failed" and document["alerts"] == []
-    assert len(_mails(smtp_sink)) == 1
+    assert len(mail_texts(smtp_sink)) == 1
 
     age_manifests(stores, window, -timedelta(hours=9))  # fresh again
     state, document = _compliance(stores)
     assert state == "success"
-    mails = _mails(smtp_sink)
+    mails = mail_texts(smtp_sink)
     assert len(mails) == 2
     [resolved] = [m for m in mails if m.startswith("[backup] RESOLVED: backup_compliance")]
     assert "2 check(s) green again" in resolved and all(i in resolved for i in IDS)

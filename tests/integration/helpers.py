@@ -1,17 +1,24 @@
 """What several integration and fault tests share: the lean policy the compliance tests run,
 WAL switched and archived on the continuous primary, the media source bucket, evidence read
-back. Tests import these from here, never from another test module."""
+back, the policy under Object Lock (and its `locked` fixture: a plugin, see tests/conftest.py).
+Tests import these from here, never from another test module."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from include.backup_dr import pipeline, wal
 from include.backup_dr.engines.wal import archive_files
+from include.backup_dr.immutability import LockRule
+from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import load_policy
+from include.backup_dr.store import ObjectStore
 from tests.stack import mail_text, wait_for_mail
 
 #: The one production database the lean policy keeps, and its two backup_age checks.
@@ -21,6 +28,8 @@ LEAN_IDS = [f"backup_age:{LEAN_TARGET}/6h@eu-west-1", f"backup_age:{LEAN_TARGET}
 SERVER = "platform_primary"
 MEDIA_TARGET = "media_documents"
 RUN = {"dag_id": "test", "run_id": "test"}
+#: The shipped daily retention (7d) plus the margin `lock_policy` locks with (1d).
+HELD = timedelta(days=8)
 
 
 def lean_policy(data: dict) -> None:
@@ -140,3 +149,30 @@ def mail_texts(folder: Path, settle: float = 2.0) -> list[str]:
     """Every mail in the sink as subject + text, after giving a late one time to land."""
     time.sleep(settle)
     return [m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(folder, timeout=0.1)]
+
+
+def lock_policy(data: dict) -> None:
+    """Governance locks in both regions, with a 1-day margin and the break-glass connections."""
+    for role in ("primary", "secondary"):
+        data["regions"][role]["object_lock"] = {
+            "mode": "governance",
+            "margin": "1d",
+            "bypass_conn_id": f"s3_{role}_break_glass",
+        }
+
+
+def locked_stores(policy) -> Iterator[tuple[Any, Stores]]:
+    """The policy and its stores; after, every locked object removed through the break-glass
+    connections (the only way to)."""
+    yield policy, Stores.from_policy(policy)
+    for region in policy.iter_regions():
+        glass = ObjectStore.for_break_glass(region, LockRule.for_region(policy, region))
+        for upload in glass.unfinished_uploads(""):
+            glass.abort_upload(upload.key, upload.upload_id)
+        glass.delete_all_versions("")
+
+
+@pytest.fixture
+def locked(stores, policy_file):
+    """The policy with governance locks in both regions; every locked object removed after."""
+    yield from locked_stores(policy_file(lock_policy))

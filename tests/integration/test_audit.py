@@ -19,8 +19,7 @@ from include.backup_dr.audit import build_audit, write_evidence
 from include.backup_dr.break_glass import delete_locked_backup
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.pipeline import prune
-from tests.integration.helpers import back_up
-from tests.integration.test_object_lock import HELD, locked  # noqa: F401 (a fixture)
+from tests.integration.helpers import HELD, back_up
 from tests.stack import REPO
 
 pytestmark = pytest.mark.integration
@@ -112,7 +111,7 @@ def test_report_lists_the_missed_window_backfills_and_prune_reasons(
 
 
 def test_report_lists_refused_and_break_glass_deletions_and_samples_the_locks(
-    locked,  # noqa: F811 (the fixture imported above)
+    locked,
 ) -> None:
     policy, stores = locked
     now = datetime.now(UTC).replace(microsecond=0)

@@ -24,5 +24,11 @@ os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "INFO")
 Path(os.environ["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
 
 #: The local stack's fixtures (tests/integration and tests/faults share one stack per session);
-#: every S3 and KMS call recorded and checked against deploy/iam (tests/iam_recorder.py).
-pytest_plugins = ["tests.stack", "tests.browser", "tests.iam_recorder"]
+#: every S3 and KMS call recorded and checked against deploy/iam (tests/iam_recorder.py); the
+#: integration helpers' shared fixtures (tests/integration/helpers.py).
+pytest_plugins = [
+    "tests.stack",
+    "tests.browser",
+    "tests.iam_recorder",
+    "tests.integration.helpers",
+]

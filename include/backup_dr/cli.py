@@ -139,12 +139,7 @@ def _read(policy: Policy, now: datetime) -> list:
 
 
 def _check(policy: Policy, *, nagios: bool) -> int:
-    from include.backup_dr.monitor.compliance import (
-        nagios_exit,
-        nagios_line,
-        render_table,
-        summary,
-    )
+    from include.backup_dr.monitor.output import nagios_exit, nagios_line, render_table, summary
 
     now = datetime.now(UTC)
     try:

@@ -1215,7 +1215,7 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
 
 
 def _compliance_doc(policy: Policy) -> str:
-    from include.backup_dr.monitor.compliance import human
+    from include.backup_dr.monitor.output import human
 
     settings = policy.compliance
     grace = human(settings.grace)

@@ -211,7 +211,7 @@ def test_lock_wal_works_through_5000_files_in_bounded_runs_and_never_asks_for_a_
 def test_the_primary_region_down_never_stops_the_secondary_locking_or_the_monitor_evidence(
     stores, policy_file, smtp_sink
 ) -> None:
-    from tests.integration.test_continuous import switch_wal
+    from tests.integration.helpers import switch_wal
 
     policy = policy_file(_lock_regions)  # the stack's own server, whose WAL is archived live
     locked = Stores.from_policy(policy)

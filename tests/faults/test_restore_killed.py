@@ -39,6 +39,7 @@ from tests.faults.harness import (
     row_checksums,
 )
 from tests.faults.pg_proxy import PgFaultProxy
+from tests.integration.helpers import sandbox_databases, sql
 from tests.stack import REPO, run_dag
 
 pytestmark = pytest.mark.integration
@@ -64,26 +65,17 @@ _replace_from_dump(policy, Stores.from_policy(policy), selection, "pg_sandbox",
 """
 
 
-def _sandbox(database: str, statement: str) -> list[tuple]:
-    from local.pg import connect
-
-    with connect(database, server="sandbox") as conn:
-        cursor = conn.execute(statement)
-        return cursor.fetchall() if cursor.description else []
-
-
-def _databases() -> list[str]:
-    rows = _sandbox("postgres", "SELECT datname FROM pg_database WHERE NOT datistemplate")
-    return sorted(name for (name,) in rows if name != "postgres")
-
-
 def _what_is_there(source: dict[str, str]) -> str:
     """The destination now: "old" (the precious database), "new" (the source's rows), or
     "neither" (absent, or anything else)."""
-    if DATABASE not in _databases():
+    if DATABASE not in sandbox_databases():
         return "neither"
-    if _sandbox(DATABASE, "SELECT to_regclass('precious') IS NOT NULL") == [(True,)]:
-        return "old" if _sandbox(DATABASE, "SELECT id FROM precious") == [(42,)] else "neither"
+    if sql(DATABASE, "SELECT to_regclass('precious') IS NOT NULL", server="sandbox") == [(True,)]:
+        return (
+            "old"
+            if sql(DATABASE, "SELECT id FROM precious", server="sandbox") == [(42,)]
+            else "neither"
+        )
     return "new" if row_checksums(DATABASE, server="sandbox") == source else "neither"
 
 
@@ -91,10 +83,10 @@ def _precious_kept() -> list[str]:
     """Every sandbox database that still holds the old destination's row."""
     return [
         name
-        for name in _databases()
+        for name in sandbox_databases()
         if name == DATABASE or name.startswith(f"{DATABASE}__before_")
-        if _sandbox(name, "SELECT to_regclass('precious') IS NOT NULL") == [(True,)]
-        and _sandbox(name, "SELECT id FROM precious") == [(42,)]
+        if sql(name, "SELECT to_regclass('precious') IS NOT NULL", server="sandbox") == [(True,)]
+        and sql(name, "SELECT id FROM precious", server="sandbox") == [(42,)]
     ]
 
 
@@ -105,12 +97,12 @@ def destination(stores, policy_file) -> Iterator[dict[str, Any]]:
     policy = policy_file(only_targets(DATABASE))
     source = row_checksums(DATABASE)  # the source's rows, before anything happens
     commit(policy, stores, DATABASE, "daily", WINDOW)
-    _sandbox("postgres", f'CREATE DATABASE "{DATABASE}"')
-    _sandbox(DATABASE, "CREATE TABLE precious (id int)")
-    _sandbox(DATABASE, "INSERT INTO precious VALUES (42)")
+    sql("postgres", f'CREATE DATABASE "{DATABASE}"', server="sandbox")
+    sql(DATABASE, "CREATE TABLE precious (id int)", server="sandbox")
+    sql(DATABASE, "INSERT INTO precious VALUES (42)", server="sandbox")
     yield {"policy": policy, "source": source}
-    for name in _databases():
-        _sandbox("postgres", f'DROP DATABASE "{name}" WITH (FORCE)')
+    for name in sandbox_databases():
+        sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
@@ -153,7 +145,7 @@ def test_restore_killed_leaves_the_old_or_the_new_database_and_a_rerun_completes
     )
 
     killed = _what_is_there(destination["source"])
-    assert killed == "old", f"killed {point}, the destination is {killed}: {_databases()}"
+    assert killed == "old", f"killed {point}, the destination is {killed}: {sandbox_databases()}"
     assert _precious_kept() == [DATABASE]
 
     # The same run's restore again, as Airflow's retry of the task would run it.
@@ -185,7 +177,7 @@ def test_restore_killed_leaves_the_old_or_the_new_database_and_a_rerun_completes
         destination_when_killed=killed,
     )
     assert missing == []
-    assert [d for d in _databases() if "__restoring_" in d] == []
+    assert [d for d in sandbox_databases() if "__restoring_" in d] == []
 
 
 def _lost(source: dict[str, str], expected: str) -> list[str]:
@@ -250,5 +242,7 @@ def test_restore_failing_validation_is_reported_failed_and_swaps_nothing_in(
     failed = [r["expectation"] for r in evidence["validation"]["results"] if not r["success"]]
     assert failed == ["expect_column_values_to_match_regex"], failed
     assert evidence["steps"]["swapped_in"] is False
-    (staging,) = [d for d in _databases() if "__restoring_" in d]  # kept for inspection
-    assert _sandbox(staging, "SELECT email FROM users WHERE id = 999999999") == [("not-an-email",)]
+    (staging,) = [d for d in sandbox_databases() if "__restoring_" in d]  # kept for inspection
+    assert sql(staging, "SELECT email FROM users WHERE id = 999999999", server="sandbox") == [
+        ("not-an-email",)
+    ]

@@ -23,7 +23,7 @@ from include.backup_dr import pipeline, pitr
 from include.backup_dr.policy import load_policy
 from include.backup_dr.wal_segments import archive_prefix
 from tests.integration import test_pitr
-from tests.integration.test_continuous import SERVER, base_backup, switch_wal, wait_archived
+from tests.integration.helpers import SERVER, base_backup, switch_wal, wait_archived
 
 pytestmark = pytest.mark.integration
 #: The throwaway servers' scratch directory, checked empty afterwards (test_pitr's fixture).

@@ -23,7 +23,8 @@ import pytest
 
 from include.backup_dr.alerts import send_message
 from local.http_sink import HttpSink
-from tests.integration.test_compliance import IDS, _age_manifests, _lean
+from tests.integration.helpers import LEAN_IDS as IDS
+from tests.integration.helpers import age_manifests, lean_policy
 from tests.stack import airflow_cli, mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
@@ -132,7 +133,7 @@ def test_a_compliance_breach_pages_once_and_resolves_once_on_every_channel(
 ) -> None:
     from include.backup_dr.monitor import record
 
-    policy, regions = policy_file(_lean), list(stores)
+    policy, regions = policy_file(lean_policy), list(stores)
     now = datetime.now(UTC)
     window = now.replace(hour=now.hour - now.hour % 6, minute=0, second=0, microsecond=0)
     assert run_dag("platform_backup_6h", window).state == "success"
@@ -152,13 +153,13 @@ def test_a_compliance_breach_pages_once_and_resolves_once_on_every_channel(
             return got[got.index(_canary(channel, n - 1)) + 1 :] if n else got[-1:]
 
         since_canary(0)
-        _age_manifests(stores, window, timedelta(hours=9))  # stale in both regions: 2 checks red
+        age_manifests(stores, window, timedelta(hours=9))  # stale in both regions: 2 checks red
         document = record.run(policy, regions, run)
         assert [sorted(a["checks"]) for a in document["alerts"]] == [sorted(IDS)]
         breach = since_canary(1)
         record.run(policy, regions, run)  # still red: nothing more
         assert since_canary(2) == [_canary(channel, 2)]
-        _age_manifests(stores, window, -timedelta(hours=9))  # fresh again
+        age_manifests(stores, window, -timedelta(hours=9))  # fresh again
         record.run(policy, regions, run)
         resolved = since_canary(3)
         if channel == "pagerduty":

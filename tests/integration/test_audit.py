@@ -18,8 +18,8 @@ import pytest
 from include.backup_dr.audit import build_audit, write_evidence
 from include.backup_dr.break_glass import delete_locked_backup
 from include.backup_dr.catalogue import BackupId
-from include.backup_dr.pipeline import check_integrity, copy_to_secondary, prune, take_snapshot
-from tests.integration.test_object_lock import HELD, locked  # noqa: F401 (a fixture)
+from include.backup_dr.pipeline import prune
+from tests.integration.helpers import HELD, back_up
 from tests.stack import REPO
 
 pytestmark = pytest.mark.integration
@@ -30,9 +30,7 @@ EXPIRED = datetime(2026, 10, 20, 0, 30, tzinfo=UTC)  # before the period: pruned
 
 
 def _backup(policy, stores, window: datetime, run_id: str) -> None:
-    ref = take_snapshot(policy, stores, TARGET, TIER, window, {"run_id": run_id})
-    copy_to_secondary(policy, stores, ref)
-    check_integrity(policy, stores, ref)
+    back_up(policy, stores, TARGET, TIER, window, {"run_id": run_id})
 
 
 def test_report_lists_the_missed_window_backfills_and_prune_reasons(
@@ -113,7 +111,7 @@ def test_report_lists_the_missed_window_backfills_and_prune_reasons(
 
 
 def test_report_lists_refused_and_break_glass_deletions_and_samples_the_locks(
-    locked,  # noqa: F811 (the fixture imported above)
+    locked,
 ) -> None:
     policy, stores = locked
     now = datetime.now(UTC).replace(microsecond=0)

@@ -53,7 +53,7 @@ def _present(store, sha: str) -> bool:
     return store.head(blob_key(CATEGORY, sha)) is not None
 
 
-def _evidence(store, category: str = CATEGORY) -> list[dict]:
+def evidence(store, category: str = CATEGORY) -> list[dict]:
     keys = sorted(o.key for o in store.list_objects(f"evidence/gc/{category}/"))
     return [store.get_json(key) for key in keys]
 
@@ -78,7 +78,7 @@ def test_a_truncated_listing_stops_gc_before_it_sweeps_what_the_lost_lines_refer
     with pytest.raises(LostListing, match="is not the listing its manifest vouches for"):
         collect_garbage(short_grace, stores, CATEGORY)
     assert _present(store, first) and _present(store, second)
-    [record] = _evidence(store)
+    [record] = evidence(store)
     assert str(backup) in record["stopped"] and record["executed"] is False
 
 
@@ -133,9 +133,9 @@ def test_gc_that_would_sweep_most_blobs_deletes_nothing_unless_overridden(
         collect_garbage(short_grace, stores, CATEGORY)
     assert all(_present(store, sha) for sha in [kept, *orphans])
     for region in stores:
-        [record] = _evidence(region)
+        [record] = evidence(region)
         assert record["executed"] is False and "3 of 4" in record["circuit_breaker"]
-    [record] = _evidence(store)
+    [record] = evidence(store)
     assert {s["key"] for s in record["sweeps"][0]["sample"]} == {
         blob_key(CATEGORY, sha) for sha in orphans
     }
@@ -176,7 +176,7 @@ def test_gc_sweeps_old_unreferenced_blobs_and_keeps_snapshot_replica_and_young_o
     assert _present(primary, young)
     for store in stores:
         # Both runs began in the same second: their keys sort by second only.
-        [dry_record, record] = sorted(_evidence(store), key=lambda r: not r["dry_run"])
+        [dry_record, record] = sorted(evidence(store), key=lambda r: not r["dry_run"])
         assert dry_record["dry_run"] is True and dry_record["executed"] is False
         assert record["executed"] is True
         [sweep] = record["sweeps"]
@@ -218,7 +218,7 @@ def test_gc_dag_stops_on_a_lost_listing_sweeps_keeps_and_trips_the_breaker(
     assert run_dag("backup_collect_garbage", datetime.now(UTC)).state == "success"
     assert not _present(store, orphan)
     assert all(_present(store, sha) for sha in [*referenced, young])
-    record = _evidence(store)[-1]
+    record = evidence(store)[-1]
     assert (record["sweeps"][0]["total"], record["sweeps"][0]["doomed"]) == (5, 1)
     assert record["run"]["dag_id"] == "backup_collect_garbage" and record["executed"] is True
 
@@ -238,7 +238,7 @@ def test_wal_gc_deletes_only_wal_older_than_the_oldest_kept_base_backup(stores) 
     from include.backup_dr.engines.wal import archive_files
     from include.backup_dr.pipeline import check_integrity
     from include.backup_dr.policy import load_policy
-    from tests.integration.test_continuous import SERVER, base_backup, switch_wal, wait_archived
+    from tests.integration.helpers import SERVER, base_backup, switch_wal, wait_archived
 
     older = switch_wal()
     for store in stores:
@@ -259,7 +259,7 @@ def test_wal_gc_deletes_only_wal_older_than_the_oldest_kept_base_backup(stores) 
         }
         assert older not in names
         assert first_needed in names and min(names) == first_needed
-        [record] = _evidence(store, "platform")
+        [record] = evidence(store, "platform")
         [sweep] = record["sweeps"]
         assert sweep["what"] == f"WAL of server {SERVER}" and sweep["doomed"] >= 1
         assert all(first_needed in s["reason"] for s in sweep["sample"])

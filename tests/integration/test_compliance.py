@@ -7,39 +7,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.stack import REPO, mail_text, run_dag, wait_for_mail
+from tests.integration.helpers import LEAN_IDS as IDS
+from tests.integration.helpers import LEAN_TARGET as TARGET
+from tests.integration.helpers import age_manifests, lean_policy, mail_texts
+from tests.stack import REPO, run_dag
 
 pytestmark = pytest.mark.integration
-
-TARGET = "platform_core"
-IDS = [f"backup_age:{TARGET}/6h@eu-west-1", f"backup_age:{TARGET}/6h@eu-central-1"]
-
-
-def _lean(data: dict) -> None:
-    """One production database with one scheduled tier, drilled from it: every check the policy
-    then asks for can be green after one backup and one drill (a couple of minutes). The other
-    targets become UAT, and the continuous tier moves to a category without production targets
-    (no server to watch), so every DAG file still builds."""
-    platform = data["categories"]["platform"]
-    data["categories"]["standby_only"] = {
-        "description": "no production target",
-        "engine": "pg_dump",
-        "rpo": "1s",
-        "tiers": {"continuous": platform["tiers"]["continuous"]},
-    }
-    data["continuous"]["category"] = "standby_only"
-    platform["tiers"] = {"6h": platform["tiers"]["6h"]}
-    for target in data["targets"]:
-        if target["name"] != TARGET:
-            target["environment"] = "uat"
-    data["restore_verification"]["tier"] = "6h"
 
 
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -51,11 +29,6 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         text=True,
         timeout=300,
     )
-
-
-def _mails(folder: Path, settle: float = 2.0) -> list[str]:
-    time.sleep(settle)  # a late mail has time to land
-    return [m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(folder, timeout=0.1)]
 
 
 def _compliance(stores: Any) -> tuple[str, dict[str, Any]]:
@@ -73,20 +46,8 @@ def _statuses(document: dict[str, Any]) -> dict[str, str]:
     return {c["id"]: c["status"] for c in document["checks"]}
 
 
-def _age_manifests(stores: Any, window: datetime, by: timedelta) -> None:
-    """Make the window's backup look `by` older in both regions (its restore point moves)."""
-    from include.backup_dr.catalogue import BackupId
-
-    key = BackupId("platform", TARGET, "6h", window).key("manifest.json")
-    for store in stores:
-        manifest = store.get_json(key)
-        for field in ("started_at", "finished_at"):
-            manifest[field] = (datetime.fromisoformat(manifest[field]) - by).isoformat()
-        store.put_json(key, manifest)
-
-
 def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sink) -> None:
-    policy_file(_lean)
+    policy_file(lean_policy)
     now = datetime.now(UTC)
     window = now.replace(hour=now.hour - now.hour % 6, minute=0, second=0, microsecond=0)
     assert run_dag("platform_backup_6h", window).state == "success"
@@ -112,10 +73,10 @@ def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sin
         "projected_rto:all targets",
         *IDS,
     } == set(_statuses(document))
-    assert _mails(smtp_sink) == []
+    assert mail_texts(smtp_sink) == []
 
     # The newest verified 6h backup is 9 h old: past 6 h + 2 h grace, in both regions.
-    _age_manifests(stores, window, timedelta(hours=9))
+    age_manifests(stores, window, timedelta(hours=9))
     table = _cli("check")
     assert table.returncode == 2, table.stdout + table.stderr
     assert all(f"CRITICAL  {i}" in table.stdout for i in IDS), table.stdout
@@ -125,18 +86,18 @@ def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sin
     assert {i: s for i, s in _statuses(document).items() if s != "OK"} == dict.fromkeys(
         IDS, "CRITICAL"
     )
-    [page] = _mails(smtp_sink)
+    [page] = mail_texts(smtp_sink)
     assert "backup_compliance: 2 check(s) red" in page
     assert all(i in page for i in IDS) and "9h" in page and document["key"] in page
 
     state, document = _compliance(stores)  # still stale: no second page
     assert state == "failed" and document["alerts"] == []
-    assert len(_mails(smtp_sink)) == 1
+    assert len(mail_texts(smtp_sink)) == 1
 
-    _age_manifests(stores, window, -timedelta(hours=9))  # fresh again
+    age_manifests(stores, window, -timedelta(hours=9))  # fresh again
     state, document = _compliance(stores)
     assert state == "success"
-    mails = _mails(smtp_sink)
+    mails = mail_texts(smtp_sink)
     assert len(mails) == 2
     [resolved] = [m for m in mails if m.startswith("[backup] RESOLVED: backup_compliance")]
     assert "2 check(s) green again" in resolved and all(i in resolved for i in IDS)
@@ -145,7 +106,7 @@ def test_green_then_stale_pages_once_then_resolves(policy_file, stores, smtp_sin
 def test_cli_says_unknown_when_no_region_answers(policy_file, stack) -> None:
     import json
 
-    policy_file(_lean)
+    policy_file(lean_policy)
     dead = {}
     for conn_id in ("s3_primary", "s3_secondary"):
         name = f"AIRFLOW_CONN_{conn_id.upper()}"

@@ -11,6 +11,7 @@ import pytest
 
 from local.failover import SETTLE_S
 from tests.browser import ARTIFACTS
+from tests.integration.helpers import LEAN_TARGET, age_manifests, back_up, sandbox_databases
 from tests.stack import airflow_cli, dag_runs, primary_setting
 
 pytestmark = pytest.mark.integration
@@ -23,21 +24,11 @@ GREEN, RED = "rgb(198, 246, 213)", "rgb(254, 215, 215)"
 def _backup(stores: Any, tier: str, window: datetime, *, age: timedelta | None = None) -> None:
     """A real backup of platform_core: snapshot, copy, integrity check in both regions; `age`
     moves its restore point back (in both regions' manifests), as a tier whose runs stopped."""
-    from include.backup_dr import pipeline
-    from include.backup_dr.catalogue import BackupId
     from include.backup_dr.policy import load_policy
 
-    policy = load_policy()
-    ref = pipeline.take_snapshot(policy, stores, "platform_core", tier, window, RUN)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    pipeline.check_integrity(policy, stores, ref)
+    back_up(load_policy(), stores, LEAN_TARGET, tier, window, RUN)
     if age is not None:
-        key = BackupId("platform", "platform_core", tier, window).key("manifest.json")
-        for store in stores:
-            manifest = store.get_json(key)
-            for field in ("started_at", "finished_at"):
-                manifest[field] = (datetime.fromisoformat(manifest[field]) - age).isoformat()
-            store.put_json(key, manifest)
+        age_manifests(stores, window, age, tier)
 
 
 def _monitor(stores: Any, run_id: str) -> None:
@@ -157,14 +148,6 @@ def test_page_shows_each_tier_and_refuses_anonymous(
     assert live["source"] == "live"
 
 
-def _sandbox_databases() -> list[str]:
-    from local.pg import connect
-
-    with connect("postgres", server="sandbox") as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate").fetchall()
-    return sorted(name for (name,) in rows if name != "postgres")
-
-
 def test_dr_restore_form_submits_with_only_a_database_restore_and_is_approved_in_the_ui(
     ui_page, airflow_scheduler, stores
 ) -> None:
@@ -194,7 +177,7 @@ def test_dr_restore_form_submits_with_only_a_database_restore_and_is_approved_in
         subject = page.get_by_text("Restore platform_core into pg_sandbox?").first
         while not subject.is_visible():
             assert time.monotonic() < deadline, dag_runs(airflow_scheduler, "dr_restore")
-            assert _sandbox_databases() == []  # nothing before the approval
+            assert sandbox_databases() == []  # nothing before the approval
             time.sleep(3)
             page.reload()
         subject.click()
@@ -214,7 +197,7 @@ def test_dr_restore_form_submits_with_only_a_database_restore_and_is_approved_in
             time.sleep(5)
         [run] = new
         assert run["state"] == "success", run
-        assert "platform_core" in _sandbox_databases()
+        assert "platform_core" in sandbox_databases()
         (record,) = [
             stores.secondary.get_json(o.key)
             for o in stores.secondary.list_objects("evidence/dr_restore/platform_core/")
@@ -226,5 +209,5 @@ def test_dr_restore_form_submits_with_only_a_database_restore_and_is_approved_in
         from local.pg import connect
 
         with connect("postgres", server="sandbox") as conn:
-            for name in _sandbox_databases():
+            for name in sandbox_databases():
                 conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -15,34 +15,21 @@ from include.backup_dr.engines.wal import archive_files
 from include.backup_dr.pipeline import IntegrityError
 from include.backup_dr.policy import load_policy
 from include.backup_dr.store import StoreError
+from tests.integration.helpers import (
+    RUN,
+    SERVER,
+    base_backup,
+    primary_connection,
+    switch_wal,
+    wait_archived,
+)
 from tests.stack import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
-SERVER = "platform_primary"
-RUN = {"dag_id": "test", "run_id": "test"}
-
-
-def _primary():
-    from local import pg
-
-    return pg.connect("platform_core")
-
-
-def switch_wal(rows: int = 50) -> str:
-    """Write something, close the segment, and return its name (what the archiver must send)."""
-    with _primary() as conn:
-        conn.execute("CREATE TABLE IF NOT EXISTS public.wal_probe (id serial, at timestamptz)")
-        conn.execute(
-            "INSERT INTO public.wal_probe (at) SELECT clock_timestamp() FROM generate_series(1, %s)",
-            (rows,),
-        )
-        name = conn.execute("SELECT pg_walfile_name(pg_current_wal_lsn())").fetchone()[0]
-        conn.execute("SELECT pg_switch_wal()")
-    return name
 
 
 def archiver() -> dict:
-    with _primary() as conn:
+    with primary_connection() as conn:
         row = conn.execute(
             "SELECT archived_count, failed_count, last_archived_wal, last_failed_wal "
             "FROM pg_stat_archiver"
@@ -57,28 +44,6 @@ def archiver() -> dict:
         "last_failed": row[3],
         "ready": ready,
     }
-
-
-def wait_archived(store, segment: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        names = {
-            f.segment.name()
-            for f in archive_files(store, SERVER, wal.DEFAULT_SEGMENT_SIZE)
-            if f.kind == "segment" and f.segment
-        }
-        if segment in names:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"{segment} did not reach {store.region.name} within {timeout}s")
-
-
-def base_backup(stores) -> dict:
-    policy = load_policy()
-    window = datetime.now(UTC).replace(microsecond=0)
-    ref = pipeline.take_snapshot(policy, stores, SERVER, "continuous", window, RUN)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    return ref
 
 
 def test_continuous_dag_backs_up_and_verifies_both_regions(stores) -> None:

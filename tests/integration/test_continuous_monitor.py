@@ -8,12 +8,12 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.stack import REPO, mail_text, primary_setting, run_dag, wait_for_mail
+from tests.integration.helpers import mail_texts
+from tests.stack import REPO, primary_setting, run_dag
 
 pytestmark = pytest.mark.integration
 
@@ -27,12 +27,6 @@ def _measure(stores: Any, seconds: float, run_id: str) -> dict[str, Any]:
 
     run = {"dag_id": "platform_continuous_monitor", "run_id": run_id}
     return measure(load_policy(), stores, SERVER, seconds, run)
-
-
-def _mails(folder: Path, settle: float = 2.0) -> list[str]:
-    """Every mail in the sink as subject + text, after giving a late one time to land."""
-    time.sleep(settle)
-    return [m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(folder, timeout=0.1)]
 
 
 def _standby_service() -> Any:
@@ -120,7 +114,7 @@ def test_stopped_standby_pages_once_and_resolves_once(stores, smtp_sink) -> None
             runs.append(_measure(stores, 2, "standby-down-2"))
         assert runs[-1]["conditions"]["standby_gone"], "not alerted within 2 runs"
         assert [a["kind"] for a in runs[-1]["alerts"]] == ["breach"]
-        mails = _mails(smtp_sink)
+        mails = mail_texts(smtp_sink)
         assert len(mails) == 1, mails
         assert "standby_gone" in mails[0] and SERVER in mails[0]
         assert "platform_continuous_monitor" in mails[0] and "RPO: 1s" in mails[0]
@@ -132,7 +126,7 @@ def test_stopped_standby_pages_once_and_resolves_once(stores, smtp_sink) -> None
 
         still_down = _measure(stores, 1, "standby-down-3")
         assert still_down["conditions"]["standby_gone"] and still_down["alerts"] == []
-        assert len(_mails(smtp_sink)) == 1
+        assert len(mail_texts(smtp_sink)) == 1
     finally:
         stack.up_one(standby)
 
@@ -141,7 +135,7 @@ def test_stopped_standby_pages_once_and_resolves_once(stores, smtp_sink) -> None
     assert back["conditions"] == {"lag": False, "archive_failing": False, "standby_gone": False}
     assert [(a["kind"], a["condition"]) for a in back["alerts"]] == [("resolved", "standby_gone")]
     assert all(s["status"] == "visible" for s in back["samples"])
-    mails = _mails(smtp_sink)
+    mails = mail_texts(smtp_sink)
     assert len(mails) == 2, mails
     [resolved] = [mail for mail in mails if "RESOLVED" in mail]
     assert "standby_gone" in resolved and SERVER in resolved
@@ -163,7 +157,8 @@ def test_archive_timeout_unlike_the_policy_turns_server_config_red(stores) -> No
     """The server's settings are compared with the policy, not assumed: archive_timeout set to
     10 minutes by a DBA (the policy says 60 s) is red in the monitor's record and in compliance,
     which names what it costs; the server is put back whatever happens."""
-    from include.backup_dr.monitor.compliance import Status, evaluate
+    from include.backup_dr.monitor.checks.result import Status
+    from include.backup_dr.monitor.compliance import evaluate
     from include.backup_dr.monitor.facts import read_facts
     from include.backup_dr.policy import load_policy
 

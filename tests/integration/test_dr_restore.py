@@ -13,6 +13,7 @@ import pytest
 
 from tests.browser import airflow_login
 from tests.faults.airflow_api import Approver, _call
+from tests.integration.helpers import back_up, sandbox_databases
 from tests.stack import airflow_cli, dag_runs
 
 pytestmark = pytest.mark.integration
@@ -22,21 +23,9 @@ TARGETS = ["platform_billing", "platform_core"]  # in the form's order; core has
 
 
 def _backup(stores: Any, target: str, window: datetime) -> None:
-    from include.backup_dr import pipeline
     from include.backup_dr.policy import load_policy
 
-    policy = load_policy()
-    ref = pipeline.take_snapshot(policy, stores, target, "daily", window, RUN)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    pipeline.check_integrity(policy, stores, ref)
-
-
-def _sandbox_databases() -> list[str]:
-    from local.pg import connect
-
-    with connect("postgres", server="sandbox") as conn:
-        rows = conn.execute("SELECT datname FROM pg_database WHERE NOT datistemplate").fetchall()
-    return sorted(name for (name,) in rows if name != "postgres")
+    back_up(load_policy(), stores, target, "daily", window, RUN)
 
 
 def _restore(env: dict[str, str], token: str, conf: str) -> dict[str, Any]:
@@ -113,5 +102,5 @@ def test_dr_restore_under_the_scheduler_runs_by_priority_within_the_pool(
         from local.pg import connect
 
         with connect("postgres", server="sandbox") as conn:
-            for name in _sandbox_databases():
+            for name in sandbox_databases():
                 conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

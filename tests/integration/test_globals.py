@@ -25,6 +25,7 @@ from local.sampledb import (
     READERS_GRANTED,
     READERS_ROLE,
 )
+from tests.integration.helpers import back_up, sql
 from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
@@ -32,34 +33,26 @@ WINDOW = datetime(2026, 11, 26, 0, 30, tzinfo=UTC)
 GLOBALS = "data.globals.json"
 
 
-def _sql(database: str, statement: str, *, server: str = "platform") -> list[tuple]:
-    from local.pg import connect
-
-    with connect(database, server=server) as conn:
-        cursor = conn.execute(statement)
-        return cursor.fetchall() if cursor.description else []
-
-
 def _fresh_sandbox() -> None:
     """The sandbox server as a new DR site: no databases but postgres, no application roles
     (an earlier restore may have left them, with or without a password)."""
-    for (name,) in _sql(
+    for (name,) in sql(
         "postgres",
         "SELECT datname FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'",
         server="sandbox",
     ):
-        _sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
+        sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
     roles = [
         name
-        for (name,) in _sql(
+        for (name,) in sql(
             "postgres",
             f"SELECT rolname FROM pg_roles WHERE rolname IN ('{APP_ROLE}', '{READERS_ROLE}')",
             server="sandbox",
         )
     ]
     if roles:
-        _sql("postgres", f"DROP OWNED BY {', '.join(roles)}", server="sandbox")
-        _sql("postgres", f"DROP ROLE {', '.join(roles)}", server="sandbox")
+        sql("postgres", f"DROP OWNED BY {', '.join(roles)}", server="sandbox")
+        sql("postgres", f"DROP ROLE {', '.join(roles)}", server="sandbox")
 
 
 @pytest.fixture
@@ -97,18 +90,18 @@ def _what_the_app_sees(database: str, server: str, *, socket: bool = False) -> d
 
 def _security(database: str, server: str) -> dict[str, Any]:
     """Table owners, table grants and the database's ACL and owner, as names."""
-    owners = _sql(
+    owners = sql(
         database,
         "SELECT tablename, tableowner FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
         server=server,
     )
-    grants = _sql(
+    grants = sql(
         database,
         "SELECT table_name, grantee, privilege_type FROM information_schema.table_privileges "
         "WHERE table_schema = 'public' AND grantee NOT IN ('postgres') ORDER BY 1, 2, 3",
         server=server,
     )
-    acl = _sql(
+    acl = sql(
         "postgres",
         f"SELECT pg_get_userbyid(d.datdba), a.grantee::regrole::text, a.privilege_type "
         f"FROM pg_database d, aclexplode(d.datacl) a WHERE d.datname = '{database}' "
@@ -123,12 +116,8 @@ def _backed_up(stores: Any, target: str, window: datetime) -> BackupId:
     from include.backup_dr import pipeline
     from include.backup_dr.policy import load_policy
 
-    policy = load_policy()
     run = {"dag_id": "platform_backup_daily", "run_id": f"globals-{window:%Y%m%d%H%M}"}
-    ref = pipeline.take_snapshot(policy, stores, target, "daily", window, run)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    pipeline.check_integrity(policy, stores, ref)
-    return pipeline.from_ref(ref)
+    return pipeline.from_ref(back_up(load_policy(), stores, target, "daily", window, run))
 
 
 def test_a_backup_keeps_the_globals_encrypted_beside_it_in_both_regions(stores) -> None:
@@ -155,7 +144,7 @@ def test_dr_restore_brings_the_application_back_as_production_had_it(stores, san
     assert _what_the_app_sees(APP_DATABASE, "sandbox") == production
     assert _security(APP_DATABASE, "sandbox") == _security(APP_DATABASE, "platform")
     # The admin's own role was not touched: its password is still the sandbox's.
-    assert _sql("postgres", "SELECT 1", server="sandbox") == [(1,)]
+    assert sql("postgres", "SELECT 1", server="sandbox") == [(1,)]
 
 
 def test_the_drill_restores_the_roles_without_their_passwords(stores, sandbox) -> None:
@@ -167,7 +156,7 @@ def test_the_drill_restores_the_roles_without_their_passwords(stores, sandbox) -
     production = _what_the_app_sees(APP_DATABASE, "platform")
     policy = load_policy()
     selection = select_backup(policy, stores.secondary, APP_DATABASE, "daily", WINDOW)
-    _sql("postgres", "CREATE DATABASE drill_globals", server="sandbox")
+    sql("postgres", "CREATE DATABASE drill_globals", server="sandbox")
     drill.restore_into(policy, stores, selection, "pg_sandbox", "drill_globals", 2)
 
     assert _what_the_app_sees("drill_globals", "sandbox", socket=True) == production
@@ -175,7 +164,7 @@ def test_the_drill_restores_the_roles_without_their_passwords(stores, sandbox) -
     # No production credential works in the sandbox.
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         _connect_as_app("drill_globals", "sandbox")
-    (verifier,) = _sql(
+    (verifier,) = sql(
         "postgres",
         f"SELECT rolpassword FROM pg_authid WHERE rolname = '{APP_ROLE}'",
         server="sandbox",
@@ -195,10 +184,10 @@ def pitr_scratch(stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def _archive_now(timeout: float = 60.0) -> None:
     """Close the current WAL segment and wait until the server has archived it."""
-    (segment,) = _sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    (segment,) = sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")[0]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        (archived,) = _sql("postgres", "SELECT last_archived_wal FROM pg_stat_archiver")[0]
+        (archived,) = sql("postgres", "SELECT last_archived_wal FROM pg_stat_archiver")[0]
         if archived is not None and archived >= segment:
             return
         time.sleep(0.3)
@@ -295,13 +284,13 @@ def reader_login(stack) -> Iterator[Any]:
     from local.config import HOST
     from local.pg import get_server
 
-    _sql("postgres", "DROP ROLE IF EXISTS globals_reader")
-    _sql("postgres", "CREATE ROLE globals_reader LOGIN PASSWORD 'reader-pw'")
-    _sql("postgres", f"GRANT CONNECT ON DATABASE {APP_DATABASE} TO globals_reader")
+    sql("postgres", "DROP ROLE IF EXISTS globals_reader")
+    sql("postgres", "CREATE ROLE globals_reader LOGIN PASSWORD 'reader-pw'")
+    sql("postgres", f"GRANT CONNECT ON DATABASE {APP_DATABASE} TO globals_reader")
     port = get_server("platform").port
     yield PgConnectionInfo(HOST, port, "globals_reader", APP_DATABASE, {"PGPASSWORD": "reader-pw"})
-    _sql("postgres", f"REVOKE CONNECT ON DATABASE {APP_DATABASE} FROM globals_reader")
-    _sql("postgres", "DROP ROLE globals_reader")
+    sql("postgres", f"REVOKE CONNECT ON DATABASE {APP_DATABASE} FROM globals_reader")
+    sql("postgres", "DROP ROLE globals_reader")
 
 
 def test_without_pg_authid_the_roles_are_kept_without_passwords_and_it_says_so(
@@ -339,7 +328,7 @@ def test_a_statement_that_fails_applies_none_of_them_and_never_shows_the_passwor
     assert failed.value.__suppress_context__  # the driver's text is not chained in
     assert secret not in caplog.text
     assert (
-        _sql(
+        sql(
             "postgres",
             f"SELECT rolname FROM pg_roles WHERE rolname IN ('{APP_ROLE}', '{READERS_ROLE}')",
             server="sandbox",

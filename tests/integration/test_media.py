@@ -18,22 +18,16 @@ from include.backup_dr.pipeline import (
     take_snapshot,
 )
 from include.backup_dr.policy import load_policy
+from tests.integration.helpers import MEDIA_TARGET as TARGET
+from tests.integration.helpers import media_source
 from tests.stack import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
-TARGET = "media_documents"
 
 
 def _entries(store, backup: BackupId):
     manifest = store.manifest(backup)
     return list(parse_listing(store.iter_chunks(manifest.artifact.key)))
-
-
-def _source():
-    from local.config import s3_sites
-    from local.s3 import s3_client
-
-    return s3_client(s3_sites()[0])
 
 
 def _backed_up(policy, stores, window: datetime, tier: str = "daily") -> dict:
@@ -53,7 +47,7 @@ def test_full_run_of_each_media_tier(tier: str, stores) -> None:
     entries = _entries(stores.primary, backup)
     source_keys = sorted(
         o["Key"]
-        for page in _source().get_paginator("list_objects_v2").paginate(Bucket="media-source")
+        for page in media_source().get_paginator("list_objects_v2").paginate(Bucket="media-source")
         for o in page.get("Contents", [])
     )
     assert [e.key for e in entries] == source_keys
@@ -77,7 +71,7 @@ def test_second_snapshot_copies_only_what_changed(stores) -> None:
     first = _backed_up(policy, stores, first_window)
     manifest = stores.primary.manifest(BackupId("media", TARGET, "daily", first_window))
     total = manifest.source["objects"]
-    changed = mutate(_source(), "media-source", 0.01, seed=int(datetime.now(UTC).timestamp()))
+    changed = mutate(media_source(), "media-source", 0.01, seed=int(datetime.now(UTC).timestamp()))
     assert 0 < len(changed) < total
 
     second_window = first_window + timedelta(days=1)
@@ -143,20 +137,20 @@ def test_snapshot_refreshes_an_old_blob_so_a_racing_gc_cannot_sweep_it(stores, p
     day = datetime(2026, 11, 20, tzinfo=UTC)
     body = f"%PDF seen twice {datetime.now(UTC).isoformat()}".encode()
     first_key = "tenants/refresh-test/documents/first.pdf"
-    _source().put_object(Bucket="media-source", Key=first_key, Body=body)
+    media_source().put_object(Bucket="media-source", Key=first_key, Body=body)
     _backed_up(policy, stores, day)
     sha = next(
         e.sha256
         for e in _entries(stores.primary, BackupId("media", TARGET, "daily", day))
         if e.key == first_key
     )
-    _source().delete_object(Bucket="media-source", Key=first_key)
+    media_source().delete_object(Bucket="media-source", Key=first_key)
     _backed_up(policy, stores, day + timedelta(days=1))
     stores.primary.delete_all_versions(BackupId("media", TARGET, "daily", day).prefix)
     time.sleep(5)  # no snapshot refers to the blob, and it is older than the grace
 
     again = "tenants/refresh-test/documents/again.pdf"
-    _source().put_object(Bucket="media-source", Key=again, Body=body)
+    media_source().put_object(Bucket="media-source", Key=again, Body=body)
     started = datetime.now(UTC)
     third = BackupId("media", TARGET, "daily", day + timedelta(days=2))
     take_snapshot(policy, stores, TARGET, "daily", third.window, {})
@@ -169,7 +163,7 @@ def test_snapshot_refreshes_an_old_blob_so_a_racing_gc_cannot_sweep_it(stores, p
     assert stores.primary.open(blob_key("media", sha)).read() == body
     checks = MediaEngine().check_contents(stores.primary, manifest, datetime.now(UTC))
     assert checks[0].ok, checks[0].detail
-    _source().delete_object(Bucket="media-source", Key=again)
+    media_source().delete_object(Bucket="media-source", Key=again)
 
 
 def test_a_snapshot_that_checks_reused_blobs_refreshes_the_old_ones(stores, policy_file) -> None:
@@ -186,7 +180,7 @@ def test_a_snapshot_that_checks_reused_blobs_refreshes_the_old_ones(stores, poli
     policy = policy_file(mutate)
     keys = [f"{prefix}kept.pdf", f"{prefix}damaged.pdf"]
     for key in keys:
-        _source().put_object(Bucket="media-source", Key=key, Body=f"%PDF {key}".encode())
+        media_source().put_object(Bucket="media-source", Key=key, Body=f"%PDF {key}".encode())
     try:
         day = datetime(2026, 11, 18, tzinfo=UTC)
         _backed_up(policy, stores, day)  # checked: the listing later snapshots reuse
@@ -211,7 +205,7 @@ def test_a_snapshot_that_checks_reused_blobs_refreshes_the_old_ones(stores, poli
         assert stores.primary.open(kept).read() == f"%PDF {keys[0]}".encode()
     finally:
         for key in keys:
-            _source().delete_object(Bucket="media-source", Key=key)
+            media_source().delete_object(Bucket="media-source", Key=key)
 
 
 def _corrupt(store, key: str, fault: str) -> None:
@@ -301,7 +295,7 @@ def test_an_object_changed_while_it_is_copied_is_stored_under_its_own_hash(
     from include.backup_dr.store import ObjectStore
 
     bucket = "media-source-versioned" if versioned else "media-source-plain"
-    client = _source()
+    client = media_source()
     if bucket not in {b["Name"] for b in client.list_buckets()["Buckets"]}:
         client.create_bucket(
             Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": client.meta.region_name}

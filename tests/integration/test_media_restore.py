@@ -11,8 +11,8 @@ import pytest
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.engines.media import blob_key
 from include.backup_dr.restore.media import selected
-from tests.integration.test_media import TARGET, _source
-from tests.integration.test_restore import _evidence
+from tests.integration.helpers import MEDIA_TARGET as TARGET
+from tests.integration.helpers import evidence, media_source
 from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
@@ -43,7 +43,7 @@ def test_drill_catches_a_rotten_blob_in_the_restore_region(backed_up, stores) ->
 
     run = run_dag("restore_verification", WINDOW, {"target": TARGET})
     assert run.state == "failed"
-    (record,) = _evidence(stores.primary, "restore_verification", TARGET)
+    (record,) = evidence(stores.primary, "restore_verification", TARGET)
     assert record["outcome"] == "failed"
     failed = [r for r in record["validation"]["results"] if not r["success"]]
     assert [r["expectation"] for r in failed] == ["every_restored_object_matches_its_sha256"]
@@ -69,12 +69,12 @@ def test_dr_restore_brings_back_one_tenant_to_a_bucket(backed_up, stores) -> Non
     sandbox = _sandbox()
     restored = {o.key for o in sandbox.list_objects("")}
     assert restored == {f"recovered/{key}" for key in wanted}
-    source = _source()
+    source = media_source()
     for key, sha in wanted.items():  # the source has not changed since the backup
         body = sandbox.open(f"recovered/{key}").read()
         assert hashlib.sha256(body).hexdigest() == sha
         assert body == source.get_object(Bucket="media-source", Key=key)["Body"].read()
-    (record,) = _evidence(stores.primary, "dr_restore", TARGET)
+    (record,) = evidence(stores.primary, "dr_restore", TARGET)
     assert record["outcome"] == "passed", record["problems"]
     assert record["steps"]["objects"] == len(wanted)
     assert record["steps"]["timings"]["copy"] > 0

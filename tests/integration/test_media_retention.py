@@ -10,7 +10,8 @@ from include.backup_dr.catalogue import BackupId
 from include.backup_dr.engines.media import blob_key, parse_listing
 from include.backup_dr.gc import collect_garbage
 from include.backup_dr.pipeline import check_integrity, copy_to_secondary, prune, take_snapshot
-from tests.integration.test_media import TARGET, _source
+from tests.integration.helpers import MEDIA_TARGET as TARGET
+from tests.integration.helpers import media_source
 
 pytestmark = pytest.mark.integration
 START = datetime(2025, 10, 1, 2, 30, tzinfo=UTC)
@@ -27,7 +28,7 @@ def test_deleted_document_is_gone_from_every_backup_after_twelve_months(
     # Blob grace runs on the wall clock (it guards writes happening now): shorten it here.
     policy = policy_file(lambda d: d["prune"].update(incomplete_upload_grace="1s"))
     assert policy.categories["media"].tiers["monthly"].retention == timedelta(days=365)
-    source = _source()
+    source = media_source()
     victim = "tenants/retention-test/documents/to-be-deleted.pdf"
     source.put_object(
         Bucket="media-source",

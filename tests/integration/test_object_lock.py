@@ -22,7 +22,6 @@ from include.backup_dr.gc import collect_garbage
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.lease import LeaseLostError
 from include.backup_dr.pipeline import (
-    Stores,
     check_integrity,
     copy_to_secondary,
     prune,
@@ -31,30 +30,12 @@ from include.backup_dr.pipeline import (
 from include.backup_dr.policy import SHARED_EXTENSION
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
 from include.backup_dr.wal_segments import archive_prefix
-from tests.integration.test_continuous import switch_wal
+from tests.integration.helpers import HELD, lock_policy, locked_stores, switch_wal
 from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
 TARGET, TIER = "platform_billing", "daily"
 MEDIA = "media_documents"
-#: The shipped daily retention (7d) plus the margin these tests lock with (1d).
-HELD = timedelta(days=8)
-
-
-def _lock(data) -> None:
-    for role in ("primary", "secondary"):
-        data["regions"][role]["object_lock"] = {
-            "mode": "governance",
-            "margin": "1d",
-            "bypass_conn_id": f"s3_{role}_break_glass",
-        }
-
-
-@pytest.fixture
-def locked(stores, policy_file):
-    """The policy with governance locks in both regions; every locked object removed after,
-    through the break-glass connections (the only way to)."""
-    yield from _locked_stores(policy_file(_lock))
 
 
 @pytest.fixture
@@ -62,19 +43,10 @@ def locked_short_grace(stores, policy_file):
     """`locked`, with a 4 s grace: blobs written before a 5 s sleep are old enough to sweep."""
 
     def mutate(data) -> None:
-        _lock(data)
+        lock_policy(data)
         data["prune"]["incomplete_upload_grace"] = "4s"
 
-    yield from _locked_stores(policy_file(mutate))
-
-
-def _locked_stores(policy):
-    yield policy, Stores.from_policy(policy)
-    for region in policy.iter_regions():
-        glass = ObjectStore.for_break_glass(region, LockRule.for_region(policy, region))
-        for upload in glass.unfinished_uploads(""):
-            glass.abort_upload(upload.key, upload.upload_id)
-        glass.delete_all_versions("")
+    yield from locked_stores(policy_file(mutate))
 
 
 def _backed_up(policy, stores, window: datetime) -> BackupId:
@@ -198,7 +170,7 @@ def test_break_glass_with_the_other_region_down_deletes_on_the_record_it_could_k
     monkeypatch.setenv("AIRFLOW_CONN_S3_DOWN", json.dumps(broken))
 
     def secondary_down(data) -> None:
-        _lock(data)
+        lock_policy(data)
         data["regions"]["secondary"]["conn_id"] = "s3_down"
 
     record = delete_locked_backup(

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.integration.helpers import sql
 from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
@@ -35,14 +36,6 @@ def pitr_env(stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     assert leftovers == [], f"a throwaway server was left behind: {leftovers}"
 
 
-def _sql(database: str, statement: str, *, server: str = "platform") -> list[tuple]:
-    from local.pg import connect
-
-    with connect(database, server=server) as conn:
-        cursor = conn.execute(statement)
-        return cursor.fetchall() if cursor.description else []
-
-
 def _base_backup(stores: Any) -> dict[str, Any]:
     """One base backup of the server, copied and verified in both regions (the tier's steps)."""
     from include.backup_dr import pipeline
@@ -59,10 +52,10 @@ def _base_backup(stores: Any) -> dict[str, Any]:
 
 def _archive_now(timeout: float = 60.0) -> str:
     """Close the current WAL segment and wait until the server has archived it (both regions)."""
-    (segment,) = _sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    (segment,) = sql("postgres", "SELECT pg_walfile_name(pg_switch_wal())")[0]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        (archived,) = _sql("postgres", "SELECT last_archived_wal FROM pg_stat_archiver")[0]
+        (archived,) = sql("postgres", "SELECT last_archived_wal FROM pg_stat_archiver")[0]
         if archived is not None and archived >= segment:
             return segment
         time.sleep(0.3)
@@ -180,14 +173,12 @@ def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores,
     from include.backup_dr.policy import load_policy
 
     ref = _base_backup(stores)
-    (tenant, original) = _sql("platform_core", "SELECT id, name FROM tenants ORDER BY id LIMIT 1")[
-        0
-    ]
+    (tenant, original) = sql("platform_core", "SELECT id, name FROM tenants ORDER BY id LIMIT 1")[0]
     try:
-        _sql("platform_core", f"UPDATE tenants SET name = 'pitr before' WHERE id = {tenant}")
-        (before_at,) = _sql("postgres", "SELECT clock_timestamp()")[0]
+        sql("platform_core", f"UPDATE tenants SET name = 'pitr before' WHERE id = {tenant}")
+        (before_at,) = sql("postgres", "SELECT clock_timestamp()")[0]
         time.sleep(1.2)
-        _sql("platform_core", f"UPDATE tenants SET name = 'pitr after' WHERE id = {tenant}")
+        sql("platform_core", f"UPDATE tenants SET name = 'pitr after' WHERE id = {tenant}")
         _archive_now()
         target = before_at + timedelta(milliseconds=500)
 
@@ -210,7 +201,7 @@ def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores,
             )
             assert "nothing restored" in str(refused.value)
         assert list(pitr_env.iterdir()) == []  # nothing was downloaded
-        assert _sql(
+        assert sql(
             "postgres",
             "SELECT count(*) FROM pg_database WHERE datname = 'platform_core'",
             server="sandbox",
@@ -223,7 +214,7 @@ def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores,
             approve=True,
         )
         assert result.state == "success"
-        restored = _sql(
+        restored = sql(
             "platform_core", f"SELECT name FROM tenants WHERE id = {tenant}", server="sandbox"
         )
         assert restored == [("pitr before",)]
@@ -238,8 +229,8 @@ def test_out_of_range_is_refused_and_dr_restore_recovers_a_database_at_t(stores,
         assert rows["public.tenants"]["success"]
 
     finally:
-        _sql("platform_core", f"UPDATE tenants SET name = '{original}' WHERE id = {tenant}")
-        _sql("postgres", "DROP DATABASE IF EXISTS platform_core WITH (FORCE)", server="sandbox")
+        sql("platform_core", f"UPDATE tenants SET name = '{original}' WHERE id = {tenant}")
+        sql("postgres", "DROP DATABASE IF EXISTS platform_core WITH (FORCE)", server="sandbox")
 
 
 def test_sandbox_guard_refuses_any_production_host_or_port(stack, monkeypatch) -> None:
@@ -300,21 +291,21 @@ def test_dr_restore_at_t_swaps_in_keeps_the_old_database_and_survives_a_bad_base
         "target_time": "latest",
     }
     try:
-        _sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
-        _sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
-        _sql("platform_core", "INSERT INTO precious VALUES (42)", server="sandbox")
+        sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
+        sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
+        sql("platform_core", "INSERT INTO precious VALUES (42)", server="sandbox")
         assert run_dag("dr_restore", datetime.now(UTC), conf, approve=True).state == "success"
-        tenants = _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
-        assert tenants == _sql("platform_core", "SELECT count(*) FROM tenants")
+        tenants = sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
+        assert tenants == sql("platform_core", "SELECT count(*) FROM tenants")
         names = [
             name
-            for (name,) in _sql(
+            for (name,) in sql(
                 "postgres", "SELECT datname FROM pg_database ORDER BY 1", server="sandbox"
             )
         ]
         (aside,) = [n for n in names if n.startswith("platform_core__before_")]
         assert not [n for n in names if "__restoring_" in n]
-        assert _sql(aside, "SELECT id FROM precious", server="sandbox") == [(42,)]
+        assert sql(aside, "SELECT id FROM precious", server="sandbox") == [(42,)]
         (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
         assert record["outcome"] == "passed", record["problems"]
         assert record["steps"]["previous_database"] == aside
@@ -324,17 +315,17 @@ def test_dr_restore_at_t_swaps_in_keeps_the_old_database_and_survives_a_bad_base
         body[len(body) // 2] ^= 0xFF
         stores.secondary.put_bytes(manifest.artifact.key, bytes(body), "application/octet-stream")
         assert run_dag("dr_restore", datetime.now(UTC), conf, approve=True).state == "failed"
-        assert _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox") == tenants
+        assert sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox") == tenants
         records = _evidence(stores.secondary, "dr_restore", "platform_core")
         assert [r["outcome"] for r in records] == ["passed", "failed"]
         assert "not restored" in " ".join(records[1]["problems"])
     finally:
-        for (name,) in _sql(
+        for (name,) in sql(
             "postgres",
             "SELECT datname FROM pg_database WHERE datname LIKE 'platform_core%'",
             server="sandbox",
         ):
-            _sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
+            sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
 
 
 def test_drill_without_a_base_backup_fails_and_pages(stores, smtp_sink) -> None:

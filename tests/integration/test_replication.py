@@ -9,7 +9,8 @@ import pytest
 
 from include.backup_dr.engines.media import blob_key, parse_listing
 from include.backup_dr.replication import replica_prefix
-from tests.integration.test_media import TARGET, _source
+from tests.integration.helpers import MEDIA_TARGET as TARGET
+from tests.integration.helpers import media_source
 from tests.stack import mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
@@ -17,7 +18,7 @@ STATE = replica_prefix("media", TARGET) + "state.json"
 
 
 def _source_keys() -> list[str]:
-    pages = _source().get_paginator("list_objects_v2").paginate(Bucket="media-source")
+    pages = media_source().get_paginator("list_objects_v2").paginate(Bucket="media-source")
     return sorted(o["Key"] for page in pages for o in page.get("Contents", []))
 
 
@@ -51,7 +52,7 @@ def test_replication_catches_up_once_and_a_backfill_copies_nothing_twice(stores)
         head = stores.secondary.head(blob_key("media", sha))
         assert head["SSEKMSKeyId"].endswith(stores.secondary.region.kms_key_id)
 
-    changed = mutate(_source(), "media-source", 0.01, seed=int(time.time()))
+    changed = mutate(media_source(), "media-source", 0.01, seed=int(time.time()))
     # A backfill over the two missed hours: the first run catches up, the second copies nothing.
     runs = []
     for missed in (hour + timedelta(hours=1), hour + timedelta(hours=2)):
@@ -82,7 +83,7 @@ def test_lag_over_the_rpo_is_measured_and_pages_on_call(stores, smtp_sink, polic
     assert run_dag("media_replicate", hour - timedelta(hours=1)).state == "success"
     key = "tenants/replication-test/documents/late.pdf"
     before = datetime.now(UTC)
-    _source().put_object(
+    media_source().put_object(
         Bucket="media-source",
         Key=key,
         Body=f"%PDF {time.time()}".encode(),
@@ -98,7 +99,7 @@ def test_lag_over_the_rpo_is_measured_and_pages_on_call(stores, smtp_sink, polic
     assert key in _replica(stores.secondary)  # it caught up even though the RPO was missed
     text = "\n".join(m["Subject"] + "\n" + mail_text(m) for m in wait_for_mail(smtp_sink))
     assert "media_replicate" in text and TARGET in text and "RPO exceeded" in text
-    _source().delete_object(Bucket="media-source", Key=key)
+    media_source().delete_object(Bucket="media-source", Key=key)
 
 
 def test_two_runs_in_the_same_second_keep_both_evidence_records(stores) -> None:

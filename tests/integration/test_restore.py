@@ -15,32 +15,11 @@ from include.backup_dr.policy import DEFAULT_POLICY_PATH, PolicyError, load_poli
 from include.backup_dr.restore.database import guard_sandbox
 from include.backup_dr.restore.errors import RestoreRefused, TamperedBackup
 from include.backup_dr.restore.select import Selection
+from tests.integration.helpers import evidence, sandbox_databases, sql
 from tests.stack import continuous_without_production, mail_text, run_dag, wait_for_mail
 
 pytestmark = pytest.mark.integration
 WINDOW = datetime(2026, 11, 24, 0, 30, tzinfo=UTC)
-
-
-def _sql(database: str, statement: str, *, server: str = "platform") -> list[tuple]:
-    from local.pg import connect
-
-    with connect(database, server=server) as conn:
-        cursor = conn.execute(statement)
-        return cursor.fetchall() if cursor.description else []
-
-
-def _sandbox_databases() -> list[str]:
-    rows = _sql(
-        "postgres", "SELECT datname FROM pg_database WHERE NOT datistemplate", server="sandbox"
-    )
-    return sorted(name for (name,) in rows if name != "postgres")
-
-
-def _evidence(store, kind: str, target: str) -> list[dict]:
-    keys = sorted(
-        o.key for o in store.list_objects(f"evidence/{kind}/{target}/") if o.key.endswith(".json")
-    )
-    return [store.get_json(key) for key in keys]
 
 
 @pytest.fixture
@@ -48,8 +27,8 @@ def backed_up(stores) -> Iterator[None]:
     """Both production databases backed up, copied and verified for WINDOW."""
     assert run_dag("platform_backup_daily", WINDOW).state == "success"
     yield
-    for name in _sandbox_databases():
-        _sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
+    for name in sandbox_databases():
+        sql("postgres", f'DROP DATABASE "{name}" WITH (FORCE)', server="sandbox")
 
 
 def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores, policy_file) -> None:
@@ -58,13 +37,13 @@ def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores, p
     run = run_dag("restore_verification", WINDOW, {"tier": "daily", "region": "secondary"})
     assert run.state == "success"
     for store in stores:  # every production target is drilled: media too
-        (record,) = _evidence(store, "restore_verification", "media_documents")
+        (record,) = evidence(store, "restore_verification", "media_documents")
         assert record["outcome"] == "passed", record["problems"]
         assert record["steps"]["objects"] > 0 and record["projection"]["within_rto"] is True
         assert [r["success"] for r in record["validation"]["results"]] == [True, True]
     for target in ("platform_core", "platform_billing"):
         for store in stores:
-            (record,) = _evidence(store, "restore_verification", target)
+            (record,) = evidence(store, "restore_verification", target)
             assert record["outcome"] == "passed", record["problems"]
             assert record["backup"]["region"] == "eu-central-1"
             assert record["backup"]["window"] == WINDOW.isoformat()
@@ -77,7 +56,7 @@ def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores, p
             assert any("manifest" in s for s in suites) and any("business" in s for s in suites)
             page = [o.key for o in store.list_objects(f"evidence/restore_verification/{target}/")]
             assert any(key.endswith("report.md") for key in page)
-    assert _sandbox_databases() == []
+    assert sandbox_databases() == []
     # The estate rehearsal: one record for the whole drill, its wall time against the RTO.
     for store in stores:
         (key,) = [o.key for o in store.list_objects("evidence/estate/restore_verification/")]
@@ -101,13 +80,13 @@ def test_tampered_backup_is_caught_by_the_checksum_before_restore(backed_up, sto
     body = stores.secondary.open(key).read()
     stores.secondary.put_bytes(key, body[:-1] + bytes([body[-1] ^ 1]), "application/octet-stream")
 
-    _sql("postgres", "CREATE DATABASE tamper_probe", server="sandbox")
+    sql("postgres", "CREATE DATABASE tamper_probe", server="sandbox")
     selection = Selection(backup, "eu-central-1", "test")
     with pytest.raises(TamperedBackup, match="not restored"):
         drill.restore_into(
             policy, Stores.from_policy(policy), selection, "pg_sandbox", "tamper_probe", 2
         )
-    tables = _sql(
+    tables = sql(
         "tamper_probe",
         "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'",
         server="sandbox",
@@ -116,22 +95,22 @@ def test_tampered_backup_is_caught_by_the_checksum_before_restore(backed_up, sto
 
     run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
     assert run.state == "failed"
-    (record,) = _evidence(stores.primary, "restore_verification", "platform_billing")
+    (record,) = evidence(stores.primary, "restore_verification", "platform_billing")
     assert record["outcome"] == "failed"
     assert "the restore did not complete" in record["problems"][0]
-    assert _sandbox_databases() == ["tamper_probe"]
+    assert sandbox_databases() == ["tamper_probe"]
 
 
 @pytest.fixture
 def bad_user() -> Iterator[None]:
     """A row that breaks a business rule (not a database constraint) in the production data."""
-    _sql(
+    sql(
         "platform_core",
         "INSERT INTO users (id, tenant_id, email, full_name, role, created_at) "
         "SELECT 999999999, min(id), 'not-an-email', 'Bad Row', 'member', now() FROM tenants",
     )
     yield
-    _sql("platform_core", "DELETE FROM users WHERE id = 999999999")
+    sql("platform_core", "DELETE FROM users WHERE id = 999999999")
 
 
 def test_failing_business_rule_fails_the_run_alerts_and_drops_the_sandbox(
@@ -139,7 +118,7 @@ def test_failing_business_rule_fails_the_run_alerts_and_drops_the_sandbox(
 ) -> None:
     run = run_dag("restore_verification", WINDOW, {"target": "platform_core"})
     assert run.state == "failed"
-    (record,) = _evidence(stores.secondary, "restore_verification", "platform_core")
+    (record,) = evidence(stores.secondary, "restore_verification", "platform_core")
     failed = [r for r in record["validation"]["results"] if not r["success"]]
     assert [r["expectation"] for r in failed] == ["expect_column_values_to_match_regex"]
     assert "not-an-email" in failed[0]["observed"]
@@ -147,7 +126,7 @@ def test_failing_business_rule_fails_the_run_alerts_and_drops_the_sandbox(
     text = "\n".join(m["Subject"] + "\n" + mail_text(m) for m in mails)
     assert "restore_verification" in text and "platform_core" in text
     assert "expect_column_values_to_match_regex" in text
-    assert _sandbox_databases() == []
+    assert sandbox_databases() == []
 
 
 def test_dr_restore_rejected_touches_nothing(backed_up, stores) -> None:
@@ -156,8 +135,8 @@ def test_dr_restore_rejected_touches_nothing(backed_up, stores) -> None:
     run = run_dag("dr_restore", WINDOW, conf, approve=False)
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
     assert states["approve"] == "success" and states["pg_sandbox.restore"] == "skipped"
-    assert _sandbox_databases() == []
-    assert _evidence(stores.primary, "dr_restore", "platform_core") == []
+    assert sandbox_databases() == []
+    assert evidence(stores.primary, "dr_restore", "platform_core") == []
 
 
 def test_dr_restore_dry_run_shows_the_plan_and_restores_nothing(backed_up) -> None:
@@ -176,15 +155,15 @@ def test_dr_restore_dry_run_shows_the_plan_and_restores_nothing(backed_up) -> No
     assert core["source"].startswith("platform_core/daily ") and "eu-central-1" in core["source"]
     assert core["set_aside"] == ["creates platform_core"]
     assert "Projected wall time" in plan["markdown"] and "RTO" in plan["markdown"]
-    assert _sandbox_databases() == []
+    assert sandbox_databases() == []
 
 
 def test_dr_restore_refuses_a_non_empty_target(backed_up) -> None:
-    _sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
-    _sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
+    sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
+    sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
     conf = {"targets": ["platform_core"], "connection": "pg_sandbox"}
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
-    assert _sql(
+    assert sql(
         "platform_core",
         "SELECT count(*) FROM pg_tables WHERE tablename = 'precious'",
         server="sandbox",
@@ -206,8 +185,8 @@ def test_dr_restore_restores_two_targets_in_priority_order(backed_up, stores) ->
         if ti.task_id == "pg_sandbox.restore"
     }
     assert mapped == {0: "platform_core", 1: "platform_billing"}
-    core = _evidence(stores.primary, "dr_restore", "platform_core")[0]
-    billing = _evidence(stores.primary, "dr_restore", "platform_billing")[0]
+    core = evidence(stores.primary, "dr_restore", "platform_core")[0]
+    billing = evidence(stores.primary, "dr_restore", "platform_billing")[0]
     assert core["run"]["approved_by"] == billing["run"]["approved_by"] == "oncall-test"
     (estate,) = [
         stores.secondary.get_json(o.key)
@@ -217,8 +196,8 @@ def test_dr_restore_restores_two_targets_in_priority_order(backed_up, stores) ->
     assert estate["outcome"] == "passed" and estate["within_rto"] is True
     assert estate["run"]["approved_by"] == "oncall-test"
     assert core["outcome"] == billing["outcome"] == "passed"
-    restored = _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
-    assert restored == _sql("platform_core", "SELECT count(*) FROM tenants")
+    restored = sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
+    assert restored == sql("platform_core", "SELECT count(*) FROM tenants")
 
 
 def test_sandbox_guard_refuses_production_connections(stack, policy_file, monkeypatch) -> None:
@@ -244,8 +223,8 @@ def test_validation_connects_with_a_password_full_of_url_characters(
     from local.config import HOST, Ports
 
     password = "p@ss:w/rd%40#?"
-    _sql("postgres", "DROP ROLE IF EXISTS drill_reader", server="sandbox")
-    _sql(
+    sql("postgres", "DROP ROLE IF EXISTS drill_reader", server="sandbox")
+    sql(
         "postgres",
         f"CREATE ROLE drill_reader LOGIN SUPERUSER PASSWORD '{password}'",
         server="sandbox",
@@ -261,27 +240,25 @@ def test_validation_connects_with_a_password_full_of_url_characters(
     monkeypatch.setenv("AIRFLOW_CONN_PG_SANDBOX_ODD", json.dumps(conn))
     policy = load_policy()
     selection = select_backup(policy, stores.secondary, "platform_billing", "daily", WINDOW)
-    _sql("postgres", "CREATE DATABASE drill_odd_password", server="sandbox")
+    sql("postgres", "CREATE DATABASE drill_odd_password", server="sandbox")
     try:
         drill.restore_into(policy, stores, selection, "pg_sandbox", "drill_odd_password", 2)
         report = drill.validate(policy, stores, selection, "pg_sandbox_odd", "drill_odd_password")
         assert report.ok, [r.observed for r in report.failures()]
     finally:
-        _sql(
-            "postgres", "DROP DATABASE IF EXISTS drill_odd_password WITH (FORCE)", server="sandbox"
-        )
-        _sql("postgres", "DROP ROLE IF EXISTS drill_reader", server="sandbox")
+        sql("postgres", "DROP DATABASE IF EXISTS drill_odd_password WITH (FORCE)", server="sandbox")
+        sql("postgres", "DROP ROLE IF EXISTS drill_reader", server="sandbox")
 
 
 def _precious_destination() -> None:
     """A destination database holding data nobody may lose: the one production had."""
-    _sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
-    _sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
-    _sql("platform_core", "INSERT INTO precious VALUES (42)", server="sandbox")
+    sql("postgres", "CREATE DATABASE platform_core", server="sandbox")
+    sql("platform_core", "CREATE TABLE precious (id int)", server="sandbox")
+    sql("platform_core", "INSERT INTO precious VALUES (42)", server="sandbox")
 
 
 def _precious_rows(database: str = "platform_core") -> list[tuple]:
-    return _sql(database, "SELECT id FROM precious", server="sandbox")
+    return sql(database, "SELECT id FROM precious", server="sandbox")
 
 
 def _break_backup(stores, target: str, how: str) -> None:
@@ -308,8 +285,8 @@ def test_dr_restore_overwrite_with_a_bad_backup_leaves_the_destination_untouched
     }
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
     assert _precious_rows() == [(42,)]
-    assert _sandbox_databases() == ["platform_core"]  # no half-restored database left behind
-    (record,) = _evidence(stores.primary, "dr_restore", "platform_core")
+    assert sandbox_databases() == ["platform_core"]  # no half-restored database left behind
+    (record,) = evidence(stores.primary, "dr_restore", "platform_core")
     assert record["outcome"] == "failed"
     assert "destination was not touched" in " ".join(record["problems"])
 
@@ -324,12 +301,12 @@ def test_dr_restore_swaps_in_and_keeps_the_old_database_aside(backed_up, stores)
         "overwrite": True,
     }
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
-    restored = _sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
-    assert restored == _sql("platform_core", "SELECT count(*) FROM tenants")
-    (aside,) = [d for d in _sandbox_databases() if d.startswith("platform_core__before_")]
+    restored = sql("platform_core", "SELECT count(*) FROM tenants", server="sandbox")
+    assert restored == sql("platform_core", "SELECT count(*) FROM tenants")
+    (aside,) = [d for d in sandbox_databases() if d.startswith("platform_core__before_")]
     assert _precious_rows(aside) == [(42,)]
-    assert [d for d in _sandbox_databases() if "__restoring_" in d] == []
-    (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
+    assert [d for d in sandbox_databases() if "__restoring_" in d] == []
+    (record,) = evidence(stores.secondary, "dr_restore", "platform_core")
     assert record["outcome"] == "passed", record["problems"]
     assert record["steps"]["previous_database"] == aside
 
@@ -343,13 +320,13 @@ def test_dr_restore_one_target_failing_does_not_stop_the_next(backed_up, stores)
         "connection": "pg_sandbox",
     }
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "failed"
-    (core,) = _evidence(stores.primary, "dr_restore", "platform_core")
-    (billing,) = _evidence(stores.primary, "dr_restore", "platform_billing")
+    (core,) = evidence(stores.primary, "dr_restore", "platform_core")
+    (billing,) = evidence(stores.primary, "dr_restore", "platform_billing")
     assert core["outcome"] == "failed" and "sha256" in " ".join(core["problems"])
     assert billing["outcome"] == "passed", billing["problems"]
-    assert _sandbox_databases() == ["platform_billing"]
-    restored = _sql("platform_billing", "SELECT count(*) FROM invoices", server="sandbox")
-    assert restored == _sql("platform_billing", "SELECT count(*) FROM invoices")
+    assert sandbox_databases() == ["platform_billing"]
+    restored = sql("platform_billing", "SELECT count(*) FROM invoices", server="sandbox")
+    assert restored == sql("platform_billing", "SELECT count(*) FROM invoices")
 
 
 def test_dr_restore_evidence_needs_no_production_server(
@@ -360,7 +337,7 @@ def test_dr_restore_evidence_needs_no_production_server(
     monkeypatch.setenv("AIRFLOW_CONN_PG_PLATFORM", json.dumps({**production, "port": 1}))
     conf = {"targets": ["platform_core"], "connection": "pg_sandbox"}
     assert run_dag("dr_restore", WINDOW, conf, approve=True).state == "success"
-    (record,) = _evidence(stores.secondary, "dr_restore", "platform_core")
+    (record,) = evidence(stores.secondary, "dr_restore", "platform_core")
     assert record["outcome"] == "passed", record["problems"]
     assert record["projection"]["within_rto"] is True
 
@@ -373,7 +350,7 @@ def test_drill_projection_needs_no_production_server(
     monkeypatch.setenv("AIRFLOW_CONN_PG_PLATFORM", json.dumps({**production, "port": 1}))
     run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
     assert run.state == "success"
-    (record,) = _evidence(stores.secondary, "restore_verification", "platform_billing")
+    (record,) = evidence(stores.secondary, "restore_verification", "platform_billing")
     assert record["projection"]["largest_production_target"] == "platform_core"
     assert record["projection"]["within_rto"] is True
 
@@ -421,7 +398,7 @@ def test_drill_over_the_rto_pages_exactly_once(backed_up, stores, smtp_sink, pol
 
     run = run_dag("restore_verification", WINDOW, {"target": "platform_billing"})
     assert run.state == "failed"
-    (record,) = _evidence(stores.secondary, "restore_verification", "platform_billing")
+    (record,) = evidence(stores.secondary, "restore_verification", "platform_billing")
     assert record["outcome"] == "failed" and record["projection"]["within_rto"] is False
     assert any("over the RTO of 0s" in p for p in record["problems"]), record["problems"]
     pages = _pages(smtp_sink, canary)

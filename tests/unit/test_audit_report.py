@@ -10,10 +10,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from include.backup_dr.audit.controls import CONTROLS
+from include.backup_dr.audit.join import build_report
 from include.backup_dr.audit.reader import prune_record
-from include.backup_dr.audit.report import (
-    CONTROLS,
-    NO_EVIDENCE,
+from include.backup_dr.audit.records import (
     BackupRecord,
     BreakGlassRecord,
     Deletion,
@@ -26,9 +26,9 @@ from include.backup_dr.audit.report import (
     RefusalRecord,
     RestoreRunRecord,
     WindowRecord,
-    build_report,
-    expected_windows,
 )
+from include.backup_dr.audit.render import NO_EVIDENCE
+from include.backup_dr.audit.windows import expected_windows
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, load_policy
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)

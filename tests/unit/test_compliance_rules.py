@@ -11,38 +11,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from include.backup_dr.engines.media import SAMPLE_BUCKETS, rehash_bucket
-from include.backup_dr.monitor.compliance import (
-    YEAR,
+from include.backup_dr.monitor.checks.backup_age import backup_age_status
+from include.backup_dr.monitor.checks.drill import drill_status
+from include.backup_dr.monitor.checks.inputs import (
     BackupFacts,
-    CheckResult,
-    Coverage,
     DrillFacts,
     MonitorFacts,
     RehashFacts,
     ReplicationFacts,
-    Status,
     StoreFacts,
     WindowFacts,
-    archive_behind,
-    backup_age_status,
-    backup_subjects,
-    drill_status,
-    drill_subjects,
-    evaluate,
-    human,
-    media_targets,
-    monitor_status,
-    nagios_exit,
-    nagios_line,
-    overall,
-    recovery_window_status,
-    rehash_coverage,
-    rehash_status,
-    render_table,
-    replication_status,
-    rto_status,
-    server_config_status,
 )
+from include.backup_dr.monitor.checks.projected_rto import rto_status
+from include.backup_dr.monitor.checks.recovery_window import recovery_window_status
+from include.backup_dr.monitor.checks.rehash import Coverage, rehash_coverage, rehash_status
+from include.backup_dr.monitor.checks.replication import replication_status
+from include.backup_dr.monitor.checks.result import YEAR, CheckResult, Status, overall
+from include.backup_dr.monitor.checks.server_config import server_config_status
+from include.backup_dr.monitor.checks.streaming import archive_behind, monitor_status
+from include.backup_dr.monitor.compliance import evaluate
+from include.backup_dr.monitor.output import human, nagios_exit, nagios_line, render_table
+from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects, media_targets
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, load_policy
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -213,8 +213,9 @@ def test_the_record_says_approval_to_writable_and_names_its_controls() -> None:
 
 
 def test_a_failover_is_an_a529_a530_record_in_the_audit_report() -> None:
-    from include.backup_dr.audit.report import CONTINUITY_CONTROL, build_report
-    from include.backup_dr.audit.report import FailoverRecord as AuditFailover
+    from include.backup_dr.audit.controls import CONTINUITY_CONTROL
+    from include.backup_dr.audit.join import build_report
+    from include.backup_dr.audit.records import FailoverRecord as AuditFailover
 
     policy = load_policy(DEFAULT_POLICY_PATH)
     event = AuditFailover(

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 import yaml
 
-from include.backup_dr.monitor.compliance import CheckResult, Status
+from include.backup_dr.monitor.checks.result import CheckResult, Status
 from include.backup_dr.monitor.promises import (
     Band,
     Verdict,

@@ -1,7 +1,7 @@
 """The audit's reads and writes: evidence records streamed from both regions' stores, the
 report built from them, and the report kept as evidence. Never Airflow's database.
 
-Listings are streamed and each record becomes a small `report.Record` as it is read; records
+Listings are streamed and each record becomes a small `records.Record` as it is read; records
 are selected by the time stamped in their key before they are fetched, so a year of evidence
 costs one GET per record of the period, not of all time. Evidence written to both regions
 (prune plans, drills) is read once, from the first region that has it; integrity records are
@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from include.backup_dr.audit.report import (
-    AuditReport,
+from include.backup_dr.audit.join import build_report, period_bounds
+from include.backup_dr.audit.records import (
     BackupRecord,
     BreakGlassRecord,
     Deletion,
@@ -31,9 +31,8 @@ from include.backup_dr.audit.report import (
     RefusalRecord,
     RestoreRunRecord,
     WindowRecord,
-    build_report,
-    period_bounds,
 )
+from include.backup_dr.audit.report import AuditReport
 from include.backup_dr.catalogue import (
     MANIFEST_NAME,
     BackupId,
@@ -43,7 +42,7 @@ from include.backup_dr.catalogue import (
 )
 from include.backup_dr.evidence import evidence_key, write_files_everywhere
 from include.backup_dr.immutability import expiry
-from include.backup_dr.monitor.compliance import backup_subjects, drill_subjects
+from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects
 from include.backup_dr.pitr.window import WINDOW_EVIDENCE
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.store import ObjectStore

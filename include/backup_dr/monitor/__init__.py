@@ -1,4 +1,5 @@
 """Is every promise kept? Facts read from the stores and servers (`facts`, `record`), the
-compliance rules over them (`compliance`, `server_config` included), the policy report
+compliance checks over them (`compliance` runs one module per check in `checks/`, for the
+subjects in `subjects`; `output` draws the table and the Nagios line), the policy report
 (`promises`), and the continuous tier's heartbeat-measured lag and archive health
 (`continuous`, `lag`)."""

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup_dr.evidence import evidence_key, read_newest, write_everywhere
-from include.backup_dr.monitor.compliance import SERVER_SETTINGS, server_config_status
+from include.backup_dr.monitor.checks.server_config import SERVER_SETTINGS, server_config_status
 from include.backup_dr.monitor.lag import (
     CONDITIONS,
     SAMPLE_TIMEOUT_MS,

@@ -23,7 +23,7 @@ from typing import Any
 from include.backup_dr.catalogue import Manifest, Verification, copy_from_listing, parse_window
 from include.backup_dr.engines.media import blob_bucket, parse_listing, rehash_bucket
 from include.backup_dr.monitor import continuous
-from include.backup_dr.monitor.compliance import (
+from include.backup_dr.monitor.checks.inputs import (
     BackupFacts,
     DrillFacts,
     MonitorFacts,
@@ -31,10 +31,8 @@ from include.backup_dr.monitor.compliance import (
     ReplicationFacts,
     StoreFacts,
     WindowFacts,
-    backup_subjects,
-    drill_subjects,
-    media_targets,
 )
+from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects, media_targets
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.restore.record import measured_restore
 from include.backup_dr.store import ObjectStore

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from enum import StrEnum
 
-from include.backup_dr.monitor.compliance import YEAR, CheckResult, Status, human
+from include.backup_dr.monitor.checks.result import YEAR, CheckResult, Status
+from include.backup_dr.monitor.output import human
 from include.backup_dr.policy import (
     CONTINUOUS,
     KNOWN_TIERS,

@@ -14,16 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from include.backup_dr.evidence import evidence_key, write_everywhere
-from include.backup_dr.monitor.compliance import (
-    CheckResult,
-    counts,
-    evaluate,
-    overall,
-    render_table,
-    summary,
-)
+from include.backup_dr.monitor.checks.result import CheckResult, overall
+from include.backup_dr.monitor.compliance import evaluate
 from include.backup_dr.monitor.facts import read_facts
 from include.backup_dr.monitor.lag import Alert, plan_alerts, record_sent
+from include.backup_dr.monitor.output import counts, render_table, summary
 from include.backup_dr.policy import Policy
 from include.backup_dr.store import ObjectStore, StoreError
 

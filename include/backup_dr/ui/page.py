@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from html import escape
 from typing import Any
 
-from include.backup_dr.monitor.compliance import summary
+from include.backup_dr.monitor.output import summary
 from include.backup_dr.ui.view import Snapshot, record_age
 
 STYLE = """

@@ -15,15 +15,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from include.backup_dr.monitor import record
-from include.backup_dr.monitor.compliance import (
-    CheckResult,
-    Status,
-    backup_subjects,
-    counts,
-    human,
-    overall,
-)
+from include.backup_dr.monitor.checks.result import CheckResult, Status, overall
+from include.backup_dr.monitor.output import counts, human
 from include.backup_dr.monitor.promises import measured, promises
+from include.backup_dr.monitor.subjects import backup_subjects
 from include.backup_dr.policy import Policy, cron_period
 from include.backup_dr.store import ObjectStore
 

@@ -50,7 +50,8 @@ from include.backup_dr.engines.base import (
 from include.backup_dr.immutability import expiry, shared_hold
 from include.backup_dr.integrity import Check
 from include.backup_dr.policy import Policy, Target, load_policy
-from include.backup_dr.store import ObjectStore, StoreError, retained_until, utc
+from include.backup_dr.store import ObjectStore, StoreError
+from include.backup_dr.store.objects import retained_until, utc
 
 log = logging.getLogger(__name__)
 

@@ -191,7 +191,7 @@ def _plan_in_process(target: str, now: datetime) -> dict[str, Any]:
 
 def bench_target(store: Any, target: str, count: int) -> list[tuple[str, str, str]]:
     from include.backup_dr.catalogue import build_catalogue
-    from include.backup_dr.catalogue_cache import cache_key
+    from include.backup_dr.store.listing import cache_key
 
     prefix = f"{CATEGORY}/{target}/{TIER}/"
     now = NEWEST + timedelta(hours=1)

@@ -11,7 +11,7 @@ decides: a call made under `check`, `audit` or `policy report` of the CLI, or un
 app, or by a test calling the audit itself, is the read-only role (the API server and an
 operator's shell hold read-only credentials for the same connection ids); everything else the project's code does is the backup role.
 A call with no frame of the project's code on its stack (the stack's own tooling, a test's
-direct boto3 setup), or one where a test called the store itself (include/backup_dr/store.py
+direct boto3 setup), or one where a test called the store itself (include/backup_dr/store/
 is the outermost project frame: planting debris, emptying buckets, tests of the store as a
 library), is harness and not judged.
 
@@ -49,7 +49,7 @@ ROLE_FILES = {
     "read-only": "read-only-role.json",
 }
 #: A call whose outermost project frame is here was made by a test driving the store directly.
-HARNESS_ENTRY = "include/backup_dr/store.py:"
+HARNESS_ENTRY = "include/backup_dr/store/"
 #: A call whose outermost project frame is the audit package was made by a test calling the
 #: audit itself: judged as its CLI and UI callers run it; but its evidence write is the DAG's.
 READ_ONLY_ENTRY = "include/backup_dr/audit/"

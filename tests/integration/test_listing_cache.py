@@ -22,9 +22,9 @@ from include.backup_dr.catalogue import (
     Verification,
     build_catalogue,
 )
-from include.backup_dr.catalogue_cache import CachedDocument, cache_key, decode, encode
 from include.backup_dr.pipeline import prune
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.store.listing import CachedDocument, cache_key, decode, encode
 from local.backups import commit_backup
 
 pytestmark = pytest.mark.integration

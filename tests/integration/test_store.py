@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.backup_dr.parts import PartPlan
+from include.backup_dr.parts import MiB, PartPlan
 from include.backup_dr.pipeline import Stores, copy_to_secondary, from_ref, take_snapshot
 from include.backup_dr.policy import Region
-from include.backup_dr.store import MiB, ObjectStore, StoreError
+from include.backup_dr.store import ObjectStore, StoreError
 
 pytestmark = pytest.mark.integration
 

@@ -44,7 +44,7 @@ def _call(op: str, **facts: object) -> dict[str, object]:
         "principal": "backup-local",
         "bucket": "backups-eu-west-1",
         "key": "platform/x/*",
-        "code": "include/backup_dr/store.py:f",
+        "code": "include/backup_dr/store/objects.py:f",
         "entry": None,
         **facts,
     }
@@ -108,7 +108,9 @@ def test_roles_follow_the_principal_then_the_code_path(site: Site) -> None:
     assert role_of(_call("GetObject", principal="backup-local-admin"), site) == "break-glass"
     assert role_of(_call("CreateBucket", code=None), site) is None  # the harness's own
     # a test emptying a bucket through the store itself is set-up, not the code at work
-    direct = _call("ListMultipartUploads", outer="include/backup_dr/store.py:unfinished_uploads")
+    direct = _call(
+        "ListMultipartUploads", outer="include/backup_dr/store/objects.py:unfinished_uploads"
+    )
     assert role_of({**direct, "principal": "backup-local-admin"}, site) is None
     via_unlock = {**direct, "outer": "include/backup_dr/cli.py:main"}
     assert role_of({**via_unlock, "principal": "backup-local-admin"}, site) == "break-glass"

@@ -8,7 +8,7 @@ from botocore.utils import parse_timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
-from include.backup_dr.store import _timestamp
+from include.backup_dr.store.client import _timestamp
 
 moments = st.datetimes(
     min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from include.backup_dr.catalogue import StoredObject
-from include.backup_dr.catalogue_cache import (
+from include.backup_dr.store.listing import (
     CACHE_DIR,
     CachedDocument,
     CacheUnreadableError,

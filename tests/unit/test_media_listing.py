@@ -14,17 +14,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from include.backup_dr.catalogue import StoredObject
-from include.backup_dr.engines.media import (
+from include.backup_dr.engines.media.layout import blob_key
+from include.backup_dr.engines.media.listing import (
     PAGE_SIZE,
-    UNCHANGED_RUN,
     EarlierListing,
     Entry,
-    MediaSnapshot,
-    _epoch,
-    _ListedAhead,
-    blob_key,
+    ListedAhead,
     parse_listing,
 )
+from include.backup_dr.engines.media.snapshot import UNCHANGED_RUN, MediaSnapshot, _epoch
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.replication import measure_lag
 from include.backup_dr.store import StoreError
@@ -213,9 +211,9 @@ def test_a_listing_read_ahead_keeps_its_order_and_raises_its_error_to_the_reader
     """The snapshot lists the source in a thread of its own: an object lost or reordered there,
     or an error swallowed (a listing cut short would look like deleted objects), loses data."""
     count = 3 * PAGE_SIZE + 7
-    with _ListedAhead(_objects(count)) as listing:
+    with ListedAhead(_objects(count)) as listing:
         assert [obj.key for obj in listing] == [f"k{n}" for n in range(count)]
-    with _ListedAhead(_objects(count, fail_at=PAGE_SIZE + 1)) as listing:
+    with ListedAhead(_objects(count, fail_at=PAGE_SIZE + 1)) as listing:
         read = []
         with pytest.raises(StoreError, match="failed at object"):
             read.extend(listing)
@@ -224,6 +222,6 @@ def test_a_listing_read_ahead_keeps_its_order_and_raises_its_error_to_the_reader
 
 def test_a_listing_read_ahead_stops_when_its_reader_leaves() -> None:
     endless = (StoredObject(f"k{n}", n, NOW) for n in count())
-    with _ListedAhead(endless) as listing:
+    with ListedAhead(endless) as listing:
         assert next(iter(listing)).key == "k0"
     assert not listing._thread.is_alive()

@@ -1,8 +1,8 @@
-"""One region's object store: streamed encrypted uploads, copies, re-reads, listing and deletes.
+"""One region's object store: streamed encrypted uploads, copies, re-reads, locks and deletes.
 
-The S3 client comes from the Amazon provider's S3Hook, so credentials and endpoints live in
-Airflow connections. Every write is SSE-KMS with the region's key and carries a SHA-256 checksum
-that the server verifies; every delete removes all versions of a key.
+Every write is SSE-KMS with the region's key and carries a SHA-256 checksum that the server
+verifies; every delete removes all versions of a key. The client comes from `client.py`, the
+tenure guards from `guards.py`, and the catalogue listing from `listing.py`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ import hashlib
 import json
 import logging
 import os
-import re
 import threading
 from collections import deque
-from collections.abc import Callable, Container, Iterator, Sized
+from collections.abc import Container, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import chain
@@ -25,28 +23,15 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
-from botocore.parsers import ResponseParserFactory
-from botocore.utils import parse_timestamp
+from botocore.exceptions import ClientError
 
 from include.backup_dr.catalogue import (
-    INTEGRITY_NAME,
     MANIFEST_NAME,
     BackupId,
     Debris,
     Manifest,
     RegionListing,
     StoredObject,
-    collector_paused,
-    verdict_of,
-)
-from include.backup_dr.catalogue_cache import (
-    CachedDocument,
-    CacheUnreadableError,
-    cache_key,
-    decode,
-    encode,
 )
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.parts import (
@@ -59,6 +44,16 @@ from include.backup_dr.parts import (
     parts_in_memory,
 )
 from include.backup_dr.policy import Region
+from include.backup_dr.store.client import (
+    KEY_ARN,
+    StoreError,
+    describe_key,
+    http_status,
+    s3_client,
+    translated,
+)
+from include.backup_dr.store.guards import watch
+from include.backup_dr.store.listing import region_listing
 
 #: How every streamed upload is cut into parts (tests pass a plan with fewer, smaller parts).
 UPLOAD_PLAN = PartPlan()
@@ -70,82 +65,8 @@ READ_CHUNK = 8 * MiB
 DOWNLOAD_STREAMS = 4
 #: Chunks `iter_chunks` reads ahead of its caller.
 READ_AHEAD = 4
-#: HTTP connections per client: enough for the media engine's pool of copy workers.
-MAX_CONNECTIONS = 32
-#: A KMS key ARN needs no lookup; key ids, aliases and alias ARNs are resolved with DescribeKey.
-_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/.+")
 
 log = logging.getLogger(__name__)
-
-#: The S3 calls that write or delete: each waits for the tenure guards (`guarded`) to pass.
-_MUTATIONS = frozenset(
-    {
-        "PutObject",
-        "CopyObject",
-        "CreateMultipartUpload",
-        "UploadPart",
-        "UploadPartCopy",
-        "CompleteMultipartUpload",
-        "AbortMultipartUpload",
-        "DeleteObject",
-        "DeleteObjects",
-        "PutObjectRetention",
-        "PutObjectLegalHold",
-    }
-)
-
-
-class _TenureGuards:
-    """Checks that every write or delete of this process passes first, whichever store,
-    client or thread makes it (media copy workers, s3transfer's threads): the tenures of the
-    critical sections the running step is in (lease.py). A task runs in a process of its
-    own, so every write of the process is its step's. A check raises to stop the write.
-
-    A lease's own writes (take, renew, release) are checked by their S3 conditions instead:
-    they run `unguarded`, on their thread only."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._checks: list[Callable[[], None]] = []
-        self._exempt = threading.local()
-
-    @contextmanager
-    def guarded(self, check: Callable[[], None]) -> Iterator[None]:
-        with self._lock:
-            self._checks.append(check)
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._checks.remove(check)
-
-    @contextmanager
-    def unguarded(self) -> Iterator[None]:
-        self._exempt.on = True
-        try:
-            yield
-        finally:
-            self._exempt.on = False
-
-    def before_call(self, model: Any, **_: Any) -> None:
-        """botocore's `before-call` event: run every check before a write is sent."""
-        if model.name not in _MUTATIONS or getattr(self._exempt, "on", False):
-            return
-        with self._lock:
-            checks = list(self._checks)
-        for check in checks:
-            check()
-
-
-_GUARDS = _TenureGuards()
-#: `with guarded(check):` every write or delete of this process runs `check` first.
-guarded = _GUARDS.guarded
-#: `with unguarded():` this thread's writes skip the checks (a lease's own writes only).
-unguarded = _GUARDS.unguarded
-
-
-class StoreError(RuntimeError):
-    """A store operation failed; the message says which region, bucket and key."""
 
 
 class Readable(Protocol):
@@ -189,57 +110,6 @@ class HashingReader:
         return self._hash.hexdigest()
 
 
-def _timestamp(value: Any) -> datetime:
-    """botocore's timestamp parser for an ISO 8601 time with a zone (every LastModified of a
-    listing), without dateutil: `datetime.fromisoformat` is about 100 times faster, and dateutil
-    took a third of a listing's time. Anything else goes to botocore's own parser."""
-    if isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
-            if parsed.tzinfo is not None:
-                return parsed
-    return parse_timestamp(value)
-
-
-class _SessionParts:
-    """What every botocore session of this process can share: the loader of service models
-    (a new session's loader scans botocore's data folder and parses the model again, 0.1-0.4 s
-    per client here, before a task lists a single key) and a response parser factory using
-    `_timestamp`. Credentials, region and endpoint stay per session."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loader: Any = None
-        self._parsers = ResponseParserFactory()
-        self._parsers.set_parser_defaults(timestamp_parser=_timestamp)
-
-    def install(self, botocore_session: Any) -> None:
-        with self._lock:
-            if self._loader is None:  # the first session's, with the search paths boto3 added
-                self._loader = botocore_session.get_component("data_loader")
-            botocore_session.register_component("data_loader", self._loader)
-        botocore_session.register_component("response_parser_factory", self._parsers)
-
-
-_SESSION_PARTS = _SessionParts()
-
-
-def _tuned(hook: Any) -> Any:
-    """`hook`, whose sessions take this process's shared parts (see `_SessionParts`)."""
-    open_session = hook.get_session
-
-    def get_session(*args: Any, **kwargs: Any) -> Any:
-        session = open_session(*args, **kwargs)
-        _SESSION_PARTS.install(session._session)  # boto3 keeps its botocore session there
-        return session
-
-    hook.get_session = get_session
-    return hook
-
-
 class DeleteRefusedError(StoreError):
     """The store refused to delete versions it holds under Object Lock."""
 
@@ -265,7 +135,7 @@ class ObjectStore:
         self._kms_key_arn: str | None = None
         self._kms_lock = threading.Lock()
         client.meta.events.register("after-call.s3", self._name_unreachable_kms)
-        client.meta.events.register("before-call.s3", _GUARDS.before_call)
+        watch(client)
 
     @classmethod
     def for_region(cls, region: Region, lock: LockRule | None = None) -> ObjectStore:
@@ -297,13 +167,7 @@ class ObjectStore:
     def _connect(
         cls, region: Region, region_name: str | None, lock: LockRule | None = None
     ) -> ObjectStore:
-        """A client from the connection, keeping its botocore settings, with a larger pool."""
-        from airflow.providers.amazon.aws.hooks.s3 import S3Hook
-
-        hook = _tuned(S3Hook(aws_conn_id=region.conn_id, region_name=region_name))
-        config = (hook.config or Config()).merge(Config(max_pool_connections=MAX_CONNECTIONS))
-        client = hook.get_client_type(region_name=region_name, config=config)
-        return cls(region, client, hook.conn_config.endpoint_url, lock)
+        return cls(region, *s3_client(region, region_name), lock)
 
     def __repr__(self) -> str:
         return f"ObjectStore({self.region.name}: s3://{self.bucket})"
@@ -322,7 +186,7 @@ class ObjectStore:
         alias is re-pointed while it works. Empty for a bucket outside the backup regions.
         """
         reference = self.region.kms_key_id
-        if not reference or _KEY_ARN.fullmatch(reference):
+        if not reference or KEY_ARN.fullmatch(reference):
             return reference
         with self._kms_lock:
             if self._kms_key_arn is None:
@@ -330,20 +194,8 @@ class ObjectStore:
             return self._kms_key_arn
 
     def _describe_key(self, reference: str) -> str:
-        from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
-
-        kms_region = self.client.meta.region_name  # the key must live in the bucket's region
-        action = (
-            f"resolving KMS key {reference} in {kms_region} for {self.region.name} "
-            f"(connection {self.region.conn_id}) with DescribeKey"
-        )
-        with _translated(action):
-            hook = _tuned(AwsBaseHook(aws_conn_id=self.region.conn_id, client_type="kms"))
-            kms = hook.get_client_type(region_name=kms_region)
-            metadata = kms.describe_key(KeyId=reference)["KeyMetadata"]
-        if metadata.get("KeyState", "Enabled") != "Enabled":
-            raise StoreError(f"{action}: the key {metadata['Arn']} is {metadata['KeyState']}")
-        return str(metadata["Arn"])
+        # The key must live in the bucket's region.
+        return describe_key(self.region, self.client.meta.region_name, reference)
 
     def _name_unreachable_kms(self, http_response: Any, parsed: dict[str, Any], **_: Any) -> None:
         """When S3 fails a call with a server error, say so if the region's KMS key cannot be
@@ -400,7 +252,7 @@ class ObjectStore:
         parts = _cut(reader, plan)
         first = next(parts, b"")
         if not first:  # an empty stream: S3 takes no multipart upload without a part
-            with _translated(action):
+            with translated(action):
                 self.client.put_object(
                     **arguments,
                     Body=b"",
@@ -409,7 +261,7 @@ class ObjectStore:
                     **self._locked(key, lock_until),
                 )
             return Uploaded(key, 0, reader.sha256)
-        with _translated(action):
+        with translated(action):
             upload_id = self.client.create_multipart_upload(
                 **arguments,
                 ChecksumAlgorithm="SHA256",
@@ -419,7 +271,7 @@ class ObjectStore:
         stream = chain((first,), parts)
         del first  # the stream holds it until the pool has it
         try:
-            with _translated(action):
+            with translated(action):
                 done = self._upload_parts(arguments, upload_id, stream)
                 self.client.complete_multipart_upload(
                     **arguments, UploadId=upload_id, MultipartUpload={"Parts": done}
@@ -472,7 +324,7 @@ class ObjectStore:
     def put_bytes(
         self, key: str, body: bytes, content_type: str, *, lock_until: datetime | None = None
     ) -> None:
-        with _translated(f"writing {self.where(key)}"):
+        with translated(f"writing {self.where(key)}"):
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
@@ -492,7 +344,7 @@ class ObjectStore:
         at that ETag. Returns the new ETag, or None when another writer changed it first (S3
         answers 412, or 409 when AWS sees concurrent conditional writes)."""
         condition = {"IfNoneMatch": "*"} if etag is None else {"IfMatch": etag}
-        with _translated(f"writing {self.where(key)} conditionally"):
+        with translated(f"writing {self.where(key)} conditionally"):
             try:
                 response = self.client.put_object(
                     Bucket=self.bucket,
@@ -504,8 +356,8 @@ class ObjectStore:
                     **condition,
                 )
             except ClientError as exc:
-                gone = etag is not None and _status(exc) == 404  # AWS: If-Match on no object
-                if _status(exc) in (409, 412) or gone:
+                gone = etag is not None and http_status(exc) == 404  # AWS: If-Match on no object
+                if http_status(exc) in (409, 412) or gone:
                     return None
                 raise
         return str(response["ETag"])
@@ -547,7 +399,7 @@ class ObjectStore:
         locked = self._locked(dest_key, lock_until)
         extra = {**self._encryption, **locked, "ChecksumAlgorithm": "SHA256"}
         if size <= single_copy_limit:  # one CopyObject: no HEAD for the size, no transfer threads
-            with _translated(action):
+            with translated(action):
                 copied = self.client.copy_object(
                     CopySource=copy_source, Bucket=self.bucket, Key=dest_key, **extra
                 )
@@ -557,7 +409,7 @@ class ObjectStore:
             multipart_threshold=single_copy_limit,
             multipart_chunksize=min(COPY_PART_SIZE, single_copy_limit),
         )
-        with _translated(action):
+        with translated(action):
             self.client.copy(
                 copy_source,
                 self.bucket,
@@ -590,7 +442,7 @@ class ObjectStore:
         config = TransferConfig(
             multipart_threshold=SINGLE_COPY_LIMIT, multipart_chunksize=COPY_PART_SIZE
         )
-        with _translated(f"refreshing {self.where(key)}"):
+        with translated(f"refreshing {self.where(key)}"):
             self.client.copy(
                 {"Bucket": self.bucket, "Key": key},
                 self.bucket,
@@ -612,7 +464,7 @@ class ObjectStore:
         assert self.lock is not None, "extend_lock in a region that locks nothing"
         retention = {"Mode": self.lock.mode, "RetainUntilDate": until}
         try:
-            with _translated(f"locking {self.where(key)}"):
+            with translated(f"locking {self.where(key)}"):
                 self.client.put_object_retention(Bucket=self.bucket, Key=key, Retention=retention)
         except StoreError:
             current = self.locked_until(key)
@@ -625,7 +477,7 @@ class ObjectStore:
     def head(self, key: str, *, checksums: bool = False) -> dict[str, Any] | None:
         """The object's metadata (with its S3 checksums if asked), or None when it does not exist."""
         extra = {"ChecksumMode": "ENABLED"} if checksums else {}
-        with _translated(f"reading {self.where(key)}", missing_ok=True):
+        with translated(f"reading {self.where(key)}", missing_ok=True):
             return self.client.head_object(Bucket=self.bucket, Key=key, **extra)
         return None
 
@@ -636,7 +488,7 @@ class ObjectStore:
 
     def open(self, key: str, version_id: str | None = None) -> IO[bytes]:
         extra = {"VersionId": version_id} if version_id else {}
-        with _translated(f"reading {self.where(key)}"):
+        with translated(f"reading {self.where(key)}"):
             return self.client.get_object(Bucket=self.bucket, Key=key, **extra)["Body"]
 
     def iter_chunks(
@@ -651,18 +503,18 @@ class ObjectStore:
         a whole read. Memory: READ_AHEAD + 1 chunks. An object of one chunk is read at once.
         """
         extra = {"VersionId": version_id} if version_id else {}
-        with _translated(f"reading {self.where(key)}"):
+        with translated(f"reading {self.where(key)}"):
             response = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
         body = response["Body"]
         if int(response["ContentLength"]) <= chunk_size:  # one chunk: no thread to start
-            with body, _translated(f"reading {self.where(key)}"):
+            with body, translated(f"reading {self.where(key)}"):
                 data = body.read()
             if data:
                 yield data
             return
 
         def read() -> bytes:
-            with _translated(f"reading {self.where(key)}"):
+            with translated(f"reading {self.where(key)}"):
                 return _read_part(body, chunk_size)
 
         reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead")
@@ -682,7 +534,7 @@ class ObjectStore:
         ranges = [(start, min(start + span, size) - 1) for start in range(0, size, span)]
 
         def fetch(first: int, last: int) -> None:
-            with _translated(f"reading bytes {first}-{last} of {self.where(key)}"):
+            with translated(f"reading bytes {first}-{last} of {self.where(key)}"):
                 body = self.client.get_object(
                     Bucket=self.bucket, Key=key, Range=f"bytes={first}-{last}"
                 )["Body"]
@@ -703,7 +555,7 @@ class ObjectStore:
     def get_json(self, key: str) -> Any | None:
         """A small JSON document, or None when it does not exist."""
         with (
-            _translated(f"reading {self.where(key)}", missing_ok=True),
+            translated(f"reading {self.where(key)}", missing_ok=True),
             self.client.get_object(Bucket=self.bucket, Key=key)["Body"] as body,
         ):
             return json.loads(body.read())
@@ -711,7 +563,7 @@ class ObjectStore:
 
     def get_json_tagged(self, key: str) -> tuple[Any, str] | None:
         """A small JSON document and its ETag (for a `put_json_if` after), or None."""
-        with _translated(f"reading {self.where(key)}", missing_ok=True):
+        with translated(f"reading {self.where(key)}", missing_ok=True):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
             with response["Body"] as body:
                 return json.loads(body.read()), str(response["ETag"])
@@ -725,7 +577,7 @@ class ObjectStore:
         """The objects under `prefix` in key order (only those after `start_after` if given)."""
         paginator = self.client.get_paginator("list_objects_v2")
         after = {"StartAfter": start_after} if start_after else {}
-        with _translated(f"listing {self.where(prefix)}"):
+        with translated(f"listing {self.where(prefix)}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, **after):
                 for item in page.get("Contents", []):
                     yield StoredObject(
@@ -737,7 +589,7 @@ class ObjectStore:
                     )
 
     def unfinished_uploads(self, prefix: str) -> list[Debris]:
-        with _translated(f"listing unfinished uploads under {self.where(prefix)}"):
+        with translated(f"listing unfinished uploads under {self.where(prefix)}"):
             page = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
         return [
             Debris(self.region.name, item["Key"], utc(item["Initiated"]), item["UploadId"])
@@ -745,79 +597,8 @@ class ObjectStore:
         ]
 
     def listing(self, prefix: str) -> RegionListing:
-        """Everything the catalogue needs from this region under `prefix` (manifests parsed).
-
-        One LIST; each manifest and integrity record then comes from the catalogue cache when
-        the LIST shows it unchanged since it was cached, else from a GET (in parallel), and the
-        cache is rewritten when anything changed (see include/backup_dr/catalogue_cache.py).
-        """
-        with collector_paused():
-            objects = list(self.list_objects(prefix))
-            wanted: dict[str, tuple[BackupId, str, StoredObject]] = {}
-            for obj in objects:
-                if obj.key.endswith(_RECORD_SUFFIXES) and (parsed := BackupId.from_key(obj.key)):
-                    wanted[obj.key] = (*parsed, obj)
-            found = _Found()
-            unused = 0  # cache entries of deleted, rewritten or unreadable objects
-            for entry in self._cached_documents(prefix):
-                listed = wanted.get(entry.key)
-                if listed is None or not found.add_cached(*listed, entry):
-                    unused += 1
-        stale = [key for key in wanted if key not in found.versions]
-        # The collector runs here: each GET leaves a little cyclic garbage behind.
-        with ThreadPoolExecutor(max_workers=LISTING_READERS) as pool:
-            for entry in pool.map(self._read_document, stale):
-                if entry is not None:  # else deleted since the LIST
-                    backup, name, _ = wanted[entry.key]
-                    found.add_read(backup, name, entry)
-        if stale or unused:  # new, changed or deleted records since the cache was written
-            self._write_catalogue_cache(prefix, found.documents())
-        return RegionListing(
-            self.region.name,
-            objects,
-            found.manifests,
-            found.integrity,
-            self.unfinished_uploads(prefix),
-        )
-
-    def _read_document(self, key: str) -> CachedDocument | None:
-        """A JSON document with the ETag and size of the very bytes read; None if it is gone."""
-        with _translated(f"reading {self.where(key)}", missing_ok=True):
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
-            with response["Body"] as body:
-                document = json.loads(body.read())
-            etag = str(response.get("ETag", "")).strip('"')
-            return CachedDocument(key, etag, int(response["ContentLength"]), document)
-        return None
-
-    def _cached_documents(self, prefix: str) -> Iterator[CachedDocument]:
-        """The catalogue cache of `prefix`, entry by entry: none when there is no cache, and
-        none after a part that cannot be read (a warning says why)."""
-        key = cache_key(prefix)
-        data = None
-        try:
-            with _translated(f"reading {self.where(key)}", missing_ok=True):
-                response = self.client.get_object(
-                    Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"
-                )
-                with response["Body"] as body:
-                    data = body.read()  # the SHA-256 is checked once the body is read whole
-            if data is not None:
-                yield from decode(prefix, data)
-        except (StoreError, CacheUnreadableError) as exc:
-            log.warning("Not using (the rest of) the catalogue cache %s: %s", self.where(key), exc)
-
-    def _write_catalogue_cache(self, prefix: str, documents: Iterator[CachedDocument]) -> None:
-        """Replace the cache of `prefix`. A failure costs the next listing time, never data."""
-        key = cache_key(prefix)
-        try:
-            self.put_bytes(key, encode(prefix, documents), "application/gzip")
-            # The bucket is versioned: keep the current cache, not one per listing forever.
-            self.delete_all_versions(key, keep_latest=True)
-        except StoreError as exc:
-            log.warning("Could not write the catalogue cache %s: %s", self.where(key), exc)
-
-    # --- deletes ------------------------------------------------------------------------------
+        """Everything the catalogue needs from this region under `prefix` (see `listing`)."""
+        return region_listing(self, prefix)
 
     def delete_all_versions(
         self,
@@ -836,7 +617,7 @@ class ObjectStore:
         paginator = self.client.get_paginator("list_object_versions")
         batch: list[dict[str, str]] = []
         deleted = 0
-        with _translated(f"listing versions under {self.where(prefix)}"):
+        with translated(f"listing versions under {self.where(prefix)}"):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Versions", []) + page.get("DeleteMarkers", []):
                     if keep_latest and item.get("IsLatest"):
@@ -855,7 +636,7 @@ class ObjectStore:
         if not batch:
             return 0
         bypass = {"BypassGovernanceRetention": True} if self.bypass_governance else {}
-        with _translated(f"deleting under {self.where(prefix)}"):
+        with translated(f"deleting under {self.where(prefix)}"):
             response = self.client.delete_objects(
                 Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}, **bypass
             )
@@ -877,105 +658,12 @@ class ObjectStore:
 
     def delete_version(self, key: str, version_id: str) -> None:
         """Delete one version of `key` (one found wrong), leaving every other version alone."""
-        with _translated(f"deleting version {version_id} of {self.where(key)}", missing_ok=True):
+        with translated(f"deleting version {version_id} of {self.where(key)}", missing_ok=True):
             self.client.delete_object(Bucket=self.bucket, Key=key, VersionId=version_id)
 
     def abort_upload(self, key: str, upload_id: str) -> None:
-        with _translated(f"aborting the upload of {self.where(key)}", missing_ok=True):
+        with translated(f"aborting the upload of {self.where(key)}", missing_ok=True):
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
-
-
-#: Parallel GETs for the manifests and integrity records a listing finds new or changed.
-LISTING_READERS = 16
-_RECORD_SUFFIXES = (f"/{MANIFEST_NAME}", f"/{INTEGRITY_NAME}")
-#: Manifest fields that seldom change from one backup of a target to the next (the table keys
-#: are most of a manifest): consecutive equal values become one object, which at 100,000
-#: backups keeps hundreds of megabytes out of a listing.
-_SHARED_FIELDS = ("source", "tool_versions", "encryption", "keys")
-
-
-class _Found:
-    """The manifests and integrity records a listing has, each with the ETag and size it was
-    read at (what the catalogue cache stores)."""
-
-    def __init__(self) -> None:
-        self.manifests: dict[BackupId, Manifest] = {}
-        self.integrity: dict[BackupId, dict[str, Any]] = {}
-        self.versions: dict[str, tuple[BackupId, str, str, int]] = {}
-        self._previous: dict[str, Any] = {}  # the last manifest's value of each _SHARED_FIELDS
-
-    def _manifest(self, document: dict[str, Any]) -> Manifest:
-        """Parse a manifest, sharing each of _SHARED_FIELDS with the previous manifest's when
-        equal (nothing changes a manifest's fields; they are read-only)."""
-        for name in _SHARED_FIELDS:
-            value = document.get(name)
-            if value is not None and value == self._previous.get(name):
-                document[name] = self._previous[name]
-            else:
-                self._previous[name] = value
-        return Manifest.from_document(document)
-
-    def add_read(self, backup: BackupId, name: str, entry: CachedDocument) -> None:
-        """A document just read; a manifest that does not parse fails the listing, as it must."""
-        if name == MANIFEST_NAME:
-            self.manifests[backup] = self._manifest(entry.document)
-        else:
-            self.integrity[backup] = verdict_of(entry.document)
-        self.versions[entry.key] = (backup, name, entry.etag, entry.size)
-
-    def add_cached(
-        self, backup: BackupId, name: str, listed: StoredObject, entry: CachedDocument
-    ) -> bool:
-        """A cached document, unless the LIST shows its object changed since, or it is not
-        what its key holds (then False: it is read again)."""
-        if not entry.matches(listed):
-            return False
-        if name == MANIFEST_NAME:
-            try:
-                manifest = self._manifest(entry.document)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                return False
-            if manifest.backup != backup:
-                return False
-            self.manifests[backup] = manifest
-        elif isinstance(entry.document, dict):
-            self.integrity[backup] = verdict_of(entry.document)
-        else:
-            return False
-        self.versions[entry.key] = (backup, name, entry.etag, entry.size)
-        return True
-
-    def documents(self) -> Iterator[CachedDocument]:
-        for key, (backup, name, etag, size) in self.versions.items():
-            if name == MANIFEST_NAME:
-                yield CachedDocument(key, etag, size, self.manifests[backup].to_document())
-            else:
-                yield CachedDocument(key, etag, size, self.integrity[backup])
-
-
-@contextmanager
-def _translated(action: str, *, missing_ok: bool = False) -> Iterator[None]:
-    """Turn botocore errors into a StoreError saying what was being done where.
-
-    With `missing_ok`, a 404 is swallowed and the caller carries on after the block.
-    """
-    try:
-        yield
-    except ClientError as exc:
-        if missing_ok and _status(exc) == 404:
-            return
-        raise StoreError(f"{action} failed: {_describe(exc)}") from exc
-    except BotoCoreError as exc:
-        raise StoreError(f"{action} failed: {exc}") from exc
-
-
-def _status(exc: ClientError) -> int:
-    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-
-
-def _describe(exc: ClientError) -> str:
-    error = exc.response.get("Error", {})
-    return f"{error.get('Code', 'error')}: {error.get('Message', str(exc))}"
 
 
 def retained_until(head: dict[str, Any] | None) -> datetime | None:

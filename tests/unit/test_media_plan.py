@@ -7,16 +7,9 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from include.backup_dr.engines.media import (
-    BlobState,
-    Entry,
-    _scratch_db,
-    _StoredSet,
-    blob_action,
-    parse_listing,
-    plan_copy,
-    plan_gc,
-)
+from include.backup_dr.engines.media.listing import Entry, parse_listing
+from include.backup_dr.engines.media.plan import BlobState, blob_action, plan_copy, plan_gc
+from include.backup_dr.engines.media.sweep import _scratch_db, _StoredSet
 
 NOW = datetime(2026, 11, 27, tzinfo=UTC)
 GRACE = timedelta(hours=6)

@@ -62,8 +62,9 @@ down: $(STAMP)  ## stop everything `up` or `demo` started
 status: $(STAMP)  ## what of the local stack is running
 	BACKUP_AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.stack status
 
-bench: $(STAMP)  ## benchmarks on a generated >= 1 GB database (not part of `make test`)
-	$(PY) -m bench.run
+# BENCH_ARGS, e.g. "--only platform,media --media-objects 10000" (python -m bench.run --help).
+bench: $(STAMP)  ## benchmarks on a generated >= 1 GB database, results in bench/results/*.json
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 lock:  ## re-pin requirements*.txt from requirements*.in
 	uv pip compile -q requirements.in -p 3.11 --no-header -o requirements.txt

@@ -15,13 +15,16 @@ Usage: python -m bench.docs [--check]   (--check: exit 1 if a page differs from 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import math
 import sys
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from croniter import croniter
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -185,8 +188,9 @@ def _args(args: dict[str, Any]) -> str:
 
 DATABASES = 200
 DATABASE_GB = 100
-#: The busiest window's length: the most frequent tier's period (6h), when its next run is due.
-WINDOW_HOURS = 6
+#: The year whose schedule is searched for the busiest window (fixed: the page must not change
+#: with the day it is generated).
+YEAR = 2027
 #: Light tasks per backup on `default` (prune and a task start-up), seconds each: an estimate,
 #: not measured by the bench.
 DEFAULT_TASK_SECONDS = 8
@@ -197,7 +201,7 @@ def capacity(runs: list[dict[str, Any]]) -> str:
 
     policy = load_policy(DEFAULT_POLICY_PATH)  # the shipped policy, whatever the environment
     rto = policy.objectives.rto
-    tiers = policy.categories["platform"].scheduled_tiers
+    tiers = policy.categories["platform"].scheduled_tiers()
     concurrency = policy.disaster_recovery.concurrency
     found = {
         key: newest_row(runs, key)
@@ -291,7 +295,8 @@ def capacity(runs: list[dict[str, Any]]) -> str:
         validate_min = per_gb * DATABASE_GB / 60
         lines.append(
             f"| `validate` (default) | {data['seconds']:.1f} s for {data['database_mb']:,.0f} "
-            f"MB (GX's import included): {per_gb:.1f} s/GB | {when(run)} | "
+            f"MB: {per_gb:.1f} s/GB (GX's import, a fixed few seconds, scaled with it: an upper "
+            f"bound) | {when(run)} | "
             f"{60 / validate_min:.1f} databases of {DATABASE_GB} GB ({validate_min:.1f} min "
             "each) |"
         )
@@ -324,19 +329,43 @@ def capacity(runs: list[dict[str, Any]]) -> str:
         )
     lines.append("")
     if per_backup_min is not None:
-        lines += _windows(per_backup_min, snapshot_min, len(tiers), list(tiers))
+        lines += _windows(per_backup_min, snapshot_min, {n: t.schedule for n, t in tiers.items()})
     if restore_min is not None and validate_min is not None:
         lines += _rto(restore_min + validate_min, rto, concurrency)
     return "\n".join(lines)
 
 
-def _windows(
-    per_backup_min: float, snapshot_min: float, tier_count: int, tiers: list[str]
-) -> list[str]:
+def busiest_window(schedules: dict[str, str]) -> tuple[int, float, datetime]:
+    """The most tier runs that start within one period of the most frequent tier (when its next
+    run is due), over a year: (runs, the period in hours, the first such window's start)."""
+    start = datetime(YEAR, 1, 1, tzinfo=UTC)
+    end = start.replace(year=YEAR + 1)
+    fires = []
+    period = timedelta(days=366)
+    for schedule in schedules.values():
+        times = croniter(schedule, start - timedelta(seconds=1))
+        first = times.get_next(datetime)
+        period = min(period, times.get_next(datetime) - first)
+        fire = first
+        while fire < end:
+            fires.append(fire)
+            fire = times.get_next(datetime)
+    fires.sort()
+    best, best_start = 0, start
+    for i, fire in enumerate(fires):
+        runs = bisect.bisect_left(fires, fire + period) - i
+        if runs > best:
+            best, best_start = runs, fire
+    return best, period.total_seconds() / 3600, best_start
+
+
+def _windows(per_backup_min: float, snapshot_min: float, schedules: dict[str, str]) -> list[str]:
+    tier_count, window_hours, window_start = busiest_window(schedules)
+    tiers = list(schedules)
     busiest = tier_count * DATABASES
-    workers = math.ceil(busiest * per_backup_min / 60 / WINDOW_HOURS)
-    quiet = math.ceil(DATABASES * per_backup_min / 60 / WINDOW_HOURS)
-    per_slot = WINDOW_HOURS * 60 / per_backup_min
+    workers = math.ceil(busiest * per_backup_min / 60 / window_hours)
+    quiet = math.ceil(DATABASES * per_backup_min / 60 / window_hours)
+    per_slot = window_hours * 60 / per_backup_min
     per_server = 10
     slots = math.ceil(tier_count * per_server / per_slot)
     default_hours = busiest * 2 * DEFAULT_TASK_SECONDS / 3600
@@ -344,22 +373,22 @@ def _windows(
         "## Every window",
         "",
         f"One backup costs its snapshot and its integrity check on `backup-io`: "
-        f"{per_backup_min:.1f} worker-minutes (the copy is server-side; prune is light). At "
-        f"most {tier_count} scheduled tiers ({', '.join(tiers)}) fall in one {WINDOW_HOURS} h "
-        f"window (the policy's schedules all start between 00:00 and 06:00, on a Sunday that "
-        f"is the 1st), and the most frequent tier's next run is due {WINDOW_HOURS} h later: "
+        f"{per_backup_min:.1f} worker-minutes (the copy is server-side; prune is light). Of the "
+        f"policy's scheduled tiers ({', '.join(tiers)}), at most {tier_count} start within one "
+        f"{window_hours:g} h window, the most frequent tier's period (first on "
+        f"{window_start:%Y-%m-%d %H:%M} UTC, a {window_start:%A}): "
         f"{tier_count} x {DATABASES} = {busiest} backups x {per_backup_min:.1f} min = "
-        f"{busiest * per_backup_min / 60:,.0f} worker-hours in {WINDOW_HOURS} h: "
+        f"{busiest * per_backup_min / 60:,.0f} worker-hours in {window_hours:g} h: "
         f"**{workers} backup-io workers**. A window with one tier ({DATABASES} backups) needs "
         f"{quiet}: autoscale between {quiet} and {workers + 1} (one more for `default`). The "
         f"`default` queue's work is small: two light tasks per backup at about "
         f"{DEFAULT_TASK_SECONDS} s each (an estimate, not measured by the bench), "
         f"{busiest * 2} x {DEFAULT_TASK_SECONDS} s = {default_hours:.1f} worker-hours in "
-        f"{WINDOW_HOURS} h: one worker with a few slots.",
+        f"{window_hours:g} h: one worker with a few slots.",
         "",
         "## Pools",
         "",
-        f"A pool slot does {WINDOW_HOURS * 60} / {per_backup_min:.1f} = {per_slot:.1f} backups "
+        f"A pool slot does {window_hours * 60:g} / {per_backup_min:.1f} = {per_slot:.1f} backups "
         f"in that window, so a server with n such databases needs ceil({tier_count}n / "
         f"{per_slot:.1f}) slots: {DATABASES} databases on {DATABASES // per_server} servers "
         f"({per_server} each) need {slots} slots per server pool (`airflow_settings.yaml`), and "

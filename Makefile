@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 EXECUTOR ?= $(or $(BACKUP_AIRFLOW_EXECUTOR),standalone)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test unit dags integration faults lint fmt up down status bench lock clean
+.PHONY: help venv demo test unit dags integration faults lint fmt up down status bench docs lock clean
 
 help:  ## list every target
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z]+):[^#]*## /  \1\t/' | expand -t 14
@@ -63,8 +63,12 @@ down: $(STAMP)  ## stop everything `up` or `demo` started
 status: $(STAMP)  ## what of the local stack is running
 	BACKUP_AIRFLOW_EXECUTOR=$(EXECUTOR) $(PY) -m local.stack status
 
-bench: $(STAMP)  ## benchmarks on a generated >= 1 GB database (not part of `make test`)
-	$(PY) -m bench.run
+# BENCH_ARGS, e.g. "--only platform,media --media-objects 10000" (python -m bench.run --help).
+bench: $(STAMP)  ## benchmarks on a generated >= 1 GB database, results in bench/results/*.json
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+docs: $(STAMP)  ## regenerate docs/benchmarks.md, capacity.md (from bench/results/) and cli.md
+	$(PY) -m bench.docs
 
 lock:  ## re-pin requirements*.txt from requirements*.in
 	uv pip compile -q requirements.in -p 3.11 --no-header -o requirements.txt

@@ -28,6 +28,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.results import Measured, Row
+
 REPO = Path(__file__).resolve().parent.parent
 CATEGORY = "benchcatalogue"
 TIER = "6h"
@@ -55,7 +57,7 @@ print(json.dumps({"seconds": elapsed, "rss_mb": int(hwm.split()[1]) / 1024,
 """
 
 
-def bench_catalogue() -> list[tuple[str, str, str]]:
+def bench_catalogue() -> list[Measured]:
     """All rows; the stack runs and the environment points at it (bench.run does both)."""
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
@@ -189,7 +191,7 @@ def _plan_in_process(target: str, now: datetime) -> dict[str, Any]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_target(store: Any, target: str, count: int) -> list[tuple[str, str, str]]:
+def bench_target(store: Any, target: str, count: int) -> list[Measured]:
     from include.backup_dr.catalogue import build_catalogue
     from include.backup_dr.store.listing import cache_key
 
@@ -229,10 +231,15 @@ def bench_target(store: Any, target: str, count: int) -> list[tuple[str, str, st
             f"{warm:.2f} s (median of 3)",
             f"{warm / bare:.2f}x bare LIST",
         ),
-        (
-            f"prune plan_for (warm catalogue + plan), fresh process, {label}",
-            f"{planned['seconds']:.2f} s, peak RSS {planned['rss_mb']:.0f} MB",
-            f"{planned['seconds'] / bare:.2f}x bare LIST",
+        Row.parse(
+            (
+                f"prune plan_for (warm catalogue + plan), fresh process, {label}",
+                f"{planned['seconds']:.2f} s, peak RSS {planned['rss_mb']:.0f} MB",
+                f"{planned['seconds'] / bare:.2f}x bare LIST",
+            ),
+            "",
+            key=f"plan_for_{count}",
+            seconds=planned["seconds"],
         ),
         (
             f"prune plan_for after one new backup (2 GETs, cache rewritten), {label}",

@@ -41,6 +41,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from bench.results import Measured, Row
+
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "platform_primary"
 TIER = "continuous"
@@ -49,7 +51,6 @@ BARE_KEY = "bench/continuous/bare-basebackup.tar"
 #: The monitor's RPO goal and the memory goal of every task.
 LAG_GOAL_MS = 1000.0
 RSS_GOAL_MB = 300.0
-Row = tuple[str, str, str]
 
 
 # ---- the child side: one task in a fresh process ---------------------------------------------
@@ -658,7 +659,7 @@ def _mb(value: float) -> str:
 
 def bench_continuous(
     *, rounds: int = 3, lag_rate: float = 200.0, lag_seconds: float = 60.0
-) -> list[Row]:
+) -> list[Measured]:
     """The whole section; returns table rows and writes the raw measurements as JSON."""
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
@@ -683,7 +684,7 @@ def bench_continuous(
         _delete_base_backups(stores, created)
 
 
-def bench_wal_fetch_only() -> list[Row]:
+def bench_wal_fetch_only() -> list[Measured]:
     """`--only walfetch`: the WAL fetch measurement without the rest of the section."""
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
@@ -718,7 +719,7 @@ def _measure_all(
     size: int,
     phase: Callable[[str], None],
     created: list[dict[str, Any]],
-) -> list[Row]:
+) -> list[Measured]:
     clock = time.perf_counter()
     backup = bench_base_backup(ctx, rounds, created)
     ref = backup["ref"]
@@ -765,7 +766,7 @@ def _step(timings: dict[str, float], word: str) -> float:
     return sum(seconds for name, seconds in timings.items() if word in name.lower())
 
 
-def wal_fetch_rows(fetch: dict[str, Any]) -> list[Row]:
+def wal_fetch_rows(fetch: dict[str, Any]) -> list[Measured]:
     n = fetch["segments"]
     cp = sum(fetch["cp_seconds"]) / n
     prefetch = sum(fetch["prefetch_seconds"]) / n
@@ -795,7 +796,7 @@ def wal_fetch_rows(fetch: dict[str, Any]) -> list[Row]:
     ]
 
 
-def _rows(raw: dict[str, Any]) -> list[Row]:
+def _rows(raw: dict[str, Any]) -> list[Measured]:
     backup, pitr_raw, lag = raw["base_backup"], raw["pitr"], raw["lag"]
     n = len(backup["task"])
     task = _median([t["seconds"] for t in backup["task"]])
@@ -805,7 +806,7 @@ def _rows(raw: dict[str, Any]) -> list[Row]:
     task_cpu = _median([t["cpu_seconds"] for t in backup["task"]])
     upload_cpu = _median([u["cpu_seconds"] for u in backup["upload"]])
     size = backup["size"]
-    rows: list[Row] = [
+    rows: list[Measured] = [
         (
             f"base backup task vs bare pg_basebackup -Ft -X none > /dev/null "
             f"({_mb(raw['cluster_bytes'])} cluster, {_mb(size)} tar), median of {n}",
@@ -855,12 +856,17 @@ def _rows(raw: dict[str, Any]) -> list[Row]:
     rate = projection["restore_throughput_mb_per_s"]
     projected = projection["projected_restore_seconds"]
     rows.append(
-        (
-            f"PITR projected RTO, largest production server "
-            f"({projection['largest_production_target']}, "
-            f"{_mb(projection['largest_production_bytes'])}) at {rate:,.1f} MB/s",
-            f"{projected:,.0f} s vs RTO {rto:,.0f} s",
-            f"{projected / rto:.3f} of the RTO; 4 h restores ~{rate * rto / 1e3:,.0f} GB",
+        Row.parse(
+            (
+                f"PITR projected RTO, largest production server "
+                f"({projection['largest_production_target']}, "
+                f"{_mb(projection['largest_production_bytes'])}) at {rate:,.1f} MB/s",
+                f"{projected:,.0f} s vs RTO {rto:,.0f} s",
+                f"{projected / rto:.3f} of the RTO; 4 h restores ~{rate * rto / 1e3:,.0f} GB",
+            ),
+            "",
+            key="pitr_projection",
+            mb_per_s=rate,
         )
     )
     segments = _median([r.get("segments_restored", 0) for r in bare_runs])
@@ -910,7 +916,7 @@ def _rows(raw: dict[str, Any]) -> list[Row]:
         (
             "peak RSS (VmHWM): " + " / ".join(peaks),
             " / ".join(f"{v:.0f}" for v in peaks.values()) + " MB",
-            f"max {max(peaks.values()):.0f} MB (goal < {RSS_GOAL_MB:.0f}); "
+            f"max {max(peaks.values()):.0f} MB (goal < {RSS_GOAL_MB:.0f} MB); "
             f"bare upload {bare_upload_rss:.0f} MB",
         )
     )

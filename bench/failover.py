@@ -23,7 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-Row = tuple[str, str, str]
+from bench.results import Measured
+
 RATE = 200.0
 #: Seconds of load whose commit latencies are compared, and before the kill.
 LATENCY_SECONDS = 10.0
@@ -95,7 +96,7 @@ def one_round(mode: str, plain_policy: Path) -> dict[str, Any]:
                 os.environ[key] = value
 
 
-def bench_failover(plain_policy: Path, rounds: int = 3) -> list[Row]:
+def bench_failover(plain_policy: Path, rounds: int = 3) -> list[Measured]:
     results: dict[str, list[dict[str, Any]]] = {"async": [], "sync": []}
     for n in range(rounds):
         for mode in ("async", "sync")[:: 1 if n % 2 == 0 else -1]:
@@ -105,7 +106,7 @@ def bench_failover(plain_policy: Path, rounds: int = 3) -> list[Row]:
     def med(mode: str, key: str) -> float:
         return statistics.median(r[key] for r in results[mode])
 
-    rows: list[Row] = []
+    rows: list[Measured] = []
     for mode in ("async", "sync"):
         runs = results[mode]
         rows.append(

@@ -28,10 +28,14 @@ Each number is a ratio against a baseline taken on the same machine, database an
   object, wall and CPU.
 
 Usage: python -m bench.run [--size-mb 1100]
-       [--only platform|media|continuous|walfetch|parse|gc|catalogue|locks|failover|validation
-               |estate|globals|transfer]
+       [--only SECTION[,SECTION...]]   (platform, media, continuous, walfetch, parse, gc,
+                                        catalogue, locks, failover, validation, estate,
+                                        globals, transfer)
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
-(the database and the media buckets are generated once and kept)
+(the database and the media buckets are generated once and kept). Each run writes
+bench/results/bench-<UTC start>.json (bench/results.py): the date, the commit, the machine, the
+load average at start and end, and every row; `make docs` generates docs/benchmarks.md and
+docs/capacity.md from the newest results.
 """
 
 from __future__ import annotations
@@ -45,11 +49,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bench.results import Measured, Row, Run
+
 REPO = Path(__file__).resolve().parent.parent
-RESULTS = REPO / "bench" / "results"
 BENCH_DB = "bench_platform"
 SMALL_DB = "platform_billing"
 #: Objects in the measured media bucket (`--media-objects`), and in the small bucket whose
@@ -220,7 +226,7 @@ def _bare_listing(client, bucket: str) -> tuple[float, int]:
     return time.perf_counter() - started, listed
 
 
-def bench_media(objects: int = MEDIA_OBJECTS) -> list[tuple[str, str, str]]:
+def bench_media(objects: int = MEDIA_OBJECTS) -> list[Measured]:
     """Snapshots of `objects` objects: first, unchanged (alternated with bare listings), after
     1% changed; peak RSS against the 10,000-object bucket."""
     from include.backup_dr.pipeline import Stores
@@ -268,11 +274,17 @@ def bench_media(objects: int = MEDIA_OBJECTS) -> list[tuple[str, str, str]]:
         return ", ".join(f"{step['seconds'] / seconds:.2f}x" for step, seconds in pairs)
 
     return [
-        (
-            f"media first snapshot, {first['source']['objects']:,} objects "
-            f"({first['source']['bytes'] / 1e6:,.0f} MB), all new",
-            f"{first['seconds']:.1f} s, {first['source']['copied']:,} blobs copied",
-            f"{first['source']['objects'] / first['seconds']:,.0f} objects/s",
+        Row.parse(
+            (
+                f"media first snapshot, {first['source']['objects']:,} objects "
+                f"({first['source']['bytes'] / 1e6:,.0f} MB), all new",
+                f"{first['seconds']:.1f} s, {first['source']['copied']:,} blobs copied",
+                f"{first['source']['objects'] / first['seconds']:,.0f} objects/s",
+            ),
+            "",
+            key="media_first",
+            seconds=first["seconds"],
+            objects=first["source"]["objects"],
         ),
         (
             "media snapshot after 1% changed vs the first: bytes copied",
@@ -285,11 +297,17 @@ def bench_media(objects: int = MEDIA_OBJECTS) -> list[tuple[str, str, str]]:
             f"{changed['seconds']:.1f} s vs {first['seconds']:.1f} s",
             f"{changed['seconds'] / first['seconds']:.2f}x",
         ),
-        (
-            f"media unchanged snapshot (listing + manifest) vs bare listing of {listed:,} "
-            f"objects with a stock boto3 client, medians of {MEDIA_ROUNDS}, alternated",
-            f"{snap_median:.1f} s vs {bare_median:.1f} s",
-            f"{snap_median / bare_median:.2f}x (goal <= 1.1x; rounds: {rounds(bare)})",
+        Row.parse(
+            (
+                f"media unchanged snapshot (listing + manifest) vs bare listing of {listed:,} "
+                f"objects with a stock boto3 client, medians of {MEDIA_ROUNDS}, alternated",
+                f"{snap_median:.1f} s vs {bare_median:.1f} s",
+                f"{snap_median / bare_median:.2f}x (goal <= 1.1x; rounds: {rounds(bare)})",
+            ),
+            "",
+            key="media_unchanged",
+            seconds=snap_median,
+            objects=listed,
         ),
         (
             "the same snapshots vs a bare listing through the snapshot's own client "
@@ -319,7 +337,7 @@ def _database_bytes(name: str) -> int:
         return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
 
 
-def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
+def bench_snapshot_and_integrity() -> list[Measured]:
     from include.backup_dr.engines.pg_dump import pg_tool
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
@@ -337,10 +355,17 @@ def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
     size = snap["result"]["size"]
     db_mb = _database_bytes(BENCH_DB) / 1e6
     rows.append(
-        (
-            f"snapshot task vs bare pg_dump -Fc > /dev/null ({db_mb:,.0f} MB database, {size / 1e6:,.0f} MB dump)",
-            f"{snap['seconds']:.1f} s vs {bare:.1f} s",
-            f"{snap['seconds'] / bare:.2f}x (goal <= 1.15x)",
+        Row.parse(
+            (
+                f"snapshot task vs bare pg_dump -Fc > /dev/null ({db_mb:,.0f} MB database, {size / 1e6:,.0f} MB dump)",
+                f"{snap['seconds']:.1f} s vs {bare:.1f} s",
+                f"{snap['seconds'] / bare:.2f}x (goal <= 1.15x)",
+            ),
+            "",
+            key="snapshot",
+            seconds=snap["seconds"],
+            database_mb=db_mb,
+            dump_mb=size / 1e6,
         )
     )
     small = _run_step("snapshot", SMALL_DB, window)
@@ -392,10 +417,15 @@ def bench_snapshot_and_integrity() -> list[tuple[str, str, str]]:
     assert reference is not None
     rehash = size / report.seconds / 1e6
     rows.append(
-        (
-            "integrity re-hash (one region) vs sha256sum of the same bytes on local disk",
-            f"{rehash:,.0f} MB/s vs {size / sha / 1e6:,.0f} MB/s",
-            f"{sha / report.seconds:.2f}x (goal >= 0.8x)",
+        Row.parse(
+            (
+                "integrity re-hash (one region) vs sha256sum of the same bytes on local disk",
+                f"{rehash:,.0f} MB/s vs {size / sha / 1e6:,.0f} MB/s",
+                f"{sha / report.seconds:.2f}x (goal >= 0.8x)",
+            ),
+            "",
+            key="integrity_rehash",
+            mb_per_s=rehash,
         )
     )
     rows.append(
@@ -432,7 +462,7 @@ def _drop_sandbox_dbs(*names: str) -> None:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
-def bench_restore_and_validation(stores, window: datetime, reference) -> list[tuple[str, str, str]]:
+def bench_restore_and_validation(stores, window: datetime, reference) -> list[Measured]:
     """Restore task (download + SHA-256 check + pg_restore -j 2) vs bare pg_restore -j 2.
 
     Restore times on one small server swing with checkpoints, so both are run three times,
@@ -464,16 +494,22 @@ def bench_restore_and_validation(stores, window: datetime, reference) -> list[tu
     bare = statistics.median(bare_times)
     restored = statistics.median(run["seconds"] for run in task_runs)
     return [
-        (
-            "restore task (download + sha256 + pg_restore -j 2) vs bare pg_restore -j 2, median of 3",
-            f"{restored:.1f} s vs {bare:.1f} s",
-            f"{restored / bare:.2f}x (goal <= 1.15x)",
+        Row.parse(
+            (
+                "restore task (download + sha256 + pg_restore -j 2) vs bare pg_restore -j 2, median of 3",
+                f"{restored:.1f} s vs {bare:.1f} s",
+                f"{restored / bare:.2f}x (goal <= 1.15x)",
+            ),
+            "",
+            key="restore",
+            seconds=restored,
+            database_mb=_database_bytes(BENCH_DB) / 1e6,
         ),
         *_validation_rows(validated, task_runs[-1]),
     ]
 
 
-def bench_validation() -> list[tuple[str, str, str]]:
+def bench_validation() -> list[Measured]:
     """`--only validation`: one snapshot and one restore of the large database, then its GX
     validation, the step whose peak RSS the 300 MB limit is about."""
     window = datetime.now(UTC).replace(microsecond=0)
@@ -488,16 +524,22 @@ def bench_validation() -> list[tuple[str, str, str]]:
     return _validation_rows(validated, restored)
 
 
-def _validation_rows(validated: dict, restored: dict) -> list[tuple[str, str, str]]:
+def _validation_rows(validated: dict, restored: dict) -> list[Measured]:
     """The validation step's verdict and time, and its peak RSS against the restore step's
     (same process shape: policy, stores, the manifest; no Great Expectations)."""
     checks = validated["result"]
     db_mb = _database_bytes(BENCH_DB) / 1e6
     return [
-        (
-            f"GX validation of the restored {db_mb:,.0f} MB database ({checks['evaluated']} expectations)",
-            f"{validated['seconds']:.1f} s",
-            "all passed" if checks["ok"] else f"{checks['failed']} failed",
+        Row.parse(
+            (
+                f"GX validation of the restored {db_mb:,.0f} MB database ({checks['evaluated']} expectations)",
+                f"{validated['seconds']:.1f} s",
+                "all passed" if checks["ok"] else f"{checks['failed']} failed",
+            ),
+            "",
+            key="validation",
+            seconds=validated["seconds"],
+            database_mb=db_mb,
         ),
         (
             "GX validation peak RSS vs restore task peak RSS (same database)",
@@ -507,26 +549,98 @@ def _validation_rows(validated: dict, restored: dict) -> list[tuple[str, str, st
     ]
 
 
+SECTIONS = (
+    "platform",
+    "estate",
+    "media",
+    "parse",
+    "catalogue",
+    "locks",
+    "gc",
+    "globals",
+    "failover",
+    "transfer",
+    "continuous",
+)
+#: Sections run only when named: parts of others, measured alone.
+ALONE = ("validation", "walfetch")
+#: Sections that need no bench database (and `parse` no stack at all).
+NO_DATABASE = ("media", "gc", "catalogue", "locks", "failover", "estate", "globals", "walfetch")
+
+
+def _sections(only: str | None) -> list[str]:
+    """`--only a,b`: those sections, in the order of a full run; none named: the full run."""
+    if only is None:
+        return list(SECTIONS)
+    named = only.split(",")
+    unknown = set(named) - set(SECTIONS) - set(ALONE)
+    if unknown:
+        raise SystemExit(f"--only: unknown section(s) {sorted(unknown)}; known: {SECTIONS + ALONE}")
+    return [name for name in SECTIONS + ALONE if name in named]
+
+
+def _measure(section: str, args: argparse.Namespace) -> list[Measured]:
+    """The rows of one section (the stack and, where needed, the bench database are up)."""
+    policy_path = Path(os.environ.get("BACKUP_POLICY_PATH", ""))
+    if section == "platform":
+        return bench_snapshot_and_integrity()
+    if section == "validation":
+        return bench_validation()
+    if section == "estate":
+        from bench.estate import bench_estate
+
+        return bench_estate()
+    if section == "media":
+        _prepare_media(args.media_objects)
+        return bench_media(args.media_objects)
+    if section == "parse":
+        from bench.parse import bench_parse
+
+        return bench_parse()
+    if section == "catalogue":
+        from bench.catalogue import bench_catalogue
+
+        return bench_catalogue()
+    if section == "locks":
+        from bench.locks import bench_locks
+
+        small = _media_bucket(MEDIA_SMALL_OBJECTS)
+        _prepare_media(MEDIA_SMALL_OBJECTS)
+        return bench_locks(policy_path, MEDIA_CATEGORY, _media_target(small))
+    if section == "gc":
+        from bench.gc import bench_gc
+
+        return bench_gc()
+    if section == "globals":
+        from bench.globals import bench_globals
+
+        return bench_globals()
+    if section == "failover":
+        from bench.failover import bench_failover
+
+        return bench_failover(policy_path, rounds=args.rounds)
+    if section == "walfetch":  # the continuous section's WAL fetch part alone
+        from bench.continuous import bench_wal_fetch_only
+
+        return bench_wal_fetch_only()
+    if section == "transfer":
+        from bench.transfer import bench_transfer
+
+        return bench_transfer(rounds=args.rounds)
+    from bench.continuous import bench_continuous
+
+    return bench_continuous(
+        rounds=args.rounds, lag_rate=args.lag_rate, lag_seconds=args.lag_seconds
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=1100)
     parser.add_argument(
         "--only",
-        choices=[
-            "platform",
-            "media",
-            "continuous",
-            "walfetch",
-            "parse",
-            "gc",
-            "catalogue",
-            "locks",
-            "failover",
-            "validation",
-            "estate",
-            "globals",
-            "transfer",
-        ],
+        help=f"comma-separated sections: {', '.join(SECTIONS + ALONE)} (default: all but "
+        f"{' and '.join(ALONE)}, which are parts of platform and continuous)",
     )
     parser.add_argument("--rounds", type=int, default=3, help="continuous: repeats per baseline")
     parser.add_argument("--lag-rate", type=float, default=200, help="continuous: commits/s")
@@ -535,100 +649,47 @@ def main() -> None:
         "--media-objects", type=int, default=MEDIA_OBJECTS, help="media: objects in the bucket"
     )
     args = parser.parse_args()
+    sections = _sections(args.only)
     sys.path.insert(0, str(REPO))
     from local import stack
 
-    already = stack.running_groups()
-    rows = []
-    if args.only == "parse":  # no stack needed: parsing touches no service
-        from bench.parse import bench_parse
-
-        _report(bench_parse())
+    run = Run(args=vars(args) | {"sections": sections})
+    rows: list[Row] = []
+    if sections == ["parse"]:  # no stack needed: parsing touches no service
+        rows += _tagged("parse", _measure("parse", args))
+        _report(run, rows)
         return
+    already = stack.running_groups()
     try:
         _prepare(
             args.size_mb,
             args.media_objects,
-            database=args.only
-            not in (
-                "media",
-                "gc",
-                "catalogue",
-                "locks",
-                "failover",
-                "estate",
-                "globals",
-                "walfetch",
-            ),
+            database=any(section not in NO_DATABASE for section in sections),
         )
-        if args.only in (None, "platform"):
-            rows += bench_snapshot_and_integrity()
-        if args.only == "validation":  # also part of platform
-            rows += bench_validation()
-        if args.only in (None, "estate"):
-            from bench.estate import bench_estate
-
-            rows += bench_estate()
-        if args.only in (None, "media"):
-            _prepare_media(args.media_objects)
-            rows += bench_media(args.media_objects)
-        if args.only is None:
-            from bench.parse import bench_parse
-
-            rows += bench_parse()
-        if args.only in (None, "catalogue"):
-            from bench.catalogue import bench_catalogue
-
-            rows += bench_catalogue()
-        if args.only in (None, "locks"):
-            from bench.locks import bench_locks
-
-            small = _media_bucket(MEDIA_SMALL_OBJECTS)
-            _prepare_media(MEDIA_SMALL_OBJECTS)
-            rows += bench_locks(
-                Path(os.environ["BACKUP_POLICY_PATH"]), MEDIA_CATEGORY, _media_target(small)
-            )
-        if args.only in (None, "gc"):
-            from bench.gc import bench_gc
-
-            rows += bench_gc()
-        if args.only in (None, "globals"):
-            from bench.globals import bench_globals
-
-            rows += bench_globals()
-        if args.only in (None, "failover"):
-            from bench.failover import bench_failover
-
-            rows += bench_failover(Path(os.environ["BACKUP_POLICY_PATH"]), rounds=args.rounds)
-        if args.only == "walfetch":  # the continuous section's WAL fetch part alone
-            from bench.continuous import bench_wal_fetch_only
-
-            rows += bench_wal_fetch_only()
-        if args.only in (None, "transfer"):
-            from bench.transfer import bench_transfer
-
-            rows += bench_transfer(rounds=args.rounds)
-        if args.only in (None, "continuous"):
-            from bench.continuous import bench_continuous
-
-            rows += bench_continuous(
-                rounds=args.rounds, lag_rate=args.lag_rate, lag_seconds=args.lag_seconds
-            )
+        for section in sections:
+            rows += _tagged(section, _measure(section, args))
     finally:
         started = [group for group in stack.DEFAULT_GROUPS if group not in already]
         if started:
             stack.down(started)
-    _report(rows)
+    _report(run, rows)
 
 
-def _report(rows: list[tuple[str, str, str]]) -> None:
-    width = max(len(r[0]) for r in rows)
+def _tagged(section: str, measured: list[Measured]) -> list[Row]:
+    return [
+        replace(row, section=section) if isinstance(row, Row) else Row.parse(row, section)
+        for row in measured
+    ]
+
+
+def _report(run: Run, rows: list[Row]) -> None:
+    """Print the table for the reader; write the results file the docs are generated from."""
+    width = max(len(row.measure) for row in rows)
     lines = [f"{'measure':{width}}  {'measured':28}  ratio", "-" * (width + 50)]
-    lines += [f"{a:{width}}  {b:28}  {c}" for a, b, c in rows]
-    text = "\n".join(lines)
-    print("\n" + text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"bench-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.txt").write_text(text + "\n")
+    lines += [f"{row.measure:{width}}  {row.measured:28}  {row.ratio}" for row in rows]
+    print("\n" + "\n".join(lines))
+    path = run.write(rows)
+    print(f"results: {path} (`make docs` regenerates the pages from it)")
     print(
         f"(peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)"
     )

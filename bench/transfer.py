@@ -46,12 +46,12 @@ from bench.continuous import (
     archive_now,
     run_step,
 )
+from bench.results import Measured
 
 REPO = Path(__file__).resolve().parent.parent
 #: Where our upload path's copy of the stream goes (deleted afterwards).
 STORE_KEY = "bench/transfer/store-upload.tar"
 READ = 8 * 1024 * 1024
-Row = tuple[str, str, str]
 
 
 # ---- the child side: one measured side in a fresh process ------------------------------------
@@ -196,7 +196,7 @@ def _median(runs: list[dict[str, Any]], field: str) -> float:
     return statistics.median(run[field] for run in runs)
 
 
-def _ratio_rows(label: str, ours: list[dict], bare: list[dict], goal: str = "") -> list[Row]:
+def _ratio_rows(label: str, ours: list[dict], bare: list[dict], goal: str = "") -> list[Measured]:
     wall, bare_wall = _median(ours, "seconds"), _median(bare, "seconds")
     cpu, bare_cpu = _median(ours, "work_cpu_seconds"), _median(bare, "work_cpu_seconds")
     rounds = ", ".join(
@@ -267,7 +267,7 @@ def bench_download(ctx: Context, ref: dict[str, Any], rounds: int) -> dict[str, 
     return {"size": manifest.artifact.size, **runs}
 
 
-def bench_transfer(rounds: int = 3) -> list[Row]:
+def bench_transfer(rounds: int = 3) -> list[Measured]:
     from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
 
@@ -289,7 +289,7 @@ def bench_transfer(rounds: int = 3) -> list[Row]:
     return _rows(upload, download)
 
 
-def _rows(upload: dict[str, Any], download: dict[str, Any]) -> list[Row]:
+def _rows(upload: dict[str, Any], download: dict[str, Any]) -> list[Measured]:
     size = upload["ours"][-1]["result"]["size"]
     stream = f"pg_basebackup tar of {SERVER} ({size / 1e6:,.0f} MB)"
     rows = _ratio_rows(

@@ -29,7 +29,8 @@ from include.backup_dr.policy import Policy, PolicyError, load_policy
 UNKNOWN = 3
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line, built without running it (docs/cli.md is generated from it)."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--policy",
@@ -106,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     # Airflow logs INFO to stdout once imported (connections found...): stdout is the report.
     os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

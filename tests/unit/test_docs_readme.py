@@ -205,6 +205,12 @@ def test_store_layout_names_every_key_prefix_the_code_writes() -> None:
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors of a page's headings: lower case, punctuation dropped, spaces -> '-'."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(), re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def _pages() -> list[Path]:
     return [README, *sorted(DOCS.glob("*.md"))]
 
@@ -215,8 +221,12 @@ def test_every_relative_link_resolves(page: Path) -> None:
     for target in LINK.findall(page.read_text()):
         if re.match(r"^[a-z]+:", target) or target.startswith("#"):
             continue
-        path = (page.parent / target.split("#", 1)[0]).resolve()
-        if not path.exists() and not (path.parent == DOCS and path.name in EXPECTED_PAGES):
+        name, _, anchor = target.partition("#")
+        path = (page.parent / name).resolve()
+        if not path.exists():
+            if not (path.parent == DOCS and path.name in EXPECTED_PAGES):
+                broken.append(target)
+        elif anchor and path.suffix == ".md" and anchor not in _anchors(path):
             broken.append(target)
     assert not broken, f"{page.name}: {broken}"
 

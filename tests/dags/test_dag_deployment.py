@@ -80,12 +80,3 @@ def test_every_heavy_step_gets_its_documented_pod_under_kubernetes() -> None:
         }, key
     light = [key for key in parsed["tasks"] if key not in heavy]
     assert light and all(parsed["tasks"][key]["pod"] is None for key in light)
-
-
-def test_readme_shows_the_pods_the_code_requests() -> None:
-    readme = (REPO / "README.md").read_text()
-    for step, resources in HEAVY.items():
-        row = f"| `{step}` | {resources.cpu[0]} / {resources.cpu[1]} | "
-        row += f"{resources.memory[0]} / {resources.memory[1]} | {resources.why} |"
-        assert row in readme, row
-    assert f"`{IO_QUEUE}` queue" in readme and f"-q {DEFAULT_QUEUE},{IO_QUEUE}" in readme

@@ -1,8 +1,8 @@
 """Evidence and state records: their keys, written under one failure rule, read newest first.
 
 Keys: `evidence_key` builds every record's key, `evidence/<kind>/<subject>/<stamp>-<id><ending>`
-(the stamp is UTC to the second so keys sort by time; the id is the run's, or a random one so
-that two records of one second both stay). A record may be a directory of files
+(the stamp is a window label, UTC to the second, so keys sort by time; the id is the run's, or
+a random one so that two records of one second both stay). A record may be a directory of files
 (`<stamp>-<id>/report.json`, report.md ...), and a prune's refusals sit beside its plan
 (`refusals_key`).
 
@@ -35,14 +35,13 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from include.backup_dr.catalogue import WINDOW_FORMAT
 from include.backup_dr.store import ObjectStore, StoreError
 
 log = logging.getLogger(__name__)
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
-#: The stamp in every key: sortable, UTC, to the second (`catalogue.WINDOW_FORMAT`).
-STAMP = "%Y%m%dT%H%M%SZ"
 #: Kinds whose records have been stamped otherwise from their first release; their readers
 #: compare keys, so the shape stays.
 _STAMPS = {"continuous_monitor": "%Y%m%dT%H%M%S"}
@@ -56,7 +55,7 @@ def evidence_key(
     """`evidence/<kind>/<subject>/<stamp>-<id><ending>`: sortable by time, and one per run
     (`run_id`) or, without one, unique (a random id). `subject` may be empty or hold slashes;
     `ending` "/" gives a directory-style record's prefix."""
-    stamp = at.astimezone(UTC).strftime(_STAMPS.get(kind, STAMP))
+    stamp = at.astimezone(UTC).strftime(_STAMPS.get(kind, WINDOW_FORMAT))
     unique = uuid.uuid4().hex[:8] if run_id is None else _UNSAFE.sub("_", run_id).strip("_")
     folder = "/".join(part for part in ("evidence", kind, subject) if part)
     return f"{folder}/{stamp}-{unique}{ending}"

@@ -68,6 +68,13 @@ def verdict(ok: bool | None) -> str:
     return NO_EVIDENCE if ok is None else ("within" if ok else "**OVER**")
 
 
+def part(
+    title: str, about: str, header: tuple[str, ...], rows: Iterable[tuple[str, ...]]
+) -> list[Block]:
+    """A part of the report: its heading, what it shows, and its table."""
+    return [Heading(2, title), Para(about), Table(header, tuple(rows))]
+
+
 def listing(
     level: int, title: str, header: tuple[str, ...], rows: Iterable[tuple[str, ...]]
 ) -> list[Block]:

@@ -29,6 +29,7 @@ from include.backup_dr.audit.render import (
     against,
     count,
     listing,
+    part,
     seconds,
     section,
     verdict,
@@ -74,15 +75,13 @@ def title(
 
 def backups(windows: Sequence[TierWindows]) -> list[Block]:
     return [
-        Heading(2, "Backups: expected windows against windows backed up"),
-        Para(
+        *part(
+            "Backups: expected windows against windows backed up",
             f"Control: {BACKUP_CONTROL}. Expected: each fire time of the tier's schedule in the "
             "period (base backups for the continuous tier) that has had the compliance grace to "
             "complete, counted from the day the target entered the policy (its `since`, else "
             "its first evidence). Backed up: a passed integrity check of that window's own "
-            "artifact (by SHA-256) in every region."
-        ),
-        Table(
+            "artifact (by SHA-256) in every region.",
             (
                 "target",
                 "tier",
@@ -124,13 +123,11 @@ def backups(windows: Sequence[TierWindows]) -> list[Block]:
 
 def integrity(rows: Sequence[IntegrityRow]) -> list[Block]:
     return [
-        Heading(2, "Integrity checks"),
-        Para(
+        *part(
+            "Integrity checks",
             f"Control: {BACKUP_CONTROL}. Every kept integrity check of the period's backups, per "
             "region (a backfilled window may be checked after the period): manifest, size, "
-            "encryption key, SHA-256 re-hash and a restore listing."
-        ),
-        Table(
+            "encryption key, SHA-256 re-hash and a restore listing.",
             ("target", "tier", "region", "passed", "failed"),
             tuple((r.subject, r.tier, r.region, count(r.passed), count(r.failed)) for r in rows),
         ),
@@ -156,13 +153,11 @@ def integrity(rows: Sequence[IntegrityRow]) -> list[Block]:
 
 def prune(rows: Sequence[PruneRow]) -> list[Block]:
     return [
-        Heading(2, "Retention: prune decisions"),
-        Para(
+        *part(
+            "Retention: prune decisions",
             f"Controls: {BACKUP_CONTROL}, {DELETION_CONTROL}. Every prune plan of the period; "
             "each copy gets a decision with its reason. Deletions are listed for the plans that "
-            "were carried out; what the store refused to delete is listed apart, never as deleted."
-        ),
-        Table(
+            "were carried out; what the store refused to delete is listed apart, never as deleted.",
             (
                 "target",
                 "tier",
@@ -238,87 +233,75 @@ def break_glass(records: Sequence[BreakGlassRecord]) -> list[Block]:
 
 def locks(samples: Sequence[LockSample]) -> list[Block]:
     regions = sorted({s.region for s in samples})
-    return [
-        Heading(2, "Lock coverage"),
-        Para(
-            f"Controls: {LOCK_CONTROL}. Beside the re-hash sample: a sample of the period's "
-            "kept backups in each region that locks (manifest and artifact) and of the "
-            "integrity records, each object's Object Lock retain-until against what its "
-            "retention needs (a backup: its window plus the tier's retention, when prune may "
-            "delete it; a record: its writing plus the evidence retention). Short ones are "
-            "exceptions."
-        ),
-        Table(
-            ("region", "objects sampled", "lock reaches the need"),
-            tuple(
-                (
-                    region,
-                    str(sum(1 for s in samples if s.region == region)),
-                    str(sum(1 for s in samples if s.region == region and s.covered)),
-                )
-                for region in regions
+    return part(
+        "Lock coverage",
+        f"Controls: {LOCK_CONTROL}. Beside the re-hash sample: a sample of the period's "
+        "kept backups in each region that locks (manifest and artifact) and of the "
+        "integrity records, each object's Object Lock retain-until against what its "
+        "retention needs (a backup: its window plus the tier's retention, when prune may "
+        "delete it; a record: its writing plus the evidence retention). Short ones are "
+        "exceptions.",
+        ("region", "objects sampled", "lock reaches the need"),
+        tuple(
+            (
+                region,
+                str(sum(1 for s in samples if s.region == region)),
+                str(sum(1 for s in samples if s.region == region and s.covered)),
             )
-            or ((NO_EVIDENCE, NO_EVIDENCE, NO_EVIDENCE),),
-        ),
-    ]
+            for region in regions
+        )
+        or ((NO_EVIDENCE, NO_EVIDENCE, NO_EVIDENCE),),
+    )
 
 
 def recovery(rows: Sequence[RecoveryRow]) -> list[Block]:
     """The continuous tier's part; none without continuous servers."""
     if not rows:
         return []
-    return [
-        Heading(2, "Recovery window: the continuous tier"),
-        Para(
-            f"Control: {BACKUP_CONTROL}. What each region could recover each server to, as "
-            "measured from the store after every prune of the continuous tier: verified "
-            "base backups plus WAL continuity across timelines. Shortest reach: the least "
-            "time back the window reached in the period; holes inside the retention are "
-            "listed as exceptions."
-        ),
-        Table(
-            ("server", "region", "records", "shortest reach back", "holes"),
-            tuple(
+    return part(
+        "Recovery window: the continuous tier",
+        f"Control: {BACKUP_CONTROL}. What each region could recover each server to, as "
+        "measured from the store after every prune of the continuous tier: verified "
+        "base backups plus WAL continuity across timelines. Shortest reach: the least "
+        "time back the window reached in the period; holes inside the retention are "
+        "listed as exceptions.",
+        ("server", "region", "records", "shortest reach back", "holes"),
+        tuple(
+            (
+                row.server,
+                row.region,
+                str(len(row.records)),
                 (
-                    row.server,
-                    row.region,
-                    str(len(row.records)),
-                    (
-                        f"{human(row.shortest[0])} ({when(row.shortest[1])})"
-                        if row.shortest
-                        else NO_EVIDENCE
-                    ),
-                    str(len(row.holes)),
-                )
-                for row in rows
-            ),
+                    f"{human(row.shortest[0])} ({when(row.shortest[1])})"
+                    if row.shortest
+                    else NO_EVIDENCE
+                ),
+                str(len(row.holes)),
+            )
+            for row in rows
         ),
-    ]
+    )
 
 
 def drills(rows: Sequence[DrillRow]) -> list[Block]:
-    return [
-        Heading(2, "Restore drills: RTO and RPO"),
-        Para(
-            f"Controls: {CONTINUITY_CONTROL}. The newest drill of the period per target and "
-            "continuous server. RTO: the drill's measured restore rate applied to the largest "
-            "production target. RPO: for point-in-time recovery, how far the newest restored "
-            "heartbeat lies before the target second; otherwise the restored backup's age."
+    return part(
+        "Restore drills: RTO and RPO",
+        f"Controls: {CONTINUITY_CONTROL}. The newest drill of the period per target and "
+        "continuous server. RTO: the drill's measured restore rate applied to the largest "
+        "production target. RPO: for point-in-time recovery, how far the newest restored "
+        "heartbeat lies before the target second; otherwise the restored backup's age.",
+        (
+            "target",
+            "drill",
+            "outcome",
+            "restore took",
+            "projected restore",
+            "RTO",
+            "RPO measured",
+            "RPO target",
         ),
-        Table(
-            (
-                "target",
-                "drill",
-                "outcome",
-                "restore took",
-                "projected restore",
-                "RTO",
-                "RPO measured",
-                "RPO target",
-            ),
-            tuple(_drill_cells(row) for row in rows),
-        ),
-    ]
+        tuple(_drill_cells(row) for row in rows),
+    )
 
 
 def failovers(

@@ -15,8 +15,10 @@ KubernetesExecutor (deployment.py).
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import (
     DAG,
@@ -24,6 +26,7 @@ from airflow.sdk import (
     DeadlineAlert,
     DeadlineReference,
     Param,
+    get_current_context,
     task,
     task_group,
 )
@@ -32,23 +35,37 @@ from include.backup_dr.alerts import page_late_run
 from include.backup_dr.deployment import placement
 from include.backup_dr.factory.common import (
     LABELLED,
-    START_DATE,
     TIMEOUTS,
+    dag_args,
     dag_id_for,
-    default_args,
     exclusive,
     label,
+    run_of,
     runtime,
 )
 from include.backup_dr.factory.docs import continuous_tier_doc, gc_doc, replication_doc, tier_doc
 from include.backup_dr.policy import CONTINUOUS, Policy, format_duration, load_policy
 
+if TYPE_CHECKING:  # the lease module talks to S3: imported by the tasks only, not at parse time
+    from include.backup_dr.lease import Tenure
+
 log = logging.getLogger(__name__)
 
 
-def _subject(ref: dict[str, Any]) -> str:
-    """The lease subject of a backup's steps: its target and tier."""
-    return f"{ref['category']}/{ref['target']}/{ref['tier']}"
+def _io_step(step: str) -> dict[str, Any]:
+    """A labelled step that moves a backup's bytes: its timeout, and its queue (deployment.py)."""
+    return {"execution_timeout": TIMEOUTS[step], **LABELLED, **placement(step)}
+
+
+@contextmanager
+def _on_backup(ref: dict[str, Any], step: str) -> Iterator[tuple[Any, Any, Tenure]]:
+    """A step on one backup: labelled with its target, given the policy and stores, and holding
+    the lease on its target and tier (`<category>/<target>/<tier>`, as its snapshot did)."""
+    label(ref["target"])
+    policy, stores = runtime()
+    subject = f"{ref['category']}/{ref['target']}/{ref['tier']}"
+    with exclusive(stores.primary, subject, step) as lease:
+        yield policy, stores, lease
 
 
 def _target_group(category: str, tier: str, group: str, pool: str | None) -> None:
@@ -69,59 +86,37 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         log.info("Backing up %d target(s) on %s: %s", len(chosen), group, chosen)
         return chosen
 
-    @task(
-        multiple_outputs=False,
-        pool=pool or "default_pool",
-        execution_timeout=TIMEOUTS["snapshot"],
-        **LABELLED,
-        **placement("snapshot"),
-    )
+    @task(multiple_outputs=False, pool=pool or "default_pool", **_io_step("snapshot"))
     def snapshot(target: str) -> dict[str, Any]:
         from include.backup_dr.pipeline import take_snapshot
 
         context = label(target)
         window = context.get("logical_date") or context["dag_run"].run_after
         policy, stores = runtime()
-        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        run = run_of(context)
         with exclusive(stores.primary, f"{category}/{target}/{tier}", "snapshot"):
             return take_snapshot(policy, stores, target, tier, window, run)
 
-    @task(
-        multiple_outputs=False,
-        execution_timeout=TIMEOUTS["copy_to_secondary"],
-        **LABELLED,
-        **placement("copy_to_secondary"),
-    )
+    @task(multiple_outputs=False, **_io_step("copy_to_secondary"))
     def copy_to_secondary(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr import pipeline
 
-        label(ref["target"])
-        policy, stores = runtime()
-        with exclusive(stores.primary, _subject(ref), "copy_to_secondary"):
+        with _on_backup(ref, "copy_to_secondary") as (policy, stores, _):
             return pipeline.copy_to_secondary(policy, stores, ref)
 
-    @task(
-        multiple_outputs=False,
-        execution_timeout=TIMEOUTS["integrity_check"],
-        **LABELLED,
-        **placement("integrity_check"),
-    )
+    @task(multiple_outputs=False, **_io_step("integrity_check"))
     def integrity_check(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr.pipeline import check_integrity
 
-        label(ref["target"])
-        policy, stores = runtime()
-        with exclusive(stores.primary, _subject(ref), "integrity_check"):
+        with _on_backup(ref, "integrity_check") as (policy, stores, _):
             return check_integrity(policy, stores, ref)
 
     @task(multiple_outputs=False, execution_timeout=TIMEOUTS["prune"], **LABELLED)
     def prune(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr import pipeline
 
-        context = label(ref["target"])
-        policy, stores = runtime()
-        params = context["params"]
-        with exclusive(stores.primary, _subject(ref), "prune") as lease:
+        params = get_current_context()["params"]
+        with _on_backup(ref, "prune") as (policy, stores, lease):
             return pipeline.prune(
                 policy,
                 stores,
@@ -170,10 +165,7 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
     with _DeadlineDAG(
         dag_id=dag_id_for(category_name, tier_name),
         schedule=schedule,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(),
+        **dag_args(),
         tags=["backup", f"category:{category_name}", f"tier:{tier_name}"],
         doc_md=doc,
         params=_deletion_params("prune"),
@@ -222,16 +214,13 @@ def build_gc_dag(policy: Policy) -> DAG:
             category,
             dry_run=bool(params["dry_run"]),
             override_circuit_breaker=bool(params["override_circuit_breaker"]),
-            run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+            run=run_of(context),
         )
 
     with DAG(
         dag_id="backup_collect_garbage",
         schedule=policy.prune.gc_schedule,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(),
+        **dag_args(),
         tags=["backup", "gc"],
         doc_md=gc_doc(policy),
         params=_deletion_params("garbage collection"),
@@ -267,18 +256,13 @@ def build_replication_dag(policy: Policy, category_name: str) -> DAG:
                 chosen.append(target.name)
         return chosen
 
-    @task(
-        multiple_outputs=False,
-        execution_timeout=TIMEOUTS["replicate"],
-        **LABELLED,
-        **placement("replicate"),
-    )
+    @task(multiple_outputs=False, **_io_step("replicate"))
     def replicate(target: str) -> dict[str, Any]:
         from include.backup_dr import replication
 
         context = label(target)
         policy_now, stores = runtime()
-        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        run = run_of(context)
         # Its lease lives in the secondary region, the only one it writes: replication goes on
         # while the primary region is out.
         with exclusive(stores.secondary, f"{category_name}/{target}/replicate", "replicate"):
@@ -298,10 +282,7 @@ def build_replication_dag(policy: Policy, category_name: str) -> DAG:
     with DAG(
         dag_id=f"{category_name}_replicate",
         schedule=category.replication_schedule,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(),
+        **dag_args(),
         tags=["replication", f"category:{category_name}"],
         doc_md=replication_doc(policy, category_name),
     ) as dag:

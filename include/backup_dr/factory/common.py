@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import get_current_context
+from airflow.sdk import BaseNotifier, BaseOperator, get_current_context
 
 from include.backup_dr.alerts import TARGET_KEY, OnCallNotifier
 from include.backup_dr.policy import load_policy
@@ -60,14 +60,46 @@ def runtime() -> tuple[Any, Any]:
     return policy, Stores.from_policy(policy)
 
 
-def default_args() -> dict[str, Any]:
-    """Every task: an owner, retries with backoff, a timeout, and on-call paged on failure."""
+def dag_args(retries: int = 2) -> dict[str, Any]:
+    """Every DAG: a start date, no catch-up, one run at a time. Every task: an owner, `retries`
+    with backoff (none where a step is never repeated blindly or the next run is minutes away),
+    a timeout, and on-call paged on failure."""
     return {
-        "owner": OWNER,
-        "retries": 2,
-        "retry_delay": timedelta(minutes=2),
-        "retry_exponential_backoff": 2.0,
-        "max_retry_delay": timedelta(minutes=30),
-        "execution_timeout": timedelta(hours=1),
-        "on_failure_callback": [OnCallNotifier()],
+        "start_date": START_DATE,
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": {
+            "owner": OWNER,
+            "retries": retries,
+            "retry_delay": timedelta(minutes=2),
+            "retry_exponential_backoff": 2.0,
+            "max_retry_delay": timedelta(minutes=30),
+            "execution_timeout": timedelta(hours=1),
+            "on_failure_callback": [OnCallNotifier()],
+        },
     }
+
+
+def run_of(context: Any) -> dict[str, str]:
+    """The run a record names: its DAG and run id."""
+    return {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+
+
+def approval_task(
+    subject: str, body: str, timeout: timedelta, notifier: BaseNotifier
+) -> BaseOperator:
+    """The `approve` task: nothing changes until a human approves the plan under Required
+    Actions. A reject skips what follows; no answer within `timeout` fails the task, which pages
+    on-call like every task of the DAG it is built in."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    return ApprovalOperator(
+        task_id="approve",
+        subject=subject,
+        body=body,
+        response_timeout=timeout,
+        notifiers=[notifier],
+        fail_on_reject=False,
+        ignore_downstream_trigger_rules=True,
+        retries=0,
+    )

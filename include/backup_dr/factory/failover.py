@@ -11,7 +11,13 @@ from typing import Any
 from airflow.sdk import DAG, BaseNotifier, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.backup_dr.factory.common import START_DATE, dag_id_for, default_args, runtime
+from include.backup_dr.factory.common import (
+    approval_task,
+    dag_args,
+    dag_id_for,
+    run_of,
+    runtime,
+)
 from include.backup_dr.factory.docs import failover_doc
 from include.backup_dr.policy import CONTINUOUS, Policy
 
@@ -43,7 +49,6 @@ class FailoverApprovalNotifier(BaseNotifier):
 def build_failover_dag(policy: Policy) -> DAG:
     """`dr_failover`: preflight -> approve (Human-in-the-loop) -> fence -> promote -> follow
     -> archive_timeline -> base_backup, and rebuild_standby; evidence at the end."""
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
     from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 
     from include.backup_dr.dr.failover import failover_servers
@@ -171,7 +176,7 @@ def build_failover_dag(policy: Policy) -> DAG:
         record = FailoverRecord(
             server=server,
             failover_id=checked["failover_id"],
-            run={"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+            run=run_of(context),
             planned=bool(context["params"]["planned"]),
             preflight_at=checked["preflight"]["checked_at"],
             approved_at=_iso(approval.get("responded_at")),
@@ -207,10 +212,7 @@ def build_failover_dag(policy: Policy) -> DAG:
     with DAG(
         dag_id="dr_failover",
         schedule=None,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args={**default_args(), "retries": 0},
+        **dag_args(retries=0),
         tags=["disaster-recovery", "failover", "iso27001"],
         doc_md=failover_doc(servers, FAILOVER_APPROVAL_TIMEOUT),
         params={
@@ -236,16 +238,11 @@ def build_failover_dag(policy: Policy) -> DAG:
         },
     ) as dag:
         checked = preflight()
-        # Inside the DAG, so a timeout fails it with the on-call page of every task.
-        approve = ApprovalOperator(
-            task_id="approve",
-            subject="Fail {{ params.server }} over to its standby?",
-            body="{{ ti.xcom_pull(task_ids='preflight')['plan'] }}",
-            response_timeout=FAILOVER_APPROVAL_TIMEOUT,
-            notifiers=[FailoverApprovalNotifier()],
-            fail_on_reject=False,
-            ignore_downstream_trigger_rules=True,
-            retries=0,
+        approve = approval_task(
+            "Fail {{ params.server }} over to its standby?",
+            "{{ ti.xcom_pull(task_ids='preflight')['plan'] }}",
+            FAILOVER_APPROVAL_TIMEOUT,
+            FailoverApprovalNotifier(),
         )
         fenced = fence(checked)
         checked >> approve >> fenced

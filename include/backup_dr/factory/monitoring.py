@@ -12,7 +12,13 @@ from typing import Any
 from airflow.sdk import DAG, Param, get_current_context, task
 
 from include.backup_dr.alerts import OnCallNotifier
-from include.backup_dr.factory.common import LABELLED, START_DATE, default_args, label, runtime
+from include.backup_dr.factory.common import (
+    LABELLED,
+    dag_args,
+    label,
+    run_of,
+    runtime,
+)
 from include.backup_dr.factory.docs import audit_doc, compliance_doc, monitor_doc
 from include.backup_dr.policy import Policy, load_policy
 
@@ -56,7 +62,7 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
 
         context = label(server)
         policy_now, stores = runtime()
-        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        run = run_of(context)
         duration = float(context["params"]["duration_seconds"])
         doc = continuous.measure(policy_now, stores, server, duration, run, context=context)
         summary = {
@@ -101,10 +107,7 @@ def build_continuous_monitor_dag(policy: Policy) -> DAG:
     with DAG(
         dag_id=f"{settings.category}_continuous_monitor",
         schedule=monitor.schedule,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args={**default_args(), "retries": 0},
+        **dag_args(retries=0),
         tags=["monitor", "continuous", f"category:{settings.category}"],
         doc_md=monitor_doc(policy),
         params={
@@ -138,7 +141,7 @@ def build_compliance_dag(policy: Policy) -> DAG:
 
         context = get_current_context()
         policy_now, stores = runtime()
-        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        run = run_of(context)
         document = record.run(policy_now, list(stores), run, context=context)
         red = [c["id"] for c in document["checks"] if c["status"] in ("CRITICAL", "UNKNOWN")]
         if red:
@@ -152,10 +155,7 @@ def build_compliance_dag(policy: Policy) -> DAG:
     with DAG(
         dag_id="backup_compliance",
         schedule=policy.compliance.schedule,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args={**default_args(), "retries": 0},
+        **dag_args(retries=0),
         tags=["monitor", "compliance", "iso27001"],
         doc_md=compliance_doc(policy),
     ) as dag:
@@ -185,10 +185,7 @@ def build_audit_dag(policy: Policy) -> DAG:
     with DAG(
         dag_id="backup_audit_report",
         schedule=AUDIT_SCHEDULE,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
-        default_args=default_args(),
+        **dag_args(),
         params={
             "from": Param(
                 None,

@@ -17,10 +17,11 @@ from include.backup_dr.alerts import OnCallNotifier
 from include.backup_dr.deployment import placement
 from include.backup_dr.factory.common import (
     LABELLED,
-    START_DATE,
     TIMEOUTS,
-    default_args,
+    approval_task,
+    dag_args,
     label,
+    run_of,
     runtime,
 )
 from include.backup_dr.factory.docs import dr_restore_doc, drill_doc
@@ -127,7 +128,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             selection or ref,
             restored,
             validation,
-            {"dag_id": ti.dag_id, "run_id": context["run_id"]},
+            run_of(context),
         )
         # Pushed before failing, so `estate` counts a failed target too.
         ti.xcom_push(key="record", value=document)
@@ -192,7 +193,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             policy_now,
             stores,
             "restore_verification",
-            {"dag_id": ti.dag_id, "run_id": context["run_id"]},
+            run_of(context),
             records,
             min(starts),
         )
@@ -223,7 +224,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
 
         context = label(server)
         policy_now, stores = runtime()
-        run = {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]}
+        run = run_of(context)
         document = pitrs.drill(policy_now, stores, server, dict(context["params"]), run)
         if document["outcome"] != "passed":
             raise DrillFailed(
@@ -236,11 +237,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
     with DAG(
         dag_id="restore_verification",
         schedule=drill.schedule,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
+        **dag_args(),
         max_active_tasks=recovery.concurrency,
-        default_args=default_args(),
         tags=["restore", "drill", "iso27001"],
         doc_md=drill_doc(policy),
         params={
@@ -371,8 +369,6 @@ def _restore_lanes(policy: Policy) -> list[tuple[str, str]]:
 def build_dr_restore_dag(policy: Policy) -> DAG:
     """`dr_restore`: plan -> (dry run stops) -> approve -> restore per target, in parallel by
     priority within pools -> one record for the run."""
-    from airflow.providers.standard.operators.hitl import ApprovalOperator
-
     recovery = policy.recovery()
     lanes = _restore_lanes(policy)
 
@@ -413,12 +409,10 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
         ti = context["ti"]
         planned = ti.xcom_pull(task_ids="plan")
         approval = ti.xcom_pull(task_ids="approve") or {}
-        approver = approval.get("responded_by_user") or {}
         began = _began(approval, planned)
         run = {
-            "dag_id": context["dag"].dag_id,
-            "run_id": context["run_id"],
-            "approved_by": approver.get("name") or approver.get("id") or "-",
+            **run_of(context),
+            "approved_by": _approved_by(approval),
             "approved_at": began.isoformat(),
         }
         policy_now, stores = runtime()
@@ -467,16 +461,11 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
                 "(see their logs)"
             )
         policy_now, stores = runtime()
-        approver = approval.get("responded_by_user") or {}
         document = record_estate(
             policy_now,
             stores,
             "dr_restore",
-            {
-                "dag_id": context["dag"].dag_id,
-                "run_id": context["run_id"],
-                "approved_by": approver.get("name") or approver.get("id") or "-",
-            },
+            {**run_of(context), "approved_by": _approved_by(approval)},
             records,
             _began(approval, planned),
             planned["estate"],
@@ -487,25 +476,18 @@ def build_dr_restore_dag(policy: Policy) -> DAG:
     with DAG(
         dag_id="dr_restore",
         schedule=None,
-        start_date=START_DATE,
-        catchup=False,
-        max_active_runs=1,
+        **dag_args(retries=0),
         max_active_tasks=recovery.concurrency,
-        default_args={**default_args(), "retries": 0},
         tags=["restore", "disaster-recovery"],
         doc_md=dr_restore_doc(policy),
         params=_dr_restore_params(policy),
     ) as dag:
         planned = plan()
-        approve = ApprovalOperator(
-            task_id="approve",
-            subject="Restore {{ params.targets | join(', ') }} into {{ params.connection }}?",
-            body="{{ ti.xcom_pull(task_ids='plan')['markdown'] }}",
-            response_timeout=recovery.approval_timeout,
-            notifiers=[RestoreApprovalNotifier()],
-            fail_on_reject=False,
-            ignore_downstream_trigger_rules=True,
-            retries=0,
+        approve = approval_task(
+            "Restore {{ params.targets | join(', ') }} into {{ params.connection }}?",
+            "{{ ti.xcom_pull(task_ids='plan')['markdown'] }}",
+            recovery.approval_timeout,
+            RestoreApprovalNotifier(),
         )
         live(planned) >> approve
         restores = []
@@ -545,6 +527,11 @@ def _began(approval: dict[str, Any], planned: dict[str, Any]) -> datetime:
     """When the restores were allowed to start: the approval (else the plan, for the record)."""
     at = approval.get("responded_at") or planned["planned_at"]
     return at if isinstance(at, datetime) else datetime.fromisoformat(str(at))
+
+
+def _approved_by(approval: dict[str, Any]) -> str:
+    approver = approval.get("responded_by_user") or {}
+    return approver.get("name") or approver.get("id") or "-"
 
 
 def _brief(record: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """What every generated DAG shares: its owner, start date, step timeouts and default args (retries,
-on-call paged on failure), and the task plumbing: the target label, the lease around a step, and
-the policy and stores a task loads when it runs (never at parse time)."""
+on-call paged on failure), the human approval task, and the task plumbing: the target label, the
+lease around a step, the run a record names, and the policy and stores a task loads when it runs
+(never at parse time)."""
 
 from __future__ import annotations
 

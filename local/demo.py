@@ -48,7 +48,7 @@ def _prepare_airflow() -> None:
 def _run_tiers() -> list[dict[str, Any]]:
     from airflow.dag_processing.dagbag import DagBag
 
-    from include.backup_dr.dag_factory import dag_id_for
+    from include.backup_dr.factory.common import dag_id_for
     from include.backup_dr.policy import CONTINUOUS, load_policy
 
     policy = load_policy()
@@ -651,7 +651,7 @@ def _drop_triggered_base_backup(policy: Any, run_id: str) -> None:
     from airflow.utils.session import create_session
     from sqlalchemy import delete, select
 
-    from include.backup_dr.dag_factory import dag_id_for
+    from include.backup_dr.factory.common import dag_id_for
     from include.backup_dr.policy import CONTINUOUS
 
     if policy.continuous is None:

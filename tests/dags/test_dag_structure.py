@@ -15,7 +15,7 @@ import yaml
 
 from bench.parse import policy_with_targets
 from include.backup_dr.alerts import OnCallNotifier
-from include.backup_dr.dag_factory import dag_id_for
+from include.backup_dr.factory.common import dag_id_for
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, format_duration, load_policy
 
 REPO = Path(__file__).resolve().parents[2]
@@ -298,7 +298,7 @@ def test_continuous_monitor_runs_every_minute_one_task_per_server(dagbag) -> Non
 
 
 def test_the_monitor_locks_new_wal_only_where_a_region_locks(tmp_path) -> None:
-    from include.backup_dr.dag_factory import build_continuous_monitor_dag
+    from include.backup_dr.factory.monitoring import build_continuous_monitor_dag
 
     unlocked = build_continuous_monitor_dag(POLICY)
     assert {t.task_id for t in unlocked.tasks} == {"servers", "measure"}

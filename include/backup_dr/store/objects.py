@@ -528,6 +528,13 @@ class ObjectStore:
             reader.shutdown(wait=True, cancel_futures=True)
             body.close()
 
+    def sha256(self, key: str, version_id: str | None = None) -> str:
+        """The SHA-256 of `key`'s bytes (of a version of it), read with `iter_chunks`."""
+        digest = hashlib.sha256()
+        for chunk in self.iter_chunks(key, version_id=version_id):
+            digest.update(chunk)
+        return digest.hexdigest()
+
     def download(self, key: str, dest: Path, size: int, streams: int = DOWNLOAD_STREAMS) -> None:
         """Fetch `key` into `dest` with parallel ranged GETs, each streamed in constant memory."""
         span = max(READ_CHUNK, -(-size // streams))

@@ -3,7 +3,6 @@ region, and plans garbage collection (sweep.py)."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
@@ -231,10 +230,7 @@ class MediaEngine:
         for sha in sample:
             if sha not in blobs:
                 continue
-            digest = hashlib.sha256()
-            for chunk in store.iter_chunks(blob_key(category, sha)):
-                digest.update(chunk)
-            if digest.hexdigest() != sha:
+            if store.sha256(blob_key(category, sha)) != sha:
                 bad.append(sha)
         checks.append(
             Check(

@@ -4,7 +4,6 @@ as it goes (unchanged objects cost no request)."""
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
 import threading
 from collections import deque
@@ -230,7 +229,7 @@ class MediaSnapshot:
             version = head.get("VersionId") or "null"
             version_arg = None if version == "null" else version
             size = int(head["ContentLength"])
-            sha = _full_sha256(head) or self._hash(key, version_arg)
+            sha = _full_sha256(head) or self.source.sha256(key, version_arg)
             if self._store_blob(key, version_arg, size, sha, utc(head["LastModified"])):
                 return Entry(key, version, head["ETag"].strip('"'), size, sha, self._hold)
         raise SourceChangingError(
@@ -293,24 +292,12 @@ class MediaSnapshot:
         if head is None:
             return False
         version = head.get("VersionId")
-        actual = _full_sha256(head)
-        if actual is None:
-            digest = hashlib.sha256()
-            for chunk in self.store.iter_chunks(blob, version_id=version):
-                digest.update(chunk)
-            actual = digest.hexdigest()
-        if actual == sha:
+        if (_full_sha256(head) or self.store.sha256(blob, version)) == sha:
             return True
         log.warning("%s changed while being copied; copying it again.", blob)
         if version:
             self.store.delete_version(blob, version)
         return False
-
-    def _hash(self, key: str, version: str | None) -> str:
-        digest = hashlib.sha256()
-        for chunk in self.source.iter_chunks(key, version_id=version):
-            digest.update(chunk)
-        return digest.hexdigest()
 
     def finish(self) -> None:
         """The listing ends when the source listing ends; errors surface through read()."""

@@ -28,7 +28,9 @@ import json, sys, time
 from include.backup_dr.drill import dumps as drill
 from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import load_policy
-from include.backup_dr.restore.database import create_database, drop_database, server_info
+from include.backup_dr.restore.database import (
+    create_database, drop_database, server_info, validate_restored,
+)
 from include.backup_dr.restore.select import select_backup
 policy = load_policy(); stores = Stores.from_policy(policy)
 target, into = sys.argv[1], sys.argv[2]
@@ -37,7 +39,7 @@ selection = select_backup(policy, stores.secondary, target, "daily")
 server = server_info("pg_sandbox")
 drop_database(server, into); create_database(server, into)
 restored = drill.restore_into(policy, stores, selection, "pg_sandbox", into, 2)
-checked = drill.validate(policy, stores, selection, "pg_sandbox", into)
+checked = validate_restored(stores, selection, "pg_sandbox", into)
 print(json.dumps({"target": target, "seconds": time.perf_counter() - started,
                   "bytes": restored["archive_bytes"], "ok": checked.ok}))
 """

@@ -86,7 +86,9 @@ else:
     if step == "restore":
         result = drill.restore_into(policy, stores, selection, "pg_sandbox", sys.argv[4], 2)
     else:
-        result = drill.validate(policy, stores, selection, "pg_sandbox", sys.argv[4]).to_document()
+        from include.backup_dr.restore.database import validate_restored
+
+        result = validate_restored(stores, selection, "pg_sandbox", sys.argv[4]).to_document()
 elapsed = time.perf_counter() - started
 # VmHWM, not ru_maxrss: the latter carries the parent's peak across fork+exec.
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))

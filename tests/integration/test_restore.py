@@ -219,6 +219,7 @@ def test_validation_connects_with_a_password_full_of_url_characters(
 ) -> None:
     """A password with @ : / % must reach Great Expectations intact (it is URL syntax)."""
     from include.backup_dr.drill import dumps as drill
+    from include.backup_dr.restore.database import validate_restored
     from include.backup_dr.restore.select import select_backup
     from local.config import HOST, Ports
 
@@ -243,8 +244,8 @@ def test_validation_connects_with_a_password_full_of_url_characters(
     sql("postgres", "CREATE DATABASE drill_odd_password", server="sandbox")
     try:
         drill.restore_into(policy, stores, selection, "pg_sandbox", "drill_odd_password", 2)
-        report = drill.validate(policy, stores, selection, "pg_sandbox_odd", "drill_odd_password")
-        assert report.ok, [r.observed for r in report.failures()]
+        result = validate_restored(stores, selection, "pg_sandbox_odd", "drill_odd_password")
+        assert result.ok, [r.observed for r in result.failures()]
     finally:
         sql("postgres", "DROP DATABASE IF EXISTS drill_odd_password WITH (FORCE)", server="sandbox")
         sql("postgres", "DROP ROLE IF EXISTS drill_reader", server="sandbox")

@@ -245,7 +245,7 @@ def bench_media(objects: int = MEDIA_OBJECTS) -> list[Measured]:
     bucket, small_bucket = _media_bucket(objects), _media_bucket(MEDIA_SMALL_OBJECTS)
     target = _media_target(bucket)
     first = _media_snapshot(policy, stores, target, base)
-    # The snapshot's own client parses timestamps without dateutil (include/backup_dr/store.py):
+    # The snapshot's own client parses timestamps without dateutil (include/backup_dr/store/client.py):
     # a bare listing through it is the like-for-like baseline, the stock client the issue's.
     tuned = ObjectStore.for_bucket("s3_media_source", bucket).client
     bare, bare_tuned, unchanged, load = [], [], [], []

@@ -11,7 +11,7 @@ Layout, identical in both regions::
     <category>/<target>/<tier>/<window>/integrity.json    latest integrity evidence for this copy
 
 Listings keep a cache of the manifests and integrity records they read outside this layout, in
-`catalogue-cache/` (see catalogue_cache.py); it is never part of a catalogue.
+`catalogue-cache/` (see store/listing.py); it is never part of a catalogue.
 """
 
 from __future__ import annotations

@@ -40,7 +40,9 @@ class PodResources:
 #: The heavy steps by task name (the last part of the task id), with their pods.
 HEAVY: dict[str, PodResources] = {
     "snapshot": PodResources(
-        ("1", "2"), ("512Mi", "1Gi"), "pg_dump compresses on the worker; peak RSS 283 MB"
+        ("1", "2"),
+        ("512Mi", "1Gi"),
+        "pg_dump compresses on the worker; peak RSS 215 MB on 1.1 GB (docs/benchmarks.md)",
     ),
     "copy_to_secondary": PodResources(
         ("500m", "1"), ("512Mi", "1Gi"), "server-side in AWS, streamed otherwise; 262 MB"

@@ -63,6 +63,23 @@ def format_duration(value: timedelta) -> str:
     return f"{seconds}s"
 
 
+def human(value: timedelta) -> str:
+    """A duration as people say it: 45s, 12m30s, 6h, 7h05m, 2d3h."""
+    seconds = round(value.total_seconds())
+    if seconds < 0:
+        return "-" + human(-value)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes:02d}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{seconds:02d}s" if seconds else f"{minutes}m"
+    return f"{seconds}s"
+
+
 def _cron(value: str) -> str:
     if not croniter.is_valid(value):
         raise ValueError(f"{value!r} is not a cron expression")

@@ -177,14 +177,14 @@ def test_restore_verification_runs_yearly_and_always_drops_the_sandbox(dagbag) -
     dag = dagbag.dags["restore_verification"]
     assert dag.schedule == POLICY.restore_verification.schedule
     assert {"target", "tier", "region", "backup"} <= set(dag.params)
-    chain = ["drill.provision_sandbox", "drill.restore", "drill.validate", "drill.report"]
+    chain = ["drill.provision_sandbox", "drill.restore", "drill.validate", "drill.record"]
     for upstream, downstream in itertools.pairwise(chain):
         assert upstream in dag.get_task(downstream).upstream_task_ids
-    assert dag.get_task("drill.report").trigger_rule == "all_done"
+    assert dag.get_task("drill.record").trigger_rule == "all_done"
     teardown = dag.get_task("drill.drop_sandbox")
     assert teardown.is_teardown
-    assert "drill.report" in teardown.upstream_task_ids
-    report = dag.get_task("drill.report")
+    assert "drill.record" in teardown.upstream_task_ids
+    report = dag.get_task("drill.record")
     assert any(isinstance(cb, OnCallNotifier) for cb in report.on_failure_callback)
 
 

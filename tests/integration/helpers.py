@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from include.backup_dr import pipeline, wal
+from include.backup_dr import pipeline, wal_segments
 from include.backup_dr.engines.wal import archive_files
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.pipeline import Stores
@@ -88,7 +88,7 @@ def wait_archived(store, segment: str, timeout: float = 60) -> None:
     while time.monotonic() < deadline:
         names = {
             f.segment.name()
-            for f in archive_files(store, SERVER, wal.DEFAULT_SEGMENT_SIZE)
+            for f in archive_files(store, SERVER, wal_segments.DEFAULT_SEGMENT_SIZE)
             if f.kind == "segment" and f.segment
         }
         if segment in names:

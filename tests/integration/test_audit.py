@@ -153,7 +153,7 @@ def test_report_lists_refused_and_break_glass_deletions_and_samples_the_locks(
 
 def test_report_lists_dr_restores_from_the_records_dr_restore_writes(stores, policy_file) -> None:
     """The writers dr_restore uses (one record per target, one for the run), read back."""
-    from include.backup_dr.restore.record import record_estate, report
+    from include.backup_dr.restore.record import record_estate, record_restore
 
     policy = policy_file()
     began = datetime.now(UTC).replace(microsecond=0)
@@ -174,7 +174,7 @@ def test_report_lists_dr_restores_from_the_records_dr_restore_writes(stores, pol
         "seconds_since_run_start": 12.0,
     }
     run = {"run_id": "manual__dr", "approved_by": "oncall"}
-    target = report(
+    target = record_restore(
         policy, stores, ref, restored, {"ok": True, "results": []}, run, kind="dr_restore"
     )
     record_estate(policy, stores, "dr_restore", run, [target], began)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.backup_dr import pipeline, wal
+from include.backup_dr import pipeline, wal_segments
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
 from include.backup_dr.drill import pitr as pitr_drill
 from include.backup_dr.engines.wal import archive_files
@@ -63,7 +63,7 @@ def test_continuous_dag_backs_up_and_verifies_both_regions(stores) -> None:
         # The WAL the base backup needs (its end segment) is in this region's archive.
         names = {
             f.segment.name()
-            for f in archive_files(store, SERVER, wal.DEFAULT_SEGMENT_SIZE)
+            for f in archive_files(store, SERVER, wal_segments.DEFAULT_SEGMENT_SIZE)
             if f.kind == "segment" and f.segment
         }
         assert manifest.source["end_wal"] in names
@@ -135,7 +135,7 @@ def test_damaged_wal_segment_in_one_region_is_named_and_pages(stores, smtp_sink)
     wait_archived(stores.secondary, damaged)
     key = next(
         f.key
-        for f in archive_files(stores.secondary, SERVER, wal.DEFAULT_SEGMENT_SIZE)
+        for f in archive_files(stores.secondary, SERVER, wal_segments.DEFAULT_SEGMENT_SIZE)
         if f.kind == "segment" and f.segment and f.segment.name() == damaged
     )
     body = stores.secondary.open(key).read()
@@ -174,7 +174,7 @@ def test_missing_wal_segment_fails_the_check_and_the_next_copy_heals_it(stores) 
     wait_archived(stores.secondary, after)
     key = next(
         f.key
-        for f in archive_files(stores.secondary, SERVER, wal.DEFAULT_SEGMENT_SIZE)
+        for f in archive_files(stores.secondary, SERVER, wal_segments.DEFAULT_SEGMENT_SIZE)
         if f.kind == "segment" and f.segment and f.segment.name() == gone
     )
     stores.secondary.delete_all_versions(key)
@@ -185,7 +185,7 @@ def test_missing_wal_segment_fails_the_check_and_the_next_copy_heals_it(stores) 
     pipeline.copy_to_secondary(policy, stores, ref)
     assert any(
         f.segment and f.segment.name() == gone
-        for f in archive_files(stores.secondary, SERVER, wal.DEFAULT_SEGMENT_SIZE)
+        for f in archive_files(stores.secondary, SERVER, wal_segments.DEFAULT_SEGMENT_SIZE)
     )
     assert pipeline.check_integrity(policy, stores, ref)["verified_regions"] == [
         "eu-west-1",

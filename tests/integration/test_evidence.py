@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from include.backup_dr.audit.join import build_report
 from include.backup_dr.audit.reader import write_evidence as write_audit
-from include.backup_dr.audit.report import build_report
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.drill.pitr import write_evidence as write_pitr_drill
 from include.backup_dr.pipeline import (

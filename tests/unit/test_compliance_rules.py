@@ -30,9 +30,9 @@ from include.backup_dr.monitor.checks.result import YEAR, CheckResult, Status, o
 from include.backup_dr.monitor.checks.server_config import server_config_status
 from include.backup_dr.monitor.checks.streaming import archive_behind, monitor_status
 from include.backup_dr.monitor.compliance import evaluate
-from include.backup_dr.monitor.output import human, nagios_exit, nagios_line, render_table
-from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects, media_targets
-from include.backup_dr.policy import DEFAULT_POLICY_PATH, load_policy
+from include.backup_dr.monitor.output import nagios_exit, nagios_line, render_table
+from include.backup_dr.policy import DEFAULT_POLICY_PATH, human, load_policy
+from include.backup_dr.subjects import backup_subjects, drill_subjects, media_targets
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)

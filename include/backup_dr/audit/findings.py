@@ -16,8 +16,7 @@ from include.backup_dr.audit.controls import (
 from include.backup_dr.audit.render import NO_EVIDENCE, seconds, when, within
 from include.backup_dr.audit.report import AuditReport
 from include.backup_dr.audit.rows import Finding
-from include.backup_dr.monitor.output import human
-from include.backup_dr.policy import format_duration
+from include.backup_dr.policy import format_duration, human
 
 
 def findings(report: AuditReport) -> Iterator[Finding]:

@@ -34,8 +34,8 @@ from include.backup_dr.audit.rows import (
     RecoveryRow,
 )
 from include.backup_dr.audit.windows import expected_windows, tier_windows
-from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects
 from include.backup_dr.policy import CONTINUOUS, Policy
+from include.backup_dr.subjects import backup_subjects, drill_subjects
 
 
 def period_bounds(start: date, end: date) -> tuple[datetime, datetime]:

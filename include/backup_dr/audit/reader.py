@@ -40,12 +40,12 @@ from include.backup_dr.catalogue import (
     copy_from_listing,
     parse_window,
 )
-from include.backup_dr.evidence import evidence_key, write_files_everywhere
+from include.backup_dr.evidence import REFUSALS_SUFFIX, evidence_key, write_files_everywhere
 from include.backup_dr.immutability import expiry
-from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects
 from include.backup_dr.pitr.window import WINDOW_EVIDENCE
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.subjects import backup_subjects, drill_subjects
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +244,6 @@ def _stamped_once(
             if stamp is not None and begin <= stamp < stop:
                 seen.add(key)
                 yield key, store
-
-
-#: The suffix of a prune's refusals record, beside its plan.
-REFUSALS_SUFFIX = "-refused.json"
 
 
 def prune_record(key: str, doc: dict[str, Any]) -> PruneRecord | RefusalRecord:

@@ -8,8 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from include.backup_dr.monitor.output import human
-from include.backup_dr.policy import format_duration
+from include.backup_dr.policy import format_duration, human
 
 #: What the report says where no record exists: a count of zero would be a claim.
 NO_EVIDENCE = "no evidence"

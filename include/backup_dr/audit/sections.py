@@ -43,8 +43,7 @@ from include.backup_dr.audit.rows import (
     RecoveryRow,
     TierWindows,
 )
-from include.backup_dr.monitor.output import human
-from include.backup_dr.policy import format_duration
+from include.backup_dr.policy import format_duration, human
 
 
 def title(

@@ -19,7 +19,7 @@ from croniter import croniter
 
 from include.backup_dr.audit.records import BackupRecord, IntegrityRecord
 from include.backup_dr.audit.rows import Backfilled, Missed, TierWindows
-from include.backup_dr.monitor.output import human
+from include.backup_dr.policy import human
 
 BACKFILL_PREFIX = "backfill__"
 

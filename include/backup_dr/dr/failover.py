@@ -1,6 +1,6 @@
 """`dr_failover`'s rules, pure: the preflight verdict, the loss estimate, the plan on-call
 approves, the fence and rebuild commands, and the evidence record. I/O lives in
-`dr/failover_steps.py`; the DAG in `dag_factory.build_failover_dag`.
+`dr/failover_steps.py`; the DAG in `factory.failover`.
 """
 
 from __future__ import annotations

@@ -242,7 +242,7 @@ writes without a lock, so a segment is locked within about a minute of arriving.
 
 
 def compliance_doc(policy: Policy) -> str:
-    from include.backup_dr.monitor.compliance import human
+    from include.backup_dr.policy import human
 
     settings = policy.compliance
     grace = human(settings.grace)

@@ -34,12 +34,12 @@ DR_PRIORITY_WEIGHT = 100
 
 
 def build_restore_verification_dag(policy: Policy) -> DAG:
-    """select -> [provision_sandbox -> restore -> validate -> report, teardown] per target."""
+    """select -> [provision_sandbox -> restore -> validate -> record, teardown] per target."""
     drill = policy.restore_verification
     assert drill is not None
     tiers = sorted({t for c in policy.categories.values() for t in c.scheduled_tiers()})
     tiers += ["continuous"] if policy.continuous is not None else []
-    # The steps fail red; `report` alone pages on-call, once per drill, naming the cause.
+    # The steps fail red; `record` alone pages on-call, once per drill, naming the cause.
     quiet = {"on_failure_callback": None}
 
     @task
@@ -93,7 +93,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             policy_now, stores, Selection.from_ref(ref), ref["sandbox"]
         )
         document = result.to_document()
-        # Pushed before failing, so `report` records every result of a failed validation too.
+        # Pushed before failing, so `record` keeps every result of a failed validation too.
         context["ti"].xcom_push(key="validation", value=document)
         if not result.ok:
             failed = result.failures()
@@ -104,12 +104,13 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         return document
 
     @task(
+        task_id="record",
         multiple_outputs=False,
         **LABELLED,
         trigger_rule="all_done",
         execution_timeout=timedelta(minutes=10),
     )
-    def report(ref: dict[str, str]) -> dict[str, Any]:
+    def record_drill(ref: dict[str, str]) -> dict[str, Any]:
         from include.backup_dr.restore import record
         from include.backup_dr.restore.errors import DrillFailed
 
@@ -122,7 +123,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         )
         policy_now, stores = runtime()
         selection = ti.xcom_pull(task_ids=f"{group}.provision_sandbox", map_indexes=ti.map_index)
-        document = record.report(
+        document = record.record_restore(
             policy_now,
             stores,
             selection or ref,
@@ -150,9 +151,9 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         provisioned = provision_sandbox(ref)
         checked = validate(provisioned)
         restore(provisioned) >> checked
-        reported = report(ref)
-        checked >> reported
-        reported >> drop_sandbox(ref).as_teardown(setups=provisioned)
+        recorded = record_drill(ref)
+        checked >> recorded
+        recorded >> drop_sandbox(ref).as_teardown(setups=provisioned)
 
     @task(
         multiple_outputs=False,
@@ -173,7 +174,7 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
         ti = context["ti"]
         chosen = ti.xcom_pull(task_ids="select") or []
         found = ti.xcom_pull(
-            task_ids="drill.report", key="record", map_indexes=list(range(len(chosen)))
+            task_ids="drill.record", key="record", map_indexes=list(range(len(chosen)))
         )
         records = [r for r in found or [] if r]
         starts = [
@@ -248,8 +249,8 @@ def build_restore_verification_dag(policy: Policy) -> DAG:
             "backup": Param(None, type=["null", "string"], description="window, ISO 8601"),
         },
     ) as dag:
-        reports = per_target.expand(ref=select())
-        reports >> estate()
+        records = per_target.expand(ref=select())
+        records >> estate()
         pitr.expand(server=pitr_servers())
     return dag
 

@@ -37,7 +37,7 @@ The checks (one row each; ids are stable, so paging state survives between runs)
   (in parallel by priority, within the configured concurrency and pool): the drill's measured
   restore rate applied to the newest backup's size.
 - `rehash_coverage` per media target and region: the share of the target's blobs whose
-  rolling re-hash (one day-of-year bucket a day, see engines/media.py) passed within a year.
+  rolling re-hash (one day-of-year bucket a day, see engines/media/layout.py) passed within a year.
 """
 
 from __future__ import annotations

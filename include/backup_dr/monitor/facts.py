@@ -32,10 +32,10 @@ from include.backup_dr.monitor.checks.inputs import (
     StoreFacts,
     WindowFacts,
 )
-from include.backup_dr.monitor.subjects import backup_subjects, drill_subjects, media_targets
 from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.restore.record import measured_restore
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.subjects import backup_subjects, drill_subjects, media_targets
 
 log = logging.getLogger(__name__)
 

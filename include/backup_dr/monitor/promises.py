@@ -17,7 +17,6 @@ from datetime import timedelta
 from enum import StrEnum
 
 from include.backup_dr.monitor.checks.result import YEAR, CheckResult, Status
-from include.backup_dr.monitor.output import human
 from include.backup_dr.policy import (
     CONTINUOUS,
     KNOWN_TIERS,
@@ -26,6 +25,7 @@ from include.backup_dr.policy import (
     Tier,
     cron_period,
     format_duration,
+    human,
 )
 
 #: What each tier's name promises: how far apart its restore points are at most.

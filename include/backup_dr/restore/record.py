@@ -148,10 +148,6 @@ def record_restore(
     return document
 
 
-#: The old name of `record_restore`, until every caller (the DAG factory) uses the new one.
-report = record_restore
-
-
 def render_markdown(document: dict[str, Any]) -> str:
     """The evidence record as a page an auditor can read without tools."""
     backup = document["backup"]

@@ -16,11 +16,11 @@ from typing import Any
 
 from include.backup_dr.monitor import record
 from include.backup_dr.monitor.checks.result import CheckResult, Status, overall
-from include.backup_dr.monitor.output import counts, human
+from include.backup_dr.monitor.output import counts
 from include.backup_dr.monitor.promises import measured, promises
-from include.backup_dr.monitor.subjects import backup_subjects
-from include.backup_dr.policy import Policy, cron_period
+from include.backup_dr.policy import Policy, cron_period, human
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.subjects import backup_subjects
 
 log = logging.getLogger(__name__)
 

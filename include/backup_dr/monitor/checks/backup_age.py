@@ -9,9 +9,8 @@ from datetime import datetime, timedelta
 
 from include.backup_dr.monitor.checks.inputs import BackupFacts, StoreFacts
 from include.backup_dr.monitor.checks.result import CheckResult, Status, unknown
-from include.backup_dr.monitor.output import human
-from include.backup_dr.monitor.subjects import backup_subjects
-from include.backup_dr.policy import Policy
+from include.backup_dr.policy import Policy, human
+from include.backup_dr.subjects import backup_subjects
 
 
 def backup_age_status(age: timedelta | None, period: timedelta, grace: timedelta) -> Status:

@@ -7,9 +7,8 @@ from datetime import datetime, timedelta
 
 from include.backup_dr.monitor.checks.inputs import DrillFacts, StoreFacts
 from include.backup_dr.monitor.checks.result import YEAR, CheckResult, Status, unknown
-from include.backup_dr.monitor.output import human
-from include.backup_dr.monitor.subjects import drill_subjects
-from include.backup_dr.policy import Policy
+from include.backup_dr.policy import Policy, human
+from include.backup_dr.subjects import drill_subjects
 
 
 def drill_status(age: timedelta | None, outcome: str | None, max_age: timedelta) -> Status:

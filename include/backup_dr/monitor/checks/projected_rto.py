@@ -8,10 +8,9 @@ from datetime import timedelta
 
 from include.backup_dr.monitor.checks.inputs import BackupFacts, DrillFacts, StoreFacts
 from include.backup_dr.monitor.checks.result import CheckResult, Status
-from include.backup_dr.monitor.output import human
-from include.backup_dr.monitor.subjects import drill_subjects
-from include.backup_dr.policy import Policy, format_duration
+from include.backup_dr.policy import Policy, format_duration, human
 from include.backup_dr.restore.record import RestoreJob, plan_estate
+from include.backup_dr.subjects import drill_subjects
 
 
 def rto_status(projected: timedelta | None, rto: timedelta) -> Status:

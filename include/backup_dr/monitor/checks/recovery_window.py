@@ -10,8 +10,7 @@ from datetime import datetime, timedelta
 
 from include.backup_dr.monitor.checks.inputs import StoreFacts, WindowFacts
 from include.backup_dr.monitor.checks.result import CheckResult, Status, unknown
-from include.backup_dr.monitor.output import human
-from include.backup_dr.policy import CONTINUOUS, Policy
+from include.backup_dr.policy import CONTINUOUS, Policy, human
 
 
 def recovery_window_status(

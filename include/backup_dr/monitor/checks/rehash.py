@@ -1,5 +1,5 @@
 """`rehash_coverage`: the share of each media target's blobs whose rolling re-hash (one
-day-of-year bucket a day, see engines/media.py) passed within a year, per region."""
+day-of-year bucket a day, see engines/media/layout.py) passed within a year, per region."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from datetime import UTC, datetime, timedelta
 from include.backup_dr.engines.media import SAMPLE_BUCKETS, rehash_bucket
 from include.backup_dr.monitor.checks.inputs import RehashFacts, StoreFacts
 from include.backup_dr.monitor.checks.result import YEAR, CheckResult, Status, unknown
-from include.backup_dr.monitor.output import human
-from include.backup_dr.monitor.subjects import media_targets
-from include.backup_dr.policy import Policy
+from include.backup_dr.policy import Policy, human
+from include.backup_dr.subjects import media_targets
 
 
 @dataclass(frozen=True)

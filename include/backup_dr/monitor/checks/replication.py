@@ -8,9 +8,8 @@ from datetime import datetime, timedelta
 
 from include.backup_dr.monitor.checks.inputs import ReplicationFacts, StoreFacts
 from include.backup_dr.monitor.checks.result import CheckResult, Status, unknown
-from include.backup_dr.monitor.output import human
-from include.backup_dr.monitor.subjects import media_targets
-from include.backup_dr.policy import Policy, format_duration
+from include.backup_dr.policy import Policy, format_duration, human
+from include.backup_dr.subjects import media_targets
 
 
 def replication_status(

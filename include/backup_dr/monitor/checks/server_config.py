@@ -8,8 +8,7 @@ from datetime import datetime, timedelta
 
 from include.backup_dr.monitor.checks.inputs import MonitorFacts, StoreFacts
 from include.backup_dr.monitor.checks.result import CheckResult, Status, unknown
-from include.backup_dr.monitor.output import human
-from include.backup_dr.policy import ContinuousSettings, Policy, cron_period
+from include.backup_dr.policy import ContinuousSettings, Policy, cron_period, human
 
 #: The primary's settings the continuous tier depends on (pg_settings names; archive_timeout's
 #: `setting` is in seconds).

@@ -9,8 +9,7 @@ from datetime import datetime, timedelta
 
 from include.backup_dr.monitor.checks.inputs import MonitorFacts, StoreFacts
 from include.backup_dr.monitor.checks.result import CheckResult, Status, unknown
-from include.backup_dr.monitor.output import human
-from include.backup_dr.policy import Policy, cron_period, format_duration
+from include.backup_dr.policy import Policy, cron_period, format_duration, human
 
 
 def monitor_status(evidence_age: timedelta | None, limit: timedelta, breached: bool) -> Status:

@@ -14,8 +14,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from include.backup_dr.deployment import DEFAULT_QUEUE, HEAVY, IO_QUEUE
-
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
@@ -237,15 +235,3 @@ def test_readme_links_every_docs_page() -> None:
         assert f"](docs/{name})" in readme, name
     for name in OWN_PAGES:
         assert (DOCS / name).exists(), name
-
-
-def test_scale_out_shows_the_pods_the_code_requests() -> None:
-    page = DOCS / "scale-out.md"
-    if not page.exists():
-        pytest.skip("docs/scale-out.md is not written yet")
-    text = page.read_text()
-    for step, resources in HEAVY.items():
-        row = f"| `{step}` | {resources.cpu[0]} / {resources.cpu[1]} | "
-        row += f"{resources.memory[0]} / {resources.memory[1]} | {resources.why} |"
-        assert row in text, row
-    assert f"`{IO_QUEUE}` queue" in text and f"-q {DEFAULT_QUEUE},{IO_QUEUE}" in text

@@ -7,12 +7,13 @@ continuous tier), behind the same interface.
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -96,6 +97,16 @@ def still_locked(store: ObjectStore, keys: Iterable[str], now: datetime) -> dict
     with ThreadPoolExecutor(max_workers=LOCK_READERS) as pool:
         found = zip(keys, pool.map(store.locked_until, keys), strict=True)
         return {key: until for key, until in found if until is not None and until > now}
+
+
+def stop_tool(process: subprocess.Popen[bytes], *streams: IO[bytes]) -> None:
+    """End a snapshot's tool (pg_dump, pg_basebackup) if it still runs, and close its pipes:
+    a snapshot closed early must not leave the tool reading production."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+    for stream in streams:
+        stream.close()
 
 
 def locked_reason(reason: str, until: datetime) -> str:

@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from include.backup_dr import pg_globals
-from include.backup_dr.engines.base import ReadCheck, SourceFacts, Sweep
+from include.backup_dr.engines.base import ReadCheck, SourceFacts, Sweep, stop_tool
 from include.backup_dr.policy import Policy, Target
 from include.backup_dr.postgres import (
     PgConnectionInfo,
@@ -161,11 +161,7 @@ class PgDumpSnapshot:
         )
 
     def close(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self.stream.close()
-        self._stderr.close()
+        stop_tool(self._process, self.stream, self._stderr)
 
 
 class PgDumpEngine:

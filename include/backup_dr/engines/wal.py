@@ -46,6 +46,7 @@ from include.backup_dr.engines.base import (
     Sweep,
     locked_reason,
     still_locked,
+    stop_tool,
 )
 from include.backup_dr.lease import Holder, critical_section
 from include.backup_dr.policy import CONTINUOUS, Policy, Target
@@ -344,11 +345,7 @@ class BaseBackupSnapshot:
         return SourceFacts(source=dict(self._facts), tool_versions=versions)
 
     def close(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait()
-        self.stream.close()
-        self._stderr.close()
+        stop_tool(self._process, self.stream, self._stderr)
 
 
 class WalEngine:

@@ -59,8 +59,8 @@ print(json.dumps({"seconds": elapsed, "rss_mb": int(hwm.split()[1]) / 1024,
 
 def bench_catalogue() -> list[Measured]:
     """All rows; the stack runs and the environment points at it (bench.run does both)."""
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     os.environ["BACKUP_POLICY_PATH"] = str(_bench_policy())
     store = Stores.from_policy(load_policy()).primary

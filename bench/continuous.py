@@ -115,9 +115,9 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
         result = measure(policy, stores, SERVER, float(args["duration"]), run)
     elif step == "recover":
         from include.backup_dr import pitr
-        from include.backup_dr.monitor.continuous import heartbeat_database
+        from include.backup_dr.postgres import database_of
 
-        database = heartbeat_database(policy.server(SERVER).conn_id)
+        database = database_of(policy.server(SERVER).conn_id)
         target = datetime.fromisoformat(args["target"])
         started = time.perf_counter()
         with pitr.recover(policy, stores, SERVER, "secondary", target) as recovered:
@@ -293,7 +293,7 @@ def _timed(argv: list[str], **kwargs: Any) -> float:
 
 def bench_base_backup(ctx: Context, rounds: int, created: list[dict[str, Any]]) -> dict[str, Any]:
     """`rounds` x (bare to /dev/null, bare into boto3, the task), alternating; medians."""
-    from include.backup_dr.engines.pg_dump import pg_tool
+    from include.backup_dr.postgres import pg_tool
 
     access = {
         "pg_basebackup": pg_tool("pg_basebackup"),
@@ -370,8 +370,7 @@ def bare_recover(ctx: Context, manifest: Any, target: datetime) -> dict[str, Any
     barman-cloud-wal-restore restore_command and the same recovery_target_time."""
     import psycopg2
 
-    from include.backup_dr.engines.pg_dump import pg_tool
-    from include.backup_dr.monitor.continuous import heartbeat_database
+    from include.backup_dr.postgres import database_of, pg_tool
     from local.config import S3_ACCESS_KEY, S3_SECRET_KEY, s3_sites
 
     site = s3_sites()[1]  # the secondary region, as pitr.recover is pointed at
@@ -427,7 +426,7 @@ def bare_recover(ctx: Context, manifest: Any, target: datetime) -> dict[str, Any
             cwd=work,
             stdout=subprocess.DEVNULL,
         )
-        database = heartbeat_database(ctx.policy.server(SERVER).conn_id)
+        database = database_of(ctx.policy.server(SERVER).conn_id)
         deadline = time.monotonic() + 900
         seen_running = False
         while True:
@@ -627,7 +626,7 @@ def bench_pitr(ctx: Context, target: datetime, rounds: int) -> dict[str, Any]:
 
 
 def _prepare(policy: Any, stores: Any) -> Context:
-    from include.backup_dr.engines.pg_dump import PgConnectionInfo
+    from include.backup_dr.postgres import PgConnectionInfo
     from local import pg, wal
     from local.config import STATE_DIR
 
@@ -661,8 +660,8 @@ def bench_continuous(
     *, rounds: int = 3, lag_rate: float = 200.0, lag_seconds: float = 60.0
 ) -> list[Measured]:
     """The whole section; returns table rows and writes the raw measurements as JSON."""
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
     stores = Stores.from_policy(policy)
@@ -686,8 +685,8 @@ def bench_continuous(
 
 def bench_wal_fetch_only() -> list[Measured]:
     """`--only walfetch`: the WAL fetch measurement without the rest of the section."""
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
     fetch = bench_wal_fetch(_prepare(policy, Stores.from_policy(policy)))
@@ -702,7 +701,7 @@ def _delete_base_backups(stores: Any, refs: list[dict[str, Any]]) -> None:
     """The base backups this run took (1 GB+ each, per region) would pile up run after run;
     the stack's own backups are left alone. Manifest first, as prune does."""
     from include.backup_dr.catalogue import MANIFEST_NAME
-    from include.backup_dr.pipeline import from_ref
+    from include.backup_dr.stores import from_ref
 
     for ref in refs:
         backup = from_ref(ref)

@@ -41,8 +41,8 @@ def _percentile(values: list[float], q: float) -> float:
 def one_round(mode: str, plain_policy: Path) -> dict[str, Any]:
     from include.backup_dr.dr import failover_steps
     from include.backup_dr.monitor import continuous
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
     from local.failover import Pair, forget, load_until_kill, missing_on, write_policy
     from local.loadgen import LoadGenerator
 

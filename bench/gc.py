@@ -135,8 +135,8 @@ def _bare_delete(client, bucket: str, prefix: str) -> int:
 
 
 def bench_gc() -> list[tuple[str, str, str]]:
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     os.environ["BACKUP_POLICY_PATH"] = str(_policy())
     stores = Stores.from_policy(load_policy())

@@ -55,8 +55,9 @@ def _timed(call: Any, *args: Any) -> tuple[float, Any]:
 
 def bench_locks(plain_path: Path, category: str, target: str) -> list[tuple[str, str, str]]:
     from include.backup_dr.catalogue import BackupId
-    from include.backup_dr.pipeline import Stores, check_integrity, copy_to_secondary, take_snapshot
+    from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     plain, locked = load_policy(plain_path), load_policy(_locked_policy(plain_path))
     stores = {"plain": Stores.from_policy(plain), "locked": Stores.from_policy(locked)}

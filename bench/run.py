@@ -231,9 +231,9 @@ def _bare_listing(client, bucket: str) -> tuple[float, int]:
 def bench_media(objects: int = MEDIA_OBJECTS) -> list[Measured]:
     """Snapshots of `objects` objects: first, unchanged (alternated with bare listings), after
     1% changed; peak RSS against the 10,000-object bucket."""
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
     from include.backup_dr.store import ObjectStore
+    from include.backup_dr.stores import Stores
     from local.samplemedia import media_client, mutate
 
     policy = load_policy()
@@ -340,9 +340,9 @@ def _database_bytes(name: str) -> int:
 
 
 def bench_snapshot_and_integrity() -> list[Measured]:
-    from include.backup_dr.engines.pg_dump import pg_tool
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.postgres import pg_tool
+    from include.backup_dr.stores import Stores
     from local.pg import conninfo
 
     policy = load_policy()
@@ -470,7 +470,7 @@ def bench_restore_and_validation(stores, window: datetime, reference) -> list[Me
     Restore times on one small server swing with checkpoints, so both are run three times,
     alternating, each into a fresh database, and the medians compared.
     """
-    from include.backup_dr.engines.pg_dump import pg_tool
+    from include.backup_dr.postgres import pg_tool
     from local.pg import conninfo
 
     bare_db, task_db = "bench_restore_bare", "bench_restore_task"

@@ -70,8 +70,8 @@ def _measured(work: Any) -> dict[str, Any]:
 
 
 def _store() -> Any:
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     return Stores.from_policy(load_policy()).primary
 
@@ -154,7 +154,7 @@ def _rehash(args: dict[str, Any]) -> dict[str, Any]:
 def _check_copy(args: dict[str, Any]) -> dict[str, Any]:
     from include.backup_dr.engines import engine_for
     from include.backup_dr.integrity import check_copy
-    from include.backup_dr.pipeline import from_ref
+    from include.backup_dr.stores import from_ref
 
     store = _store()
     manifest = store.manifest(from_ref(args["ref"]))
@@ -217,7 +217,7 @@ def _ratio_rows(label: str, ours: list[dict], bare: list[dict], goal: str = "") 
 
 
 def bench_upload(ctx: Context, rounds: int, created: list[dict[str, Any]]) -> dict[str, Any]:
-    from include.backup_dr.engines.pg_dump import pg_tool
+    from include.backup_dr.postgres import pg_tool
 
     access = {
         "pg_basebackup": pg_tool("pg_basebackup"),
@@ -250,7 +250,7 @@ def bench_upload(ctx: Context, rounds: int, created: list[dict[str, Any]]) -> di
 
 
 def bench_download(ctx: Context, ref: dict[str, Any], rounds: int) -> dict[str, Any]:
-    from include.backup_dr.pipeline import from_ref
+    from include.backup_dr.stores import from_ref
 
     manifest = ctx.stores.primary.manifest(from_ref(ref))
     assert manifest is not None
@@ -268,8 +268,8 @@ def bench_download(ctx: Context, ref: dict[str, Any], rounds: int) -> dict[str, 
 
 
 def bench_transfer(rounds: int = 3) -> list[Measured]:
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
     ctx = _prepare(policy, Stores.from_policy(policy))

@@ -92,9 +92,9 @@ def _run_replication() -> bool:
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     print("==> media_replicate: bring the secondary region up to date", flush=True)
     run = bag.dags["media_replicate"].test(logical_date=datetime.now(UTC))
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
     from include.backup_dr.replication import replica_prefix
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
     stores = Stores.from_policy(policy)
@@ -121,8 +121,8 @@ def _run_continuous_monitor(seconds: int = 20) -> bool:
 
     from include.backup_dr import wal_segments
     from include.backup_dr.engines.wal import archive_files
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
     from local.loadgen import LoadGenerator
 
     policy = load_policy()
@@ -180,8 +180,8 @@ def _close_wal_segment() -> None:
     closes it anyway; the demo only saves that wait."""
     from include.backup_dr import wal_segments
     from include.backup_dr.engines.wal import archive_files
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
     from local import pg
 
     policy = load_policy()
@@ -205,8 +205,8 @@ def _run_restore_drill() -> bool:
     """Run the restore drill once and print its evidence: what was restored, how fast, checks."""
     from airflow.dag_processing.dagbag import DagBag
 
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     started = datetime.now(UTC)
@@ -312,8 +312,8 @@ def _run_estate_restore() -> bool:
     `dr_restore` into the sandbox under Airflow's real scheduler: approved on the user's behalf,
     in parallel within the sandbox's pool, highest priority first; then an application role
     reads its tables in the restored database."""
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
     from local.estate import ensure_estate
     from local.failover import HandlerApprover
 
@@ -431,16 +431,12 @@ def _run_failover() -> dict[str, Any]:
     from airflow.dag_processing.dagbag import DagBag
 
     from include.backup_dr.monitor import continuous
-    from include.backup_dr.pipeline import (
-        Stores,
-        check_integrity,
-        copy_to_secondary,
-        take_snapshot,
-    )
+    from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.pitr.heartbeat import heartbeat_proof
     from include.backup_dr.pitr.server import recover
     from include.backup_dr.pitr.window import recovery_range
     from include.backup_dr.policy import CONTINUOUS, load_policy, policy_path
+    from include.backup_dr.stores import Stores
     from include.backup_dr.wal_segments import archive_prefix
     from local.failover import (
         HandlerApprover,
@@ -670,8 +666,8 @@ def _drop_triggered_base_backup(policy: Any, run_id: str) -> None:
 
 def _summarise(results: list[dict[str, Any]]) -> bool:
     from include.backup_dr.catalogue import Verification, build_catalogue
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import CONTINUOUS, load_policy
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
     stores = Stores.from_policy(policy)

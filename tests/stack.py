@@ -131,8 +131,8 @@ def continuous_without_production(data: dict[str, Any]) -> None:
 @pytest.fixture
 def stores(stack) -> Iterator[Any]:
     """Both regions' stores, emptied before and after the test (every version)."""
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     result = Stores.from_policy(load_policy())
     for store in result:

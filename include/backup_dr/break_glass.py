@@ -17,9 +17,9 @@ from typing import Any
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId
 from include.backup_dr.evidence import evidence_key, write_everywhere
 from include.backup_dr.immutability import LockRule
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import Policy
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 

@@ -132,7 +132,7 @@ def _nagios(args: argparse.Namespace) -> bool:
 def _read(policy: Policy, now: datetime) -> list:
     """Every check, read from the store; raises when neither region can be read."""
     from include.backup_dr.monitor.record import check, read_state
-    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.stores import Stores
 
     stores = list(Stores.from_policy(policy))
     checks, _ = check(policy, stores, now, read_state(stores))
@@ -178,7 +178,7 @@ def _audit(policy: Policy, start: date, end: date, out: Path | None) -> int:
     """Print the report; with `out`, write it as Markdown and HTML there too. Exit 0 when the
     report was made (its exceptions are the report's content), 3 when the store cannot be read."""
     from include.backup_dr.audit import build_audit
-    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.stores import Stores
 
     if end < start:
         print(f"--to {end} is before --from {start}")

@@ -25,9 +25,10 @@ from include.backup_dr.engines import engine_for
 from include.backup_dr.engines.base import LostListing, Sweep
 from include.backup_dr.evidence import evidence_key, refusals_key
 from include.backup_dr.lease import Holder, critical_section
-from include.backup_dr.pipeline import CircuitBreakerTripped, Stores
+from include.backup_dr.pipeline import CircuitBreakerTripped
 from include.backup_dr.policy import CONTINUOUS, Policy, format_duration
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 #: The longest a run waits for the leases it needs: a third of its task's two hours.

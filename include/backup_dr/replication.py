@@ -22,9 +22,10 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from include.backup_dr.engines.media import REPLICA_DIR, EarlierListing, MediaSnapshot
 from include.backup_dr.evidence import evidence_key
-from include.backup_dr.pipeline import NotBackedUp, Stores
+from include.backup_dr.pipeline import NotBackedUp
 from include.backup_dr.policy import Policy, format_duration
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 
 log = logging.getLogger(__name__)
 

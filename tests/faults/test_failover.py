@@ -216,16 +216,12 @@ def test_backups_follow_the_new_primary_and_pitr_works_across_the_fork(
     the fork finds that heartbeat and none after T."""
     from include.backup_dr.dr import failover_steps
     from include.backup_dr.monitor import continuous
-    from include.backup_dr.pipeline import (
-        check_integrity,
-        copy_to_secondary,
-        from_ref,
-        take_snapshot,
-    )
+    from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.pitr.heartbeat import heartbeat_proof
     from include.backup_dr.pitr.server import recover
     from include.backup_dr.pitr.window import recovery_range
     from include.backup_dr.roles import current_roles
+    from include.backup_dr.stores import from_ref
 
     pair = Pair("failover_pitr", BASE_PORT + 20, BASE_PORT + 21)
     try:

@@ -19,8 +19,9 @@ import pytest
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId
 from include.backup_dr.engines.wal import LOCKED_NAME, WalEngine, lock_archive
 from include.backup_dr.gc import collect_garbage
-from include.backup_dr.pipeline import Stores, prune
+from include.backup_dr.pipeline import prune
 from include.backup_dr.pitr import TargetOutOfRange, check_target, recovery_range
+from include.backup_dr.stores import Stores
 from include.backup_dr.wal_segments import ARCHIVE_PREFIX, Segment, archive_prefix
 from local.backups import archive_segment, commit_base_backup, wal_segment
 from tests.faults.harness import alerts_sent, bring_back, kill, open_alert_path

@@ -16,9 +16,9 @@ import pytest
 from include.backup_dr import pipeline, wal_segments
 from include.backup_dr.engines.wal import archive_files
 from include.backup_dr.immutability import LockRule
-from include.backup_dr.pipeline import Stores
 from include.backup_dr.policy import load_policy
 from include.backup_dr.store import ObjectStore
+from include.backup_dr.stores import Stores
 from tests.stack import mail_text, wait_for_mail
 
 #: The one production database the lean policy keeps, and its two backup_age checks.

@@ -96,8 +96,8 @@ def test_a_missing_listing_stops_gc(stores, short_grace) -> None:
 def test_a_snapshot_pruned_while_gc_reads_it_does_not_stop_gc(stores, short_grace) -> None:
     """A prune of one target may run beside GC: a snapshot whose manifest is gone by the time its
     listing is read is no longer kept, so it is not a lost listing."""
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.store import ObjectStore
+    from include.backup_dr.stores import Stores
 
     store = stores.primary
     pruned_only, kept = _blob(store, "pruned"), _blob(store, "kept")

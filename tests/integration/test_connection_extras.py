@@ -115,7 +115,7 @@ def test_options_and_application_name_reach_psycopg2_sqlalchemy_and_pg_dump(
 
     policy = policy_file(use_extras_connection)
     target = policy.subject("platform_billing", "6h")
-    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.stores import Stores
 
     observer = _observer()
     dump = tmp_path / "platform_billing.pgdump"

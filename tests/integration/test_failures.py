@@ -147,7 +147,8 @@ def test_prune_never_deletes_the_last_good_copy(stores, policy_file) -> None:
     policy = policy_file()
     old = datetime.now(UTC) - timedelta(days=30)
     take_snapshot(policy, stores, "platform_billing", "daily", old, {})
-    from include.backup_dr.pipeline import backup_ref, check_integrity, copy_to_secondary
+    from include.backup_dr.pipeline import check_integrity, copy_to_secondary
+    from include.backup_dr.stores import backup_ref
 
     ref = backup_ref(BackupId("platform", "platform_billing", "daily", old))
     copy_to_secondary(policy, stores, ref)

@@ -12,12 +12,12 @@ from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
 from include.backup_dr.engines.media import SAMPLE_BUCKETS, blob_key, blob_prefix, parse_listing
 from include.backup_dr.pipeline import (
     IntegrityError,
-    backup_ref,
     check_integrity,
     copy_to_secondary,
     take_snapshot,
 )
 from include.backup_dr.policy import load_policy
+from include.backup_dr.stores import backup_ref
 from tests.integration.helpers import MEDIA_TARGET as TARGET
 from tests.integration.helpers import media_source
 from tests.stack import mail_text, run_dag, wait_for_mail

@@ -136,8 +136,8 @@ def test_pitr_replays_wal_through_the_prefetcher_without_barman(
     recovery still replays the archive's WAL to T, served by the prefetcher and the sh
     restore_command, and ends on the heartbeat just before T."""
     from include.backup_dr import pitr
-    from include.backup_dr.monitor.continuous import heartbeat_database
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.postgres import database_of
 
     empty = tmp_path / "no-wal-tools"
     empty.mkdir()
@@ -154,7 +154,7 @@ def test_pitr_replays_wal_through_the_prefetcher_without_barman(
     sample = monitor["samples"][1]
     target = datetime.fromisoformat(sample["written_at"]) + timedelta(milliseconds=500)
     policy = load_policy()
-    database = heartbeat_database(policy.server(SERVER).conn_id)
+    database = database_of(policy.server(SERVER).conn_id)
     with pitr.recover(policy, stores, SERVER, "secondary", target) as recovered:
         assert recovered.wal_files >= 1
         ((newest, after),) = recovered.query(

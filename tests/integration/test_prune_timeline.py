@@ -10,12 +10,12 @@ import pytest
 from include.backup_dr.catalogue import BackupId, build_catalogue
 from include.backup_dr.pipeline import (
     CircuitBreakerTripped,
-    backup_ref,
     check_integrity,
     copy_to_secondary,
     prune,
     take_snapshot,
 )
+from include.backup_dr.stores import backup_ref
 
 pytestmark = pytest.mark.integration
 START = datetime(2026, 11, 1, 0, 30, tzinfo=UTC)

@@ -72,7 +72,7 @@ def test_clean_backup_restores_and_every_expectation_passes(backed_up, stores, p
 
 def test_tampered_backup_is_caught_by_the_checksum_before_restore(backed_up, stores) -> None:
     from include.backup_dr.drill import dumps as drill
-    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
     backup = BackupId("platform", "platform_billing", "daily", WINDOW)

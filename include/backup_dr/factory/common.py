@@ -55,7 +55,7 @@ def exclusive(store: Any, subject: str, step: str) -> AbstractContextManager[Ten
 
 def runtime() -> tuple[Any, Any]:
     """The policy and both regions' stores, loaded when a task runs."""
-    from include.backup_dr.pipeline import Stores
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
     return policy, Stores.from_policy(policy)

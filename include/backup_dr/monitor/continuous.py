@@ -93,15 +93,8 @@ def evidence_prefix(server: str) -> str:
     return f"evidence/continuous_monitor/{server}/"
 
 
-def heartbeat_database(conn_id: str) -> str:
-    """The database holding the heartbeat: the server connection's schema, else postgres."""
-    from airflow.providers.postgres.hooks.postgres import PostgresHook
-
-    return PostgresHook.get_connection(conn_id).schema or "postgres"
-
-
 def _connect(conn_id: str, database: str, *, readonly: bool) -> Any:
-    from include.backup_dr.engines.pg_dump import PgConnectionInfo
+    from include.backup_dr.postgres import PgConnectionInfo
 
     conn = PgConnectionInfo.from_airflow(conn_id, database).connect()
     conn.set_session(readonly=readonly, autocommit=True)
@@ -347,6 +340,7 @@ def measure(
     Returns the evidence document; its `conditions` say what is open (the caller fails red).
     """
     from include.backup_dr.alerts import condition_key, send_message
+    from include.backup_dr.postgres import database_of
 
     settings = policy.continuous
     assert settings is not None, "the policy has no continuous section"
@@ -359,7 +353,7 @@ def measure(
     slot = roles.slot or server.standby.slot
     rpo_seconds = policy.categories[settings.category].rpo.total_seconds()
     samples_needed = settings.monitor.lag_alert_samples
-    database = heartbeat_database(roles.primary_conn_id)
+    database = database_of(roles.primary_conn_id)
     keep_heartbeats = policy.categories[settings.category].tiers["continuous"].retention
     keep_heartbeats += timedelta(days=1)
     started_at = datetime.now(UTC)

@@ -34,8 +34,8 @@ def ui_base() -> str:
 def _read(live: bool) -> tuple[Any, Any]:
     """The policy and a snapshot of the checks; 503 when no region of the store answers."""
     from include.backup_dr.monitor.record import StoreUnreadableError
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
     from include.backup_dr.ui.view import read_snapshot
 
     policy = load_policy()
@@ -50,9 +50,9 @@ def _read(live: bool) -> tuple[Any, Any]:
 def audit_report(start: date, end: date, fmt: str) -> tuple[str, str]:
     """The audit report for [start, end] as (body, media type), built as the CLI builds it."""
     from include.backup_dr.audit import build_audit
-    from include.backup_dr.pipeline import Stores
     from include.backup_dr.policy import load_policy
     from include.backup_dr.store import StoreError
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
     try:
@@ -75,8 +75,8 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def page(live: Live = False) -> HTMLResponse:
-        from include.backup_dr.pipeline import Stores
         from include.backup_dr.policy import load_policy
+        from include.backup_dr.stores import Stores
         from include.backup_dr.ui import page as html
         from include.backup_dr.ui.view import (
             newest_failovers,

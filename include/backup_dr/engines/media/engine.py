@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup_dr.catalogue import INTEGRITY_NAME, MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.check import Check
 from include.backup_dr.engines.base import ReadCheck, Sweep
 from include.backup_dr.engines.media.layout import (
     SAMPLE_BUCKETS,
@@ -28,7 +29,6 @@ from include.backup_dr.engines.media.plan import BlobState, longest_holds, plan_
 from include.backup_dr.engines.media.snapshot import COPY_WORKERS, MediaSnapshot
 from include.backup_dr.engines.media.sweep import plan_sweep
 from include.backup_dr.immutability import expiry, shared_hold
-from include.backup_dr.integrity import Check
 from include.backup_dr.policy import Policy, Target, load_policy
 from include.backup_dr.store import ObjectStore
 

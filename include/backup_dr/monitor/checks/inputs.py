@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from include.backup_dr.restore.record import restore_rate
+
 
 @dataclass(frozen=True)
 class BackupFacts:
@@ -83,9 +85,7 @@ class DrillFacts:
     @property
     def rate(self) -> float | None:
         """Bytes restored per second, measured by the drill."""
-        if not self.restored_bytes or not self.seconds:
-            return None
-        return self.restored_bytes / self.seconds
+        return restore_rate(self.restored_bytes, self.seconds)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,12 @@ from datetime import timedelta
 from include.backup_dr.monitor.checks.inputs import BackupFacts, DrillFacts, StoreFacts
 from include.backup_dr.monitor.checks.result import CheckResult, Status
 from include.backup_dr.policy import Policy, format_duration, human
-from include.backup_dr.restore.record import RestoreJob, plan_estate
+from include.backup_dr.restore.record import (
+    RestoreJob,
+    plan_estate,
+    projected_seconds,
+    within_rto,
+)
 from include.backup_dr.subjects import drill_subjects
 
 
@@ -17,7 +22,7 @@ def rto_status(projected: timedelta | None, rto: timedelta) -> Status:
     """Red over the RTO; amber when no drill measured a restore rate to project from."""
     if projected is None:
         return Status.WARNING
-    return Status.CRITICAL if projected > rto else Status.OK
+    return Status.OK if within_rto(projected.total_seconds(), rto) else Status.CRITICAL
 
 
 def checks(policy: Policy, facts: StoreFacts) -> Iterable[CheckResult]:
@@ -83,7 +88,7 @@ def _project(facts: StoreFacts, subject: str) -> tuple[timedelta | None, str]:
     size = newest.restore_bytes if newest.restore_bytes is not None else drill.restored_bytes
     assert size is not None
     sized = "its newest verified backup" if newest.restore_bytes is not None else "the drill"
-    return timedelta(seconds=size / rate), (
+    return timedelta(seconds=projected_seconds(size, rate)), (
         f"{size / 1e6:,.1f} MB ({sized}, {drill.tier} in {drill.region}) at "
         f"{rate / 1e6:,.2f} MB/s, the rate the drill of {drill.recorded_at:%Y-%m-%d} measured"
     )

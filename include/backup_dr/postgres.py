@@ -210,6 +210,17 @@ class PgConnectionInfo:
         return f"{where} (Airflow connection {self.conn_id})" if self.conn_id else where
 
 
+def run_sql(connection: Any, sql: str) -> list[tuple]:
+    """Run one statement on a connection opened for it, then close the connection: the rows,
+    or none for a statement that returns none (DDL)."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchall() if cursor.description else []
+    finally:
+        connection.close()
+
+
 def database_of(conn_id: str) -> str:
     """The database an Airflow connection names (its schema), else `postgres`: where the
     continuous monitor keeps its heartbeat, and where failover and the PITR drill read it."""

@@ -42,7 +42,7 @@ from include.backup_dr.pitr.window import (
     recovery_range,
 )
 from include.backup_dr.policy import Policy
-from include.backup_dr.postgres import PgConnectionInfo, pg_tool
+from include.backup_dr.postgres import PgConnectionInfo, pg_tool, run_sql
 from include.backup_dr.restore.download import fetch, prove_bytes
 from include.backup_dr.store import READ_CHUNK, ObjectStore
 
@@ -120,13 +120,7 @@ class RecoveredServer:
         ).render_as_string(hide_password=False)
 
     def query(self, database: str, sql: str) -> list[tuple]:
-        connection = self.connect(database)
-        try:
-            with connection.cursor() as cursor:
-                cursor.execute(sql)
-                return cursor.fetchall() if cursor.description else []
-        finally:
-            connection.close()
+        return run_sql(self.connect(database), sql)
 
     def restored_bytes(self) -> int:
         rows = self.query("postgres", "SELECT sum(pg_database_size(oid)) FROM pg_database")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from include.backup_dr.policy import Policy
-from include.backup_dr.postgres import PgConnectionInfo, pg_tool
+from include.backup_dr.postgres import PgConnectionInfo, pg_tool, run_sql
 from include.backup_dr.restore.errors import RestoreFailed, RestoreRefused, SwapFailed
 from include.backup_dr.restore.validation import ValidationResult
 
@@ -89,12 +89,7 @@ _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 def _admin(info: PgConnectionInfo, sql: str) -> list[tuple]:
     connection = info.connect()
     connection.autocommit = True
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return cursor.fetchall() if cursor.description else []
-    finally:
-        connection.close()
+    return run_sql(connection, sql)
 
 
 def database_exists(server: PgConnectionInfo, name: str) -> bool:

@@ -10,6 +10,7 @@ import ast
 import functools
 import itertools
 import re
+import tomllib
 import typing
 from collections.abc import Iterator
 from datetime import timedelta
@@ -370,3 +371,14 @@ def test_the_scale_out_page_shows_the_pods_the_code_requests() -> None:
     rows = re.findall(r"^\| `([a-z_]+)` \| [0-9m]+ / [0-9m]+ \|", text, re.M)
     assert sorted(rows) == sorted(HEAVY), "a pod row for a step the code does not place"
     assert f"-q {DEFAULT_QUEUE},{IO_QUEUE}" in text
+
+
+def test_the_code_page_places_every_module_the_import_contracts_place() -> None:
+    """docs/code.md's floors name every module the layers contract places (and the contract is
+    exhaustive, so a new module must appear in both)."""
+    contracts = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    (layers,) = [c["layers"] for c in contracts["contracts"] if c["type"] == "layers"]
+    modules = {name.strip() for layer in layers for name in re.split(r"[|:]", layer)}
+    text = (DOCS / "code.md").read_text()
+    missing = sorted(m for m in modules if f"`{m}.py`" not in text and f"`{m}/`" not in text)
+    assert not missing, f"docs/code.md does not place {missing}"

@@ -132,6 +132,11 @@ class Manifest:
     keys: dict[str, dict[str, Any]] = field(default_factory=dict)
     copied_from: dict[str, str] | None = None
     run: dict[str, str] = field(default_factory=dict)
+    #: Set when the backup is another tier's, promoted (see promotion.py): which, and when.
+    #: Times above are the source's: when the data was read from production.
+    derived_from: dict[str, str] | None = None
+    #: Why a tier that derives from another read the source instead.
+    not_derived: str | None = None
 
     def tables(self) -> dict[str, dict[str, Any]]:
         """Per table: rows at backup time plus its keys; what a restore test checks."""
@@ -170,6 +175,8 @@ class Manifest:
             "keys": self.keys,
             "copied_from": self.copied_from,
             "run": self.run,
+            "derived_from": self.derived_from,
+            "not_derived": self.not_derived,
         }
 
     @classmethod
@@ -200,6 +207,8 @@ class Manifest:
             keys=body.get("keys", {}),
             copied_from=body.get("copied_from"),
             run=body.get("run", {}),
+            derived_from=body.get("derived_from"),
+            not_derived=body.get("not_derived"),
         )
 
 

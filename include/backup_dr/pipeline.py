@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowRescheduleException
 
 from include.backup_dr import __version__
 from include.backup_dr.catalogue import (
@@ -29,6 +29,14 @@ from include.backup_dr.engines.wal import hold_recovery_window
 from include.backup_dr.evidence import evidence_key, refusals_key, write_everywhere
 from include.backup_dr.integrity import check_copy
 from include.backup_dr.policy import CONTINUOUS, Policy
+from include.backup_dr.promotion import (
+    Candidate,
+    Promotion,
+    describe_derivation,
+    plan_promotion,
+    promoted_manifest,
+    source_windows,
+)
 from include.backup_dr.retention import (
     Decision,
     PrunePlan,
@@ -53,6 +61,11 @@ class CircuitBreakerTripped(AirflowFailException):
 
 class NotBackedUp(AirflowFailException):
     """The target must never be backed up (e.g. UAT); reaching here is a configuration error."""
+
+
+#: How often a promoting tier looks again for its source's verdict (the task is rescheduled in
+#: between, like a sensor, so it holds no worker and no pool slot while it waits).
+PROMOTION_POLL = timedelta(minutes=2)
 
 
 def _now() -> datetime:
@@ -89,6 +102,18 @@ def take_snapshot(
             return {**backup_ref(backup), "reused": True, "size": existing.artifact.size}
         log.warning("The backup of %s failed its integrity check; taking it again.", backup)
 
+    rules = policy.categories[target.category].tiers[tier]
+    not_derived = None
+    if rules.derive_from is not None:
+        plan = _plan_promotion(policy, stores, backup)
+        if plan.wait_until is not None:
+            log.info("%s: %s", backup, plan.reason)
+            raise AirflowRescheduleException(min(_now() + PROMOTION_POLL, plan.wait_until))
+        if plan.source is not None:
+            return _promote(stores, backup, plan, run)
+        log.warning("%s: not promoted from %s, so %s", backup, rules.derive_from, plan.reason)
+        not_derived = plan.reason
+
     engine = engine_for(policy.engine_name(target.category, tier))
     if target.server is not None:
         policy = follow(policy, stores, [target.server])
@@ -112,6 +137,7 @@ def take_snapshot(
         row_counts=facts.row_counts,
         keys=facts.keys,
         run=run,
+        not_derived=not_derived,
     )
     primary.put_json(backup.key(MANIFEST_NAME), manifest.to_json())
     seconds = (finished - started).total_seconds()
@@ -124,6 +150,122 @@ def take_snapshot(
         seconds,
     )
     return {**backup_ref(backup), "reused": False, "size": uploaded.size, "seconds": seconds}
+
+
+def _plan_promotion(policy: Policy, stores: Stores, backup: BackupId) -> Promotion:
+    """Which backup of the source tier (`derive_from`) this window may promote, from both
+    regions' catalogues of that tier."""
+    rules = policy.categories[backup.category].tiers[backup.tier]
+    assert rules.derive_from is not None and rules.max_skew is not None
+    source = policy.categories[backup.category].tiers[rules.derive_from]
+    listings = [
+        store.listing(f"{backup.category}/{backup.target}/{rules.derive_from}/") for store in stores
+    ]
+    found, _ = build_catalogue(listings)
+    manifests = listings[0].manifests
+    candidates = [
+        Candidate(
+            b.id,
+            manifests[b.id].started_at,
+            {region: copy.verification for region, copy in b.copies.items()},
+        )
+        for b in found
+        if b.id in manifests
+    ]
+    now = _now()
+    due = [w for w in source_windows(source.schedule, backup.window, rules.max_skew) if w <= now]
+    regions = [store.region.name for store in stores]
+    return plan_promotion(
+        backup.window, rules.derive_from, rules.max_skew, candidates, due, regions, now
+    )
+
+
+def _copy_within(
+    store: ObjectStore, source: Manifest, derived: BackupId
+) -> tuple[str, dict[str, str]]:
+    """Copy a backup's artifact and what lies beside it to `derived`'s keys in the same region,
+    server-side (no bytes through the worker), locked as the derived tier's keys say. The
+    manifest is the caller's, last. Returns how it was copied, and old key -> new key beside."""
+    artifact_key = derived.key(source.artifact.key.rpartition("/")[2])
+    mode = store.copy_from(store, source.artifact.key, source.artifact.size, dest_key=artifact_key)
+    beside = {}
+    if entry := source.source.get("globals"):
+        beside[entry["key"]] = derived.key(entry["key"].rpartition("/")[2])
+        store.copy_from(store, entry["key"], int(entry["size"]), dest_key=beside[entry["key"]])
+    return mode, beside
+
+
+def _promote(
+    stores: Stores, backup: BackupId, plan: Promotion, run: dict[str, str]
+) -> dict[str, Any]:
+    """Promote the planned backup into `backup` in the primary region (the secondary's copy is
+    `copy_to_secondary`'s, from the secondary's own copy of the source)."""
+    assert plan.source is not None
+    primary = stores.primary
+    source = primary.manifest(plan.source.backup)
+    if source is None:
+        raise AirflowFailException(
+            f"{plan.source.backup} vanished from {primary.region.name} while being promoted"
+        )
+    log.info("Promoting %s into %s: %s", plan.source.backup, backup, plan.reason)
+    mode, beside = _copy_within(primary, source, backup)
+    manifest = promoted_manifest(
+        source,
+        backup,
+        artifact_key=backup.key(source.artifact.key.rpartition("/")[2]),
+        beside=beside,
+        region=primary.region.name,
+        encryption={"algorithm": "aws:kms", "kms_key_id": primary.region.kms_key_id},
+        run=run,
+        promoted_at=_now(),
+        mode=mode,
+    )
+    primary.put_json(backup.key(MANIFEST_NAME), manifest.to_json())
+    label = describe_derivation(manifest)
+    log.info(
+        "Committed %s, %s (%s): %d bytes, sha256 %s",
+        backup,
+        label,
+        mode,
+        manifest.artifact.size,
+        manifest.artifact.sha256,
+    )
+    return {
+        **backup_ref(backup),
+        "reused": False,
+        "size": manifest.artifact.size,
+        "promoted": label,
+    }
+
+
+def _promote_to_secondary(stores: Stores, reference: Manifest) -> Manifest | None:
+    """The secondary's copy of a promoted backup, made there from the secondary's own copy of
+    its source (server-side, no cross-region transfer); None when that copy is not the same
+    bytes (then the backup is copied across regions like any other)."""
+    assert reference.derived_from is not None
+    secondary = stores.secondary
+    source_id = BackupId(
+        reference.backup.category,
+        reference.backup.target,
+        reference.derived_from["tier"],
+        datetime.fromisoformat(reference.derived_from["window"]),
+    )
+    source = secondary.manifest(source_id)
+    if source is None or source.artifact.sha256 != reference.artifact.sha256:
+        return None
+    mode, _ = _copy_within(secondary, source, reference.backup)
+    return dataclasses.replace(
+        reference,
+        region=secondary.region.name,
+        encryption={"algorithm": "aws:kms", "kms_key_id": secondary.region.kms_key_id},
+        copied_from={
+            "region": secondary.region.name,
+            "bucket": secondary.bucket,
+            "key": source.artifact.key,
+            "mode": f"{mode} of {source_id} within {secondary.region.name}",
+            "copied_at": _now().isoformat(),
+        },
+    )
 
 
 def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict[str, Any]:
@@ -147,6 +289,12 @@ def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> di
         if engine.contents_keep_arriving:  # WAL: fill whatever the secondary still lacks
             log.info(engine.copy_contents(reference, primary, secondary))
         return {**ref, "copy": "already present"}
+    if reference.derived_from is not None and (
+        promoted := _promote_to_secondary(stores, reference)
+    ):
+        secondary.put_json(backup.key(MANIFEST_NAME), promoted.to_json())
+        log.info("Promoted %s in %s too (%s).", backup, secondary.region.name, promoted.copied_from)
+        return {**ref, "copy": promoted.copied_from["mode"]}  # type: ignore[index]
     contents = engine.copy_contents(reference, primary, secondary)
     mode = secondary.copy_from(primary, reference.artifact.key, reference.artifact.size)
     copied = dataclasses.replace(

@@ -100,6 +100,24 @@ def cron_period(expression: str) -> timedelta:
     return longest
 
 
+def first_unmatched_fire(schedule: str, source: str, skew: timedelta) -> datetime | None:
+    """The first of a year of `schedule`'s fire times with no fire of `source` within `skew`."""
+    fires = croniter(schedule, datetime(2026, 1, 1, tzinfo=UTC))
+    for _ in range(400):
+        fire = fires.get_next(datetime)
+        if fire.year > 2026:
+            return None
+        before = croniter(source, fire + timedelta(seconds=1)).get_prev(datetime)
+        after = croniter(source, fire).get_next(datetime)
+        if min(fire - before, after - fire) > skew:
+            return fire
+    return None
+
+
+#: Engines whose backups a tier can promote (`derive_from`): a self-contained artifact. A media
+#: snapshot is a listing of shared blobs whose locks follow the tiers that refer to them.
+PROMOTING_ENGINES = frozenset({"pg_dump"})
+
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
 Cron = Annotated[str, AfterValidator(_cron)]
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_]*$")]
@@ -186,10 +204,28 @@ class Tier(_Frozen):
 
     schedule: str
     retention: Duration
+    #: Take this tier's backups by promoting a backup of another tier of the category (one
+    #: read of production feeds both), when one verified in both regions was taken within
+    #: `max_skew` of the window; otherwise it reads the source, and says why.
+    derive_from: str | None = None
+    max_skew: Duration | None = None
 
     @property
     def is_continuous(self) -> bool:
         return self.schedule == CONTINUOUS
+
+    @model_validator(mode="after")
+    def _derivation_complete(self) -> Tier:
+        if (self.derive_from is None) != (self.max_skew is None):
+            raise ValueError(
+                "derive_from and max_skew go together: which tier to promote from, and how far "
+                "from this tier's window its backup may have been taken"
+            )
+        if self.derive_from is not None and self.is_continuous:
+            raise ValueError("the continuous tier cannot derive_from another tier")
+        if self.max_skew is not None and self.max_skew <= timedelta(0):
+            raise ValueError("max_skew must be longer than zero")
+        return self
 
     @field_validator("schedule")
     @classmethod
@@ -248,6 +284,34 @@ class Category(_Frozen):
         if not tiers:
             raise ValueError("a category needs at least one tier")
         return tiers
+
+    @model_validator(mode="after")
+    def _derivations(self) -> Category:
+        for name, tier in self.tiers.items():
+            if tier.derive_from is None:
+                continue
+            where = f"tier {name}: derive_from {tier.derive_from!r}"
+            source = self.tiers.get(tier.derive_from)
+            if source is None or tier.derive_from == name:
+                others = ", ".join(t for t in self.scheduled_tiers() if t != name)
+                raise ValueError(f"{where} is not another tier of this category ({others})")
+            if source.is_continuous or source.derive_from is not None:
+                raise ValueError(
+                    f"{where}: it must take its own backups (not continuous, not derived itself)"
+                )
+            if self.engine not in PROMOTING_ENGINES:
+                raise ValueError(
+                    f"{where}: the {self.engine} engine cannot promote a backup (engines that "
+                    f"can: {', '.join(sorted(PROMOTING_ENGINES))})"
+                )
+            assert tier.max_skew is not None
+            if missed := first_unmatched_fire(tier.schedule, source.schedule, tier.max_skew):
+                raise ValueError(
+                    f"{where}: {tier.derive_from} ({source.schedule}) never fires within "
+                    f"{format_duration(tier.max_skew)} of this tier's window "
+                    f"{missed.isoformat()} ({tier.schedule}): every run would dump"
+                )
+        return self
 
     def scheduled_tiers(self) -> dict[str, Tier]:
         """The tiers that Airflow runs (continuous replication is not a DAG)."""

@@ -52,6 +52,24 @@ def lean_policy(data: dict) -> None:
     data["restore_verification"]["tier"] = "6h"
 
 
+def daily_far_from_now(data: dict) -> None:
+    """A policy mutation: the platform daily fires twelve hours from now, and the weekly that
+    promotes it an hour later (the monthly goes). A weekly window taken now then never waits
+    for a daily window that is due (one within its max_skew): the test decides which exists."""
+    hour = (datetime.now(UTC).hour + 12) % 24
+    tiers = data["categories"]["platform"]["tiers"]
+    del tiers["monthly"]
+    tiers["daily"]["schedule"] = f"30 {hour} * * *"
+    tiers["weekly"]["schedule"] = f"30 {(hour + 1) % 24} * * 0"
+
+
+def daily_window(policy: Any, now: datetime) -> datetime:
+    """The platform daily's newest window at `now`."""
+    from croniter import croniter
+
+    return croniter(policy.categories["platform"].tiers["daily"].schedule, now).get_prev(datetime)
+
+
 def age_manifests(stores: Any, window: datetime, by: timedelta, tier: str = "6h") -> None:
     """Make the window's backup look `by` older in both regions (its restore point moves)."""
     from include.backup_dr.catalogue import BackupId

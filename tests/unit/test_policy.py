@@ -161,6 +161,34 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
             "continuous.category 'media'",
             "has no continuous tier",
         ),
+        (
+            lambda d: d["categories"]["platform"]["tiers"]["weekly"].pop("max_skew"),
+            "categories.platform.tiers.weekly",
+            "derive_from and max_skew go together",
+        ),
+        (
+            lambda d: d["categories"]["platform"]["tiers"]["weekly"].update(derive_from="dialy"),
+            "categories.platform",
+            "tier weekly: derive_from 'dialy' is not another tier of this category",
+        ),
+        (
+            lambda d: d["categories"]["platform"]["tiers"]["weekly"].update(derive_from="monthly"),
+            "categories.platform",
+            "it must take its own backups (not continuous, not derived itself)",
+        ),
+        (
+            lambda d: d["categories"]["platform"]["tiers"]["weekly"].update(max_skew="10m"),
+            "categories.platform",
+            "daily (30 0 * * *) never fires within 10m of this tier's window "
+            "2026-01-04T01:00:00+00:00 (0 1 * * 0): every run would dump",
+        ),
+        (
+            lambda d: d["categories"]["media"]["tiers"]["weekly"].update(
+                derive_from="daily", max_skew="2h"
+            ),
+            "categories.media",
+            "the media engine cannot promote a backup (engines that can: pg_dump)",
+        ),
     ],
     ids=[
         "unknown-tier",
@@ -184,6 +212,11 @@ def test_uat_targets_are_never_backed_up_and_say_why() -> None:
         "archive-timeout-too-long",
         "monitor-bad-cron",
         "continuous-on-media",
+        "derive-without-skew",
+        "derive-from-unknown-tier",
+        "derive-from-a-derived-tier",
+        "source-never-near-the-window",
+        "derive-on-media",
     ],
 )
 def test_invalid_policy_names_file_and_field(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -65,7 +66,16 @@ class NotBackedUp(AirflowFailException):
 
 #: How often a promoting tier looks again for its source's verdict (the task is rescheduled in
 #: between, like a sensor, so it holds no worker and no pool slot while it waits).
-PROMOTION_POLL = timedelta(minutes=2)
+PROMOTION_POLL_ENV = "BACKUP_PROMOTION_POLL_SECONDS"
+
+
+def promotion_poll() -> timedelta:
+    """`BACKUP_PROMOTION_POLL_SECONDS` if set, else two minutes."""
+    value = os.environ.get(PROMOTION_POLL_ENV)
+    poll = timedelta(seconds=float(value)) if value else timedelta(minutes=2)
+    if poll <= timedelta(0):
+        raise ValueError(f"{PROMOTION_POLL_ENV} must be positive, not {value!r}")
+    return poll
 
 
 def _now() -> datetime:
@@ -108,7 +118,7 @@ def take_snapshot(
         plan = _plan_promotion(policy, stores, backup)
         if plan.wait_until is not None:
             log.info("%s: %s", backup, plan.reason)
-            raise AirflowRescheduleException(min(_now() + PROMOTION_POLL, plan.wait_until))
+            raise AirflowRescheduleException(min(_now() + promotion_poll(), plan.wait_until))
         if plan.source is not None:
             return _promote(stores, backup, plan, run)
         log.warning("%s: not promoted from %s, so %s", backup, rules.derive_from, plan.reason)

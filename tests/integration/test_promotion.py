@@ -5,7 +5,9 @@ no daily to promote reads its source as before and says why."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -60,3 +62,52 @@ def test_weekly_promotes_the_verified_daily_and_dumps_where_there_is_none(
         "(never promoted: only verified)"
     )
     assert stores.secondary.manifest(dumped.backup).copied_from["region"] == "eu-west-1"
+
+
+class _Seen(logging.Handler):
+    """Sets `event` when a log message contains `text`."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text, self.event = text, threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.event.set()
+
+
+def test_weekly_waits_for_a_due_daily_then_promotes_it(stores, policy_file, monkeypatch) -> None:
+    """The daily fired ten minutes ago and has no backup yet: the weekly's snapshot is
+    rescheduled (holding no worker or pool slot) until the daily is verified, then promotes it."""
+    monkeypatch.setenv("BACKUP_PROMOTION_POLL_SECONDS", "2")
+    now = datetime.now(UTC).replace(microsecond=0)
+    due = (now - timedelta(minutes=10)).replace(second=0)
+
+    def daily_just_due(data: dict) -> None:
+        data["targets"] = [t for t in data["targets"] if t["name"] != "platform_billing"]
+        tiers = data["categories"]["platform"]["tiers"]
+        del tiers["monthly"]
+        tiers["daily"]["schedule"] = f"{due.minute} {due.hour} * * *"
+        tiers["weekly"]["schedule"] = f"{now.minute} {now.hour} * * 0"
+
+    policy = policy_file(daily_just_due)
+    waiting = _Seen(f"waiting for daily {due:%Y%m%dT%H%M%SZ} to be verified")
+    logger = logging.getLogger("include.backup_dr.pipeline")
+    logger.addHandler(waiting)
+
+    def take_the_daily_once_the_weekly_waits() -> None:
+        assert waiting.event.wait(300), "the weekly never waited for the daily"
+        back_up(policy, stores, "platform_core", "daily", due, RUN)
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            daily = pool.submit(take_the_daily_once_the_weekly_waits)
+            run = run_dag("platform_backup_weekly", now)
+            daily.result()
+    finally:
+        logger.removeHandler(waiting)
+    assert run.state == "success"
+    (snapshot,) = [ti for ti in run.get_task_instances() if ti.task_id.endswith(".snapshot")]
+    assert snapshot.try_number == 1  # rescheduled, not retried
+    weekly = stores.secondary.manifest(BackupId("platform", "platform_core", "weekly", now))
+    assert weekly.derived_from["window"] == due.isoformat()

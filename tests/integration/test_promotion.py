@@ -13,7 +13,14 @@ import pytest
 
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
 from include.backup_dr.pg_globals import OBJECT_NAME
-from tests.integration.helpers import RUN, back_up, daily_far_from_now, daily_window
+from tests.integration.helpers import (
+    RUN,
+    back_up,
+    daily_far_from_now,
+    daily_window,
+    lock_policy,
+    locked_stores,
+)
 from tests.stack import run_dag
 
 pytestmark = pytest.mark.integration
@@ -111,3 +118,31 @@ def test_weekly_waits_for_a_due_daily_then_promotes_it(stores, policy_file, monk
     assert snapshot.try_number == 1  # rescheduled, not retried
     weekly = stores.secondary.manifest(BackupId("platform", "platform_core", "weekly", now))
     assert weekly.derived_from["window"] == due.isoformat()
+
+
+@pytest.fixture
+def locked_promotion(stores, policy_file):
+    """Governance locks in both regions, and a daily twelve hours from now."""
+
+    def mutate(data: dict) -> None:
+        lock_policy(data)
+        daily_far_from_now(data)
+
+    yield from locked_stores(policy_file(mutate))
+
+
+def test_a_promoted_weekly_is_locked_for_the_weekly_retention_not_the_daily(
+    locked_promotion,
+) -> None:
+    policy, stores = locked_promotion
+    now = datetime.now(UTC).replace(microsecond=0)
+    window = daily_window(policy, now)
+    back_up(policy, stores, "platform_core", "daily", window, RUN)
+    daily = BackupId("platform", "platform_core", "daily", window)
+    ref = back_up(policy, stores, "platform_core", "weekly", now, RUN)
+    assert "promoted" in ref
+    weekly = BackupId("platform", "platform_core", "weekly", now)
+    for store in stores:
+        for name in ("data.pgdump", OBJECT_NAME, "manifest.json"):
+            assert store.locked_until(weekly.key(name)) == now + timedelta(days=28 + 1), name
+            assert store.locked_until(daily.key(name)) == window + timedelta(days=7 + 1), name

@@ -299,8 +299,12 @@ def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> di
         if engine.contents_keep_arriving:  # WAL: fill whatever the secondary still lacks
             log.info(engine.copy_contents(reference, primary, secondary))
         return {**ref, "copy": "already present"}
-    if reference.derived_from is not None and (
-        promoted := _promote_to_secondary(stores, reference)
+    # A promoted copy is made from the secondary's own source, unless this is a copy that failed
+    # its check there: the source may have rotted too, so the primary's verified bytes are taken.
+    if (
+        reference.derived_from is not None
+        and not same
+        and (promoted := _promote_to_secondary(stores, reference))
     ):
         secondary.put_json(backup.key(MANIFEST_NAME), promoted.to_json())
         log.info("Promoted %s in %s too (%s).", backup, secondary.region.name, promoted.copied_from)

@@ -140,3 +140,30 @@ def test_a_promoted_weekly_survives_prune_of_its_daily_and_restores(stores, poli
         assert validation.ok, validation.to_document()
     finally:
         dumps.teardown(policy, chosen, "promotion-test")
+
+
+def test_a_promoted_copy_that_rotted_with_its_daily_is_copied_again_from_the_other_region(
+    stores, policy_file
+) -> None:
+    """Bit rot in the secondary hits the daily and then its promoted weekly: the weekly's check
+    fails there, and the next copy takes the primary's verified bytes, not the rotten daily's."""
+    policy = _policy(policy_file)
+    now = datetime.now(UTC).replace(microsecond=0)
+    daily = _verified_daily(policy, stores, now)
+    ref = back_up(policy, stores, TARGET, "weekly", now, RUN)
+    weekly = pipeline.from_ref(ref)
+    for backup in (daily, weekly):
+        key = stores.secondary.manifest(backup).artifact.key
+        body = bytearray(stores.secondary.open(key).read())
+        body[len(body) // 3] ^= 0xFF
+        stores.secondary.put_bytes(key, bytes(body), "application/octet-stream")
+    with pytest.raises(pipeline.IntegrityError, match="eu-central-1"):
+        pipeline.check_integrity(policy, stores, ref)
+
+    copied = pipeline.copy_to_secondary(policy, stores, ref)
+    assert "within" not in copied["copy"]
+    assert stores.secondary.manifest(weekly).copied_from["region"] == "eu-west-1"
+    assert pipeline.check_integrity(policy, stores, ref)["verified_regions"] == [
+        "eu-west-1",
+        "eu-central-1",
+    ]

@@ -12,7 +12,7 @@ def tier_doc(
     category_name: str, category: Category, tier_name: str, tier: Tier, policy: Policy
 ) -> str:
     rows = "\n".join(
-        f"| {name} | `{t.schedule}` | {format_duration(t.retention)} |"
+        f"| {name} | `{t.schedule}` | {format_duration(t.retention)} | {_source_of(t)} |"
         for name, t in category.tiers.items()
     )
     return f"""### {category.description}: {tier_name} backups
@@ -23,12 +23,35 @@ def tier_doc(
 RPO target {format_duration(category.rpo)}; RTO target {format_duration(policy.objectives.rto)}.
 
 Each target runs `snapshot -> copy_to_secondary -> integrity_check -> prune`.
-Params: `dry_run` plans the prune without deleting; `override_circuit_breaker` lets a prune
+{_promotion_doc(tier)}Params: `dry_run` plans the prune without deleting; `override_circuit_breaker` lets a prune
 that deletes more than the policy expects go ahead (only after checking why).
 
-| tier | schedule | retention |
-|---|---|---|
+| tier | schedule | retention | restore points |
+|---|---|---|---|
 {rows}
+"""
+
+
+def _source_of(tier: Tier) -> str:
+    if tier.derive_from is None:
+        return "its own read of the source"
+    assert tier.max_skew is not None
+    return f"promoted from {tier.derive_from} (within {format_duration(tier.max_skew)})"
+
+
+def _promotion_doc(tier: Tier) -> str:
+    """How a derived tier's snapshot works, in the DAG's own docs (empty for the others)."""
+    if tier.derive_from is None or tier.max_skew is None:
+        return ""
+    skew = format_duration(tier.max_skew)
+    return f"""
+**Promoted from `{tier.derive_from}`:** `snapshot` reads no database when a {tier.derive_from}
+backup verified in both regions was taken within {skew} of the window: it copies that backup
+server-side into this tier (log: "promoted from {tier.derive_from} <window>"), and
+`copy_to_secondary` does the same in the secondary from its own copy. `integrity_check`
+re-verifies both (size, SHA-256, `pg_restore --list`). While a due {tier.derive_from} is not yet
+verified, `snapshot` is rescheduled (up for reschedule, holding no worker) until the window +
+{skew}; with none, it dumps the source and its manifest's `not_derived` says why.
 """
 
 

@@ -67,9 +67,9 @@ def test_report_lists_the_missed_window_backfills_and_prune_reasons(
 
     page = report.markdown()
     assert (
-        f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | 2 | 1 | 2 | 2026-10-20 (first evidence) |"
-        in page
-    )
+        f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | 2 | 2 own reads | 1 | 2 | "
+        "2026-10-20 (first evidence) |"
+    ) in page
     assert f"| {TARGET} | {TIER} | 2026-11-02 00:30 UTC | no backup in any region |" in page
     assert plan.deletions[0].reason in page
     assert "platform_core: no evidence of a restore drill" in page  # nothing drilled it

@@ -3,6 +3,7 @@ prune reasons, drills against RTO and RPO, and "no evidence" wherever no record 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from include.backup_dr.audit.controls import CONTROLS
 from include.backup_dr.audit.join import build_report
-from include.backup_dr.audit.reader import prune_record
+from include.backup_dr.audit.reader import backup_record, prune_record
 from include.backup_dr.audit.records import (
     BackupRecord,
     BreakGlassRecord,
@@ -28,8 +29,11 @@ from include.backup_dr.audit.records import (
     WindowRecord,
 )
 from include.backup_dr.audit.render import NO_EVIDENCE
+from include.backup_dr.audit.rows import Origin
 from include.backup_dr.audit.windows import expected_windows
+from include.backup_dr.catalogue import Artifact, BackupId, Manifest
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, load_policy
+from include.backup_dr.promotion import promoted_manifest
 
 POLICY = load_policy(DEFAULT_POLICY_PATH)
 PRIMARY, SECONDARY = "eu-west-1", "eu-central-1"
@@ -194,7 +198,10 @@ def test_without_records_every_figure_says_no_evidence() -> None:
     page = report.markdown()
     row = tier_row(report)
     assert not row.has_evidence and row.backed_up == ()
-    assert f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | {NO_EVIDENCE} | 3 | {NO_EVIDENCE} |" in page
+    assert (
+        f"| {TARGET} | {TIER} | `30 0 * * *` | 3 | {NO_EVIDENCE} | {NO_EVIDENCE} | 3 | "
+        f"{NO_EVIDENCE} |"
+    ) in page
     assert f"| {TARGET} | {TIER} | {PRIMARY} | {NO_EVIDENCE} | {NO_EVIDENCE} |" in page
     assert f"| {TARGET} | {TIER} | {NO_EVIDENCE} |" in page  # prune plans
     drill_line = next(line for line in page.splitlines() if line.startswith(f"| {TARGET} | no"))
@@ -625,3 +632,102 @@ def test_a_failover_shows_its_measured_rto_and_rpo_against_the_objectives() -> N
     assert "| 1m30s (RTO 4h: within) | 2s, 3 heartbeat(s) (RPO 1s: **OVER**) |" in page
     (finding,) = [f for f in report.exceptions if "failover on" in f.text]
     assert finding.control == "A.5.29, A.5.30" and "loss over the RPO of 1s" in finding.text
+
+
+# ---- where each tier's restore points come from --------------------------------------------
+
+#: 2026-11-01 is a Sunday and the 1st: the weekly window at 01:00, the monthly at 02:00.
+WEEKLY, MONTHLY = datetime(2026, 11, 1, 1, tzinfo=UTC), datetime(2026, 11, 1, 2, tzinfo=UTC)
+
+
+def dump(tier: str, window: datetime, **changes) -> Manifest:
+    """A backup that read the source itself, as `take_snapshot` writes its manifest."""
+    backup = BackupId("platform", TARGET, tier, window)
+    fields = {
+        "backup": backup,
+        "region": PRIMARY,
+        "artifact": Artifact(backup.key("data.pgdump"), 1234, f"sha-{tier}-{window:%d%H%M}"),
+        "engine": "pg_dump",
+        "started_at": window + timedelta(seconds=5),
+        "finished_at": window + timedelta(minutes=3),
+        "source": {"database": TARGET},
+        "tool_versions": {"pg_dump": "16"},
+        "encryption": {"algorithm": "aws:kms", "kms_key_id": "k"},
+        "run": {"run_id": f"scheduled__{window.isoformat()}"},
+        **changes,
+    }
+    return Manifest(**fields)
+
+
+def promoted(tier: str, window: datetime, source: Manifest) -> Manifest:
+    derived = BackupId("platform", TARGET, tier, window)
+    return promoted_manifest(
+        source,
+        derived,
+        artifact_key=derived.key("data.pgdump"),
+        beside={},
+        region=PRIMARY,
+        encryption={"algorithm": "aws:kms", "kms_key_id": "k"},
+        run={"run_id": f"scheduled__{window.isoformat()}"},
+        promoted_at=window + timedelta(seconds=30),
+        mode="server-side copy",
+    )
+
+
+def everywhere(manifest: Manifest, *, verified: bool = True) -> list[BackupRecord]:
+    """The manifest's record in both regions (the secondary's copy keeps `derived_from`)."""
+    return [backup_record(manifest, region, verified=verified) for region in (PRIMARY, SECONDARY)]
+
+
+FELL_BACK = (
+    "read the source: daily 20261101T003000Z failed its integrity check in eu-central-1 "
+    "(never promoted: only verified)"
+)
+
+
+def test_the_audit_shows_which_backup_each_promoted_window_came_from() -> None:
+    daily = dump("daily", WINDOWS[0])
+    weekly = promoted("weekly", WEEKLY, daily)
+    monthly = dump("monthly", MONTHLY, not_derived=FELL_BACK)
+    records = [*everywhere(daily), *everywhere(weekly), *everywhere(monthly)]
+    report = report_of(records)
+
+    row = tier_row(report, tier="weekly")
+    assert row.backed_up == (WEEKLY,)  # counted like any other backup
+    assert row.origins == (Origin(WEEKLY, "promoted from daily 20261101T003000Z"),)
+    assert tier_row(report, tier="monthly").origins == (Origin(MONTHLY, None, FELL_BACK),)
+    assert tier_row(report).origins == (Origin(WINDOWS[0], None),)
+
+    page = report.markdown()
+    assert "| platform_core | weekly | `0 1 * * 0` | 1 | 1 | 1 promoted | 0 |" in page
+    assert "| platform_core | monthly | `0 2 1 * *` | 1 | 1 | 1 own read | 0 |" in page
+    assert "### Where promoted tiers' restore points came from" in page
+    assert (
+        "| platform_core | weekly | 2026-11-01 01:00 UTC | promoted from daily 20261101T003000Z |"
+    ) in page
+    assert f"| platform_core | monthly | 2026-11-01 02:00 UTC | {FELL_BACK} |" in page
+    # A tier that reads the source by design is counted, not listed window by window.
+    assert "| platform_core | daily | 2026-11-01 00:30 UTC | its own read" not in page
+
+
+def test_a_promoted_window_whose_manifests_are_pruned_is_counted_as_pruned() -> None:
+    weekly = promoted("weekly", WEEKLY, dump("daily", WINDOWS[0]))
+    checks = [
+        dataclasses.replace(check(WEEKLY, region), tier="weekly", sha256=weekly.artifact.sha256)
+        for region in (PRIMARY, SECONDARY)
+    ]
+    report = report_of(checks)
+    row = tier_row(report, tier="weekly")
+    assert row.backed_up == (WEEKLY,) and row.origins == ()
+    assert "| platform_core | weekly | `0 1 * * 0` | 1 | 1 | 1 pruned | 0 |" in report.markdown()
+
+
+def test_a_promoted_backup_unverified_in_one_region_is_missed_like_any_other() -> None:
+    weekly = promoted("weekly", WEEKLY, dump("daily", WINDOWS[0]))
+    records = [
+        backup_record(weekly, PRIMARY, verified=True),
+        backup_record(weekly, SECONDARY, verified=False),
+    ]
+    row = tier_row(report_of(records), tier="weekly")
+    assert row.backed_up == () and row.origins == ()
+    assert [m.why for m in row.missed] == ["unverified in eu-central-1"]

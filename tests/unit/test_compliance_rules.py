@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from include.backup_dr.catalogue import Artifact, BackupId, Manifest, RegionListing
 from include.backup_dr.engines.media import SAMPLE_BUCKETS, rehash_bucket
 from include.backup_dr.monitor.checks.backup_age import backup_age_status
 from include.backup_dr.monitor.checks.drill import drill_status
@@ -30,8 +32,10 @@ from include.backup_dr.monitor.checks.result import YEAR, CheckResult, Status, o
 from include.backup_dr.monitor.checks.server_config import server_config_status
 from include.backup_dr.monitor.checks.streaming import archive_behind, monitor_status
 from include.backup_dr.monitor.compliance import evaluate
+from include.backup_dr.monitor.facts import read_facts
 from include.backup_dr.monitor.output import nagios_exit, nagios_line, render_table
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, human, load_policy
+from include.backup_dr.promotion import promoted_manifest
 from include.backup_dr.subjects import backup_subjects, drill_subjects, media_targets
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -643,3 +647,114 @@ def test_recovery_window_names_what_breaks_it() -> None:
     ]
     nothing = WindowFacts(since=NOW - 30 * D)
     assert recovery_window_status(nothing, NOW, retention, fresh)[0] is Status.CRITICAL
+
+
+# ---- a promoted backup, read from the store as the compliance DAG reads it ------------------
+
+SUNDAY_DAILY = datetime(2026, 11, 22, 0, 30, tzinfo=UTC)
+SUNDAY_WEEKLY = datetime(2026, 11, 22, 1, 0, tzinfo=UTC)
+
+
+class _Region:
+    """A region's store holding the given manifests, each checked with `ok`, and no evidence."""
+
+    lock = None
+
+    def __init__(self, name: str, manifests: list[Manifest], ok: bool = True) -> None:
+        self.region = SimpleNamespace(name=name)
+        self.manifests = {m.backup: dataclasses.replace(m, region=name) for m in manifests}
+        self.ok = ok
+
+    def listing(self, prefix: str) -> RegionListing:
+        mine = {b: m for b, m in self.manifests.items() if b.prefix.startswith(prefix)}
+        checked = (SUNDAY_WEEKLY + H).isoformat()
+        return RegionListing(
+            self.region.name,
+            [],
+            mine,
+            {
+                b: {"ok": self.ok, "checked_at": checked, "artifact_sha256": m.artifact.sha256}
+                for b, m in mine.items()
+            },
+        )
+
+    def list_objects(self, prefix: str):
+        return iter(())
+
+    def get_json(self, key: str) -> None:
+        return None
+
+
+def _sunday_daily() -> Manifest:
+    backup = BackupId("platform", "platform_core", "daily", SUNDAY_DAILY)
+    return Manifest(
+        backup=backup,
+        region="eu-west-1",
+        artifact=Artifact(backup.key("data.pgdump"), 1234, "ab" * 32),
+        engine="pg_dump",
+        started_at=SUNDAY_DAILY + timedelta(seconds=5),
+        finished_at=SUNDAY_DAILY + timedelta(minutes=3),
+        source={"database": "platform_core"},
+        tool_versions={"pg_dump": "16"},
+        encryption={"algorithm": "aws:kms", "kms_key_id": "k"},
+        run={"run_id": "scheduled__daily"},
+    )
+
+
+def _weekly(*, promoted: bool) -> Manifest:
+    """The Sunday's weekly: promoted from the daily 20 minutes after its window (it waited for
+    the daily's verdict), or the tier's own dump of the very same data."""
+    daily = _sunday_daily()
+    weekly = BackupId("platform", "platform_core", "weekly", SUNDAY_WEEKLY)
+    if not promoted:
+        return dataclasses.replace(
+            daily, backup=weekly, artifact=Artifact(weekly.key("data.pgdump"), 1234, "cd" * 32)
+        )
+    return promoted_manifest(
+        daily,
+        weekly,
+        artifact_key=weekly.key("data.pgdump"),
+        beside={},
+        region="eu-west-1",
+        encryption={"algorithm": "aws:kms", "kms_key_id": "k"},
+        run={"run_id": "scheduled__weekly"},
+        promoted_at=SUNDAY_WEEKLY + timedelta(minutes=20),
+        mode="server-side copy",
+    )
+
+
+def _weekly_age(now: datetime, *, promoted: bool, ok: bool = True) -> dict[str, CheckResult]:
+    manifests = [_sunday_daily(), _weekly(promoted=promoted)]
+    stores = [_Region(r.name, manifests, ok) for r in POLICY.iter_regions()]
+    facts, _ = read_facts(POLICY, stores, now, {})
+    return {
+        region.name: _by_id(facts, now)[f"backup_age:platform_core/weekly@{region.name}"]
+        for region in POLICY.iter_regions()
+    }
+
+
+@pytest.mark.parametrize(
+    ("since_read", "status"),
+    [
+        (7 * D + 2 * H, Status.OK),  # the last second of a week plus the grace
+        # Past it by the data's age, though the promotion (20 min later) is not yet.
+        (7 * D + 2 * H + timedelta(seconds=1), Status.CRITICAL),
+    ],
+)
+def test_a_promoted_backup_counts_like_any_other_by_the_age_of_its_data(
+    since_read: timedelta, status: Status
+) -> None:
+    read_at = SUNDAY_DAILY + timedelta(seconds=5)  # when the daily read production
+    now = read_at + since_read
+    promoted = _weekly_age(now, promoted=True)
+    assert promoted == _weekly_age(now, promoted=False)  # exactly as its own dump would
+    for check in promoted.values():
+        assert check.status is status
+        assert check.value == since_read.total_seconds()
+        assert f"taken {read_at:%Y-%m-%d %H:%M:%S} UTC" in check.detail
+
+
+def test_a_promoted_backup_that_failed_its_check_is_no_restore_point() -> None:
+    for check in _weekly_age(SUNDAY_WEEKLY + H, promoted=True, ok=False).values():
+        assert check.status is Status.CRITICAL and check.measured == "none"
+        assert "1 newer backup(s) not verified" in check.detail

@@ -156,6 +156,23 @@ def test_a_tier_slower_than_its_name_is_not_met() -> None:
     assert _row(SHIPPED, f"{PLATFORM}: daily").verdict is Verdict.MET
 
 
+def test_each_tier_says_where_its_restore_points_come_from() -> None:
+    for tier in ("weekly", "monthly"):
+        configured = _row(SHIPPED, f"{PLATFORM}: {tier}").configured
+        assert "promoted from daily" in configured and "within 2h of the window" in configured
+        assert "else its own read of the source" in configured
+    for own in (f"{PLATFORM}: daily", f"{PLATFORM}: every 6 hours", f"{MEDIA}: weekly"):
+        configured = _row(SHIPPED, own).configured
+        assert configured.endswith("its own read of the source") and "promoted" not in configured
+
+    def weekly_reads_the_source(data: dict) -> None:
+        weekly = data["categories"]["platform"]["tiers"]["weekly"]
+        del weekly["derive_from"], weekly["max_skew"]
+
+    row = _row(_policy(weekly_reads_the_source), f"{PLATFORM}: weekly")
+    assert row.configured.endswith("its own read of the source")
+
+
 def test_annual_testing_needs_a_yearly_drill_and_a_daily_media_check() -> None:
     annual = "All production databases and media are tested"
     assert _row(SHIPPED, annual).verdict is Verdict.MET

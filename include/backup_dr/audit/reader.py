@@ -36,6 +36,7 @@ from include.backup_dr.audit.report import AuditReport
 from include.backup_dr.catalogue import (
     MANIFEST_NAME,
     BackupId,
+    Manifest,
     Verification,
     copy_from_listing,
     parse_window,
@@ -44,6 +45,7 @@ from include.backup_dr.evidence import REFUSALS_SUFFIX, evidence_key, write_file
 from include.backup_dr.immutability import expiry
 from include.backup_dr.pitr.window import WINDOW_EVIDENCE
 from include.backup_dr.policy import CONTINUOUS, Policy
+from include.backup_dr.promotion import describe_derivation
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.subjects import backup_subjects, drill_subjects
 
@@ -141,22 +143,30 @@ def _backups(
             continue
         verdict = copy_from_listing(listing, backup).verification
         found.append(backup)
-        yield BackupRecord(
-            key=backup.key(MANIFEST_NAME),
-            target=backup.target,
-            tier=backup.tier,
-            window=backup.window,
-            region=store.region.name,
-            finished_at=manifest.finished_at,
-            run_id=manifest.run.get("run_id", ""),
-            verified=verdict is Verification.PASSED,
-            sha256=manifest.artifact.sha256,
-            artifact_key=manifest.artifact.key,
-        )
+        yield backup_record(manifest, store.region.name, verified=verdict is Verification.PASSED)
     if store.lock is not None:
         sample = sorted(found, key=lambda b: _sample_order(str(b)))
         for backup in sample[:LOCK_SAMPLE]:
             yield from _lock_samples(policy, store, backup, listing.manifests[backup].artifact.key)
+
+
+def backup_record(manifest: Manifest, region: str, *, verified: bool) -> BackupRecord:
+    """What the report reads of one region's manifest, and whether that copy passed its check."""
+    backup = manifest.backup
+    return BackupRecord(
+        key=backup.key(MANIFEST_NAME),
+        target=backup.target,
+        tier=backup.tier,
+        window=backup.window,
+        region=region,
+        finished_at=manifest.finished_at,
+        run_id=manifest.run.get("run_id", ""),
+        verified=verified,
+        sha256=manifest.artifact.sha256,
+        artifact_key=manifest.artifact.key,
+        promoted_from=describe_derivation(manifest) if manifest.derived_from else None,
+        not_derived=manifest.not_derived,
+    )
 
 
 def _lock_samples(

@@ -23,6 +23,11 @@ class BackupRecord:
     #: The artifact the manifest vouches for, and where it is.
     sha256: str
     artifact_key: str
+    #: Where its data came from: the backup it was promoted from, as the log names it
+    #: ("promoted from daily 20261206T003000Z"); None: its own read of the source.
+    promoted_from: str | None = None
+    #: Why a tier that derives from another read the source instead (the manifest's).
+    not_derived: str | None = None
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,23 @@ class Missed:
     why: str
 
 
+#: How the report names a backup that read the source itself (as `promotion` does).
+OWN_READ = "its own read of the source"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where one backed-up window's restore point came from, as its kept manifest says."""
+
+    window: datetime
+    promoted_from: str | None  # "promoted from daily 20261206T003000Z"; None: its own read
+    not_derived: str | None = None  # why a tier that derives read the source instead
+
+    @property
+    def text(self) -> str:
+        return self.promoted_from or self.not_derived or OWN_READ
+
+
 @dataclass(frozen=True)
 class TierWindows:
     """Expected windows of one subject's tier against those backed up in every region."""
@@ -39,6 +56,13 @@ class TierWindows:
     #: None: no date known, the whole period counts.
     since: date | None = None
     since_from: str | None = None
+    #: Where each backed-up window's restore point came from, for the windows whose manifest
+    #: is kept (a pruned window's integrity records do not say).
+    origins: tuple[Origin, ...] = ()
+
+    @property
+    def promoted(self) -> int:
+        return sum(1 for o in self.origins if o.promoted_from)
 
 
 @dataclass(frozen=True)

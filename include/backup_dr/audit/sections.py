@@ -80,13 +80,17 @@ def backups(windows: Sequence[TierWindows]) -> list[Block]:
             "period (base backups for the continuous tier) that has had the compliance grace to "
             "complete, counted from the day the target entered the policy (its `since`, else "
             "its first evidence). Backed up: a passed integrity check of that window's own "
-            "artifact (by SHA-256) in every region.",
+            "artifact (by SHA-256) in every region. Restore points from: how many backed-up "
+            "windows were promoted from another tier's verified backup and how many were the "
+            "tier's own read of the source, as their manifests say; pruned: windows whose "
+            "manifests prune has since deleted (their integrity records do not say).",
             (
                 "target",
                 "tier",
                 "schedule",
                 "expected",
                 "backed up",
+                "restore points from",
                 "missed",
                 "filled late",
                 "counted from",
@@ -98,6 +102,7 @@ def backups(windows: Sequence[TierWindows]) -> list[Block]:
                     f"`{w.schedule}`",
                     str(len(w.expected)),
                     str(len(w.backed_up)) if w.has_evidence else NO_EVIDENCE,
+                    _origins(w),
                     str(len(w.missed)),
                     str(len(w.backfilled)) if w.has_evidence else NO_EVIDENCE,
                     f"{w.since} ({w.since_from})" if w.since else "the period's start",
@@ -117,7 +122,32 @@ def backups(windows: Sequence[TierWindows]) -> list[Block]:
             ("target", "tier", "window", "how"),
             ((w.subject, w.tier, when(b.window), b.how) for w in windows for b in w.backfilled),
         ),
+        *listing(
+            3,
+            "Where promoted tiers' restore points came from",
+            ("target", "tier", "window", "restore point"),
+            (
+                (w.subject, w.tier, when(o.window), o.text)
+                for w in windows
+                if w.promoted or any(o.not_derived for o in w.origins)
+                for o in w.origins
+            ),
+        ),
     ]
+
+
+def _origins(row: TierWindows) -> str:
+    """`3 promoted, 1 own read, 48 pruned`: where the backed-up windows' data came from."""
+    if not row.has_evidence:
+        return NO_EVIDENCE
+    own = len(row.origins) - row.promoted
+    pruned = len(row.backed_up) - len(row.origins)
+    parts = [
+        f"{row.promoted} promoted" if row.promoted else "",
+        f"{own} own read{'' if own == 1 else 's'}" if own else "",
+        f"{pruned} pruned" if pruned else "",
+    ]
+    return ", ".join(p for p in parts if p) or "-"
 
 
 def integrity(rows: Sequence[IntegrityRow]) -> list[Block]:

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from croniter import croniter
 
 from include.backup_dr.audit.records import BackupRecord, IntegrityRecord
-from include.backup_dr.audit.rows import Backfilled, Missed, TierWindows
+from include.backup_dr.audit.rows import Backfilled, Missed, Origin, TierWindows
 from include.backup_dr.policy import human
 
 BACKFILL_PREFIX = "backfill__"
@@ -55,11 +55,13 @@ def tier_windows(
             backups.get((subject, tier, window), {}), checks.get((subject, tier, window), {})
         )
 
-    backed_up, missed, backfilled = [], [], []
+    backed_up, missed, backfilled, origins = [], [], [], []
     for window in expected:
         found = evidence(window)
         if found.verified_everywhere(regions):
             backed_up.append(window)
+            if origin := found.origin(window):
+                origins.append(origin)
             if how := found.filled_late(window, grace):
                 backfilled.append(Backfilled(window, how))
         else:
@@ -81,6 +83,7 @@ def tier_windows(
         tuple(backfilled),
         unscheduled,
         has_evidence=bool(seen),
+        origins=tuple(origins),
     )
 
 
@@ -99,6 +102,14 @@ class Evidence:
             return max(self.copies.values(), key=lambda c: c.finished_at).sha256
         kept = [c for found in self.checks.values() for c in found]
         return max(kept, key=lambda c: c.checked_at).sha256 if kept else None
+
+    def origin(self, window: datetime) -> Origin | None:
+        """Where the window's artifact came from, as its kept manifest says (None: pruned)."""
+        artifact = self.artifact
+        copy = next((c for c in self.copies.values() if c.sha256 == artifact), None)
+        if copy is None:
+            return None
+        return Origin(window, copy.promoted_from, copy.not_derived)
 
     def verified_in(self, region: str) -> bool:
         """The window's own artifact passed its check in `region`: the copy's verdict while

@@ -176,12 +176,25 @@ def _tier_promises(policy: Policy, name: str, category: Category) -> list[Promis
             Promise(
                 words,
                 f"`{tier.schedule}`: at most {human(period)} apart, kept "
-                f"{human(tier.retention)} in {_regions(policy)}",
+                f"{human(tier.retention)} in {_regions(policy)}; {provenance(tier)}",
                 Verdict.MET if period <= NOMINAL_PERIOD[tier_name] else Verdict.NOT_MET,
                 (Measures(("backup_age",), subjects, frozenset({tier_name})),),
             )
         )
     return rows
+
+
+def provenance(tier: Tier) -> str:
+    """Where a tier's restore points come from: its own read of the source, or promoted from
+    another tier's backup (`derive_from`), and what happens when there is none to promote."""
+    if tier.derive_from is None:
+        return "its own read of the source"
+    assert tier.max_skew is not None
+    return (
+        f"promoted from {tier.derive_from}: a backup verified in both regions, read within "
+        f"{format_duration(tier.max_skew)} of the window (else its own read of the source, "
+        "saying why)"
+    )
 
 
 def _rpo_promises(policy: Policy, name: str, category: Category) -> list[Promise]:

@@ -91,6 +91,12 @@ def test_schedule_retention_and_shape_match_the_policy(dagbag, dag_id: str) -> N
         assert dag.get_task(ids[0]).upstream_task_ids == {f"targets_on_{server.name}"}
         assert dag.get_task(ids[0]).pool == server.dump_pool
     assert {"dry_run", "override_circuit_breaker"} <= set(dag.params)
+    # A run is late after the grace, plus the wait for its source when the tier promotes one.
+    waits = tier.max_skew or timedelta(0)
+    (alert,) = dag.deadline if isinstance(dag.deadline, list) else [dag.deadline]
+    assert alert.interval == POLICY.compliance.grace + waits
+    if tier.derive_from is not None:
+        assert f"**Promoted from `{tier.derive_from}`:**" in dag.doc_md
 
 
 @pytest.mark.parametrize("dag_id", TIER_DAGS + MEDIA_DAGS)

@@ -162,6 +162,7 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
         groups = [(s.name, s.dump_pool) for s in policy.continuous_servers()]
         schedule = policy.continuous.base_backup_schedule
         doc = continuous_tier_doc(policy, category, tier)
+    late_after = policy.compliance.grace + (tier.max_skew or timedelta(0))
     with _DeadlineDAG(
         dag_id=dag_id_for(category_name, tier_name),
         schedule=schedule,
@@ -170,13 +171,12 @@ def build_tier_dag(policy: Policy, category_name: str, tier_name: str) -> DAG:
         doc_md=doc,
         params=_deletion_params("prune"),
         # A run not done by its window plus the grace pages on-call (experimental in 3.3; the
-        # triggerer runs the callback; dag.test() never evaluates it).
+        # triggerer runs the callback; dag.test() never evaluates it). A promoting tier may wait
+        # max_skew for its source by design: that wait is not lateness (the source pages).
         deadline=DeadlineAlert(
             reference=DeadlineReference.DAGRUN_LOGICAL_DATE,
-            interval=policy.compliance.grace,
-            callback=AsyncCallback(
-                page_late_run, kwargs={"grace": format_duration(policy.compliance.grace)}
-            ),
+            interval=late_after,
+            callback=AsyncCallback(page_late_run, kwargs={"grace": format_duration(late_after)}),
         ),
     ) as dag:
         for group, pool in groups:

@@ -33,8 +33,8 @@ from include.backup_dr.policy import CONTINUOUS, Policy
 from include.backup_dr.promotion import (
     Candidate,
     Promotion,
-    describe_derivation,
     plan_promotion,
+    promoted_label,
     promoted_manifest,
     source_windows,
 )
@@ -231,7 +231,7 @@ def _promote(
         mode=mode,
     )
     primary.put_json(backup.key(MANIFEST_NAME), manifest.to_json())
-    label = describe_derivation(manifest)
+    label = promoted_label(manifest.derived_from)
     log.info(
         "Committed %s, %s (%s): %d bytes, sha256 %s",
         backup,
@@ -351,7 +351,13 @@ def check_integrity(policy: Policy, stores: Stores, ref: dict[str, str]) -> dict
     reports = []
     for store in stores:
         report = check_copy(store, reference, engine)
-        document = {**report.to_document(), "artifact_sha256": reference.artifact.sha256}
+        document = {
+            **report.to_document(),
+            "artifact_sha256": reference.artifact.sha256,
+            # Where the data came from outlives the manifest (the audit reads it after prune).
+            "derived_from": reference.derived_from,
+            "not_derived": reference.not_derived,
+        }
         store.put_json(backup.key(INTEGRITY_NAME), document)
         # Kept for good (integrity.json beside the copy is overwritten by the next check and
         # pruned with it): this region's check, in this region.

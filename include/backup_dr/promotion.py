@@ -9,7 +9,7 @@ promoted: a copy of a failed or unchecked backup would pass its doubt on to a lo
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -148,9 +148,10 @@ def promoted_manifest(
     )
 
 
-def describe_derivation(manifest: Manifest) -> str:
-    """Where a backup's restore point comes from, in a few words (reports, logs)."""
-    if manifest.derived_from:
-        label = window_label(datetime.fromisoformat(manifest.derived_from["window"]))
-        return f"promoted from {manifest.derived_from['tier']} {label}"
-    return "its own read of the source"
+def promoted_label(derived_from: Mapping[str, str] | None) -> str | None:
+    """ "promoted from daily 20261206T003000Z", from a manifest's (or a kept check's)
+    `derived_from`; None for a backup that is its own read of the source."""
+    if not derived_from:
+        return None
+    label = window_label(datetime.fromisoformat(derived_from["window"]))
+    return f"promoted from {derived_from['tier']} {label}"

@@ -18,6 +18,7 @@ from tests.integration.helpers import (
     back_up,
     daily_far_from_now,
     daily_window,
+    evidence,
     lock_policy,
     locked_stores,
 )
@@ -55,6 +56,11 @@ def test_weekly_promotes_the_verified_daily_and_dumps_where_there_is_none(
         assert {c["name"] for c in checks["checks"]} >= {"size", "sha256", "readable", "globals"}
         head = store.head(manifest.artifact.key)
         assert head["SSEKMSKeyId"].endswith(store.region.kms_key_id)
+        # The check kept for good says where the data came from, after the manifest is pruned.
+        kept = [
+            r for r in evidence(store, "integrity", "platform/platform_core") if r["derived_from"]
+        ]
+        assert [r["derived_from"]["backup"] for r in kept] == [str(daily)]
     # The secondary's copy is made from the secondary's own daily, not across regions.
     copied = stores.secondary.manifest(promoted).copied_from
     assert copied["key"] == source.artifact.key

@@ -711,6 +711,7 @@ def test_the_audit_shows_which_backup_each_promoted_window_came_from() -> None:
 
 
 def test_a_promoted_window_whose_manifests_are_pruned_is_counted_as_pruned() -> None:
+    """Checks kept from before they carried the origin do not say where the data came from."""
     weekly = promoted("weekly", WEEKLY, dump("daily", WINDOWS[0]))
     checks = [
         dataclasses.replace(check(WEEKLY, region), tier="weekly", sha256=weekly.artifact.sha256)
@@ -720,6 +721,25 @@ def test_a_promoted_window_whose_manifests_are_pruned_is_counted_as_pruned() -> 
     row = tier_row(report, tier="weekly")
     assert row.backed_up == (WEEKLY,) and row.origins == ()
     assert "| platform_core | weekly | `0 1 * * 0` | 1 | 1 | 1 pruned | 0 |" in report.markdown()
+
+
+def test_a_pruned_promoted_window_keeps_its_origin_in_its_kept_checks() -> None:
+    daily = dump("daily", WINDOWS[0])
+    weekly = promoted("weekly", WEEKLY, daily)
+    checks = [
+        dataclasses.replace(
+            check(WEEKLY, region),
+            tier="weekly",
+            sha256=weekly.artifact.sha256,
+            promoted_from=f"promoted from daily {WINDOWS[0]:%Y%m%dT%H%M%SZ}",
+            says_origin=True,
+        )
+        for region in (PRIMARY, SECONDARY)
+    ]
+    report = report_of(checks)
+    row = tier_row(report, tier="weekly")
+    assert row.backed_up == (WEEKLY,) and row.promoted == 1
+    assert "| platform_core | weekly | `0 1 * * 0` | 1 | 1 | 1 promoted | 0 |" in report.markdown()
 
 
 def test_a_promoted_backup_unverified_in_one_region_is_missed_like_any_other() -> None:

@@ -45,7 +45,7 @@ from include.backup_dr.evidence import REFUSALS_SUFFIX, evidence_key, write_file
 from include.backup_dr.immutability import expiry
 from include.backup_dr.pitr.window import WINDOW_EVIDENCE
 from include.backup_dr.policy import CONTINUOUS, Policy
-from include.backup_dr.promotion import describe_derivation
+from include.backup_dr.promotion import promoted_label
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.subjects import backup_subjects, drill_subjects
 
@@ -164,7 +164,7 @@ def backup_record(manifest: Manifest, region: str, *, verified: bool) -> BackupR
         verified=verified,
         sha256=manifest.artifact.sha256,
         artifact_key=manifest.artifact.key,
-        promoted_from=describe_derivation(manifest) if manifest.derived_from else None,
+        promoted_from=promoted_label(manifest.derived_from),
         not_derived=manifest.not_derived,
     )
 
@@ -221,6 +221,9 @@ def _integrity(
                 f"{c['name']}: {c['detail']}" for c in doc.get("checks", []) if not c.get("ok")
             ),
             sha256=doc.get("artifact_sha256"),
+            promoted_from=promoted_label(doc.get("derived_from")),
+            not_derived=doc.get("not_derived"),
+            says_origin="derived_from" in doc,
         )
     if store.lock is not None:
         retention = store.lock.evidence_retention

@@ -44,6 +44,11 @@ class IntegrityRecord:
     failures: tuple[str, ...] = ()
     #: The artifact the check re-hashed (None in records older than that field).
     sha256: str | None = None
+    #: Where the artifact's data came from, as its manifest said (see BackupRecord); only
+    #: when `says_origin` (records older than these fields do not say).
+    promoted_from: str | None = None
+    not_derived: str | None = None
+    says_origin: bool = False
 
 
 class Deletion(NamedTuple):

@@ -104,12 +104,23 @@ class Evidence:
         return max(kept, key=lambda c: c.checked_at).sha256 if kept else None
 
     def origin(self, window: datetime) -> Origin | None:
-        """Where the window's artifact came from, as its kept manifest says (None: pruned)."""
+        """Where the window's artifact came from, as its kept manifest says; once that is
+        pruned, as the newest kept check of the artifact says (None: neither is kept)."""
         artifact = self.artifact
-        copy = next((c for c in self.copies.values() if c.sha256 == artifact), None)
-        if copy is None:
+        said: BackupRecord | IntegrityRecord | None = next(
+            (c for c in self.copies.values() if c.sha256 == artifact), None
+        )
+        if said is None:
+            kept = [
+                c
+                for found in self.checks.values()
+                for c in found
+                if c.sha256 == artifact and c.says_origin
+            ]
+            said = max(kept, key=lambda c: c.checked_at, default=None)
+        if said is None:
             return None
-        return Origin(window, copy.promoted_from, copy.not_derived)
+        return Origin(window, said.promoted_from, said.not_derived)
 
     def verified_in(self, region: str) -> bool:
         """The window's own artifact passed its check in `region`: the copy's verdict while

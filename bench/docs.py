@@ -216,6 +216,7 @@ def capacity(runs: list[dict[str, Any]]) -> str:
             "media_first",
             "media_unchanged",
             "plan_for_10000",
+            "promotion_snapshot",
         )
     }
     lines = [
@@ -261,7 +262,8 @@ def capacity(runs: list[dict[str, Any]]) -> str:
         row, run = found["integrity_rehash"]
         rate = row["data"]["mb_per_s"]
         both = 2 * dump_gb * 1000 / rate
-        per_backup_min = snapshot_min + both / 60
+        integrity_min = both / 60
+        per_backup_min = snapshot_min + integrity_min
         lines.append(
             f"| `integrity_check` (backup-io) | re-hash at {rate:,.0f} MB/s | {when(run)} | "
             f"{rate * 3.6 / 1000:.1f} TB of dumps: 2 x {dump_gb:.1f} GB (both regions) in "
@@ -271,6 +273,15 @@ def capacity(runs: list[dict[str, Any]]) -> str:
         "| `copy_to_secondary` (backup-io) | server-side in AWS (CopyObject / UploadPartCopy): "
         "the worker waits | - | not worker-bound |"
     )
+    if found["promotion_snapshot"]:
+        row, run = found["promotion_snapshot"]
+        data = row["data"]
+        lines.append(
+            f"| `snapshot` by promotion (backup-io) | server-side copy of the verified daily's "
+            f"{data['dump_mb']:,.0f} MB dump in {data['seconds']:.1f} s (its own dump: "
+            f"{data['dump_seconds']:.1f} s), no read of production | {when(run)} | "
+            "server-side in AWS: the worker waits, not worker-bound |"
+        )
     if found["plan_for_10000"]:
         row, run = found["plan_for_10000"]
         seconds = row["data"]["seconds"]
@@ -331,59 +342,102 @@ def capacity(runs: list[dict[str, Any]]) -> str:
         )
     lines.append("")
     if per_backup_min is not None:
-        lines += _windows(per_backup_min, snapshot_min, {n: t.schedule for n, t in tiers.items()})
+        lines += _windows(per_backup_min, snapshot_min, integrity_min, tiers)
     if restore_min is not None and validate_min is not None:
         lines += _rto(restore_min + validate_min, rto, concurrency)
     return "\n".join(lines)
 
 
-def busiest_window(schedules: dict[str, str]) -> tuple[int, float, datetime]:
+def busiest_window(schedules: dict[str, str]) -> tuple[list[str], float, datetime]:
     """The most tier runs that start within one period of the most frequent tier (when its next
-    run is due), over a year: (runs, the period in hours, the first such window's start)."""
+    run is due), over a year: (the tiers that run in it, the period in hours, the first such
+    window's start)."""
     start = datetime(YEAR, 1, 1, tzinfo=UTC)
     end = start.replace(year=YEAR + 1)
-    fires = []
+    fires: list[tuple[datetime, str]] = []
     period = timedelta(days=366)
-    for schedule in schedules.values():
+    for name, schedule in schedules.items():
         times = croniter(schedule, start - timedelta(seconds=1))
         first = times.get_next(datetime)
         period = min(period, times.get_next(datetime) - first)
         fire = first
         while fire < end:
-            fires.append(fire)
+            fires.append((fire, name))
             fire = times.get_next(datetime)
     fires.sort()
-    best, best_start = 0, start
-    for i, fire in enumerate(fires):
-        runs = bisect.bisect_left(fires, fire + period) - i
-        if runs > best:
-            best, best_start = runs, fire
-    return best, period.total_seconds() / 3600, best_start
+    at = [fire for fire, _ in fires]
+    best: list[str] = []
+    best_start = start
+    for i, fire in enumerate(at):
+        names = [name for _, name in fires[i : bisect.bisect_left(at, fire + period)]]
+        if len(names) > len(best):
+            best, best_start = names, fire
+    return sorted(best, key=list(schedules).index), period.total_seconds() / 3600, best_start
 
 
-def _windows(per_backup_min: float, snapshot_min: float, schedules: dict[str, str]) -> list[str]:
-    tier_count, window_hours, window_start = busiest_window(schedules)
-    tiers = list(schedules)
-    busiest = tier_count * DATABASES
-    workers = math.ceil(busiest * per_backup_min / 60 / window_hours)
+def _windows(
+    per_backup_min: float,
+    snapshot_min: float,
+    integrity_min: float,
+    tiers: dict[str, Any],
+) -> list[str]:
+    """The busiest window's reads of production and worker time, without promotion (every tier
+    dumps) and with it (a tier with `derive_from` copies its source tier's verified backup)."""
+    running, window_hours, window_start = busiest_window({n: t.schedule for n, t in tiers.items()})
+    promoted = [name for name in running if tiers[name].derive_from is not None]
+    dumping = [name for name in running if name not in promoted]
+    busiest = len(running) * DATABASES
+    reads = len(dumping) * DATABASES
+    copies = len(promoted) * DATABASES
+    hours = busiest * per_backup_min / 60
+    hours_promoted = (reads * per_backup_min + copies * integrity_min) / 60
+    workers = math.ceil(hours / window_hours)
+    workers_promoted = math.ceil(hours_promoted / window_hours)
     quiet = math.ceil(DATABASES * per_backup_min / 60 / window_hours)
     per_slot = window_hours * 60 / per_backup_min
     per_server = 10
-    slots = math.ceil(tier_count * per_server / per_slot)
+    slots = math.ceil(len(running) * per_server / per_slot)
+    slots_promoted = math.ceil(len(dumping) * per_server / per_slot)
     default_hours = busiest * 2 * DEFAULT_TASK_SECONDS / 3600
-    return [
+    sources = sorted({tiers[name].derive_from for name in promoted})
+    lines = [
         "## Every window",
         "",
-        f"One backup costs its snapshot and its integrity check on `backup-io`: "
-        f"{per_backup_min:.1f} worker-minutes (the copy is server-side; prune is light). Of the "
-        f"policy's scheduled tiers ({', '.join(tiers)}), at most {tier_count} start within one "
-        f"{window_hours:g} h window, the most frequent tier's period (first on "
-        f"{window_start:%Y-%m-%d %H:%M} UTC, a {window_start:%A}): "
-        f"{tier_count} x {DATABASES} = {busiest} backups x {per_backup_min:.1f} min = "
-        f"{busiest * per_backup_min / 60:,.0f} worker-hours in {window_hours:g} h: "
-        f"**{workers} backup-io workers**. A window with one tier ({DATABASES} backups) needs "
-        f"{quiet}: autoscale between {quiet} and {workers + 1} (one more for `default`). The "
-        f"`default` queue's work is small: two light tasks per backup at about "
+        f"A backup that reads its source costs its snapshot and its integrity check on "
+        f"`backup-io`: {per_backup_min:.1f} worker-minutes (the copy is server-side; prune is "
+        f"light). Of the policy's scheduled tiers ({', '.join(tiers)}), at most {len(running)} "
+        f"start within one {window_hours:g} h window, the most frequent tier's period (first on "
+        f"{window_start:%Y-%m-%d %H:%M} UTC, a {window_start:%A}): {', '.join(running)}.",
+        "",
+    ]
+    if promoted:
+        lines += [
+            f"{' and '.join(promoted).capitalize()} "
+            f"{'promote' if len(promoted) > 1 else 'promotes'} the verified "
+            f"{' / '.join(sources)} backup (`derive_from` in the policy): no read of "
+            f"production and no dump, only server-side copies in each region (the worker waits, "
+            f"as for `copy_to_secondary`) and the integrity check of both regions' copies: "
+            f"{integrity_min:.1f} worker-minutes. When no verified backup was read within "
+            f"`max_skew` of the window, the tier dumps as before: the figures without promotion "
+            f"are that worst case.",
+            "",
+        ]
+    lines += [
+        f"| that window, {DATABASES} databases of {DATABASE_GB} GB | without promotion "
+        f"(every tier dumps) | with promotion |",
+        "|---|---|---|",
+        f"| full reads of production | {len(running)} x {DATABASES} = {busiest} | "
+        f"{len(dumping)} x {DATABASES} = {reads} |",
+        f"| backup-io worker-hours in {window_hours:g} h | {busiest} x {per_backup_min:.1f} min "
+        f"= {hours:,.0f} | {reads} x {per_backup_min:.1f} min + {copies} x "
+        f"{integrity_min:.1f} min = {hours_promoted:,.0f} |",
+        f"| backup-io workers | **{workers}** | **{workers_promoted}** |",
+        f"| pg_dumps at once per server ({per_server} databases each) | {slots} | "
+        f"{slots_promoted} |",
+        "",
+        f"A window with one tier ({DATABASES} backups) needs {quiet}: autoscale between {quiet} "
+        f"and {workers_promoted + 1} (one more for `default`; {workers + 1} when the promoted "
+        f"tiers dump). The `default` queue's work is small: two light tasks per backup at about "
         f"{DEFAULT_TASK_SECONDS} s each (an estimate, not measured by the bench), "
         f"{busiest * 2} x {DEFAULT_TASK_SECONDS} s = {default_hours:.1f} worker-hours in "
         f"{window_hours:g} h: one worker with a few slots.",
@@ -391,13 +445,16 @@ def _windows(per_backup_min: float, snapshot_min: float, schedules: dict[str, st
         "## Pools",
         "",
         f"A pool slot does {window_hours * 60:g} / {per_backup_min:.1f} = {per_slot:.1f} backups "
-        f"in that window, so a server with n such databases needs ceil({tier_count}n / "
-        f"{per_slot:.1f}) slots: {DATABASES} databases on {DATABASES // per_server} servers "
-        f"({per_server} each) need {slots} slots per server pool (`airflow_settings.yaml`), and "
-        f"servers that sustain {slots} pg_dumps at once. Snapshot alone: {snapshot_min:.1f} min "
-        f"per {DATABASE_GB} GB database.",
+        f"in that window, so a server with n such databases needs ceil({len(dumping)}n / "
+        f"{per_slot:.1f}) slots for the tiers that dump: {DATABASES} databases on "
+        f"{DATABASES // per_server} servers ({per_server} each) need {slots_promoted} slots per "
+        f"server pool (`airflow_settings.yaml`), and servers that sustain {slots_promoted} "
+        f"pg_dumps at once ({slots} if every tier dumps). A promoted snapshot holds a slot only "
+        f"for its server-side copy. Snapshot alone: {snapshot_min:.1f} min per {DATABASE_GB} GB "
+        f"database.",
         "",
     ]
+    return lines
 
 
 def _rto(per_database_min: float, rto: timedelta, concurrency: int) -> list[str]:

@@ -23,12 +23,15 @@ Each number is a ratio against a baseline taken on the same machine, database an
   vs bare psql, with 1,000 extra roles;
 - failover (bench/failover.py): approval to writable and the acknowledged commits lost at a
   kill -9 under 200 commits/s, asynchronous and synchronous, and the commit latency ratio;
+- promotion (bench/promotion.py): the weekly tier's snapshot by promotion of the verified daily
+  vs the daily's own dump of the bench database, and the bytes each read from the source
+  (pg_stat_database), then the copy to the secondary region and the integrity check of each;
 - transfer (bench/transfer.py): our upload path and the base backup task vs pg_basebackup piped
   into a bare boto3 upload, and our re-hash download path vs bare boto3 downloads of the same
   object, wall and CPU.
 
 Usage: python -m bench.run [--size-mb 1100]
-       [--only SECTION[,SECTION...]]   (platform, media, continuous, walfetch, parse, gc,
+       [--only SECTION[,SECTION...]]   (platform, promotion, media, continuous, walfetch, parse, gc,
                                         catalogue, locks, failover, validation, estate,
                                         globals, transfer)
        [--rounds 3] [--lag-rate 200] [--lag-seconds 60] [--media-objects 100000]
@@ -72,11 +75,12 @@ from datetime import datetime
 from include.backup_dr.pipeline import Stores, check_integrity, take_snapshot
 from include.backup_dr.policy import load_policy
 policy = load_policy(); stores = Stores.from_policy(policy)
-step, target, window = sys.argv[1], sys.argv[2], datetime.fromisoformat(sys.argv[3])
+step, target, tier = sys.argv[1], sys.argv[2], sys.argv[3]
+window = datetime.fromisoformat(sys.argv[4])
 started = time.perf_counter()
-ref = {"category": "platform", "target": target, "tier": "daily", "window": window.isoformat()}
+ref = {"category": "platform", "target": target, "tier": tier, "window": window.isoformat()}
 if step == "snapshot":
-    result = take_snapshot(policy, stores, target, "daily", window, {"bench": "1"})
+    result = take_snapshot(policy, stores, target, tier, window, {"bench": "1"})
 elif step == "integrity":
     result = check_integrity(policy, stores, ref)
 else:
@@ -84,11 +88,11 @@ else:
     from include.backup_dr.restore.select import Selection
     selection = Selection.from_ref({**ref, "region": "eu-west-1", "reason": "bench"})
     if step == "restore":
-        result = drill.restore_into(policy, stores, selection, "pg_sandbox", sys.argv[4], 2)
+        result = drill.restore_into(policy, stores, selection, "pg_sandbox", sys.argv[5], 2)
     else:
         from include.backup_dr.restore.database import validate_restored
 
-        result = validate_restored(stores, selection, "pg_sandbox", sys.argv[4]).to_document()
+        result = validate_restored(stores, selection, "pg_sandbox", sys.argv[5]).to_document()
 elapsed = time.perf_counter() - started
 # VmHWM, not ru_maxrss: the latter carries the parent's peak across fork+exec.
 hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
@@ -96,9 +100,9 @@ print(json.dumps({"seconds": elapsed, "rss_mb": int(hwm.split()[1]) / 1024, "res
 """
 
 
-def _run_step(step: str, target: str, window: datetime, *extra: str) -> dict:
+def _run_step(step: str, target: str, window: datetime, *extra: str, tier: str = "daily") -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", _STEP, step, target, window.isoformat(), *extra],
+        [sys.executable, "-c", _STEP, step, target, tier, window.isoformat(), *extra],
         check=True,
         capture_output=True,
         text=True,
@@ -553,6 +557,7 @@ def _validation_rows(validated: dict, restored: dict) -> list[Measured]:
 
 SECTIONS = (
     "platform",
+    "promotion",
     "estate",
     "media",
     "parse",
@@ -588,6 +593,10 @@ def _measure(section: str, args: argparse.Namespace) -> list[Measured]:
         return bench_snapshot_and_integrity()
     if section == "validation":
         return bench_validation()
+    if section == "promotion":
+        from bench.promotion import bench_promotion
+
+        return bench_promotion(BENCH_DB)
     if section == "estate":
         from bench.estate import bench_estate
 

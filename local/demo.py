@@ -2,13 +2,16 @@
 
 Starts what is not running (PostgreSQL with its standby, two S3 regions, SMTP sink), runs each
 tier's DAG with `dag.test()` for its latest scheduled window (the continuous tier's base backups
-too), prints what each region now holds, replicates media, measures the standby's lag under load
-against the 1 s RPO, runs the restore drill (databases, media, and point-in-time recovery to a
-random second), backs up an estate of 12 databases on two servers and restores it with
-`dr_restore` under a real scheduler (approved on the user's behalf, in parallel by priority,
-an application role then reading its tables), fails a throwaway primary over with `dr_failover` (approved on the user's
-behalf) and recovers it on both sides of the fork, and stops what it started. A second run reuses the windows' verified backups
-instead of storing duplicates.
+too); a tier that promotes another's backup (`derive_from`) runs after it for a window of now,
+as a run triggered by hand, so it promotes the backup just verified. It prints what each region
+now holds and where each promoting tier's backups came from (promoted, or read the source and
+why), replicates media, measures the standby's lag under load against the 1 s RPO, runs the
+restore drill (databases, media, and point-in-time recovery to a random second), backs up an
+estate of 12 databases on two servers and restores it with `dr_restore` under a real scheduler
+(approved on the user's behalf, in parallel by priority, an application role then reading its
+tables), fails a throwaway primary over with `dr_failover` (approved on the user's behalf) and
+recovers it on both sides of the fork, and stops what it started. A second run reuses the
+scheduled windows' verified backups instead of storing duplicates.
 """
 
 from __future__ import annotations
@@ -57,18 +60,26 @@ def _run_tiers() -> list[dict[str, Any]]:
         raise SystemExit(f"DAG import errors: {bag.import_errors}")
     results = []
     now = datetime.now(UTC)
+    # A promoting tier comes after its source (its window is taken when it runs).
     tiers = [
-        (category, name, tier.schedule)
+        (category, name, tier.schedule, tier.derive_from is not None)
         for category in CATEGORIES
-        for name, tier in policy.categories[category].scheduled_tiers().items()
+        for name, tier in sorted(
+            policy.categories[category].scheduled_tiers().items(),
+            key=lambda item: item[1].derive_from is not None,
+        )
     ]
     if policy.continuous is not None:  # base backups of the continuous tier
         tiers.append(
-            (policy.continuous.category, CONTINUOUS, policy.continuous.base_backup_schedule)
+            (policy.continuous.category, CONTINUOUS, policy.continuous.base_backup_schedule, False)
         )
-    for category, tier_name, schedule in tiers:
+    for category, tier_name, schedule, promotes in tiers:
         dag_id = dag_id_for(category, tier_name)
-        window = croniter(schedule, now).get_prev(datetime)
+        window = (
+            datetime.now(UTC).replace(microsecond=0)
+            if promotes
+            else croniter(schedule, now).get_prev(datetime)
+        )
         print(f"==> {dag_id}: window {window.isoformat()}", flush=True)
         started = time.monotonic()
         run = bag.dags[dag_id].test(logical_date=window)
@@ -80,6 +91,7 @@ def _run_tiers() -> list[dict[str, Any]]:
                 "window": window,
                 "state": str(run.state),
                 "seconds": time.monotonic() - started,
+                "promotes": promotes,
             }
         )
     return results
@@ -712,6 +724,7 @@ def _summarise(results: list[dict[str, Any]]) -> bool:
             + "  ".join(f"{present[r]:>19}/{verified[r]:<8}" for r in regions)
             + f"  {pruned:>6} {size / 1e6:>16.1f} MB"
         )
+    all_good &= _print_derivations(policy, stores, [r for r in results if r["promotes"]])
     backed_up = [t.name for t in policy.targets if t.is_production]
     skipped = [t.name for t in policy.targets if not t.is_production]
     print(
@@ -720,6 +733,46 @@ def _summarise(results: list[dict[str, Any]]) -> bool:
     )
     print("Evidence: integrity.json beside every copy, evidence/prune/... in both regions.")
     return all_good
+
+
+def _print_derivations(policy: Any, stores: Any, results: list[dict[str, Any]]) -> bool:
+    """Per target of each promoting tier: promoted (from which backup, how each region got its
+    copy) or read the source (and why), and whether both regions verified it."""
+    from include.backup_dr.catalogue import BackupId, Verification, build_catalogue
+    from include.backup_dr.promotion import describe_derivation
+
+    if results:
+        print("\nPromoting tiers (derive_from), window of now:")
+    ok = True
+    for result in results:
+        category, tier, window = result["category"], result["tier"], result["window"]
+        for target in [
+            t.name for t in policy.targets if t.category == category and t.is_production
+        ]:
+            backup = BackupId(category, target, tier, window)
+            manifest = stores.primary.manifest(backup)
+            if manifest is None:
+                print(f"  {category}/{tier} {target}: NO BACKUP")
+                ok = False
+                continue
+            backups, _ = build_catalogue(
+                store.listing(f"{category}/{target}/{tier}/") for store in stores
+            )
+            copies = next((b.copies for b in backups if b.id == backup), {})
+            verified = [r for r, c in copies.items() if c.verification is Verification.PASSED]
+            both = len(verified) == len(list(stores))
+            ok &= both
+            copied = stores.secondary.manifest(backup)
+            how = (
+                describe_derivation(manifest) + f" (secondary: {copied.copied_from['mode']})"
+                if manifest.derived_from and copied is not None and copied.copied_from
+                else manifest.not_derived or describe_derivation(manifest)
+            )
+            print(
+                f"  {category}/{tier} {target}: {how}; verified in "
+                f"{', '.join(verified) or 'no region'}{' (BOTH regions)' if both else ''}"
+            )
+    return ok
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ def bench_promotion(database: str) -> list[Measured]:
     from bench.run import _database_bytes, _run_step
     from include.backup_dr.catalogue import BackupId
     from include.backup_dr.policy import load_policy
-    from include.backup_dr.promotion import describe_derivation
+    from include.backup_dr.promotion import promoted_label
     from include.backup_dr.stores import Stores
 
     policy = load_policy()
@@ -147,7 +147,7 @@ def bench_promotion(database: str) -> list[Measured]:
         ),
         (
             f"the promoted {TIER}'s manifests",
-            f"{describe_derivation(manifest)}",
+            f"{promoted_label(manifest.derived_from)}",
             f"secondary: {copy.copied_from['mode']}",
         ),
     ]

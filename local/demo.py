@@ -739,7 +739,7 @@ def _print_derivations(policy: Any, stores: Any, results: list[dict[str, Any]]) 
     """Per target of each promoting tier: promoted (from which backup, how each region got its
     copy) or read the source (and why), and whether both regions verified it."""
     from include.backup_dr.catalogue import BackupId, Verification, build_catalogue
-    from include.backup_dr.promotion import describe_derivation
+    from include.backup_dr.promotion import promoted_label
 
     if results:
         print("\nPromoting tiers (derive_from), window of now:")
@@ -764,9 +764,9 @@ def _print_derivations(policy: Any, stores: Any, results: list[dict[str, Any]]) 
             ok &= both
             copied = stores.secondary.manifest(backup)
             how = (
-                describe_derivation(manifest) + f" (secondary: {copied.copied_from['mode']})"
+                f"{promoted_label(manifest.derived_from)} (secondary: {copied.copied_from['mode']})"
                 if manifest.derived_from and copied is not None and copied.copied_from
-                else manifest.not_derived or describe_derivation(manifest)
+                else manifest.not_derived or "its own read of the source"
             )
             print(
                 f"  {category}/{tier} {target}: {how}; verified in "

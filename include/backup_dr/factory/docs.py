@@ -47,7 +47,7 @@ def _promotion_doc(tier: Tier) -> str:
     return f"""
 **Promoted from `{tier.derive_from}`:** `snapshot` reads no database when a {tier.derive_from}
 backup verified in both regions was taken within {skew} of the window: it copies that backup
-server-side into this tier (log: "promoted from {tier.derive_from} <window>"), and
+server-side into this tier (its log: `promoted from {tier.derive_from} <window>`), and
 `copy_to_secondary` does the same in the secondary from its own copy. `integrity_check`
 re-verifies both (size, SHA-256, `pg_restore --list`). While a due {tier.derive_from} is not yet
 verified, `snapshot` is rescheduled (up for reschedule, holding no worker) until the window +

@@ -82,6 +82,11 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _encryption(store: ObjectStore) -> dict[str, str]:
+    """What a manifest says of its copy's encryption at rest: SSE-KMS with the region's key."""
+    return {"algorithm": "aws:kms", "kms_key_id": store.region.kms_key_id}
+
+
 def take_snapshot(
     policy: Policy,
     stores: Stores,
@@ -143,7 +148,7 @@ def take_snapshot(
         finished_at=finished,
         source=facts.source,
         tool_versions={**facts.tool_versions, "backup_dr": __version__},
-        encryption={"algorithm": "aws:kms", "kms_key_id": primary.region.kms_key_id},
+        encryption=_encryption(primary),
         row_counts=facts.row_counts,
         keys=facts.keys,
         run=run,
@@ -195,14 +200,15 @@ def _copy_within(
 ) -> tuple[str, dict[str, str]]:
     """Copy a backup's artifact and what lies beside it to `derived`'s keys in the same region,
     server-side (no bytes through the worker), locked as the derived tier's keys say. The
-    manifest is the caller's, last. Returns how it was copied, and old key -> new key beside."""
-    artifact_key = derived.key(source.artifact.key.rpartition("/")[2])
-    mode = store.copy_from(store, source.artifact.key, source.artifact.size, dest_key=artifact_key)
-    beside = {}
+    manifest is the caller's, last. Returns how it was copied, and each key's new key."""
+    moved = {source.artifact.key: derived.key(source.artifact.key.rpartition("/")[2])}
+    mode = store.copy_from(
+        store, source.artifact.key, source.artifact.size, dest_key=moved[source.artifact.key]
+    )
     if entry := source.source.get("globals"):
-        beside[entry["key"]] = derived.key(entry["key"].rpartition("/")[2])
-        store.copy_from(store, entry["key"], int(entry["size"]), dest_key=beside[entry["key"]])
-    return mode, beside
+        moved[entry["key"]] = derived.key(entry["key"].rpartition("/")[2])
+        store.copy_from(store, entry["key"], int(entry["size"]), dest_key=moved[entry["key"]])
+    return mode, moved
 
 
 def _promote(
@@ -218,14 +224,13 @@ def _promote(
             f"{plan.source.backup} vanished from {primary.region.name} while being promoted"
         )
     log.info("Promoting %s into %s: %s", plan.source.backup, backup, plan.reason)
-    mode, beside = _copy_within(primary, source, backup)
+    mode, moved = _copy_within(primary, source, backup)
     manifest = promoted_manifest(
         source,
         backup,
-        artifact_key=backup.key(source.artifact.key.rpartition("/")[2]),
-        beside=beside,
+        moved=moved,
         region=primary.region.name,
-        encryption={"algorithm": "aws:kms", "kms_key_id": primary.region.kms_key_id},
+        encryption=_encryption(primary),
         run=run,
         promoted_at=_now(),
         mode=mode,
@@ -267,7 +272,7 @@ def _promote_to_secondary(stores: Stores, reference: Manifest) -> Manifest | Non
     return dataclasses.replace(
         reference,
         region=secondary.region.name,
-        encryption={"algorithm": "aws:kms", "kms_key_id": secondary.region.kms_key_id},
+        encryption=_encryption(secondary),
         copied_from={
             "region": secondary.region.name,
             "bucket": secondary.bucket,
@@ -314,7 +319,7 @@ def copy_to_secondary(policy: Policy, stores: Stores, ref: dict[str, str]) -> di
     copied = dataclasses.replace(
         reference,
         region=secondary.region.name,
-        encryption={"algorithm": "aws:kms", "kms_key_id": secondary.region.kms_key_id},
+        encryption=_encryption(secondary),
         copied_from={
             "region": primary.region.name,
             "bucket": primary.bucket,

@@ -111,8 +111,7 @@ def promoted_manifest(
     source: Manifest,
     derived: BackupId,
     *,
-    artifact_key: str,
-    beside: dict[str, str],
+    moved: Mapping[str, str],
     region: str,
     encryption: dict[str, str],
     run: dict[str, str],
@@ -120,17 +119,17 @@ def promoted_manifest(
     mode: str,
 ) -> Manifest:
     """The promoted backup's own manifest: the source's data facts (times, sizes, SHA-256, row
-    counts, keys) under the derived id, its objects' new keys (`beside`: old key -> new key for
-    objects kept beside the artifact), and where it came from."""
+    counts, keys) under the derived id, its objects' new keys (`moved`: old key -> new key, for
+    the artifact and what is kept beside it), and where it came from."""
     globals_entry = source.source.get("globals")
     facts = dict(source.source)
     if globals_entry is not None:
-        facts["globals"] = {**globals_entry, "key": beside[globals_entry["key"]]}
+        facts["globals"] = {**globals_entry, "key": moved[globals_entry["key"]]}
     return dataclasses.replace(
         source,
         backup=derived,
         region=region,
-        artifact=dataclasses.replace(source.artifact, key=artifact_key),
+        artifact=dataclasses.replace(source.artifact, key=moved[source.artifact.key]),
         source=facts,
         encryption=encryption,
         copied_from=None,

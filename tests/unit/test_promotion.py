@@ -142,8 +142,10 @@ def test_the_promoted_manifest_keeps_the_data_facts_and_names_its_source() -> No
     promoted = promoted_manifest(
         source,
         weekly,
-        artifact_key=weekly.key("data.pgdump"),
-        beside={globals_key: weekly.key("globals.json")},
+        moved={
+            source_id.key("data.pgdump"): weekly.key("data.pgdump"),
+            globals_key: weekly.key("globals.json"),
+        },
         region="eu-west-1",
         encryption={"algorithm": "aws:kms", "kms_key_id": "k"},
         run={"run_id": "weekly"},

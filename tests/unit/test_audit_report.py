@@ -664,8 +664,7 @@ def promoted(tier: str, window: datetime, source: Manifest) -> Manifest:
     return promoted_manifest(
         source,
         derived,
-        artifact_key=derived.key("data.pgdump"),
-        beside={},
+        moved={source.artifact.key: derived.key("data.pgdump")},
         region=PRIMARY,
         encryption={"algorithm": "aws:kms", "kms_key_id": "k"},
         run={"run_id": f"scheduled__{window.isoformat()}"},

@@ -713,8 +713,7 @@ def _weekly(*, promoted: bool) -> Manifest:
     return promoted_manifest(
         daily,
         weekly,
-        artifact_key=weekly.key("data.pgdump"),
-        beside={},
+        moved={daily.artifact.key: weekly.key("data.pgdump")},
         region="eu-west-1",
         encryption={"algorithm": "aws:kms", "kms_key_id": "k"},
         run={"run_id": "scheduled__weekly"},

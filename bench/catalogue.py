@@ -44,7 +44,7 @@ WRITERS = 16
 _PLAN = """
 import json, sys, time
 from datetime import datetime
-from include.backup_dr.pipeline import Stores, plan_for
+from include.backup_dr.backup.steps import Stores, plan_for
 from include.backup_dr.policy import load_policy
 policy = load_policy(); store = Stores.from_policy(policy).primary
 started = time.perf_counter()

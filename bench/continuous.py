@@ -73,11 +73,12 @@ def _cpu_seconds() -> float:
 def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
     if step == "bare_upload":
         return _bare_upload(args)
-    from include.backup_dr import pipeline
+    from include.backup_dr.backup import steps
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import Stores
 
     policy = load_policy()
-    stores = pipeline.Stores.from_policy(policy)
+    stores = Stores.from_policy(policy)
     cpu_ready = _cpu_seconds()  # imports and clients made: the work's own CPU starts here
     run = {"dag_id": "bench_continuous", "run_id": f"bench-{step}"}
     extra: dict[str, Any] = {}
@@ -97,17 +98,17 @@ def _child(step: str, args: dict[str, Any]) -> dict[str, Any]:
         wal.BaseBackupSnapshot._await_archived = timed  # type: ignore[method-assign]
         window = datetime.fromisoformat(args["window"])
         started = time.perf_counter()
-        result = pipeline.take_snapshot(policy, stores, SERVER, TIER, window, run)
+        result = steps.take_snapshot(policy, stores, SERVER, TIER, window, run)
         extra["await_archived_seconds"] = sum(waited)
     elif step == "copy":
         started = time.perf_counter()
-        result = pipeline.copy_to_secondary(policy, stores, args["ref"])
+        result = steps.copy_to_secondary(policy, stores, args["ref"])
     elif step == "integrity":
         started = time.perf_counter()
-        result = pipeline.check_integrity(policy, stores, args["ref"])
+        result = steps.check_integrity(policy, stores, args["ref"])
     elif step == "prune":
         started = time.perf_counter()
-        result = pipeline.prune(policy, stores, SERVER, TIER)
+        result = steps.prune(policy, stores, SERVER, TIER)
     elif step == "measure":
         from include.backup_dr.monitor.continuous import measure
 

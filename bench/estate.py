@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 _RESTORE = """
 import json, sys, time
 from include.backup_dr.drill import dumps as drill
-from include.backup_dr.pipeline import Stores
+from include.backup_dr.backup.steps import Stores
 from include.backup_dr.policy import load_policy
 from include.backup_dr.restore.database import (
     create_database, drop_database, server_info, validate_restored,
@@ -65,14 +65,14 @@ def _drop(targets: list[str]) -> None:
 
 
 def bench_estate(per_db_minutes: float = 21.8) -> list[tuple[str, str, str]]:
-    from include.backup_dr import pipeline
+    from include.backup_dr.backup import steps
     from include.backup_dr.policy import load_policy
     from include.backup_dr.restore.record import RestoreJob, plan_estate, workers_needed
     from local.estate import ensure_estate
 
     os.environ["BACKUP_POLICY_PATH"] = str(ensure_estate())
     policy = load_policy()
-    stores = pipeline.Stores.from_policy(policy)
+    stores = steps.Stores.from_policy(policy)
     targets = [
         t.name
         for t in sorted(policy.targets, key=lambda t: (t.priority, t.name))
@@ -80,9 +80,9 @@ def bench_estate(per_db_minutes: float = 21.8) -> list[tuple[str, str, str]]:
     ]
     window = datetime.now(UTC).replace(microsecond=0)
     for name in targets:  # the backups the restores read (not timed)
-        ref = pipeline.take_snapshot(policy, stores, name, "daily", window, {"bench": "estate"})
-        pipeline.copy_to_secondary(policy, stores, ref)
-        pipeline.check_integrity(policy, stores, ref)
+        ref = steps.take_snapshot(policy, stores, name, "daily", window, {"bench": "estate"})
+        steps.copy_to_secondary(policy, stores, ref)
+        steps.check_integrity(policy, stores, ref)
     recovery = policy.recovery()
     sandbox = next(d for d in recovery.destinations if d.conn_id == "pg_sandbox")
     width = min(recovery.concurrency, sandbox.slots)

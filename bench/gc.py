@@ -31,8 +31,8 @@ GRACE_SECONDS = 5
 #: Runs garbage collection in a fresh process, so its peak RSS is the task's own.
 _CHILD = """
 import json, sys, time
-from include.backup_dr.gc import collect_garbage
-from include.backup_dr.pipeline import Stores
+from include.backup_dr.backup.gc import collect_garbage
+from include.backup_dr.backup.steps import Stores
 from include.backup_dr.policy import load_policy
 policy = load_policy(); stores = Stores.from_policy(policy)
 started = time.perf_counter()

@@ -65,8 +65,8 @@ def _admin(server: str, statement: str) -> None:
 
 def bench_globals() -> list[tuple[str, str, str]]:
     from include.backup_dr import pg_globals
+    from include.backup_dr.backup.steps import take_snapshot
     from include.backup_dr.catalogue import BackupId
-    from include.backup_dr.pipeline import take_snapshot
     from include.backup_dr.policy import load_policy
     from include.backup_dr.postgres import PgConnectionInfo, pg_tool
     from include.backup_dr.restore.database import server_info

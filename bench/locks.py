@@ -54,8 +54,8 @@ def _timed(call: Any, *args: Any) -> tuple[float, Any]:
 
 
 def bench_locks(plain_path: Path, category: str, target: str) -> list[tuple[str, str, str]]:
+    from include.backup_dr.backup.steps import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.catalogue import BackupId
-    from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.policy import load_policy
     from include.backup_dr.stores import Stores
 

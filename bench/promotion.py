@@ -54,7 +54,7 @@ def _snapshot(database: str, tier: str, window: datetime) -> dict[str, Any]:
 
 
 def _copy(policy: Any, stores: Any, ref: dict[str, str]) -> float:
-    from include.backup_dr.pipeline import copy_to_secondary
+    from include.backup_dr.backup.steps import copy_to_secondary
 
     started = time.perf_counter()
     copy_to_secondary(policy, stores, ref)

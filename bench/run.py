@@ -72,7 +72,7 @@ MEDIA_CATEGORY = "benchmedia"
 _STEP = """
 import json, sys, time
 from datetime import datetime
-from include.backup_dr.pipeline import Stores, check_integrity, take_snapshot
+from include.backup_dr.backup.steps import Stores, check_integrity, take_snapshot
 from include.backup_dr.policy import load_policy
 policy = load_policy(); stores = Stores.from_policy(policy)
 step, target, tier = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -212,8 +212,8 @@ MEDIA_ROUNDS = 3
 def _media_snapshot(policy, stores, target: str, window: datetime) -> dict:
     """One timed snapshot step, then (untimed) its copy and check, as the DAG runs them: the
     next snapshot reuses only a listing whose check passed."""
+    from include.backup_dr.backup.steps import check_integrity, copy_to_secondary
     from include.backup_dr.catalogue import BackupId
-    from include.backup_dr.pipeline import check_integrity, copy_to_secondary
 
     step = _run_step("snapshot", target, window)
     manifest = stores.primary.manifest(BackupId(MEDIA_CATEGORY, target, "daily", window))
@@ -383,7 +383,7 @@ def bench_snapshot_and_integrity() -> list[Measured]:
         )
     )
 
-    from include.backup_dr.pipeline import copy_to_secondary
+    from include.backup_dr.backup.steps import copy_to_secondary
 
     for target in (BENCH_DB, SMALL_DB):
         ref = {

@@ -104,8 +104,8 @@ def _run_replication() -> bool:
     bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
     print("==> media_replicate: bring the secondary region up to date", flush=True)
     run = bag.dags["media_replicate"].test(logical_date=datetime.now(UTC))
+    from include.backup_dr.backup.replication import replica_prefix
     from include.backup_dr.policy import load_policy
-    from include.backup_dr.replication import replica_prefix
     from include.backup_dr.stores import Stores
 
     policy = load_policy()
@@ -442,8 +442,8 @@ def _run_failover() -> dict[str, Any]:
     the end with everything it left in the stores, whatever happened."""
     from airflow.dag_processing.dagbag import DagBag
 
+    from include.backup_dr.backup.steps import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.monitor import continuous
-    from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.pitr.heartbeat import heartbeat_proof
     from include.backup_dr.pitr.server import recover
     from include.backup_dr.pitr.window import recovery_range

@@ -203,7 +203,7 @@ def _audit(policy: Policy, start: date, end: date, out: Path | None) -> int:
 def _unlock(policy: Policy, backup: str, region: str, reason: str, operator: str) -> int:
     import json
 
-    from include.backup_dr.break_glass import delete_locked_backup
+    from include.backup_dr.backup.break_glass import delete_locked_backup
     from include.backup_dr.catalogue import BackupId
 
     parsed = BackupId.from_key(f"{backup.strip('/')}/x")

@@ -1,7 +1,7 @@
 """The prune planner: a pure function from (backups, debris, policy, now) to decisions.
 
 Every copy of every backup, and every piece of debris, gets exactly one decision with a reason
-an auditor can read. The executor (`pipeline.prune`) only carries out what this plans.
+an auditor can read. The executor (`backup.steps.prune`) only carries out what this plans.
 
 Rules, first match wins, per region copy:
 1. the newest *verified* copy of a target's tier in a region is kept, however old;

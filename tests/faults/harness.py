@@ -37,10 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from include.backup_dr.backup.steps import check_integrity, copy_to_secondary, take_snapshot
 from include.backup_dr.catalogue import BackupId, Debris, Manifest, Verification, build_catalogue
 from include.backup_dr.engines import engine_for
 from include.backup_dr.integrity import check_copy
-from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
 from tests.stack import REPO, _stack, mail_text, run_dag
 
 if TYPE_CHECKING:

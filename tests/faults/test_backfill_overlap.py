@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from croniter import croniter
 
+from include.backup_dr.backup.steps import check_integrity, copy_to_secondary, take_snapshot
 from include.backup_dr.catalogue import Verification, build_catalogue
-from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
 from include.backup_dr.policy import load_policy
 from tests.faults.harness import alert_summary, alerts, committed, lost, record
 from tests.stack import airflow_cli, run_dag, wait_for_runs

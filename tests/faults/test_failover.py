@@ -214,9 +214,9 @@ def test_backups_follow_the_new_primary_and_pitr_works_across_the_fork(
     heartbeats on timeline 2. Then the base backup and the dump tiers reach the new primary,
     and recovery from the secondary region to half a second after a heartbeat on each side of
     the fork finds that heartbeat and none after T."""
+    from include.backup_dr.backup.steps import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.dr import failover_steps
     from include.backup_dr.monitor import continuous
-    from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
     from include.backup_dr.pitr.heartbeat import heartbeat_proof
     from include.backup_dr.pitr.server import recover
     from include.backup_dr.pitr.window import recovery_range

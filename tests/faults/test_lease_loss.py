@@ -37,7 +37,7 @@ HOLDER = f"""
 import os, sys
 from datetime import timedelta
 from include.backup_dr.lease import Holder, critical_section
-from include.backup_dr.pipeline import Stores, prune
+from include.backup_dr.backup.steps import Stores, prune
 from include.backup_dr.policy import load_policy
 
 policy = load_policy()

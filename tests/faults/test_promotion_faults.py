@@ -9,10 +9,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.backup_dr import pipeline
+from include.backup_dr.backup import steps
+from include.backup_dr.backup.errors import IntegrityError
 from include.backup_dr.catalogue import BackupId, build_catalogue
 from include.backup_dr.drill import dumps
 from include.backup_dr.restore.select import Selection
+from include.backup_dr.stores import from_ref
 from tests.faults.harness import connection_through, only_targets, window_state
 from tests.faults.s3_proxy import Fault, S3FaultProxy
 from tests.integration.helpers import RUN, back_up, daily_far_from_now, daily_window
@@ -41,27 +43,27 @@ def test_a_daily_that_failed_its_integrity_check_is_never_promoted(stores, polic
     policy = _policy(policy_file)
     now = datetime.now(UTC).replace(microsecond=0)
     window = daily_window(policy, now)
-    ref = pipeline.take_snapshot(policy, stores, TARGET, "daily", window, RUN)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    daily = pipeline.from_ref(ref)
+    ref = steps.take_snapshot(policy, stores, TARGET, "daily", window, RUN)
+    steps.copy_to_secondary(policy, stores, ref)
+    daily = from_ref(ref)
     rotten = stores.secondary.manifest(daily).artifact
     body = bytearray(stores.secondary.open(rotten.key).read())
     body[len(body) // 2] ^= 0xFF  # bit rot, same size
     stores.secondary.put_bytes(rotten.key, bytes(body), "application/octet-stream")
-    with pytest.raises(pipeline.IntegrityError, match="eu-central-1"):
-        pipeline.check_integrity(policy, stores, ref)
+    with pytest.raises(IntegrityError, match="eu-central-1"):
+        steps.check_integrity(policy, stores, ref)
 
-    weekly = pipeline.take_snapshot(policy, stores, TARGET, "weekly", now, RUN)
+    weekly = steps.take_snapshot(policy, stores, TARGET, "weekly", now, RUN)
     assert "promoted" not in weekly
-    manifest = stores.primary.manifest(pipeline.from_ref(weekly))
+    manifest = stores.primary.manifest(from_ref(weekly))
     assert manifest.derived_from is None
     assert manifest.not_derived == (
         f"read the source: daily {window:%Y%m%dT%H%M%SZ} failed its integrity check in "
         "eu-central-1 (never promoted: only verified)"
     )
     assert manifest.artifact.key.startswith("platform/platform_core/weekly/")
-    pipeline.copy_to_secondary(policy, stores, weekly)
-    assert pipeline.check_integrity(policy, stores, weekly)["verified_regions"] == [
+    steps.copy_to_secondary(policy, stores, weekly)
+    assert steps.check_integrity(policy, stores, weekly)["verified_regions"] == [
         "eu-west-1",
         "eu-central-1",
     ]
@@ -113,19 +115,19 @@ def test_a_promoted_weekly_survives_prune_of_its_daily_and_restores(stores, poli
     daily = _verified_daily(policy, stores, now)
     ref = back_up(policy, stores, TARGET, "weekly", now, RUN)
     assert ref["promoted"] == f"promoted from daily {daily.window:%Y%m%dT%H%M%SZ}"
-    weekly = pipeline.from_ref(ref)
+    weekly = from_ref(ref)
     later = BackupId("platform", TARGET, "daily", daily.window + timedelta(days=1))
     back_up(policy, stores, TARGET, "daily", later.window, RUN)
 
     time.sleep(2)  # prune deletes only what was written a second before it listed
-    pruned = pipeline.prune(
+    pruned = steps.prune(
         policy, stores, TARGET, "daily", now=daily.window + timedelta(days=7, hours=12)
     )
     assert pruned["deleted"], pruned
     for store in stores:
         assert store.manifest(daily) is None and store.manifest(later) is not None
         assert list(store.list_objects(daily.prefix)) == []
-    assert pipeline.check_integrity(policy, stores, ref)["verified_regions"] == [
+    assert steps.check_integrity(policy, stores, ref)["verified_regions"] == [
         "eu-west-1",
         "eu-central-1",
     ]
@@ -153,19 +155,19 @@ def test_a_promoted_copy_that_rotted_with_its_daily_is_copied_again_from_the_oth
     now = datetime.now(UTC).replace(microsecond=0)
     daily = _verified_daily(policy, stores, now)
     ref = back_up(policy, stores, TARGET, "weekly", now, RUN)
-    weekly = pipeline.from_ref(ref)
+    weekly = from_ref(ref)
     for backup in (daily, weekly):
         key = stores.secondary.manifest(backup).artifact.key
         body = bytearray(stores.secondary.open(key).read())
         body[len(body) // 3] ^= 0xFF
         stores.secondary.put_bytes(key, bytes(body), "application/octet-stream")
-    with pytest.raises(pipeline.IntegrityError, match="eu-central-1"):
-        pipeline.check_integrity(policy, stores, ref)
+    with pytest.raises(IntegrityError, match="eu-central-1"):
+        steps.check_integrity(policy, stores, ref)
 
-    copied = pipeline.copy_to_secondary(policy, stores, ref)
+    copied = steps.copy_to_secondary(policy, stores, ref)
     assert "within" not in copied["copy"]
     assert stores.secondary.manifest(weekly).copied_from["region"] == "eu-west-1"
-    assert pipeline.check_integrity(policy, stores, ref)["verified_regions"] == [
+    assert steps.check_integrity(policy, stores, ref)["verified_regions"] == [
         "eu-west-1",
         "eu-central-1",
     ]

@@ -16,10 +16,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from include.backup_dr.backup.gc import collect_garbage
+from include.backup_dr.backup.steps import prune
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId
 from include.backup_dr.engines.wal import LOCKED_NAME, WalEngine, lock_archive
-from include.backup_dr.gc import collect_garbage
-from include.backup_dr.pipeline import prune
 from include.backup_dr.pitr import TargetOutOfRange, check_target, recovery_range
 from include.backup_dr.stores import Stores
 from include.backup_dr.wal_segments import ARCHIVE_PREFIX, Segment, archive_prefix

@@ -54,7 +54,7 @@ RESTORE = """
 import json, sys
 from datetime import datetime
 from include.backup_dr.dr.dumps import _replace_from_dump
-from include.backup_dr.pipeline import Stores
+from include.backup_dr.backup.steps import Stores
 from include.backup_dr.policy import load_policy
 from include.backup_dr.restore.select import Selection
 policy = load_policy()

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.backup_dr import pipeline, pitr
+from include.backup_dr import pitr
+from include.backup_dr.backup import steps
 from include.backup_dr.policy import load_policy
 from include.backup_dr.wal_segments import archive_prefix
 from tests.integration import test_pitr
@@ -41,7 +42,7 @@ class Cluster:
 
 def _cluster(stores, before: int = 2, after: int = 3) -> Cluster:
     ref = base_backup(stores)
-    pipeline.check_integrity(load_policy(), stores, ref)
+    steps.check_integrity(load_policy(), stores, ref)
     names = [switch_wal() for _ in range(before)]
     target = datetime.now(UTC)
     time.sleep(1.1)

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from include.backup_dr import pipeline, wal_segments
+from include.backup_dr import wal_segments
+from include.backup_dr.backup import steps
 from include.backup_dr.engines.wal import archive_files
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.policy import load_policy
@@ -118,8 +119,8 @@ def wait_archived(store, segment: str, timeout: float = 60) -> None:
 def base_backup(stores) -> dict:
     policy = load_policy()
     window = datetime.now(UTC).replace(microsecond=0)
-    ref = pipeline.take_snapshot(policy, stores, SERVER, "continuous", window, RUN)
-    pipeline.copy_to_secondary(policy, stores, ref)
+    ref = steps.take_snapshot(policy, stores, SERVER, "continuous", window, RUN)
+    steps.copy_to_secondary(policy, stores, ref)
     return ref
 
 
@@ -140,9 +141,9 @@ def evidence(store, kind: str, target: str) -> list[dict]:
 def back_up(policy, stores, target: str, tier: str, window: datetime, run: dict) -> dict:
     """One backup through the tier's own steps: snapshot, copy to the second region, integrity
     check in both; its ref."""
-    ref = pipeline.take_snapshot(policy, stores, target, tier, window, run)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    pipeline.check_integrity(policy, stores, ref)
+    ref = steps.take_snapshot(policy, stores, target, tier, window, run)
+    steps.copy_to_secondary(policy, stores, ref)
+    steps.check_integrity(policy, stores, ref)
     return ref
 
 

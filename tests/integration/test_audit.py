@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from include.backup_dr.audit import build_audit, write_evidence
-from include.backup_dr.break_glass import delete_locked_backup
+from include.backup_dr.backup.break_glass import delete_locked_backup
+from include.backup_dr.backup.steps import prune
 from include.backup_dr.catalogue import BackupId
-from include.backup_dr.pipeline import prune
 from tests.integration.helpers import HELD, back_up
 from tests.stack import REPO
 

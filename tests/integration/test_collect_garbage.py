@@ -13,12 +13,11 @@ from datetime import UTC, datetime
 
 import pytest
 
+from include.backup_dr.backup.errors import CircuitBreakerTripped
+from include.backup_dr.backup.gc import collect_garbage
 from include.backup_dr.catalogue import MANIFEST_NAME, BackupId
 from include.backup_dr.engines.base import LostListing
-from include.backup_dr.engines.media import Entry, blob_key
-from include.backup_dr.gc import collect_garbage
-from include.backup_dr.pipeline import CircuitBreakerTripped
-from include.backup_dr.replication import replica_prefix
+from include.backup_dr.engines.media import Entry, blob_key, replica_prefix
 from local.backups import commit_backup
 from tests.stack import mail_text, run_dag, wait_for_mail
 
@@ -235,8 +234,8 @@ def test_wal_gc_deletes_only_wal_older_than_the_oldest_kept_base_backup(stores) 
     """WAL collection moved out of prune: it must still keep every file a kept base backup
     replays, so the chain from its start stays whole in both regions."""
     from include.backup_dr import wal_segments
+    from include.backup_dr.backup.steps import check_integrity
     from include.backup_dr.engines.wal import archive_files
-    from include.backup_dr.pipeline import check_integrity
     from include.backup_dr.policy import load_policy
     from tests.integration.helpers import SERVER, base_backup, switch_wal, wait_archived
 

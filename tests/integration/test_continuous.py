@@ -8,13 +8,15 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.backup_dr import pipeline, wal_segments
+from include.backup_dr import wal_segments
+from include.backup_dr.backup import steps
+from include.backup_dr.backup.errors import IntegrityError
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
 from include.backup_dr.drill import pitr as pitr_drill
 from include.backup_dr.engines.wal import archive_files
-from include.backup_dr.pipeline import IntegrityError
 from include.backup_dr.policy import load_policy
 from include.backup_dr.store import StoreError
+from include.backup_dr.stores import from_ref
 from tests.integration.helpers import (
     RUN,
     SERVER,
@@ -120,9 +122,9 @@ def test_secondary_region_down_retains_wal_pages_and_catches_up_without_gap(
     assert [m["Subject"] for m in resolved] == [
         "[backup] RESOLVED: platform_continuous_monitor: archive_failing on platform_primary"
     ]
-    result = pipeline.check_integrity(load_policy(), stores, ref)
+    result = steps.check_integrity(load_policy(), stores, ref)
     assert result["verified_regions"] == ["eu-west-1", "eu-central-1"]
-    backup = pipeline.from_ref(ref)
+    backup = from_ref(ref)
     for store in stores:
         checks = {c["name"]: c for c in store.get_json(backup.key(INTEGRITY_NAME))["checks"]}
         assert checks["wal_continuity"]["ok"], checks["wal_continuity"]
@@ -183,14 +185,14 @@ def test_missing_wal_segment_fails_the_check_and_the_next_copy_heals_it(stores) 
     stores.secondary.delete_all_versions(key)
 
     with pytest.raises(IntegrityError, match=f"missing segment\\(s\\) {gone}"):
-        pipeline.check_integrity(policy, stores, ref)
+        steps.check_integrity(policy, stores, ref)
     # The next copy run re-syncs the WAL (and, as the secondary's check failed, the copy).
-    pipeline.copy_to_secondary(policy, stores, ref)
+    steps.copy_to_secondary(policy, stores, ref)
     assert any(
         f.segment and f.segment.name() == gone
         for f in archive_files(stores.secondary, SERVER, wal_segments.DEFAULT_SEGMENT_SIZE)
     )
-    assert pipeline.check_integrity(policy, stores, ref)["verified_regions"] == [
+    assert steps.check_integrity(policy, stores, ref)["verified_regions"] == [
         "eu-west-1",
         "eu-central-1",
     ]

@@ -12,9 +12,9 @@ import pytest
 
 from include.backup_dr.audit.join import build_report
 from include.backup_dr.audit.reader import write_evidence as write_audit
+from include.backup_dr.backup.steps import check_integrity, copy_to_secondary, prune, take_snapshot
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.drill.pitr import write_evidence as write_pitr_drill
-from include.backup_dr.pipeline import check_integrity, copy_to_secondary, prune, take_snapshot
 from include.backup_dr.store import StoreError
 from include.backup_dr.stores import Stores
 

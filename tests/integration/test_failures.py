@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from include.backup_dr.backup.steps import prune, take_snapshot
 from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId, build_catalogue
-from include.backup_dr.pipeline import prune, take_snapshot
 from include.backup_dr.postgres import SnapshotError
 from tests.stack import REPO, mail_text, run_dag, wait_for_mail
 
@@ -54,7 +54,7 @@ def test_killed_upload_leaves_no_manifest_and_is_pruned_later(stores, policy_fil
     script = f"""
 import sys; sys.path.insert(0, {str(REPO)!r})
 from datetime import datetime
-from include.backup_dr.pipeline import Stores, take_snapshot
+from include.backup_dr.backup.steps import Stores, take_snapshot
 from include.backup_dr.policy import load_policy
 policy = load_policy()
 take_snapshot(policy, Stores.from_policy(policy), "platform_core", "daily",
@@ -147,7 +147,7 @@ def test_prune_never_deletes_the_last_good_copy(stores, policy_file) -> None:
     policy = policy_file()
     old = datetime.now(UTC) - timedelta(days=30)
     take_snapshot(policy, stores, "platform_billing", "daily", old, {})
-    from include.backup_dr.pipeline import check_integrity, copy_to_secondary
+    from include.backup_dr.backup.steps import check_integrity, copy_to_secondary
     from include.backup_dr.stores import backup_ref
 
     ref = backup_ref(BackupId("platform", "platform_billing", "daily", old))

@@ -113,11 +113,11 @@ def _security(database: str, server: str) -> dict[str, Any]:
 
 def _backed_up(stores: Any, target: str, window: datetime) -> BackupId:
     """One backup through the tier's own steps: snapshot, copy, integrity check."""
-    from include.backup_dr import pipeline
     from include.backup_dr.policy import load_policy
+    from include.backup_dr.stores import from_ref
 
     run = {"dag_id": "platform_backup_daily", "run_id": f"globals-{window:%Y%m%d%H%M}"}
-    return pipeline.from_ref(back_up(load_policy(), stores, target, "daily", window, run))
+    return from_ref(back_up(load_policy(), stores, target, "daily", window, run))
 
 
 def test_a_backup_keeps_the_globals_encrypted_beside_it_in_both_regions(stores) -> None:
@@ -197,7 +197,7 @@ def _archive_now(timeout: float = 60.0) -> None:
 def test_point_in_time_restore_brings_the_roles_of_the_recovered_cluster(
     stores, sandbox, pitr_scratch
 ) -> None:
-    from include.backup_dr import pipeline
+    from include.backup_dr.backup import steps
     from include.backup_dr.dr.dumps import restore_unit
     from include.backup_dr.dr.request import DrRequest, make_plan
     from include.backup_dr.policy import load_policy
@@ -205,9 +205,9 @@ def test_point_in_time_restore_brings_the_roles_of_the_recovered_cluster(
     policy = load_policy()
     now = datetime.now(UTC).replace(microsecond=0)
     run = {"dag_id": "dr_restore", "run_id": f"globals-pitr-{now:%H%M%S}"}
-    ref = pipeline.take_snapshot(policy, stores, "platform_primary", "continuous", now, run)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    pipeline.check_integrity(policy, stores, ref)
+    ref = steps.take_snapshot(policy, stores, "platform_primary", "continuous", now, run)
+    steps.copy_to_secondary(policy, stores, ref)
+    steps.check_integrity(policy, stores, ref)
     _archive_now()
     production = _what_the_app_sees(APP_DATABASE, "platform")
 
@@ -239,28 +239,30 @@ def _break(store: Any, key: str, how: str) -> None:
 def test_a_backup_whose_globals_are_lost_fails_its_check_and_the_last_good_one_is_kept(
     stores, how: str
 ) -> None:
-    from include.backup_dr import pipeline
+    from include.backup_dr.backup import steps
+    from include.backup_dr.backup.errors import IntegrityError
     from include.backup_dr.policy import load_policy
     from include.backup_dr.restore.download import read_globals
     from include.backup_dr.restore.select import select_backup
+    from include.backup_dr.stores import from_ref
 
     policy = load_policy()
     now = datetime.now(UTC).replace(microsecond=0)
     good = _backed_up(stores, "platform_billing", now - timedelta(days=30))  # past retention
     run = {"dag_id": "platform_backup_daily", "run_id": "globals-lost"}
-    ref = pipeline.take_snapshot(policy, stores, "platform_billing", "daily", now, run)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    lost = pipeline.from_ref(ref)
+    ref = steps.take_snapshot(policy, stores, "platform_billing", "daily", now, run)
+    steps.copy_to_secondary(policy, stores, ref)
+    lost = from_ref(ref)
     _break(stores.secondary, lost.key(GLOBALS), how)
 
-    with pytest.raises(pipeline.IntegrityError, match="globals: FAILED"):
-        pipeline.check_integrity(policy, stores, ref)
+    with pytest.raises(IntegrityError, match="globals: FAILED"):
+        steps.check_integrity(policy, stores, ref)
     assert stores.primary.get_json(lost.key(INTEGRITY_NAME))["ok"] is True
     failed = stores.secondary.get_json(lost.key(INTEGRITY_NAME))
     assert [c["name"] for c in failed["checks"] if not c["ok"]] == ["globals"]
 
     time.sleep(2)  # prune spares versions S3 stamped in (or just before) its listing's second
-    pipeline.prune(policy, stores, "platform_billing", "daily")
+    steps.prune(policy, stores, "platform_billing", "daily")
     # The secondary keeps its last good backup, whole (archive and globals), and restores it.
     assert stores.secondary.manifest(good) is not None
     selection = select_backup(policy, stores.secondary, "platform_billing", "daily")

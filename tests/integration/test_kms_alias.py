@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from include.backup_dr.backup.steps import check_integrity, copy_to_secondary, take_snapshot
 from include.backup_dr.catalogue import INTEGRITY_NAME
 from include.backup_dr.integrity import check_copy
-from include.backup_dr.pipeline import check_integrity, copy_to_secondary, take_snapshot
 from include.backup_dr.store import ObjectStore, StoreError
 from include.backup_dr.stores import Stores, from_ref
 

@@ -12,8 +12,8 @@ from functools import partial
 
 import pytest
 
+from include.backup_dr.backup.gc import collect_garbage
 from include.backup_dr.engines.wal import LOCK_LEASE_TTL, LOCKED_NAME, lock_archive
-from include.backup_dr.gc import collect_garbage
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.lease import (
     Holder,

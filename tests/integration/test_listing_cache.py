@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from include.backup_dr.backup.steps import prune
 from include.backup_dr.catalogue import (
     INTEGRITY_NAME,
     MANIFEST_NAME,
@@ -22,7 +23,6 @@ from include.backup_dr.catalogue import (
     Verification,
     build_catalogue,
 )
-from include.backup_dr.pipeline import prune
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.store.listing import CachedDocument, cache_key, decode, encode
 from local.backups import commit_backup

@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from croniter import croniter
 
-from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
-from include.backup_dr.engines.media import SAMPLE_BUCKETS, blob_key, blob_prefix, parse_listing
-from include.backup_dr.pipeline import (
-    IntegrityError,
+from include.backup_dr.backup.errors import IntegrityError
+from include.backup_dr.backup.steps import (
     check_integrity,
     copy_to_secondary,
     take_snapshot,
 )
+from include.backup_dr.catalogue import INTEGRITY_NAME, BackupId
+from include.backup_dr.engines.media import SAMPLE_BUCKETS, blob_key, blob_prefix, parse_listing
 from include.backup_dr.policy import load_policy
 from include.backup_dr.stores import backup_ref
 from tests.integration.helpers import MEDIA_TARGET as TARGET

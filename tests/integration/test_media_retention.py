@@ -6,10 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from include.backup_dr.backup.gc import collect_garbage
+from include.backup_dr.backup.steps import check_integrity, copy_to_secondary, prune, take_snapshot
 from include.backup_dr.catalogue import BackupId
 from include.backup_dr.engines.media import blob_key, parse_listing
-from include.backup_dr.gc import collect_garbage
-from include.backup_dr.pipeline import check_integrity, copy_to_secondary, prune, take_snapshot
 from tests.integration.helpers import MEDIA_TARGET as TARGET
 from tests.integration.helpers import media_source
 

@@ -14,19 +14,19 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from botocore.exceptions import ClientError
 
-from include.backup_dr.break_glass import delete_locked_backup
-from include.backup_dr.catalogue import INTEGRITY_NAME, MANIFEST_NAME, BackupId, Manifest
-from include.backup_dr.engines.media import blob_key, parse_listing
-from include.backup_dr.engines.wal import lock_archive
-from include.backup_dr.gc import collect_garbage
-from include.backup_dr.immutability import LockRule
-from include.backup_dr.lease import LeaseLostError
-from include.backup_dr.pipeline import (
+from include.backup_dr.backup.break_glass import delete_locked_backup
+from include.backup_dr.backup.gc import collect_garbage
+from include.backup_dr.backup.steps import (
     check_integrity,
     copy_to_secondary,
     prune,
     take_snapshot,
 )
+from include.backup_dr.catalogue import INTEGRITY_NAME, MANIFEST_NAME, BackupId, Manifest
+from include.backup_dr.engines.media import blob_key, parse_listing
+from include.backup_dr.engines.wal import lock_archive
+from include.backup_dr.immutability import LockRule
+from include.backup_dr.lease import LeaseLostError
 from include.backup_dr.policy import SHARED_EXTENSION
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
 from include.backup_dr.wal_segments import archive_prefix

@@ -38,15 +38,15 @@ def pitr_env(stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 def _base_backup(stores: Any) -> dict[str, Any]:
     """One base backup of the server, copied and verified in both regions (the tier's steps)."""
-    from include.backup_dr import pipeline
+    from include.backup_dr.backup import steps
     from include.backup_dr.policy import load_policy
 
     policy = load_policy()
     window = datetime.now(UTC).replace(microsecond=0)
     run = {"dag_id": "platform_backup_continuous", "run_id": f"pitr-test-{window:%H%M%S}"}
-    ref = pipeline.take_snapshot(policy, stores, SERVER, "continuous", window, run)
-    pipeline.copy_to_secondary(policy, stores, ref)
-    pipeline.check_integrity(policy, stores, ref)
+    ref = steps.take_snapshot(policy, stores, SERVER, "continuous", window, run)
+    steps.copy_to_secondary(policy, stores, ref)
+    steps.check_integrity(policy, stores, ref)
     return ref
 
 
@@ -254,14 +254,15 @@ def test_sandbox_guard_refuses_any_production_host_or_port(stack, monkeypatch) -
 def test_tampered_base_backup_is_refused_and_no_server_starts(stores, pitr_env) -> None:
     """Bit rot in the secondary's base backup (same size): the recovery refuses it before any
     server starts, names the region, and leaves no throwaway server behind."""
-    from include.backup_dr import pipeline, pitr
+    from include.backup_dr import pitr
     from include.backup_dr.policy import load_policy
     from include.backup_dr.restore.errors import TamperedBackup
+    from include.backup_dr.stores import from_ref
 
     ref = _base_backup(stores)
     _heartbeats(stores, 2)
     _archive_now()
-    manifest = stores.secondary.manifest(pipeline.from_ref(ref))
+    manifest = stores.secondary.manifest(from_ref(ref))
     body = bytearray(stores.secondary.open(manifest.artifact.key).read())
     body[len(body) // 2] ^= 0xFF
     stores.secondary.put_bytes(manifest.artifact.key, bytes(body), "application/octet-stream")
@@ -279,7 +280,7 @@ def test_dr_restore_at_t_swaps_in_keeps_the_old_database_and_survives_a_bad_base
     """Point-in-time dr_restore with overwrite: the old destination is renamed aside, never
     dropped; then a rotten base backup fails that target with an evidence record and leaves
     the destination as it was."""
-    from include.backup_dr import pipeline
+    from include.backup_dr.stores import from_ref
 
     ref = _base_backup(stores)
     _archive_now()
@@ -310,7 +311,7 @@ def test_dr_restore_at_t_swaps_in_keeps_the_old_database_and_survives_a_bad_base
         assert record["outcome"] == "passed", record["problems"]
         assert record["steps"]["previous_database"] == aside
 
-        manifest = stores.secondary.manifest(pipeline.from_ref(ref))
+        manifest = stores.secondary.manifest(from_ref(ref))
         body = bytearray(stores.secondary.open(manifest.artifact.key).read())
         body[len(body) // 2] ^= 0xFF
         stores.secondary.put_bytes(manifest.artifact.key, bytes(body), "application/octet-stream")

@@ -105,7 +105,7 @@ def test_weekly_waits_for_a_due_daily_then_promotes_it(stores, policy_file, monk
 
     policy = policy_file(daily_just_due)
     waiting = _Seen(f"waiting for daily {due:%Y%m%dT%H%M%SZ} to be verified")
-    logger = logging.getLogger("include.backup_dr.pipeline")
+    logger = logging.getLogger("include.backup_dr.backup.steps")
     logger.addHandler(waiting)
 
     def take_the_daily_once_the_weekly_waits() -> None:

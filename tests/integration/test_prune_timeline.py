@@ -7,14 +7,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.backup_dr.catalogue import BackupId, build_catalogue
-from include.backup_dr.pipeline import (
-    CircuitBreakerTripped,
+from include.backup_dr.backup.errors import CircuitBreakerTripped
+from include.backup_dr.backup.steps import (
     check_integrity,
     copy_to_secondary,
     prune,
     take_snapshot,
 )
+from include.backup_dr.catalogue import BackupId, build_catalogue
 from include.backup_dr.stores import backup_ref
 
 pytestmark = pytest.mark.integration

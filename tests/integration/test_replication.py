@@ -7,8 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from include.backup_dr.engines.media import blob_key, parse_listing
-from include.backup_dr.replication import replica_prefix
+from include.backup_dr.engines.media import blob_key, parse_listing, replica_prefix
 from tests.integration.helpers import MEDIA_TARGET as TARGET
 from tests.integration.helpers import media_source
 from tests.stack import mail_text, run_dag, wait_for_mail
@@ -29,7 +28,7 @@ def _replica(store) -> dict[str, str]:
 
 def _backed_up(stores) -> None:
     """Last night's daily backup, copied: the secondary holds the source as of then."""
-    from include.backup_dr.pipeline import copy_to_secondary, take_snapshot
+    from include.backup_dr.backup.steps import copy_to_secondary, take_snapshot
     from include.backup_dr.policy import load_policy
 
     policy = load_policy()
@@ -107,8 +106,8 @@ def test_two_runs_in_the_same_second_keep_both_evidence_records(stores) -> None:
     overwrote the first run's record. Both must be kept, in time order."""
     import threading
 
+    from include.backup_dr.backup.replication import replicate
     from include.backup_dr.policy import load_policy
-    from include.backup_dr.replication import replicate
 
     _backed_up(stores)
     policy = load_policy()

@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from include.backup_dr.backup.steps import copy_to_secondary, take_snapshot
 from include.backup_dr.parts import MiB, PartPlan
-from include.backup_dr.pipeline import copy_to_secondary, take_snapshot
 from include.backup_dr.policy import Region
 from include.backup_dr.store import ObjectStore, StoreError
 from include.backup_dr.stores import Stores, from_ref

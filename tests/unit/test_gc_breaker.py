@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from include.backup_dr.backup.gc import gc_breaker
 from include.backup_dr.engines.base import Sweep
-from include.backup_dr.gc import gc_breaker
 
 
 def _sweep(doomed: int, total: int, what: str = "media blobs") -> Sweep:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from include.backup_dr.backup.replication import measure_lag
 from include.backup_dr.catalogue import StoredObject
 from include.backup_dr.engines.media.layout import blob_key
 from include.backup_dr.engines.media.listing import (
@@ -24,7 +25,6 @@ from include.backup_dr.engines.media.listing import (
 )
 from include.backup_dr.engines.media.snapshot import UNCHANGED_RUN, MediaSnapshot, _epoch
 from include.backup_dr.immutability import LockRule
-from include.backup_dr.replication import measure_lag
 from include.backup_dr.store import StoreError
 
 NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)

@@ -88,7 +88,7 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
 
     @task(multiple_outputs=False, pool=pool or "default_pool", **_io_step("snapshot"))
     def snapshot(target: str) -> dict[str, Any]:
-        from include.backup_dr.pipeline import take_snapshot
+        from include.backup_dr.backup.steps import take_snapshot
 
         context = label(target)
         window = context.get("logical_date") or context["dag_run"].run_after
@@ -99,25 +99,25 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
 
     @task(multiple_outputs=False, **_io_step("copy_to_secondary"))
     def copy_to_secondary(ref: dict[str, Any]) -> dict[str, Any]:
-        from include.backup_dr import pipeline
+        from include.backup_dr.backup import steps
 
         with _on_backup(ref, "copy_to_secondary") as (policy, stores, _):
-            return pipeline.copy_to_secondary(policy, stores, ref)
+            return steps.copy_to_secondary(policy, stores, ref)
 
     @task(multiple_outputs=False, **_io_step("integrity_check"))
     def integrity_check(ref: dict[str, Any]) -> dict[str, Any]:
-        from include.backup_dr.pipeline import check_integrity
+        from include.backup_dr.backup.steps import check_integrity
 
         with _on_backup(ref, "integrity_check") as (policy, stores, _):
             return check_integrity(policy, stores, ref)
 
     @task(multiple_outputs=False, execution_timeout=TIMEOUTS["prune"], **LABELLED)
     def prune(ref: dict[str, Any]) -> dict[str, Any]:
-        from include.backup_dr import pipeline
+        from include.backup_dr.backup import steps
 
         params = get_current_context()["params"]
         with _on_backup(ref, "prune") as (policy, stores, lease):
-            return pipeline.prune(
+            return steps.prune(
                 policy,
                 stores,
                 ref["target"],
@@ -203,7 +203,7 @@ def build_gc_dag(policy: Policy) -> DAG:
 
     @task(multiple_outputs=False, execution_timeout=TIMEOUTS["collect_garbage"], **LABELLED)
     def collect_garbage(category: str) -> dict[str, Any]:
-        from include.backup_dr import gc
+        from include.backup_dr.backup import gc
 
         context = label(category)
         policy_now, stores = runtime()
@@ -258,7 +258,7 @@ def build_replication_dag(policy: Policy, category_name: str) -> DAG:
 
     @task(multiple_outputs=False, **_io_step("replicate"))
     def replicate(target: str) -> dict[str, Any]:
-        from include.backup_dr import replication
+        from include.backup_dr.backup import replication
 
         context = label(target)
         policy_now, stores = runtime()
@@ -270,7 +270,7 @@ def build_replication_dag(policy: Policy, category_name: str) -> DAG:
 
     @task(multiple_outputs=False, retries=0, execution_timeout=timedelta(minutes=5), **LABELLED)
     def check_rpo(state: dict[str, Any]) -> dict[str, Any]:
-        from include.backup_dr import replication
+        from include.backup_dr.backup import replication
 
         label(state["target"])
         return replication.check_rpo(state)

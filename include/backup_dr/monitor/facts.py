@@ -21,7 +21,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from include.backup_dr.catalogue import Manifest, Verification, copy_from_listing, parse_window
-from include.backup_dr.engines.media import blob_bucket, parse_listing, rehash_bucket
+from include.backup_dr.engines.media import (
+    blob_bucket,
+    parse_listing,
+    rehash_bucket,
+    replica_prefix,
+)
 from include.backup_dr.monitor import continuous
 from include.backup_dr.monitor.checks.inputs import (
     BackupFacts,
@@ -186,7 +191,6 @@ def _window(policy: Policy, store: ObjectStore, server: str) -> WindowFacts:
 
 def _replication(policy: Policy, stores: list[ObjectStore], target: str) -> ReplicationFacts:
     """media_replicate's state, which lives in the secondary region only."""
-    from include.backup_dr.replication import replica_prefix
 
     secondary = next(s for s in stores if s.region.name == policy.regions.secondary.name)
     key = replica_prefix(policy.target(target).category, target) + "state.json"

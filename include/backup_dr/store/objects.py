@@ -144,7 +144,7 @@ class ObjectStore:
     @classmethod
     def for_break_glass(cls, region: Region, lock: LockRule | None) -> ObjectStore:
         """The region's bucket through its break-glass connection (`object_lock.bypass_conn_id`),
-        whose deletes bypass governance locks. Only `include.backup_dr.break_glass` opens one,
+        whose deletes bypass governance locks. Only `include.backup_dr.backup.break_glass` opens one,
         and it records every use as evidence."""
         if region.object_lock is None or not region.object_lock.bypass_conn_id:
             raise StoreError(
@@ -209,6 +209,10 @@ class ObjectStore:
         except StoreError as exc:
             error = parsed.setdefault("Error", {})
             error["Message"] = f"{error.get('Message', '')} (the region's KMS is out: {exc})"
+
+    def encryption_at_rest(self) -> dict[str, str]:
+        """What a manifest records of a copy's encryption here: SSE-KMS with the region's key."""
+        return {"algorithm": "aws:kms", "kms_key_id": self.region.kms_key_id}
 
     @property
     def _encryption(self) -> dict[str, str]:

@@ -14,19 +14,18 @@ snapshot; engine.py is the engine the DAGs drive; sweep.py plans garbage collect
 
 from include.backup_dr.engines.media.engine import MediaEngine
 from include.backup_dr.engines.media.layout import (
-    REPLICA_DIR,
     SAMPLE_BUCKETS,
     blob_bucket,
     blob_key,
     blob_prefix,
     rehash_bucket,
+    replica_prefix,
 )
 from include.backup_dr.engines.media.listing import EarlierListing, Entry, parse_listing
 from include.backup_dr.engines.media.snapshot import COPY_WORKERS, MediaSnapshot
 
 __all__ = [
     "COPY_WORKERS",
-    "REPLICA_DIR",
     "SAMPLE_BUCKETS",
     "EarlierListing",
     "Entry",
@@ -37,4 +36,5 @@ __all__ = [
     "blob_prefix",
     "parse_listing",
     "rehash_bucket",
+    "replica_prefix",
 ]

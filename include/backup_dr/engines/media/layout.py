@@ -6,11 +6,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 BLOB_DIR = ".blobs"
-#: Where `media_replicate` keeps each target's replica listing (see include/backup_dr/replication).
+#: Where `media_replicate` keeps each target's replica listing (backup/replication.py).
 REPLICA_DIR = "replica"
 #: The rolling re-hash splits blobs into this many buckets by their hash; each day's integrity
 #: check re-hashes the bucket `day of year mod 365`, so every blob comes round once a year.
 SAMPLE_BUCKETS = 365
+
+
+def replica_prefix(category: str, target: str) -> str:
+    """Where one media target's replica listing and replication state live in the secondary."""
+    return f"{REPLICA_DIR}/{category}/{target}/"
 
 
 def blob_prefix(category: str) -> str:

@@ -20,9 +20,9 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.backup_dr.engines.media import REPLICA_DIR, EarlierListing, MediaSnapshot
+from include.backup_dr.backup.errors import NotBackedUp
+from include.backup_dr.engines.media import EarlierListing, MediaSnapshot, replica_prefix
 from include.backup_dr.evidence import evidence_key
-from include.backup_dr.pipeline import NotBackedUp
 from include.backup_dr.policy import Policy, format_duration
 from include.backup_dr.store import ObjectStore
 from include.backup_dr.stores import Stores
@@ -32,10 +32,6 @@ log = logging.getLogger(__name__)
 
 class RpoExceeded(AirflowFailException):
     """The secondary region was further behind the source than the RPO allows."""
-
-
-def replica_prefix(category: str, target: str) -> str:
-    return f"{REPLICA_DIR}/{category}/{target}/"
 
 
 def measure_lag(began: datetime, oldest_missing: datetime | None) -> timedelta:

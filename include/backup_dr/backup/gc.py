@@ -21,11 +21,11 @@ from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from include.backup_dr.backup.errors import CircuitBreakerTripped
 from include.backup_dr.engines import engine_for
 from include.backup_dr.engines.base import LostListing, Sweep
 from include.backup_dr.evidence import evidence_key, refusals_key
 from include.backup_dr.lease import Holder, critical_section
-from include.backup_dr.pipeline import CircuitBreakerTripped
 from include.backup_dr.policy import CONTINUOUS, Policy, format_duration
 from include.backup_dr.store import DeleteRefusedError, ObjectStore
 from include.backup_dr.stores import Stores

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from botocore.exceptions import ClientError
 
+from include.backup_dr.backup import steps
 from include.backup_dr.backup.break_glass import delete_locked_backup
 from include.backup_dr.backup.gc import collect_garbage
 from include.backup_dr.backup.steps import (
@@ -319,7 +320,7 @@ def _debris_of(policy, backup: BackupId) -> None:
 
 
 def test_locked_debris_is_kept_until_its_lock_ends_and_refusals_survive_a_dying_prune(
-    locked_short_grace,
+    locked_short_grace, monkeypatch
 ) -> None:
     """Debris whose lock still holds is kept with its date; a delete the store refuses anyway
     (planned a second early) is recorded as a refusal, also when the prune dies after it."""
@@ -338,21 +339,17 @@ def test_locked_debris_is_kept_until_its_lock_ends_and_refusals_survive_a_dying_
     assert reasons and all(f"locked until {until.isoformat()}" in r for r in reasons), reasons
 
     calls = []
+    delete = steps._delete
 
-    def lease_lost_on_the_second_delete() -> None:
+    def lease_lost_on_the_second_delete(*args):
         calls.append(1)
         if len(calls) == 2:
             raise LeaseLostError("taken over")
+        return delete(*args)
 
-    with pytest.raises(LeaseLostError):
-        prune(
-            policy,
-            stores,
-            TARGET,
-            TIER,
-            now=until + timedelta(seconds=1),
-            before_delete=lease_lost_on_the_second_delete,
-        )
+    with monkeypatch.context() as patched, pytest.raises(LeaseLostError):
+        patched.setattr(steps, "_delete", lease_lost_on_the_second_delete)
+        prune(policy, stores, TARGET, TIER, now=until + timedelta(seconds=1))
     prefix = f"evidence/prune/platform/{TARGET}/{TIER}/"
     for store in stores:
         (found,) = [

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from include.backup_dr.backup import steps
 from include.backup_dr.backup.errors import CircuitBreakerTripped
 from include.backup_dr.backup.steps import (
     check_integrity,
@@ -73,7 +74,7 @@ def test_fourteen_days_keep_exactly_the_policy(stores, policy_file) -> None:
     assert at_jump == [(False, False, True), (True, False, True)]
 
 
-def test_prune_spares_what_is_written_after_it_listed(stores, policy_file) -> None:
+def test_prune_spares_what_is_written_after_it_listed(stores, policy_file, monkeypatch) -> None:
     """A run re-takes windows while prune deletes their old objects: two runs in one critical
     section, which the lease prevents, and which prune must survive on its own. What prune did
     not see when it planned is not its to delete."""
@@ -90,16 +91,19 @@ def test_prune_spares_what_is_written_after_it_listed(stores, policy_file) -> No
     time.sleep(2)  # S3 stamps versions to the second: what came before is now seen as before
     expired_dump = BackupId("platform", target, tier, expired).key("data.pgdump")
     retaken: list[str] = []
+    delete = steps._delete
 
-    def retake_meanwhile() -> None:
+    def retake_meanwhile(*args):
         """Between prune's listing and its deletes, another run writes both windows again."""
         if not retaken:
             for key in (orphan, expired_dump):
                 stores.primary.put_bytes(key, b"a dump taken just now", "application/octet-stream")
                 retaken.append(key)
+        return delete(*args)
 
+    monkeypatch.setattr(steps, "_delete", retake_meanwhile)
     later = datetime.now(UTC) + timedelta(hours=7)  # the orphan is past the 6 h grace
-    result = prune(policy, stores, target, tier, now=later, before_delete=retake_meanwhile)
+    result = prune(policy, stores, target, tier, now=later)
     assert result["deleted"] == 3  # the expired backup in both regions, and the orphan
     for key in retaken:
         body = stores.primary.client.get_object(Bucket=stores.primary.bucket, Key=key)["Body"]

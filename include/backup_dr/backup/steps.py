@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -331,10 +331,9 @@ def prune(
     now: datetime | None = None,
     dry_run: bool = False,
     override_circuit_breaker: bool = False,
-    before_delete: Callable[[], None] = lambda: None,
 ) -> dict[str, Any]:
     """Plan, record the plan as evidence in both regions, then (unless stopped) carry it out.
-    `before_delete` runs before each deletion and raises to stop them (the step's lease lost)."""
+    A step whose lease is lost stops at its next delete: the store's tenure guard refuses it."""
     category = policy.subject(target, tier).category
     # Only what the plan saw is the plan's to delete: a version written after the listing (a
     # window re-taken meanwhile) survives, whatever runs beside this prune. S3 stamps versions
@@ -371,7 +370,6 @@ def prune(
     else:
         try:
             for decision in plan.deletions:
-                before_delete()
                 if refusal := _delete(stores.by_region(decision.region), decision, listed_from):
                     refused.append(refusal)
         except BaseException as exc:  # the refusals already met are evidence all the same

@@ -47,7 +47,7 @@ from include.backup_dr.factory.docs import continuous_tier_doc, gc_doc, replicat
 from include.backup_dr.policy import CONTINUOUS, Policy, format_duration, load_policy
 
 if TYPE_CHECKING:  # the lease module talks to S3: imported by the tasks only, not at parse time
-    from include.backup_dr.lease import Tenure
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,15 @@ def _io_step(step: str) -> dict[str, Any]:
 
 
 @contextmanager
-def _on_backup(ref: dict[str, Any], step: str) -> Iterator[tuple[Any, Any, Tenure]]:
+def _on_backup(ref: dict[str, Any], step: str) -> Iterator[tuple[Any, Any]]:
     """A step on one backup: labelled with its target, given the policy and stores, and holding
-    the lease on its target and tier (`<category>/<target>/<tier>`, as its snapshot did)."""
+    the lease on its target and tier (`<category>/<target>/<tier>`, as its snapshot did): the
+    store's tenure guard stops its writes and deletes once the lease is lost."""
     label(ref["target"])
     policy, stores = runtime()
     subject = f"{ref['category']}/{ref['target']}/{ref['tier']}"
-    with exclusive(stores.primary, subject, step) as lease:
-        yield policy, stores, lease
+    with exclusive(stores.primary, subject, step):
+        yield policy, stores
 
 
 def _target_group(category: str, tier: str, group: str, pool: str | None) -> None:
@@ -101,14 +102,14 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
     def copy_to_secondary(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr.backup import steps
 
-        with _on_backup(ref, "copy_to_secondary") as (policy, stores, _):
+        with _on_backup(ref, "copy_to_secondary") as (policy, stores):
             return steps.copy_to_secondary(policy, stores, ref)
 
     @task(multiple_outputs=False, **_io_step("integrity_check"))
     def integrity_check(ref: dict[str, Any]) -> dict[str, Any]:
         from include.backup_dr.backup.steps import check_integrity
 
-        with _on_backup(ref, "integrity_check") as (policy, stores, _):
+        with _on_backup(ref, "integrity_check") as (policy, stores):
             return check_integrity(policy, stores, ref)
 
     @task(multiple_outputs=False, execution_timeout=TIMEOUTS["prune"], **LABELLED)
@@ -116,7 +117,7 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
         from include.backup_dr.backup import steps
 
         params = get_current_context()["params"]
-        with _on_backup(ref, "prune") as (policy, stores, lease):
+        with _on_backup(ref, "prune") as (policy, stores):
             return steps.prune(
                 policy,
                 stores,
@@ -124,7 +125,6 @@ def _target_group(category: str, tier: str, group: str, pool: str | None) -> Non
                 ref["tier"],
                 dry_run=bool(params["dry_run"]),
                 override_circuit_breaker=bool(params["override_circuit_breaker"]),
-                before_delete=lease.ensure_held,
             )
 
     @task_group(group_id=group)

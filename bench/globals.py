@@ -1,4 +1,4 @@
-"""Roles and grants kept with every dump (include/backup_dr/pg_globals.py): what they cost.
+"""Roles and grants kept with every dump (include/backup_dr/pg_globals/): what they cost.
 
 With 1,000 extra roles on the production server (each LOGIN with a password, a member of one
 group role, with one setting), in one run, medians of ROUNDS alternated rounds:

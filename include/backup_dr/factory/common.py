@@ -1,7 +1,8 @@
 """What every generated DAG shares: its owner, start date, step timeouts and default args (retries,
-on-call paged on failure), the human approval task, and the task plumbing: the target label, the
-lease around a step, the run a record names, and the policy and stores a task loads when it runs
-(never at parse time)."""
+on-call paged on failure), the human approval task, the restore runs' priority and how a restore
+run's record fails and pages, and the task plumbing: the target label, the lease around a step,
+the run a record names, and the policy and stores a task loads when it runs (never at parse
+time)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ TIMEOUTS = {
 
 #: Mapped tasks are labelled with their target in the UI (set by `label`).
 LABELLED: dict[str, Any] = {"map_index_template": "{{ " + TARGET_KEY + " }}"}
+
+#: Restores go ahead of routine backups and checks when they share workers and pools.
+DR_PRIORITY_WEIGHT = 100
 
 
 def dag_id_for(category: str, tier: str) -> str:
@@ -104,3 +108,27 @@ def approval_task(
         ignore_downstream_trigger_rules=True,
         retries=0,
     )
+
+
+def raise_for_run(document: dict[str, Any]) -> None:
+    """Fail a run's record when it failed: its task is the run's last, so its state is the
+    run's (targets that failed raise TargetsFailed, which pages no second time)."""
+    from include.backup_dr.restore.errors import DrillFailed, TargetsFailed
+
+    failed = [t["target"] for t in document["targets"] if t["outcome"] != "passed"]
+    if failed:
+        raise TargetsFailed(f"{document['kind']}: {', '.join(failed)} failed (see their tasks)")
+    if document["outcome"] != "passed":
+        raise DrillFailed(f"{document['kind']}: " + "; ".join(document["problems"]))
+
+
+class RunRecordNotifier(OnCallNotifier):
+    """Pages when a restore run's own record is red (over the RTO, evidence lost, nothing
+    restored); not for targets that failed, whose own tasks have paged once each."""
+
+    def notify(self, context: Any) -> None:
+        from include.backup_dr.restore.errors import TargetsFailed
+
+        if isinstance(context.get("exception"), TargetsFailed):
+            return
+        super().notify(context)

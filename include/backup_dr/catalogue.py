@@ -58,6 +58,13 @@ def window_label(window: datetime) -> str:
     return window.astimezone(UTC).strftime(WINDOW_FORMAT)
 
 
+def backup_window(at: datetime) -> datetime:
+    """The window a backup fills, as its keys name it: to the second. A run triggered by hand
+    has a logical date with microseconds, and an id read back from a key has none: every id
+    made from a date or a document goes through here, so the two are the same id."""
+    return at.replace(microsecond=0)
+
+
 def parse_window(label: str) -> datetime:
     """The inverse of `window_label`; a ValueError for any other text.
 
@@ -193,7 +200,7 @@ class Manifest:
                 backup["category"],
                 backup["target"],
                 backup["tier"],
-                datetime.fromisoformat(backup["window"]),
+                backup_window(datetime.fromisoformat(backup["window"])),
             ),
             region=body["region"],
             artifact=Artifact(**body["artifact"]),

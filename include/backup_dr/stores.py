@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from include.backup_dr.catalogue import BackupId
+from include.backup_dr.catalogue import BackupId, backup_window
 from include.backup_dr.immutability import LockRule
 from include.backup_dr.policy import Policy
 from include.backup_dr.store import ObjectStore
@@ -56,5 +56,8 @@ def backup_ref(backup: BackupId) -> dict[str, str]:
 def from_ref(ref: dict[str, str]) -> BackupId:
     """The backup id a ref names (`backup_ref`'s inverse); extra keys are ignored."""
     return BackupId(
-        ref["category"], ref["target"], ref["tier"], datetime.fromisoformat(ref["window"])
+        ref["category"],
+        ref["target"],
+        ref["tier"],
+        backup_window(datetime.fromisoformat(ref["window"])),
     )

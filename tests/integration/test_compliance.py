@@ -153,3 +153,23 @@ def test_rehash_history_is_read_incrementally_and_a_late_record_still_counts(sto
     # Only the look-back's keys are remembered (the 3-day-old one is past it): bounded state.
     assert late_key in cache["read"] and len(cache["read"]) == 3
     assert abs((facts.since - early).total_seconds()) < 1  # the history start is kept
+
+
+def test_a_backup_of_a_run_triggered_by_hand_is_the_tiers_restore_point(
+    policy_file, stores
+) -> None:
+    """A run triggered by hand fills a window with microseconds (its logical date), while the
+    backup's keys name the window to the second: `check` reads that backup as its tier's
+    newest restore point, instead of failing on it as UNKNOWN."""
+    from include.backup_dr.monitor.record import check, read_state
+    from tests.integration.helpers import back_up
+
+    policy = policy_file(lean_policy)
+    by_hand = datetime.now(UTC).replace(microsecond=404957)
+    back_up(policy, stores, TARGET, "6h", by_hand, {"run_id": f"manual__{by_hand.isoformat()}"})
+
+    checks, _ = check(policy, list(stores), datetime.now(UTC), read_state(list(stores)))
+    for region in policy.iter_regions():
+        (age,) = [c for c in checks if c.id == f"backup_age:{TARGET}/6h@{region.name}"]
+        assert age.status.name == "OK", age
+        assert f"window {by_hand:%Y-%m-%d %H:%M}, taken " in age.detail, age.detail

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 
 from include.backup_dr.catalogue import (
+    MANIFEST_NAME,
     MANIFEST_SCHEMA,
     Artifact,
     BackupId,
@@ -13,8 +14,10 @@ from include.backup_dr.catalogue import (
     RegionListing,
     StoredObject,
     Verification,
+    backup_window,
     build_catalogue,
 )
+from include.backup_dr.stores import backup_ref, from_ref
 
 WINDOW = datetime(2026, 11, 27, 0, 30, tzinfo=UTC)
 BACKUP = BackupId("platform", "platform_core", "daily", WINDOW)
@@ -97,3 +100,17 @@ def test_evidence_about_an_earlier_artifact_does_not_count() -> None:
     listing = RegionListing("eu-west-1", [], {BACKUP: manifest()}, {BACKUP: stale})
     backups, _ = build_catalogue([listing])
     assert backups[0].copies["eu-west-1"].verification is Verification.UNCHECKED
+
+
+def test_a_window_with_microseconds_is_the_id_its_keys_name() -> None:
+    """A run triggered by hand has a logical date with microseconds; the backup's keys name the
+    second. A manifest written so (before ids were made to the second) and a ref carrying it
+    read back as the id of the backup's keys, so catalogues find one by the other."""
+    by_hand = WINDOW.replace(microsecond=404957)
+    document = manifest().to_document()
+    document["backup"]["window"] = by_hand.isoformat()
+    parsed = Manifest.from_document(document)
+    key_id, _ = BackupId.from_key(BACKUP.key(MANIFEST_NAME))
+    assert parsed.backup == key_id == BACKUP
+    assert from_ref({**backup_ref(BACKUP), "window": by_hand.isoformat()}) == BACKUP
+    assert backup_window(by_hand) == WINDOW

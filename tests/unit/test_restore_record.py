@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from include.backup_dr.catalogue import BackupId
+from include.backup_dr.catalogue import BackupId, backup_window
 from include.backup_dr.dr.request import DrRequest
 from include.backup_dr.policy import DEFAULT_POLICY_PATH, load_policy
 from include.backup_dr.restore.errors import RestoreRefused, SwapFailed
@@ -155,9 +155,10 @@ def test_the_rate_is_the_bytes_over_the_seconds_a_record_measured() -> None:
     assert restore_rate(0, 2.0) is None
 
 
+#: A backup's window is to the second, as its keys name it (catalogue.backup_window).
 windows = st.datetimes(
     min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
-)
+).map(backup_window)
 names = st.text("abcdefghijklmnopqrstuvwxyz_0123456789", min_size=1, max_size=20)
 
 

@@ -13,7 +13,13 @@ from typing import Any
 
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.backup_dr.catalogue import MANIFEST_NAME, BackupId, Manifest, build_catalogue
+from include.backup_dr.catalogue import (
+    MANIFEST_NAME,
+    BackupId,
+    Manifest,
+    backup_window,
+    build_catalogue,
+)
 from include.backup_dr.policy import Policy
 from include.backup_dr.promotion import (
     Candidate,
@@ -142,7 +148,7 @@ def to_secondary(stores: Stores, reference: Manifest) -> Manifest | None:
         reference.backup.category,
         reference.backup.target,
         reference.derived_from["tier"],
-        datetime.fromisoformat(reference.derived_from["window"]),
+        backup_window(datetime.fromisoformat(reference.derived_from["window"])),
     )
     source = secondary.manifest(source_id)
     if source is None or source.artifact.sha256 != reference.artifact.sha256:

@@ -23,6 +23,7 @@ from include.backup_dr.catalogue import (
     Artifact,
     BackupId,
     Manifest,
+    backup_window,
     build_catalogue,
     window_label,
 )
@@ -63,7 +64,7 @@ def take_snapshot(
     target = policy.subject(target_name, tier)
     if reason := target.skip_reason():
         raise NotBackedUp(reason)
-    backup = BackupId(target.category, target.name, tier, window)
+    backup = BackupId(target.category, target.name, tier, backup_window(window))
     primary = stores.primary
 
     existing = primary.manifest(backup)

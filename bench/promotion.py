@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.results import Measured, Row
+from bench.steps import database_bytes, run_step
 
 BLOCK = 8192
 #: The tier that promotes, and what it promotes from (the shipped policy's `derive_from`).
@@ -44,10 +45,9 @@ def _blocks(database: str) -> tuple[int, int]:
 
 def _snapshot(database: str, tier: str, window: datetime) -> dict[str, Any]:
     """One timed snapshot step in a fresh process, and the blocks the source read meanwhile."""
-    from bench.run import _run_step
 
     before = _blocks(database)
-    step = _run_step("snapshot", database, window, tier=tier)
+    step = run_step("snapshot", database, window, tier=tier)
     after = _blocks(database)
     read, hit = (a - b for a, b in zip(after, before, strict=True))
     return {**step, "blks_read": read, "blks_hit": hit}
@@ -62,7 +62,6 @@ def _copy(policy: Any, stores: Any, ref: dict[str, str]) -> float:
 
 
 def bench_promotion(database: str) -> list[Measured]:
-    from bench.run import _database_bytes, _run_step
     from include.backup_dr.catalogue import BackupId
     from include.backup_dr.policy import load_policy
     from include.backup_dr.promotion import promoted_label
@@ -77,18 +76,18 @@ def bench_promotion(database: str) -> list[Measured]:
     source_window = datetime.now(UTC).replace(microsecond=0)
     dump = _snapshot(database, source_tier, source_window)
     dump_copy = _copy(policy, stores, dump["result"])
-    dump_check = _run_step("integrity", database, source_window, tier=source_tier)
+    dump_check = run_step("integrity", database, source_window, tier=source_tier)
 
     window = datetime.now(UTC).replace(microsecond=0)  # a run triggered by hand, after the daily
     promoted = _snapshot(database, TIER, window)
     assert "promoted" in promoted["result"], f"the {TIER} snapshot read the source: {promoted}"
     promoted_copy = _copy(policy, stores, promoted["result"])
-    promoted_check = _run_step("integrity", database, window, tier=TIER)
+    promoted_check = run_step("integrity", database, window, tier=TIER)
 
     backup = BackupId("platform", database, TIER, window)
     manifest, copy = (store.manifest(backup) for store in stores)
     assert manifest is not None and copy is not None and copy.copied_from is not None
-    db_mb = _database_bytes(database) / 1e6
+    db_mb = database_bytes(database) / 1e6
     dump_mb = dump["result"]["size"] / 1e6
 
     def read_mb(step: dict[str, Any]) -> float:

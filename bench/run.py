@@ -44,7 +44,6 @@ docs/capacity.md from the newest results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -57,6 +56,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bench.results import Measured, Row, Run
+from bench.steps import database_bytes, run_step
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH_DB = "bench_platform"
@@ -67,48 +67,6 @@ SMALL_DB = "platform_billing"
 MEDIA_OBJECTS = 100_000
 MEDIA_SMALL_OBJECTS = 10_000
 MEDIA_CATEGORY = "benchmedia"
-
-#: Runs one pipeline step in a fresh process, so its peak RSS is the step's own.
-_STEP = """
-import json, sys, time
-from datetime import datetime
-from include.backup_dr.backup.steps import Stores, check_integrity, take_snapshot
-from include.backup_dr.policy import load_policy
-policy = load_policy(); stores = Stores.from_policy(policy)
-step, target, tier = sys.argv[1], sys.argv[2], sys.argv[3]
-window = datetime.fromisoformat(sys.argv[4])
-started = time.perf_counter()
-ref = {"category": "platform", "target": target, "tier": tier, "window": window.isoformat()}
-if step == "snapshot":
-    result = take_snapshot(policy, stores, target, tier, window, {"bench": "1"})
-elif step == "integrity":
-    result = check_integrity(policy, stores, ref)
-else:
-    from include.backup_dr.drill import dumps as drill
-    from include.backup_dr.restore.select import Selection
-    selection = Selection.from_ref({**ref, "region": "eu-west-1", "reason": "bench"})
-    if step == "restore":
-        result = drill.restore_into(policy, stores, selection, "pg_sandbox", sys.argv[5], 2)
-    else:
-        from include.backup_dr.restore.database import validate_restored
-
-        result = validate_restored(stores, selection, "pg_sandbox", sys.argv[5]).to_document()
-elapsed = time.perf_counter() - started
-# VmHWM, not ru_maxrss: the latter carries the parent's peak across fork+exec.
-hwm = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"seconds": elapsed, "rss_mb": int(hwm.split()[1]) / 1024, "result": result}))
-"""
-
-
-def _run_step(step: str, target: str, window: datetime, *extra: str, tier: str = "daily") -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", _STEP, step, target, tier, window.isoformat(), *extra],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _timed(argv: list[str], **kwargs) -> float:
@@ -215,7 +173,7 @@ def _media_snapshot(policy, stores, target: str, window: datetime) -> dict:
     from include.backup_dr.backup.steps import check_integrity, copy_to_secondary
     from include.backup_dr.catalogue import BackupId
 
-    step = _run_step("snapshot", target, window)
+    step = run_step("snapshot", target, window)
     manifest = stores.primary.manifest(BackupId(MEDIA_CATEGORY, target, "daily", window))
     assert manifest is not None
     copy_to_secondary(policy, stores, step["result"])
@@ -336,13 +294,6 @@ def bench_media(objects: int = MEDIA_OBJECTS) -> list[Measured]:
     ]
 
 
-def _database_bytes(name: str) -> int:
-    from local.pg import connect
-
-    with connect(name) as conn:
-        return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0]
-
-
 def bench_snapshot_and_integrity() -> list[Measured]:
     from include.backup_dr.policy import load_policy
     from include.backup_dr.postgres import pg_tool
@@ -357,9 +308,9 @@ def bench_snapshot_and_integrity() -> list[Measured]:
 
     with Path(os.devnull).open("wb") as sink:
         bare = _timed([pg_tool("pg_dump"), "-Fc", "-d", conninfo(BENCH_DB)], stdout=sink, env=env)
-    snap = _run_step("snapshot", BENCH_DB, window)
+    snap = run_step("snapshot", BENCH_DB, window)
     size = snap["result"]["size"]
-    db_mb = _database_bytes(BENCH_DB) / 1e6
+    db_mb = database_bytes(BENCH_DB) / 1e6
     rows.append(
         Row.parse(
             (
@@ -374,7 +325,7 @@ def bench_snapshot_and_integrity() -> list[Measured]:
             dump_mb=size / 1e6,
         )
     )
-    small = _run_step("snapshot", SMALL_DB, window)
+    small = run_step("snapshot", SMALL_DB, window)
     rows.append(
         (
             "snapshot task peak RSS: small DB vs large DB",
@@ -393,8 +344,8 @@ def bench_snapshot_and_integrity() -> list[Measured]:
             "window": window.isoformat(),
         }
         copy_to_secondary(policy, stores, ref)
-    check = _run_step("integrity", BENCH_DB, window)
-    check_small = _run_step("integrity", SMALL_DB, window)
+    check = run_step("integrity", BENCH_DB, window)
+    check_small = run_step("integrity", SMALL_DB, window)
     rows.append(
         (
             "integrity task peak RSS: small DB vs large DB",
@@ -493,8 +444,8 @@ def bench_restore_and_validation(stores, window: datetime, reference) -> list[Me
                 env = {**os.environ, "PGPASSWORD": "postgres"}
                 bare_times.append(_timed(restore_bare, env=env))
                 _fresh_sandbox_db(task_db)
-                task_runs.append(_run_step("restore", BENCH_DB, window, task_db))
-        validated = _run_step("validate", BENCH_DB, window, task_db)
+                task_runs.append(run_step("restore", BENCH_DB, window, task_db))
+        validated = run_step("validate", BENCH_DB, window, task_db)
     finally:
         _drop_sandbox_dbs(bare_db, task_db)
     bare = statistics.median(bare_times)
@@ -509,7 +460,7 @@ def bench_restore_and_validation(stores, window: datetime, reference) -> list[Me
             "",
             key="restore",
             seconds=restored,
-            database_mb=_database_bytes(BENCH_DB) / 1e6,
+            database_mb=database_bytes(BENCH_DB) / 1e6,
         ),
         *_validation_rows(validated, task_runs[-1]),
     ]
@@ -520,11 +471,11 @@ def bench_validation() -> list[Measured]:
     validation, the step whose peak RSS the 300 MB limit is about."""
     window = datetime.now(UTC).replace(microsecond=0)
     task_db = "bench_restore_task"
-    _run_step("snapshot", BENCH_DB, window)
+    run_step("snapshot", BENCH_DB, window)
     try:
         _fresh_sandbox_db(task_db)
-        restored = _run_step("restore", BENCH_DB, window, task_db)
-        validated = _run_step("validate", BENCH_DB, window, task_db)
+        restored = run_step("restore", BENCH_DB, window, task_db)
+        validated = run_step("validate", BENCH_DB, window, task_db)
     finally:
         _drop_sandbox_dbs(task_db)
     return _validation_rows(validated, restored)
@@ -534,7 +485,7 @@ def _validation_rows(validated: dict, restored: dict) -> list[Measured]:
     """The validation step's verdict and time, and its peak RSS against the restore step's
     (same process shape: policy, stores, the manifest; no Great Expectations)."""
     checks = validated["result"]
-    db_mb = _database_bytes(BENCH_DB) / 1e6
+    db_mb = database_bytes(BENCH_DB) / 1e6
     return [
         Row.parse(
             (

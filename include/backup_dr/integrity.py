@@ -14,8 +14,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from include.backup_dr.catalogue import MANIFEST_NAME, Manifest
-from include.backup_dr.check import Check
-from include.backup_dr.store import ObjectStore, StoreError
+from include.backup_dr.check import Check, encryption_check
+from include.backup_dr.store import ObjectStore
 
 if TYPE_CHECKING:
     from include.backup_dr.engines.base import Engine
@@ -143,25 +143,3 @@ def check_copy(store: ObjectStore, reference: Manifest, engine: Engine) -> CopyR
     report.checks.extend(engine.check_contents(store, reference, checked_at))
     report.seconds = time.monotonic() - started
     return report
-
-
-def encryption_check(store: ObjectStore, head: dict[str, Any]) -> Check:
-    """SSE-KMS under the region's key, compared by exact key ARN.
-
-    S3 reports the key ARN whatever the write named (id, alias or ARN), so the policy's key is
-    resolved to its ARN first (see ObjectStore.kms_key_arn); a suffix match would let an alias
-    never match and `...-key` match `old-...-key`. A service that reports the bare key id is
-    matched on the ARN's key id, exactly.
-    """
-    sse, kms_key = head.get("ServerSideEncryption"), head.get("SSEKMSKeyId", "")
-    found = f"{sse or 'none'} with key {kms_key or 'none'}"
-    configured = store.region.kms_key_id
-    try:
-        expected = store.kms_key_arn
-    except StoreError as exc:
-        return Check("encrypted", False, f"{found}; the policy's key is unknown: {exc}")
-    named = expected if expected == configured else f"{expected} ({configured})"
-    same_key = kms_key in (expected, expected.rsplit("/", 1)[-1])
-    return Check(
-        "encrypted", sse == "aws:kms" and same_key, f"{found}, expected aws:kms with {named}"
-    )

@@ -11,8 +11,7 @@ import subprocess
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from include.backup_dr.check import Check
-from include.backup_dr.integrity import encryption_check
+from include.backup_dr.check import Check, encryption_check
 from include.backup_dr.pg_globals.document import (
     OBJECT_NAME,
     PASSWORDS_KEPT,
